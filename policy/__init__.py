@@ -1,0 +1,1 @@
+"""The diffusion-policy library: networks, step math, samplers, ParaDDPM, datasets. Never imports Hydra."""

@@ -1,0 +1,28 @@
+"""`parapolicy-demo`: one PushT episode with a naive scripted pusher; writes an MP4 and a PNG strip."""
+
+from __future__ import annotations
+
+import json
+
+import hydra
+from parapolicy.envs.demo import DemoConfig, run_demo
+
+from ._hydra import CONFIG_PATH, VERSION_BASE, register_schema, run_dir, to_dataclass
+
+register_schema("demo_schema", DemoConfig)
+
+
+@hydra.main(version_base=VERSION_BASE, config_path=CONFIG_PATH, config_name="demo")
+def main(cfg) -> None:
+    """Run the demo episode and print its coverage."""
+    summary = run_demo(to_dataclass(cfg), run_dir())
+    print(
+        f"seed {summary['seed']}: {summary['steps']} steps, coverage {summary['initial_coverage']:.3f} -> "
+        f"{summary['final_coverage']:.3f} (max {summary['max_coverage']:.3f}), success={summary['success']}"
+    )
+    print(f"video: {summary['video']}\nstrip: {summary['strip']}")
+    (run_dir() / "demo.json").write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
