@@ -1,0 +1,183 @@
+"""The one reverse-diffusion step shared by every sampler, plus `predict_x0` and `add_noise`.
+
+`step` is vectorised over a leading "step" axis: `idx` gives each row's step position i (0..K-1) and the
+coefficients are gathered from the `StepTable` by position, then broadcast over the trailing dims. The
+sequential sampler calls it with an int (one step for the whole batch); the Picard sampler calls it once
+per iteration on the whole window with a LongTensor of per-row step positions. There is no second copy of
+this math anywhere in the package.
+
+DPM-Solver++(2M) is a multistep method: its update at step i uses the data prediction x̂₀ of step i-1
+(at the previous, noisier timestep), passed as `prev_x0`. The sequential sampler passes the previous
+step's `StepOutput.x0_hat`; the Picard sampler passes the previous window row's x̂₀ (same batched call)
+or, for a window's first row, the x̂₀ cached when that previous slot was last evaluated. Step 0 (and the
+final step when it lands on clean data) is first order: its `dpm_coef_x0_prev` is 0, so `prev_x0` is
+not needed there.
+
+Library module: imports torch only (no hydra, no zarr).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .schedules import StepTable
+
+__all__ = ["StepOutput", "add_noise", "predict_x0", "step"]
+
+StepIndex = Tensor | int
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """Result of one reverse step.
+
+    Attributes:
+        prev_sample: x at the next (less noisy) level, same shape as the input `x_t`.
+        x0_hat: the (clipped) data prediction x̂₀ made at this step, same shape as `x_t`.
+    """
+
+    prev_sample: Tensor
+    x0_hat: Tensor
+
+
+def _coef(column: Tensor, idx: StepIndex, ndim: int) -> Tensor:
+    """Gather a per-step coefficient and shape it to broadcast against a tensor with `ndim` dims.
+
+    Args:
+        column: (K,) table column.
+        idx: an int step position, or a LongTensor of positions of shape (S,) (or any leading shape).
+        ndim: number of dims of the tensor the coefficient multiplies; its leading dims match `idx`.
+
+    Returns:
+        0-d tensor for an int `idx`, else shape idx.shape + (1,) * (ndim - idx.dim()).
+    """
+    if isinstance(idx, int):
+        return column[idx]  # () view: broadcasts against anything, no gather kernel
+    c = column[idx]  # idx.shape
+    return c.view(c.shape + (1,) * (ndim - c.dim()))  # (S,) -> (S, 1, ..., 1)
+
+
+def _x0_and_eps(
+    table: StepTable, idx: StepIndex, x_t: Tensor, model_out: Tensor, need_eps: bool
+) -> tuple[Tensor, Tensor | None]:
+    """x̂₀ (clipped if configured) and, when asked, ε̂ from the *unclipped* prediction (diffusers' DDIM)."""
+    nd = x_t.dim()
+    eps = None
+    # 1. Data prediction from the model output (Ho et al. 2020, eq. 15; Salimans & Ho 2022 for v):
+    #    epsilon: x̂₀ = x_t/√ᾱ - √(1/ᾱ - 1)·ε̂      sample: x̂₀ = out      v: x̂₀ = √ᾱ·x_t - √(1-ᾱ)·v̂
+    if table.prediction_type == "epsilon":
+        inv_sa, ratio = (
+            _coef(table.sqrt_recip_alpha_bar, idx, nd),
+            _coef(table.sqrt_recipm1_alpha_bar, idx, nd),
+        )
+        x0 = inv_sa * x_t - ratio * model_out
+        eps = model_out
+    elif table.prediction_type == "sample":
+        x0 = model_out
+        if need_eps:  # ε̂ = (x_t - √ᾱ·x̂₀)/√(1-ᾱ)
+            sa, s1a = _coef(table.sqrt_alpha_bar, idx, nd), _coef(table.sqrt_one_minus_alpha_bar, idx, nd)
+            eps = (x_t - sa * x0) / s1a
+    elif table.prediction_type == "v_prediction":
+        sa, s1a = _coef(table.sqrt_alpha_bar, idx, nd), _coef(table.sqrt_one_minus_alpha_bar, idx, nd)
+        x0 = sa * x_t - s1a * model_out
+        if need_eps:  # ε̂ = √ᾱ·v̂ + √(1-ᾱ)·x_t
+            eps = sa * model_out + s1a * x_t
+    else:
+        raise ValueError(f"unknown prediction_type {table.prediction_type!r}")
+    # 2. Optional clipping of x̂₀ (DiffusionPolicy trains and samples with clip_sample=True, range 1).
+    if table.clip_sample:
+        x0 = x0.clamp(-table.clip_sample_range, table.clip_sample_range)
+    return x0, eps
+
+
+def predict_x0(table: StepTable, idx: StepIndex, x_t: Tensor, model_out: Tensor) -> Tensor:
+    """Data prediction x̂₀ from a model output, clipped as the table says.
+
+    Args:
+        table: the step table.
+        idx: step position(s): an int, or a LongTensor (S,) matching the leading dim of `x_t`.
+        x_t: (S, ...) or (...) noisy samples at the step's noise level.
+        model_out: denoiser output, same shape as `x_t`.
+
+    Returns:
+        x̂₀ with the shape of `x_t`.
+    """
+    return _x0_and_eps(table, idx, x_t, model_out, need_eps=False)[0]
+
+
+def step(
+    table: StepTable,
+    idx: StepIndex,
+    x_t: Tensor,
+    model_out: Tensor,
+    noise: Tensor | None = None,
+    *,
+    prev_x0: Tensor | None = None,
+) -> StepOutput:
+    """One reverse step x_{τ_i} -> x_{τ_{i+1}} for every row, by the table's sampler kind.
+
+    Args:
+        table: the step table (its `kind` selects DDPM, DDIM η=0 or DPM-Solver++(2M)).
+        idx: step position(s) i: an int for the whole tensor, or a LongTensor (S,) giving each leading row
+            its own step (e.g. x_t of shape (S, N, H, D) or (S, H, D)).
+        x_t: samples at noise level τ_i.
+        model_out: denoiser output for `x_t`, same shape.
+        noise: standard-normal noise z of the shape of `x_t`, added as σ_i·z (DDPM only; ignored by the
+            deterministic kinds). None gives the noise-free update (the posterior mean for DDPM).
+        prev_x0: DPM-Solver++ only: x̂₀ of step i-1 for each row (same shape as `x_t`). Required for
+            second-order steps; may be None when every row in `idx` is a first-order step.
+
+    Returns:
+        `StepOutput(prev_sample, x0_hat)`.
+    """
+    nd = x_t.dim()
+    x0, eps = _x0_and_eps(table, idx, x_t, model_out, need_eps=table.kind == "ddim")
+    if table.kind == "ddpm":
+        # 3a. DDPM posterior mean (Ho et al. 2020, eq. 7) and ancestral noise (Alg. 2, line 4):
+        #     x' = √ᾱ'β_s/(1-ᾱ)·x̂₀ + √α_s(1-ᾱ')/(1-ᾱ)·x_t + σ_i·z,   σ_i = √β̃_i (0 at the last step).
+        prev = _coef(table.posterior_coef_x0, idx, nd) * x0 + _coef(table.posterior_coef_xt, idx, nd) * x_t
+        if noise is not None:
+            prev = prev + _coef(table.sigma, idx, nd) * noise
+    elif table.kind == "ddim":
+        # 3b. DDIM with η = 0 (Song et al. 2021, eq. 12): x' = √ᾱ'·x̂₀ + √(1-ᾱ')·ε̂.
+        assert eps is not None
+        prev = (
+            _coef(table.sqrt_alpha_bar_prev, idx, nd) * x0
+            + _coef(table.sqrt_one_minus_alpha_bar_prev, idx, nd) * eps
+        )
+    elif table.kind == "dpmsolver++":
+        # 3c. DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), coefficients from the table:
+        #     x' = (σ'/σ)·x_t + α'(1-e^{-h})(1 + 1/2r)·x̂₀(τ_i) - α'(1-e^{-h})/(2r)·x̂₀(τ_{i-1}).
+        if isinstance(idx, int) and table.orders[idx] == 2 and prev_x0 is None:
+            raise ValueError(f"DPM-Solver++ step {idx} is second order and needs prev_x0")
+        prev = _coef(table.dpm_coef_x, idx, nd) * x_t + _coef(table.dpm_coef_x0, idx, nd) * x0
+        if prev_x0 is not None:
+            prev = prev + _coef(table.dpm_coef_x0_prev, idx, nd) * prev_x0
+    else:
+        raise ValueError(f"unknown sampler kind {table.kind!r}")
+    return StepOutput(prev_sample=prev, x0_hat=x0)
+
+
+def add_noise(source: StepTable | Tensor, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
+    """Forward noising for training: x_t = √ᾱ_t·x_0 + √(1-ᾱ_t)·ε (Ho et al. 2020, eq. 4).
+
+    Here `t` holds training-timestep *values* (0..T-1), as drawn during training.
+
+    Args:
+        source: a `StepTable` (its `alphas_cumprod`) or a (T,) ᾱ tensor.
+        x0: (B, ...) clean samples.
+        eps: standard-normal noise, same shape as `x0`.
+        t: (B,) int64 training timesteps.
+
+    Returns:
+        (B, ...) noisy samples in the dtype of `x0`.
+    """
+    ac = source.alphas_cumprod if isinstance(source, StepTable) else source
+    a = ac.to(x0.device)[t.to(x0.device)].to(torch.float64)  # (B,)
+    shape = a.shape + (1,) * (x0.dim() - a.dim())  # (B, 1, ..., 1)
+    sa = a.sqrt().to(x0.dtype).view(shape)
+    s1a = (1.0 - a).sqrt().to(x0.dtype).view(shape)
+    return sa * x0 + s1a * eps

@@ -1,0 +1,174 @@
+"""Closed-form checks of the noise schedules, inference timesteps and the StepTable."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from parapolicy.policy.schedules import make_alphas_cumprod, make_step_table, make_timesteps
+
+
+def betas_of(ac: torch.Tensor) -> torch.Tensor:
+    return 1.0 - ac / torch.cat([torch.ones(1, dtype=ac.dtype), ac[:-1]])
+
+
+def test_squaredcos_cap_v2_values_match_reference() -> None:
+    ac = make_alphas_cumprod("squaredcos_cap_v2", 100)
+    betas = betas_of(ac)
+    assert ac.dtype == torch.float64 and ac.shape == (100,)
+    assert betas[0].item() == pytest.approx(6.3e-4, rel=0.01)
+    assert betas[99].item() == pytest.approx(0.999, abs=1e-12)  # capped
+    assert ac[0].item() == pytest.approx(0.99937, abs=1e-5)
+    assert ac[49].item() == pytest.approx(0.494, abs=1e-3)
+    assert ac[99].item() == pytest.approx(2.4e-7, rel=0.02)
+    assert bool((ac[1:] < ac[:-1]).all()) and bool((ac > 0).all()) and bool((ac < 1).all())
+
+
+def test_squaredcos_formula_by_hand() -> None:
+    T = 100
+
+    def f(s: float) -> float:
+        return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    expected, prod = [], 1.0
+    for t in range(T):
+        prod *= 1.0 - min(1.0 - f((t + 1) / T) / f(t / T), 0.999)
+        expected.append(prod)
+    torch.testing.assert_close(
+        make_alphas_cumprod("squaredcos_cap_v2", T), torch.tensor(expected, dtype=torch.float64)
+    )
+
+
+def test_linear_schedule() -> None:
+    ac = make_alphas_cumprod("linear", 10, beta_start=1e-3, beta_end=0.1)
+    torch.testing.assert_close(betas_of(ac), torch.linspace(1e-3, 0.1, 10, dtype=torch.float64))
+    with pytest.raises(ValueError):
+        make_alphas_cumprod("cosine", 10)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("T", "K", "spacing", "offset", "expected"),
+    [
+        (100, 100, "leading", 0, list(range(99, -1, -1))),
+        (100, 10, "leading", 0, [90, 80, 70, 60, 50, 40, 30, 20, 10, 0]),
+        (100, 10, "leading", 1, [91, 81, 71, 61, 51, 41, 31, 21, 11, 1]),
+        (100, 8, "leading", 0, [84, 72, 60, 48, 36, 24, 12, 0]),
+        (100, 10, "trailing", 0, [99, 89, 79, 69, 59, 49, 39, 29, 19, 9]),
+        (1000, 30, "trailing", 0, None),
+        (100, 5, "linspace", 0, [99, 74, 50, 25, 0]),
+    ],
+)
+def test_timestep_spacing(T: int, K: int, spacing: str, offset: int, expected: list[int] | None) -> None:
+    ts = make_timesteps(T, K, spacing, offset)  # type: ignore[arg-type]
+    assert ts.dtype == torch.int64 and ts.shape == (K,)
+    assert bool((ts[1:] < ts[:-1]).all()) and int(ts.min()) >= 0 and int(ts.max()) <= T - 1
+    if expected is not None:
+        assert ts.tolist() == expected
+    else:  # 1000/30 trailing has uneven gaps (33 or 34): the case a uniform stride gets wrong
+        assert ts[0] == 999 and set((ts[:-1] - ts[1:]).tolist()) == {33, 34}
+
+
+def test_timesteps_reject_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        make_timesteps(100, 101)
+    with pytest.raises(ValueError):
+        make_timesteps(100, 0)
+    with pytest.raises(ValueError):
+        make_timesteps(100, 100, "leading", 1)  # 100 > T - 1
+    with pytest.raises(ValueError):
+        make_timesteps(100, 10, "trailing", 1)
+
+
+def test_ddpm_table_terminal_and_indexing() -> None:
+    ac = make_alphas_cumprod("squaredcos_cap_v2", 100)
+    ts = make_timesteps(100, 10)
+    tab = make_step_table(ac, ts, kind="ddpm", dtype=torch.float64)
+    assert tab.num_steps == 10 and tab.timestep_values == tuple(ts.tolist())
+    torch.testing.assert_close(tab.alpha_bar, ac[ts])
+    torch.testing.assert_close(tab.alpha_bar_prev[:-1], ac[ts[1:]])
+    assert tab.alpha_bar_prev[-1].item() == 1.0
+    assert tab.sigma[-1].item() == 0.0  # no noise at t = 0
+    assert tab.posterior_variance[-1].item() == 0.0
+    assert bool((tab.sigma[:-1] > 0).all())
+    # the posterior mean of the last step returns x̂₀ exactly: coef_x0 = 1, coef_xt = 0
+    assert tab.posterior_coef_x0[-1].item() == pytest.approx(1.0, abs=1e-15)
+    assert tab.posterior_coef_xt[-1].item() == 0.0
+
+
+def test_ddpm_table_against_hand_formulas() -> None:
+    ac = make_alphas_cumprod("squaredcos_cap_v2", 100)
+    ts = [90, 80, 70, 60, 50, 40, 30, 20, 10, 0]
+    tab = make_step_table(ac, ts, kind="ddpm", dtype=torch.float64)
+    for i in (0, 4, 8):
+        a, ap = ac[ts[i]].item(), ac[ts[i + 1]].item()
+        alpha_s, beta_s = a / ap, 1 - a / ap
+        assert tab.posterior_coef_x0[i].item() == pytest.approx(math.sqrt(ap) * beta_s / (1 - a), rel=1e-12)
+        assert tab.posterior_coef_xt[i].item() == pytest.approx(
+            math.sqrt(alpha_s) * (1 - ap) / (1 - a), rel=1e-12
+        )
+        assert tab.sigma[i].item() == pytest.approx(math.sqrt(beta_s * (1 - ap) / (1 - a)), rel=1e-12)
+        assert tab.tol_variance[i].item() == pytest.approx(beta_s * (1 - ap) / (1 - a), rel=1e-12)
+
+
+def test_uneven_custom_timesteps_use_next_list_element() -> None:
+    ac = make_alphas_cumprod("squaredcos_cap_v2", 100)
+    tab = make_step_table(ac, [99, 60, 59, 10, 0], kind="ddpm", dtype=torch.float64)
+    torch.testing.assert_close(
+        tab.alpha_bar_prev, torch.cat([ac[[60, 59, 10, 0]], torch.ones(1, dtype=torch.float64)])
+    )
+
+
+@pytest.mark.parametrize(("set_alpha_to_one", "final"), [(True, None), (False, 0)])
+def test_ddim_final_alpha(set_alpha_to_one: bool, final: int | None) -> None:
+    ac = make_alphas_cumprod("squaredcos_cap_v2", 100)
+    tab = make_step_table(ac, make_timesteps(100, 8), kind="ddim", set_alpha_to_one=set_alpha_to_one)
+    expected = 1.0 if final is None else ac[final].item()
+    assert tab.alpha_bar_prev[-1].item() == pytest.approx(expected, rel=1e-6)
+    assert bool((tab.sigma == 0).all())  # η = 0: never adds noise
+    assert bool((tab.tol_variance > 0).all()) and bool(torch.isfinite(tab.tol_variance).all())
+
+
+def test_tolerance_variance_fallback_at_the_end() -> None:
+    ac = make_alphas_cumprod("squaredcos_cap_v2", 100)
+    for kind in ("ddpm", "ddim", "dpmsolver++"):
+        tab = make_step_table(ac, make_timesteps(100, 10), kind=kind)  # type: ignore[arg-type]
+        assert tab.posterior_variance[-1].item() == 0.0
+        assert tab.tol_variance[-1].item() == pytest.approx(tab.posterior_variance[-2].item(), rel=1e-6)
+        torch.testing.assert_close(tab.tol_variance[:-1], tab.posterior_variance[:-1])
+    one = make_step_table(ac, [0], kind="ddpm")  # a single step: nothing positive to fall back on
+    assert one.tol_variance[0].item() == pytest.approx(1e-20)
+
+
+def test_dpmsolver_orders_and_log_snr() -> None:
+    ac = make_alphas_cumprod("squaredcos_cap_v2", 100)
+    tab = make_step_table(ac, make_timesteps(100, 10), kind="dpmsolver++", dtype=torch.float64)
+    assert tab.orders == (1,) + (2,) * 8 + (1,)
+    assert tab.dpm_coef_x0_prev[0].item() == 0.0 and tab.dpm_coef_x0_prev[-1].item() == 0.0
+    assert bool((tab.dpm_coef_x0_prev[1:-1] < 0).all())
+    a = ac[make_timesteps(100, 10)]
+    torch.testing.assert_close(tab.lambda_, 0.5 * torch.log(a / (1 - a)))
+    assert math.isinf(tab.lambda_prev[-1].item())
+    assert tab.dpm_coef_x[-1].item() == 0.0 and tab.dpm_coef_x0[-1].item() == pytest.approx(1.0)
+    long = make_step_table(ac, make_timesteps(100, 20), kind="dpmsolver++", set_alpha_to_one=False)
+    assert long.orders == (1,) + (2,) * 19  # K >= 15 and a finite final level: no lower_order_final
+    assert make_step_table(ac, make_timesteps(100, 10), kind="ddpm").orders == (1,) * 10
+
+
+def test_table_dtype_device_and_frozen() -> None:
+    ac = make_alphas_cumprod("squaredcos_cap_v2", 100)
+    tab = make_step_table(ac, make_timesteps(100, 100), dtype=torch.float32)
+    assert tab.dtype == torch.float32 and tab.tol_variance.dtype == torch.float32
+    assert tab.timesteps.dtype == torch.int64 and tab.device == torch.device("cpu")
+    moved = tab.to("cpu")
+    assert torch.equal(moved.sigma, tab.sigma) and moved.orders == tab.orders
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        tab.kind = "ddim"  # type: ignore[misc]
+    with pytest.raises(ValueError):
+        make_step_table(ac, [10, 20])
+    with pytest.raises(ValueError):
+        make_step_table(ac, [100])
+    with pytest.raises(ValueError):
+        make_step_table(ac, [10], kind="euler")  # type: ignore[arg-type]
