@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import hydra
+
 from parapolicy.envs.benchmark import EnvBenchConfig, format_env_benchmark, run_env_benchmark
 
 from ._hydra import CONFIG_PATH, VERSION_BASE, register_schema, run_dir, to_dataclass

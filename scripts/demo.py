@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import hydra
+
 from parapolicy.envs.demo import DemoConfig, run_demo
 
 from ._hydra import CONFIG_PATH, VERSION_BASE, register_schema, run_dir, to_dataclass

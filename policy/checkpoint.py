@@ -1,0 +1,200 @@
+"""Checkpoint directories: safetensors + JSON only, never pickle; strict, versioned, atomic.
+
+Layout of a pretrained-policy directory (what `policy.path=` points at)::
+
+    config.json           {"schema_version": 1, "kind": "parapolicy-diffusion-policy", "policy": {...}}
+    model.safetensors     weights: "ema.<name>" (used for inference) and optionally "raw.<name>"
+    normalizer.safetensors  the min-max normaliser's buffers
+
+A training checkpoint adds ``training_state/`` (see `training_state.py`). Directories are written to a
+temporary sibling and renamed into place, so an interrupted save never leaves a half-written
+checkpoint. Loading never calls `torch.load` or unpickles anything: a pickle file passed as a
+checkpoint is refused before it is read.
+
+No hydra imports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+SCHEMA_VERSION = 1
+CHECKPOINT_KIND = "parapolicy-diffusion-policy"
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+NORMALIZER_FILE = "normalizer.safetensors"
+_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol >= 2, and torch.save's zip container
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, malformed, of an unknown schema, or does not match the model."""
+
+
+def _contiguous(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+
+def write_atomic_dir(final: Path, write: Any) -> Path:
+    """Run ``write(tmp_dir)`` into a fresh temporary sibling, then rename it to ``final``.
+
+    Raises:
+        FileExistsError: if ``final`` already exists (checkpoints are never overwritten).
+    """
+    final = Path(final)
+    if final.exists():
+        raise FileExistsError(f"refusing to overwrite existing checkpoint {final}")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write(tmp)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def save_pretrained(
+    path: str | Path,
+    policy_config: Mapping[str, Any],
+    ema_weights: Mapping[str, torch.Tensor],
+    normalizer_state: Mapping[str, torch.Tensor],
+    raw_weights: Mapping[str, torch.Tensor] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a pretrained-policy directory (atomically; never overwrites).
+
+    Args:
+        path: the directory to create.
+        policy_config: JSON-serialisable policy config (``dataclasses.asdict`` of it).
+        ema_weights: the network weights used for inference (the EMA copy when training).
+        normalizer_state: the normaliser's buffers.
+        raw_weights: optional raw (non-EMA) weights, kept by training checkpoints for resuming.
+        metadata: optional extra JSON stored in ``config.json`` under ``"metadata"``.
+    """
+    config = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": CHECKPOINT_KIND,
+        "policy": dict(policy_config),
+        "metadata": dict(metadata or {}),
+    }
+    text = json.dumps(config, indent=2, sort_keys=True)  # fails early on non-JSON values
+    tensors = {f"ema.{k}": v for k, v in _contiguous(ema_weights).items()}
+    if raw_weights is not None:
+        tensors.update({f"raw.{k}": v for k, v in _contiguous(raw_weights).items()})
+
+    def write(tmp: Path) -> None:
+        (tmp / CONFIG_FILE).write_text(text)
+        save_file(tensors, str(tmp / MODEL_FILE), metadata={"schema_version": str(SCHEMA_VERSION)})
+        save_file(
+            _contiguous(normalizer_state),
+            str(tmp / NORMALIZER_FILE),
+            metadata={"schema_version": str(SCHEMA_VERSION)},
+        )
+
+    return write_atomic_dir(Path(path), write)
+
+
+def _looks_like_pickle(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return any(head.startswith(magic) for magic in _PICKLE_MAGIC)
+
+
+def _pickle_hint(path: Path) -> str:
+    if not _looks_like_pickle(path):
+        return ""
+    return (
+        " It looks like a pickle / torch.save file: parapolicy never loads pickles (they can execute code)."
+    )
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """Read and check a checkpoint directory's ``config.json``; returns its ``policy`` section.
+
+    Raises:
+        CheckpointError: if the path is not a checkpoint directory, the file is missing, empty or
+            invalid JSON, of another kind, or of an unknown schema version.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise CheckpointError(f"checkpoint {root} does not exist")
+    if root.is_file():
+        raise CheckpointError(
+            f"checkpoint {root} is a file; expected a directory with {CONFIG_FILE}, "
+            f"{MODEL_FILE} and {NORMALIZER_FILE}.{_pickle_hint(root)}"
+        )
+    cfg_path = root / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise CheckpointError(f"checkpoint {root} has no {CONFIG_FILE}")
+    text = cfg_path.read_text()
+    if not text.strip():
+        raise CheckpointError(f"{cfg_path} is empty")
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{cfg_path} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict) or config.get("kind") != CHECKPOINT_KIND:
+        raise CheckpointError(f"{cfg_path} is not a {CHECKPOINT_KIND} config")
+    version = config.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise CheckpointError(
+            f"{cfg_path} has schema_version {version!r}; this parapolicy reads "
+            f"schema_version {SCHEMA_VERSION}"
+        )
+    if not isinstance(config.get("policy"), dict):
+        raise CheckpointError(f"{cfg_path} has no 'policy' section")
+    return config["policy"]
+
+
+def read_tensors(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Read the tensors of a safetensors file whose names start with ``prefix`` (prefix removed).
+
+    Raises:
+        CheckpointError: if the file is missing, a pickle, truncated or otherwise unreadable.
+    """
+    if not path.is_file():
+        raise CheckpointError(f"missing {path}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"cannot read {path} (truncated or corrupt?): {exc}.{_pickle_hint(path)}"
+        ) from exc
+
+
+def check_state_dict(
+    expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], source: str
+) -> None:
+    """Strict match of names, shapes and dtypes, with every problem named.
+
+    Raises:
+        CheckpointError: listing missing keys, unexpected keys and shape/dtype mismatches.
+    """
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    mismatched = [
+        f"{k}: checkpoint {tuple(found[k].shape)} {found[k].dtype}, model {tuple(v.shape)} {v.dtype}"
+        for k, v in expected.items()
+        if k in found and (found[k].shape != v.shape or found[k].dtype != v.dtype)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+    if mismatched:
+        problems.append("shape/dtype mismatch: " + "; ".join(mismatched[:8]))
+    if problems:
+        raise CheckpointError(f"{source} does not match the model: " + " | ".join(problems))

@@ -1,0 +1,222 @@
+"""Typed configuration of the diffusion policy (plain dataclasses; no hydra, no OmegaConf).
+
+Field names follow diffusion_policy / LeRobot so settings compare directly with the references.
+String options are typed ``str`` (OmegaConf structured configs do not accept ``Literal``) and checked
+against the allowed values in ``__post_init__``, which also checks every cross-field rule, so a bad
+config fails when it is built, before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+BETA_SCHEDULES = ("squaredcos_cap_v2", "linear")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+SAMPLER_KINDS = ("ddpm", "ddim", "dpmsolver++")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+ALGORITHMS = ("sequential", "picard")
+ON_MAX_ITERS = ("finish_sequential", "return_iterate")
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _check_positive(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value <= 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+
+
+@dataclass
+class UNetConfig:
+    """Sizes of `ConditionalUnet1d`. Reference: down_dims (256, 512, 1024), embed 256 (65.8 M params)."""
+
+    down_dims: tuple[int, ...] = (256, 512, 1024)
+    """Channel widths of the encoder levels; the horizon must be divisible by 2**(len - 1)."""
+    diffusion_step_embed_dim: int = 256
+    """Width of the sinusoidal step embedding."""
+    kernel_size: int = 5
+    """Temporal convolution kernel size (odd)."""
+    n_groups: int = 8
+    """GroupNorm groups; must divide every width."""
+    cond_predict_scale: bool = True
+    """FiLM with scale and bias (True, reference) or bias only."""
+
+    def __post_init__(self) -> None:
+        self.down_dims = tuple(int(d) for d in self.down_dims)
+        if not self.down_dims or any(d <= 0 for d in self.down_dims):
+            raise ValueError(f"down_dims must be non-empty positive widths, got {self.down_dims}")
+        _check_positive(self, "diffusion_step_embed_dim", "kernel_size", "n_groups")
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
+        bad = [d for d in self.down_dims if d % self.n_groups]
+        if bad:
+            raise ValueError(f"n_groups={self.n_groups} must divide every down_dims width, not {bad}")
+
+
+@dataclass
+class NoiseScheduleConfig:
+    """The training noise schedule (reference: 100 steps, squaredcos_cap_v2, epsilon, clip to 1)."""
+
+    num_train_timesteps: int = 100
+    """T, the number of training diffusion steps."""
+    beta_schedule: str = "squaredcos_cap_v2"
+    """``squaredcos_cap_v2`` or ``linear``."""
+    beta_start: float = 1e-4
+    """First beta of the linear schedule."""
+    beta_end: float = 0.02
+    """Last beta of the linear schedule."""
+    prediction_type: str = "epsilon"
+    """What the network predicts: ``epsilon``, ``sample`` or ``v_prediction``."""
+    clip_sample: bool = True
+    """Clamp the predicted clean sample to [-clip_sample_range, clip_sample_range]."""
+    clip_sample_range: float = 1.0
+    """Clipping bound."""
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "num_train_timesteps", "clip_sample_range")
+        _check_choice("beta_schedule", self.beta_schedule, BETA_SCHEDULES)
+        _check_choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
+        if not 0.0 < self.beta_start < self.beta_end < 1.0:
+            raise ValueError(f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
+
+
+@dataclass
+class SamplerConfig:
+    """How action chunks are sampled: the update rule and the execution order (sequential or Picard)."""
+
+    kind: str = "ddpm"
+    """Update rule: ``ddpm``, ``ddim`` (eta 0) or ``dpmsolver++`` (2M)."""
+    num_inference_steps: int = 100
+    """K, the number of denoising steps (<= num_train_timesteps)."""
+    timestep_spacing: str = "leading"
+    """How the K inference timesteps are spread over the T training ones."""
+    steps_offset: int = 0
+    """Offset added to leading-spaced timesteps (DDIM)."""
+    set_alpha_to_one: bool = True
+    """DDIM / DPM-Solver++: the final step lands on alpha_bar = 1 (clean data)."""
+    algorithm: str = "sequential"
+    """``sequential`` (one network call per step) or ``picard`` (ParaDDPM sliding-window iteration)."""
+    window: int = 8
+    """Picard window: steps evaluated in one batched network call."""
+    tol: float = 0.1
+    """Picard tolerance on the per-step change, in units of that step's noise std."""
+    max_iters: int | None = None
+    """Cap on Picard iterations per chunk (None: no cap, K at most)."""
+    on_max_iters: str = "finish_sequential"
+    """At the cap: ``finish_sequential`` from the last trusted step, or ``return_iterate`` (flagged)."""
+    warm_start: bool = False
+    """Start Picard from the previous control step's trajectory shifted by n_action_steps."""
+
+    def __post_init__(self) -> None:
+        _check_choice("sampler.kind", self.kind, SAMPLER_KINDS)
+        _check_choice("sampler.timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS)
+        _check_choice("sampler.algorithm", self.algorithm, ALGORITHMS)
+        _check_choice("sampler.on_max_iters", self.on_max_iters, ON_MAX_ITERS)
+        if self.num_inference_steps < 1:
+            raise ValueError(f"sampler.num_inference_steps must be >= 1, got {self.num_inference_steps}")
+        if self.steps_offset < 0:
+            raise ValueError(f"sampler.steps_offset must be >= 0, got {self.steps_offset}")
+        if not 1 <= self.window <= self.num_inference_steps:
+            raise ValueError(
+                f"sampler.window must be in [1, num_inference_steps={self.num_inference_steps}], "
+                f"got {self.window}"
+            )
+        if not self.tol > 0.0:
+            raise ValueError(f"sampler.tol must be > 0 (use a tiny value for exact parity), got {self.tol}")
+        if self.max_iters is not None and self.max_iters < 1:
+            raise ValueError(f"sampler.max_iters must be >= 1 or null, got {self.max_iters}")
+
+
+@dataclass
+class PolicyConfig:
+    """The diffusion policy: shapes, action chunking, network, noise schedule and sampler.
+
+    Observation/action timing (To = n_obs_steps, Ta = n_action_steps, H = horizon)::
+
+        obs index:     t-1  t                          (the last To observations condition the plan)
+        plan row:      0    1    2   ...   8   ...  15 (H rows predicted)
+        executed:           |<--- rows To-1 .. To-1+Ta-1 --->|
+    """
+
+    obs_dim: int = 20
+    """Do: per-step observation width (9 keypoints x 2 + agent xy)."""
+    action_dim: int = 2
+    """Da: action width (absolute pusher target)."""
+    horizon: int = 16
+    """H: rows of the predicted action plan."""
+    n_obs_steps: int = 2
+    """To: observations that condition the plan."""
+    n_action_steps: int = 8
+    """Ta: plan rows executed before replanning."""
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    """Network sizes."""
+    schedule: NoiseScheduleConfig = field(default_factory=NoiseScheduleConfig)
+    """Training noise schedule."""
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    """Inference sampler."""
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "obs_dim", "action_dim", "horizon", "n_obs_steps", "n_action_steps")
+        factor = 2 ** (len(self.unet.down_dims) - 1)
+        if self.horizon % factor:
+            raise ValueError(
+                f"horizon={self.horizon} must be divisible by 2**(len(unet.down_dims)-1)={factor} "
+                f"(down_dims={self.unet.down_dims})"
+            )
+        if self.n_obs_steps > self.horizon:
+            raise ValueError(f"n_obs_steps={self.n_obs_steps} must be <= horizon={self.horizon}")
+        if self.n_action_steps > self.horizon - self.n_obs_steps + 1:
+            raise ValueError(
+                f"n_action_steps={self.n_action_steps} must be <= horizon - n_obs_steps + 1 = "
+                f"{self.horizon - self.n_obs_steps + 1}"
+            )
+        if self.sampler.num_inference_steps > self.schedule.num_train_timesteps:
+            raise ValueError(
+                f"sampler.num_inference_steps={self.sampler.num_inference_steps} must be <= "
+                f"schedule.num_train_timesteps={self.schedule.num_train_timesteps}"
+            )
+
+    @property
+    def global_cond_dim(self) -> int:
+        """Width of the FiLM condition from observations: To x Do."""
+        return self.n_obs_steps * self.obs_dim
+
+    @property
+    def action_start(self) -> int:
+        """First executed plan row (To - 1)."""
+        return self.n_obs_steps - 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PolicyConfig:
+        """Build from `to_dict` output; unknown or missing-type keys raise ``ValueError``."""
+        return _from_dict(cls, data, "policy")
+
+
+def _from_dict(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(fields)}")
+    nested = {"unet": UNetConfig, "schedule": NoiseScheduleConfig, "sampler": SamplerConfig}
+    kwargs = {}
+    for name, value in data.items():
+        if cls is PolicyConfig and name in nested:
+            kwargs[name] = _from_dict(nested[name], value, f"{where}.{name}")
+        else:
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"{where}: {exc}") from exc

@@ -1,0 +1,276 @@
+"""`DiffusionPolicy`: the DiffusionPolicy-style low-dim policy (normaliser + U-Net + step table + sampler).
+
+Observation/action timing (To = n_obs_steps = 2, Ta = n_action_steps = 8, H = horizon = 16)::
+
+    observations used:   o[t-1] o[t]
+    plan rows:           a0     a1 a2 a3 a4 a5 a6 a7 a8 a9 ... a15      (H rows, row 0 aligned with t-1)
+    executed:                   a1 ........................ a8         (rows To-1 .. To-1+Ta-1)
+
+`select_action` keeps the last To observations and a queue of Ta actions, and samples a new plan when
+the queue is empty. `predict_action_chunk` samples one plan for a batch of observation histories.
+Observations enter through one validation boundary (`validate_observation`) before the network runs.
+
+No hydra imports.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import PolicyConfig, SamplerConfig
+from .diffusion_step import add_noise
+from .networks import ConditionalUnet1d
+from .normalizer import MinMaxNormalizer
+from .samplers import SampleResult, draw_noise
+from .sampling import run_sampler
+from .schedules import StepTable, make_alphas_cumprod, make_step_table, make_timesteps
+
+OBS_KEY = "obs"
+
+
+class ObservationError(ValueError):
+    """An observation is missing, misshaped, of the wrong dtype, or not finite."""
+
+
+@dataclass(frozen=True)
+class ChunkPrediction:
+    """Output of `DiffusionPolicy.predict_action_chunk`.
+
+    Attributes:
+        action: (B, Ta, Da) the executed chunk, in environment units.
+        plan: (B, H, Da) the full predicted plan, in environment units.
+        result: the sampler's `SampleResult` (normalised sample and statistics).
+    """
+
+    action: Tensor
+    plan: Tensor
+    result: SampleResult
+
+
+def build_step_table(config: PolicyConfig, sampler: SamplerConfig, device: torch.device | str) -> StepTable:
+    """The step table of ``sampler`` for the policy's training schedule."""
+    sched = config.schedule
+    alphas_cumprod = make_alphas_cumprod(
+        sched.beta_schedule, sched.num_train_timesteps, sched.beta_start, sched.beta_end
+    )
+    timesteps = make_timesteps(
+        sched.num_train_timesteps,
+        sampler.num_inference_steps,
+        spacing=sampler.timestep_spacing,
+        steps_offset=sampler.steps_offset,
+    )
+    return make_step_table(
+        alphas_cumprod,
+        timesteps,
+        kind=sampler.kind,
+        prediction_type=sched.prediction_type,
+        clip_sample=sched.clip_sample,
+        clip_sample_range=sched.clip_sample_range,
+        set_alpha_to_one=sampler.set_alpha_to_one,
+        device=device,
+    )
+
+
+class DiffusionPolicy(nn.Module):
+    """Diffusion policy over action chunks, conditioned (FiLM) on the last To observations.
+
+    Args:
+        config: the policy configuration.
+        normalizer: a fitted normaliser with keys ``obs`` (Do) and ``action`` (Da); a blank one is made
+            when omitted (fit it, or load a checkpoint, before use).
+    """
+
+    def __init__(self, config: PolicyConfig, normalizer: MinMaxNormalizer | None = None) -> None:
+        super().__init__()
+        self.config = config
+        u = config.unet
+        self.network = ConditionalUnet1d(
+            input_dim=config.action_dim,
+            global_cond_dim=config.global_cond_dim,
+            diffusion_step_embed_dim=u.diffusion_step_embed_dim,
+            down_dims=u.down_dims,
+            kernel_size=u.kernel_size,
+            n_groups=u.n_groups,
+            cond_predict_scale=u.cond_predict_scale,
+        )
+        self.normalizer = normalizer or MinMaxNormalizer(
+            {OBS_KEY: config.obs_dim, "action": config.action_dim}
+        )
+        sched = config.schedule
+        alphas_cumprod = make_alphas_cumprod(
+            sched.beta_schedule, sched.num_train_timesteps, sched.beta_start, sched.beta_end
+        )
+        self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)  # (T,)
+        self.sampler = config.sampler
+        self.table = build_step_table(config, config.sampler, "cpu")
+        self._obs_history: deque[Tensor] = deque(maxlen=config.n_obs_steps)
+        self._action_queue: deque[Tensor] = deque()
+        self._previous_trajectory: Tensor | None = None
+
+    # ----------------------------------------------------------------------------------------------
+    # configuration
+    @property
+    def device(self) -> torch.device:
+        """Device of the network weights."""
+        return self.alphas_cumprod.device
+
+    def _apply(self, fn: Any, recurse: bool = True) -> DiffusionPolicy:
+        super()._apply(fn, recurse)
+        self.table = self.table.to(self.alphas_cumprod.device)  # keep the table beside the weights
+        return self
+
+    def set_sampler(self, sampler: SamplerConfig) -> None:
+        """Switch the inference sampler (rebuilds the step table once; resets the rollout state)."""
+        if sampler.num_inference_steps > self.config.schedule.num_train_timesteps:
+            raise ValueError(
+                f"sampler.num_inference_steps={sampler.num_inference_steps} exceeds the trained "
+                f"num_train_timesteps={self.config.schedule.num_train_timesteps}"
+            )
+        self.sampler = sampler
+        self.table = build_step_table(self.config, sampler, self.device)
+        self.reset()
+
+    def denoise(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+        """The denoiser callable of the samplers: ``(N, H, Da), (N,), (N, C) -> (N, H, Da)``."""
+        return self.network(x, t, cond)
+
+    # ----------------------------------------------------------------------------------------------
+    # training
+    def compute_loss(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        """Denoising loss of a batch ``{"obs": (B, H, Do), "action": (B, H, Da)}`` (reference recipe).
+
+        The network sees x_t = sqrt(abar_t) a + sqrt(1 - abar_t) eps with t ~ U{0..T-1} per sample and is
+        trained to predict eps (or a / v, per ``prediction_type``) on all H action rows.
+        """
+        cfg = self.config
+        nobs = self.normalizer.normalize(OBS_KEY, batch[OBS_KEY])  # (B, H, Do)
+        nact = self.normalizer.normalize("action", batch["action"])  # (B, H, Da)
+        B = nact.shape[0]
+        cond = nobs[:, : cfg.n_obs_steps].reshape(B, -1)  # (B, To*Do)
+        eps = torch.randn(nact.shape, generator=generator, device="cpu").to(nact)
+        t = torch.randint(0, cfg.schedule.num_train_timesteps, (B,), generator=generator, device="cpu")
+        t = t.to(nact.device)
+        x_t = add_noise(self.alphas_cumprod, nact, eps, t)
+        pred = self.network(x_t, t, cond)
+        kind = cfg.schedule.prediction_type
+        if kind == "epsilon":
+            target = eps
+        elif kind == "sample":
+            target = nact
+        else:  # v_prediction: v = sqrt(abar) eps - sqrt(1 - abar) x0
+            abar = self.alphas_cumprod[t].view(B, 1, 1)
+            target = abar.sqrt() * eps - (1 - abar).sqrt() * nact
+        return F.mse_loss(pred, target)
+
+    # ----------------------------------------------------------------------------------------------
+    # inference
+    def validate_observation(self, obs: Any, history: bool) -> Tensor:
+        """The validation boundary: return ``obs["obs"]`` as float32 on the policy's device.
+
+        Args:
+            obs: a mapping with key ``"obs"``: (Do,) or (B, Do) when ``history`` is False,
+                (To, Do) or (B, To, Do) when it is True. Any float dtype; numpy or torch.
+            history: whether the observation carries the To-step history.
+
+        Raises:
+            ObservationError: naming the missing key, the expected and actual shape, a non-float dtype,
+                or the position of a non-finite value.
+        """
+        if not isinstance(obs, Mapping):
+            raise ObservationError(
+                f"observation must be a mapping with key {OBS_KEY!r}, got {type(obs).__name__}"
+            )
+        if OBS_KEY not in obs:
+            raise ObservationError(f"observation is missing key {OBS_KEY!r} (got keys {sorted(obs)})")
+        value = obs[OBS_KEY]
+        arr = value if isinstance(value, Tensor) else np.asarray(value)
+        dtype_ok = (
+            arr.is_floating_point() if isinstance(arr, Tensor) else np.issubdtype(arr.dtype, np.floating)
+        )
+        if not dtype_ok:
+            raise ObservationError(f"observation {OBS_KEY!r} must be floating point, got dtype {arr.dtype}")
+        x = torch.as_tensor(arr).to(device=self.device, dtype=torch.float32)
+        To, Do = self.config.n_obs_steps, self.config.obs_dim
+        tail = (To, Do) if history else (Do,)
+        if x.dim() == len(tail):
+            x = x.unsqueeze(0)
+        if x.dim() != len(tail) + 1 or tuple(x.shape[1:]) != tail or x.shape[0] < 1:
+            want = f"{tail} or (B, {', '.join(map(str, tail))})"
+            raise ObservationError(f"observation {OBS_KEY!r} must have shape {want}, got {tuple(arr.shape)}")
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            bad = tuple(int(i) for i in (~finite).nonzero()[0])
+            raise ObservationError(f"observation {OBS_KEY!r} has a non-finite value at index {bad}")
+        return x
+
+    @torch.no_grad()
+    def predict_action_chunk(
+        self,
+        obs: Mapping[str, Any],
+        noise: tuple[Tensor, Tensor] | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        init: Tensor | None = None,
+    ) -> ChunkPrediction:
+        """Sample one plan per observation history.
+
+        Args:
+            obs: ``{"obs": (To, Do) or (B, To, Do)}`` in environment units.
+            noise: optional pre-drawn ``(x_T (B, H, Da), step_noise (K, B, H, Da))``; drawn from
+                ``generator`` (CPU) when omitted.
+            generator: CPU generator(s) for the noise (one per sample for batch-independent noise).
+            init: optional Picard initial guess (K+1, B, H, Da) in normalised units (warm start).
+
+        Returns:
+            `ChunkPrediction` with the executed chunk rows [To-1, To-1+Ta) and the full plan.
+        """
+        cfg = self.config
+        x_obs = self.validate_observation(obs, history=True)  # (B, To, Do)
+        B = x_obs.shape[0]
+        cond = self.normalizer.normalize(OBS_KEY, x_obs).reshape(B, -1)  # (B, To*Do)
+        shape = (B, cfg.horizon, cfg.action_dim)
+        if noise is None:
+            x_T, step_noise = draw_noise(self.table, shape, generator, device=self.device)
+        else:
+            x_T, step_noise = noise[0].to(self.device), noise[1].to(self.device)
+        result = run_sampler(self.sampler, self.denoise, x_T, self.table, step_noise, cond, init=init)
+        plan = self.normalizer.unnormalize("action", result.sample)  # (B, H, Da)
+        start = cfg.action_start
+        return ChunkPrediction(action=plan[:, start : start + cfg.n_action_steps], plan=plan, result=result)
+
+    def reset(self) -> None:
+        """Clear the observation history, the action queue and the warm-start trajectory."""
+        self._obs_history.clear()
+        self._action_queue.clear()
+        self._previous_trajectory = None
+
+    @torch.no_grad()
+    def select_action(
+        self, obs: Mapping[str, Any], generator: torch.Generator | list[torch.Generator] | None = None
+    ) -> Tensor:
+        """One action per call from a queue refilled with a new chunk every Ta calls.
+
+        Args:
+            obs: ``{"obs": (Do,) or (B, Do)}``, the current observation (environment units).
+            generator: CPU generator(s) for the sampling noise.
+
+        Returns:
+            (B, Da) action (B = 1 for an unbatched observation).
+        """
+        x = self.validate_observation(obs, history=False)  # (B, Do)
+        if not self._obs_history:
+            self._obs_history.extend([x] * self.config.n_obs_steps)  # the first obs is repeated
+        else:
+            self._obs_history.append(x)
+        if not self._action_queue:
+            history = torch.stack(list(self._obs_history), dim=1)  # (B, To, Do)
+            chunk = self.predict_action_chunk({OBS_KEY: history}, generator=generator).action
+            self._action_queue.extend(chunk.unbind(dim=1))  # Ta tensors of (B, Da)
+        return self._action_queue.popleft()

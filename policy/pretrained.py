@@ -1,0 +1,82 @@
+"""Save and load a `DiffusionPolicy` as a checkpoint directory (see `checkpoint.py`; no hydra)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import (
+    MODEL_FILE,
+    NORMALIZER_FILE,
+    CheckpointError,
+    check_state_dict,
+    read_config,
+    read_tensors,
+    save_pretrained,
+)
+from .config import PolicyConfig, SamplerConfig
+from .policy import DiffusionPolicy
+
+
+def save_policy(
+    policy: DiffusionPolicy,
+    path: str | Path,
+    raw_weights: Mapping[str, torch.Tensor] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``policy`` (its network weights as the inference "ema" weights) to a new directory.
+
+    Args:
+        policy: the policy whose network weights are used for inference (pass the EMA policy).
+        path: directory to create (never overwritten).
+        raw_weights: optional raw network weights to keep beside them (training checkpoints).
+        metadata: extra JSON for ``config.json``.
+    """
+    return save_pretrained(
+        path,
+        policy.config.to_dict(),
+        policy.network.state_dict(),
+        policy.normalizer.state_dict(),
+        raw_weights=raw_weights,
+        metadata=metadata,
+    )
+
+
+def load_policy(
+    path: str | Path, device: torch.device | str = "cpu", sampler: SamplerConfig | None = None
+) -> DiffusionPolicy:
+    """Load a policy from a checkpoint directory, strictly; nothing is returned half-loaded.
+
+    Args:
+        path: the checkpoint directory (``config.json``, ``model.safetensors``, ``normalizer.safetensors``).
+        device: where to put the policy.
+        sampler: optional inference sampler replacing the one saved in the config.
+
+    Raises:
+        CheckpointError: on a missing or malformed file, an unknown schema version, a pickle, or any
+            missing, unexpected or misshaped tensor.
+    """
+    root = Path(path)
+    config_dict = read_config(root)
+    try:
+        config = PolicyConfig.from_dict(config_dict)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{root / 'config.json'} holds an invalid policy config: {exc}") from exc
+    policy = DiffusionPolicy(config)
+    weights = read_tensors(root / MODEL_FILE, prefix="ema.")
+    check_state_dict(policy.network.state_dict(), weights, f"{root / MODEL_FILE}")
+    stats = read_tensors(root / NORMALIZER_FILE)
+    check_state_dict(policy.normalizer.state_dict(), stats, f"{root / NORMALIZER_FILE}")
+    policy.network.load_state_dict(weights, strict=True)
+    policy.normalizer.load_state_dict(stats, strict=True)
+    if sampler is not None:
+        policy.set_sampler(sampler)
+    return policy.to(device).eval()
+
+
+def load_raw_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The raw (non-EMA) network weights of a training checkpoint (empty if it has none)."""
+    return read_tensors(Path(path) / MODEL_FILE, prefix="raw.")

@@ -1,0 +1,51 @@
+"""Dispatch a `SamplerConfig` to the sequential or the Picard sampler (no hydra)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from .config import SamplerConfig
+from .denoiser import Denoiser
+from .picard import sample_picard
+from .samplers import SampleResult, sample_sequential
+from .schedules import StepTable
+
+
+def run_sampler(
+    sampler: SamplerConfig,
+    denoise: Denoiser,
+    x_T: Tensor,
+    table: StepTable,
+    noise: Tensor | None,
+    cond: Tensor | None,
+    *,
+    init: Tensor | None = None,
+    return_trajectory: bool = False,
+) -> SampleResult:
+    """Sample with the execution order ``sampler.algorithm`` (the update rule comes from ``table``).
+
+    Args:
+        sampler: the sampler settings.
+        denoise: the denoiser callable ``(N, H, D), (N,), (N, C) -> (N, H, D)``.
+        x_T: (B, H, D) initial sample.
+        table: the step table of ``sampler.kind``, on ``x_T``'s device.
+        noise: (K, B, H, D) pre-drawn step noise.
+        cond: (B, C) conditioning.
+        init: Picard warm-start guess (K+1, B, H, D); ignored by the sequential sampler.
+        return_trajectory: the sequential sampler also returns its (K+1, B, H, D) trajectory (Picard
+            always does).
+    """
+    if sampler.algorithm == "sequential":
+        return sample_sequential(denoise, x_T, table, noise, cond, return_trajectory=return_trajectory)
+    return sample_picard(
+        denoise,
+        x_T,
+        table,
+        noise,
+        cond,
+        window=sampler.window,
+        tol=sampler.tol,
+        max_iters=sampler.max_iters,
+        on_max_iters=sampler.on_max_iters,
+        init=init,
+    )

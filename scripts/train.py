@@ -1,0 +1,22 @@
+"""`parapolicy-train`: train a diffusion policy on a demonstration store (see policy/train.py)."""
+
+from __future__ import annotations
+
+import hydra
+
+from parapolicy.policy.train import TrainConfig, train
+
+from ._hydra import CONFIG_PATH, VERSION_BASE, register_schema, run_dir, to_dataclass
+
+register_schema("train_schema", TrainConfig)
+
+
+@hydra.main(version_base=VERSION_BASE, config_path=CONFIG_PATH, config_name="train")
+def main(cfg) -> None:
+    """Train; resume a run with ``hydra.run.dir=<run folder> resume=true``."""
+    ckpt = train(to_dataclass(cfg), run_dir())
+    print(f"final checkpoint: {ckpt / 'pretrained_model'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny synthetic demonstration store and a tiny policy config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from parapolicy.policy.config import PolicyConfig, UNetConfig
+from parapolicy.policy.policy import DiffusionPolicy
+from parapolicy.policy.replay_store import ReplayStore
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory):
+    """A 6-episode store with random low-dim data (30-35 steps each)."""
+    path = tmp_path_factory.mktemp("store") / "tiny.zarr"
+    rng = np.random.default_rng(0)
+    store = ReplayStore.create(path)
+    for e in range(6):
+        n = 30 + e
+        store.append_episode(
+            {
+                "state": rng.uniform(0, 512, (n, 5)).astype(np.float32),
+                "keypoint": rng.uniform(0, 512, (n, 9, 2)).astype(np.float32),
+                "action": rng.uniform(0, 512, (n, 2)).astype(np.float32),
+            },
+            seed=e,
+        )
+    store.close()
+    return path
+
+
+@pytest.fixture
+def tiny_config() -> PolicyConfig:
+    """A policy small enough for unit tests (two U-Net levels of 16 and 32 channels)."""
+    return PolicyConfig(unet=UNetConfig(down_dims=(16, 32), diffusion_step_embed_dim=16))
+
+
+@pytest.fixture
+def tiny_policy(tiny_config) -> DiffusionPolicy:
+    """A randomly initialised tiny policy with a fitted normaliser (seeded)."""
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(tiny_config)
+    gen = torch.Generator().manual_seed(1)
+    policy.normalizer.fit(
+        {"obs": torch.rand(200, 20, generator=gen) * 512, "action": torch.rand(200, 2, generator=gen) * 512}
+    )
+    return policy.eval()

@@ -1,0 +1,139 @@
+"""DiffusionPolicy: queue behaviour, noise determinism, the validation boundary, golden outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from parapolicy.policy.config import NoiseScheduleConfig, PolicyConfig, SamplerConfig, UNetConfig
+from parapolicy.policy.policy import DiffusionPolicy, ObservationError
+from parapolicy.policy.pretrained import load_policy
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+
+def test_config_cross_field_rules():
+    with pytest.raises(ValueError, match="horizon=10 must be divisible by 2\\*\\*"):
+        PolicyConfig(horizon=10)
+    with pytest.raises(ValueError, match="n_action_steps=16 must be <= horizon - n_obs_steps \\+ 1 = 15"):
+        PolicyConfig(n_action_steps=16)
+    with pytest.raises(ValueError, match="num_inference_steps=200 must be <="):
+        PolicyConfig(sampler=SamplerConfig(num_inference_steps=200))
+    with pytest.raises(ValueError, match="window"):
+        SamplerConfig(window=0)
+    with pytest.raises(ValueError, match="tol"):
+        SamplerConfig(tol=0.0)
+    with pytest.raises(ValueError, match="max_iters"):
+        SamplerConfig(max_iters=0)
+    with pytest.raises(ValueError, match="kind"):
+        SamplerConfig(kind="euler")
+    with pytest.raises(ValueError, match="n_groups"):
+        UNetConfig(down_dims=(12, 24))
+
+
+def test_config_round_trips_through_json_dict(tiny_config):
+    assert PolicyConfig.from_dict(tiny_config.to_dict()) == tiny_config
+    with pytest.raises(ValueError, match="unknown field"):
+        PolicyConfig.from_dict({**tiny_config.to_dict(), "extra": 1})
+
+
+def test_select_action_refills_the_queue_every_n_action_steps(tiny_policy, monkeypatch):
+    calls = []
+    original = tiny_policy.predict_action_chunk
+
+    def spy(obs, **kw):
+        calls.append(obs["obs"].clone())
+        return original(obs, **kw)
+
+    monkeypatch.setattr(tiny_policy, "predict_action_chunk", spy)
+    gen = torch.Generator().manual_seed(0)
+    observations = [torch.full((20,), float(i)) for i in range(17)]
+    for obs in observations:
+        action = tiny_policy.select_action({"obs": obs}, generator=gen)
+        assert action.shape == (1, 2)
+    assert len(calls) == 3  # at steps 0, 8, 16
+    assert torch.equal(calls[0][0], torch.stack([observations[0]] * 2))  # first obs repeated
+    assert torch.equal(calls[1][0], torch.stack(observations[7:9]))  # the last two observations
+    tiny_policy.reset()
+    tiny_policy.select_action({"obs": observations[0]}, generator=gen)
+    assert len(calls) == 4
+
+
+def test_executed_rows_of_the_plan(tiny_policy):
+    out = tiny_policy.predict_action_chunk(
+        {"obs": torch.rand(2, 20) * 512}, generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(out.action, out.plan[:, 1:9])
+
+
+def test_same_noise_same_actions_and_batch_independence(tiny_policy):
+    obs = torch.rand(3, 2, 20, generator=torch.Generator().manual_seed(5)) * 512
+
+    def gens():
+        return [torch.Generator().manual_seed(10 + i) for i in range(3)]
+
+    a = tiny_policy.predict_action_chunk({"obs": obs}, generator=gens()).plan
+    b = tiny_policy.predict_action_chunk({"obs": obs}, generator=gens()).plan
+    assert torch.equal(a, b)
+    single = tiny_policy.predict_action_chunk({"obs": obs[1:2]}, generator=gens()[1:2]).plan
+    torch.testing.assert_close(single[0], a[1], atol=1e-3, rtol=0)  # px: float32 batching noise
+    c = tiny_policy.predict_action_chunk({"obs": obs}, generator=torch.Generator().manual_seed(99)).plan
+    assert not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize(
+    ("obs", "message"),
+    [
+        ({}, "missing key 'obs'"),
+        ({"state": np.zeros(20)}, "missing key 'obs'"),
+        ([0.0] * 20, "must be a mapping"),
+        ({"obs": np.zeros(19)}, "must have shape"),
+        ({"obs": np.zeros((2, 3, 20))}, "must have shape"),
+        ({"obs": np.zeros(20, dtype=np.int64)}, "floating point"),
+        ({"obs": np.array([0.0] * 19 + [np.nan])}, "non-finite value at index \\(0, 19\\)"),
+        ({"obs": np.array([np.inf] + [0.0] * 19)}, "non-finite"),
+    ],
+)
+def test_observation_boundary_rejects_bad_input_before_the_network(tiny_policy, monkeypatch, obs, message):
+    monkeypatch.setattr(tiny_policy, "network", None)  # any network call would raise TypeError
+    with pytest.raises(ObservationError, match=message):
+        tiny_policy.select_action(obs)
+
+
+def test_switching_sampler_rebuilds_the_table(tiny_policy):
+    tiny_policy.set_sampler(SamplerConfig(kind="ddim", num_inference_steps=10, window=4))
+    assert tiny_policy.table.num_steps == 10 and tiny_policy.table.kind == "ddim"
+    short = DiffusionPolicy(
+        PolicyConfig(
+            unet=tiny_policy.config.unet,
+            schedule=NoiseScheduleConfig(num_train_timesteps=50),
+            sampler=SamplerConfig(num_inference_steps=50),
+        )
+    )
+    with pytest.raises(ValueError, match="exceeds the trained num_train_timesteps=50"):
+        short.set_sampler(SamplerConfig(num_inference_steps=100))
+
+
+@pytest.mark.parametrize("name", ["ddpm100", "ddim10", "dpm10"])
+def test_golden_output(name):
+    """Regenerate with tests/artifacts/make_golden.py (see its docstring) only for intended changes."""
+    io = load_file(str(ARTIFACTS / "golden_tiny_io.safetensors"))
+    samplers = {
+        "ddpm100": SamplerConfig(kind="ddpm", num_inference_steps=100),
+        "ddim10": SamplerConfig(kind="ddim", num_inference_steps=10, window=8),
+        "dpm10": SamplerConfig(kind="dpmsolver++", num_inference_steps=10, window=8),
+    }
+    policy = load_policy(ARTIFACTS / "golden_tiny", sampler=samplers[name])
+    out = policy.predict_action_chunk({"obs": io["obs"]}, noise=(io[f"{name}.x_T"], io[f"{name}.noise"]))
+    torch.testing.assert_close(out.plan, io[f"{name}.plan"], atol=1e-3, rtol=0)  # px; actions span 0..512
+
+
+def test_loss_is_finite_and_backpropagates(tiny_policy):
+    batch = {"obs": torch.rand(4, 16, 20) * 512, "action": torch.rand(4, 16, 2) * 512}
+    loss = tiny_policy.compute_loss(batch, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in tiny_policy.network.parameters())

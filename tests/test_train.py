@@ -1,0 +1,118 @@
+"""Training loop: metrics, checkpoints, refusal to overwrite, exact resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from parapolicy.policy.checkpoint import CheckpointError
+from parapolicy.policy.ema import EMA, ema_decay
+from parapolicy.policy.pretrained import load_policy, load_raw_weights
+from parapolicy.policy.train import TrainConfig, lr_lambda, train
+
+
+def make_cfg(store, policy_cfg, **kw) -> TrainConfig:
+    base = {
+        "dataset_path": str(store),
+        "policy": policy_cfg,
+        "num_steps": 12,
+        "batch_size": 16,
+        "log_every": 4,
+        "val_every": 6,
+        "checkpoint_every": 6,
+        "progress": False,
+    }
+    return TrainConfig(**{**base, **kw})
+
+
+def test_ema_and_lr_schedules_match_the_reference():
+    assert ema_decay(0) == ema_decay(1) == 0.0
+    assert ema_decay(2) == pytest.approx(1 - 2**-0.75)
+    assert ema_decay(1001) == pytest.approx(0.994, abs=1e-3)
+    assert ema_decay(10_001) == pytest.approx(0.999, abs=2e-4)
+    assert ema_decay(10**7) == 0.9999
+    f = lr_lambda(500, 10_500)
+    assert f(0) == 0.0 and f(250) == 0.5 and f(500) == 1.0
+    assert f(5500) == pytest.approx(0.5) and f(10_500) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_ema_averages_parameters_and_copies_buffers(tiny_policy):
+    shadow = type(tiny_policy)(tiny_policy.config)
+    ema = EMA(shadow)
+    ema.update(tiny_policy)  # decay 0: copy
+    for (_, a), (_, b) in zip(tiny_policy.state_dict().items(), shadow.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b)
+    before = shadow.network.final_conv[1].weight.clone()
+    with torch.no_grad():
+        tiny_policy.network.final_conv[1].weight.add_(1.0)
+    ema.update(tiny_policy)  # still decay 0 (step 1)
+    ema.update(tiny_policy)  # decay 1 - 2**-0.75
+    d = 1 - 2**-0.75
+    expected = d * (before + 1.0) + (1 - d) * (before + 1.0)
+    torch.testing.assert_close(shadow.network.final_conv[1].weight, expected)
+
+
+def test_train_writes_metrics_and_loadable_checkpoints(tmp_path, tiny_store, tiny_config):
+    ckpt = train(make_cfg(tiny_store, tiny_config), tmp_path / "run")
+    assert ckpt.name == "000012"
+    assert (tmp_path / "run" / "checkpoints" / "last").resolve() == ckpt.resolve()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [4, 8, 12]
+    assert [r["step"] for r in rows if "val_loss" in r] == [6, 12]
+    policy = load_policy(ckpt / "pretrained_model")
+    assert set(load_raw_weights(ckpt / "pretrained_model")) == set(policy.network.state_dict())
+    out = policy.predict_action_chunk(
+        {"obs": torch.rand(2, 20) * 512}, generator=torch.Generator().manual_seed(0)
+    )
+    assert out.action.shape == (1, 8, 2) and torch.isfinite(out.action).all()
+
+
+def test_refuses_to_write_into_an_existing_run(tmp_path, tiny_store, tiny_config):
+    train(make_cfg(tiny_store, tiny_config, num_steps=2, checkpoint_every=0), tmp_path / "run")
+    with pytest.raises(FileExistsError, match="resume=true"):
+        train(make_cfg(tiny_store, tiny_config, num_steps=2, checkpoint_every=0), tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        train(make_cfg(tiny_store, tiny_config, resume=True), tmp_path / "fresh")
+
+
+def test_resume_is_exact(tmp_path, tiny_store, tiny_config, monkeypatch):
+    full = train(make_cfg(tiny_store, tiny_config), tmp_path / "full")
+
+    calls = {"n": 0}
+    original = EMA.update
+
+    def crash_after_eight(self, model):
+        calls["n"] += 1
+        if calls["n"] > 8:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, model)
+
+    monkeypatch.setattr(EMA, "update", crash_after_eight)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_cfg(tiny_store, tiny_config), tmp_path / "cut")
+    monkeypatch.setattr(EMA, "update", original)
+    assert (tmp_path / "cut" / "checkpoints" / "last").resolve().name == "000006"
+    with pytest.raises(CheckpointError, match="config differs"):
+        train(make_cfg(tiny_store, tiny_config, lr=2e-4, resume=True), tmp_path / "cut")
+    resumed = train(make_cfg(tiny_store, tiny_config, resume=True), tmp_path / "cut")
+
+    a, b = load_policy(full / "pretrained_model"), load_policy(resumed / "pretrained_model")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+    assert torch.equal(
+        next(iter(load_raw_weights(full / "pretrained_model").values())),
+        next(iter(load_raw_weights(resumed / "pretrained_model").values())),
+    )
+    steps = [
+        json.loads(line)["step"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == sorted(steps)  # rows after the restart checkpoint were dropped, not duplicated
+
+
+def test_bad_train_settings():
+    with pytest.raises(ValueError, match="num_steps"):
+        TrainConfig(num_steps=0)
+    with pytest.raises(ValueError, match="betas"):
+        TrainConfig(betas=(0.9, 1.5))
