@@ -10,6 +10,27 @@ import av
 import numpy as np
 
 
+def check_video_output(directory: str | Path) -> Path:
+    """Fail fast, before any rollout, if videos could not be written to ``directory``.
+
+    Creates the directory, checks it is writable and that the H.264 encoder is available.
+
+    Raises:
+        OSError: if the directory cannot be created or written.
+        RuntimeError: if PyAV has no libx264 encoder.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    probe = directory / ".write_probe"
+    probe.write_bytes(b"")
+    probe.unlink()
+    try:
+        av.codec.Codec("libx264", "w")
+    except Exception as exc:  # PyAV raises its own error types here
+        raise RuntimeError(f"PyAV cannot encode H.264 (libx264 missing): {exc}") from exc
+    return directory
+
+
 def write_mp4(path: str | Path, frames: Sequence[np.ndarray], fps: int = 10, crf: int = 22) -> Path:
     """Encode ``frames`` (each ``(H, W, 3)`` uint8 RGB, even H and W) to ``path``.
 

@@ -112,6 +112,10 @@ class SamplerConfig:
     """At the cap: ``finish_sequential`` from the last trusted step, or ``return_iterate`` (flagged)."""
     warm_start: bool = False
     """Start Picard from the previous control step's trajectory shifted by n_action_steps."""
+    common_random_numbers: bool = False
+    """With warm_start: reuse the previous chunk's noise shifted by n_action_steps (fresh tail rows)."""
+    abs_floor: float = 0.0
+    """Picard: a step also counts as converged when its RMS change is below this (0: off)."""
 
     def __post_init__(self) -> None:
         _check_choice("sampler.kind", self.kind, SAMPLER_KINDS)
@@ -129,6 +133,10 @@ class SamplerConfig:
             )
         if not self.tol > 0.0:
             raise ValueError(f"sampler.tol must be > 0 (use a tiny value for exact parity), got {self.tol}")
+        if self.abs_floor < 0:
+            raise ValueError(f"sampler.abs_floor must be >= 0, got {self.abs_floor}")
+        if self.common_random_numbers and not self.warm_start:
+            raise ValueError("sampler.common_random_numbers needs sampler.warm_start=true")
         if self.max_iters is not None and self.max_iters < 1:
             raise ValueError(f"sampler.max_iters must be >= 1 or null, got {self.max_iters}")
 

@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from parapolicy.envs import PushTEnv, reference_initial_state
-from parapolicy.envs.video import write_mp4
+from parapolicy.envs.video import check_video_output, write_mp4
 
 from .policy import OBS_KEY, DiffusionPolicy
 
@@ -114,6 +114,8 @@ def evaluate_policy(
         video_dir: where ``eval_episode_<i>.mp4`` go (None: no videos).
         on_episode: called with each finished episode's record (progress reporting).
     """
+    if video_dir is not None and cfg.max_videos:
+        check_video_output(video_dir)  # fail before the rollouts, not after
     start = time.perf_counter()
     seeds = [cfg.start_seed + i for i in range(cfg.n_episodes)]
     records: list[dict[str, Any]] = []

@@ -32,6 +32,7 @@ from .normalizer import MinMaxNormalizer
 from .samplers import SampleResult, draw_noise
 from .sampling import run_sampler
 from .schedules import StepTable, make_alphas_cumprod, make_step_table, make_timesteps
+from .warm_start import common_random_numbers, warm_start_guess
 
 OBS_KEY = "obs"
 
@@ -47,12 +48,16 @@ class ChunkPrediction:
     Attributes:
         action: (B, Ta, Da) the executed chunk, in environment units.
         plan: (B, H, Da) the full predicted plan, in environment units.
-        result: the sampler's `SampleResult` (normalised sample and statistics).
+        result: the sampler's `SampleResult` (normalised sample, trajectory for Picard, statistics).
+        x_T: (B, H, Da) the initial sample used.
+        noise: (K, B, H, Da) the step noise used.
     """
 
     action: Tensor
     plan: Tensor
     result: SampleResult
+    x_T: Tensor
+    noise: Tensor
 
 
 def build_step_table(config: PolicyConfig, sampler: SamplerConfig, device: torch.device | str) -> StepTable:
@@ -113,7 +118,7 @@ class DiffusionPolicy(nn.Module):
         self.table = build_step_table(config, config.sampler, "cpu")
         self._obs_history: deque[Tensor] = deque(maxlen=config.n_obs_steps)
         self._action_queue: deque[Tensor] = deque()
-        self._previous_trajectory: Tensor | None = None
+        self._previous: ChunkPrediction | None = None  # warm-start source
 
     # ----------------------------------------------------------------------------------------------
     # configuration
@@ -243,13 +248,19 @@ class DiffusionPolicy(nn.Module):
         result = run_sampler(self.sampler, self.denoise, x_T, self.table, step_noise, cond, init=init)
         plan = self.normalizer.unnormalize("action", result.sample)  # (B, H, Da)
         start = cfg.action_start
-        return ChunkPrediction(action=plan[:, start : start + cfg.n_action_steps], plan=plan, result=result)
+        return ChunkPrediction(
+            action=plan[:, start : start + cfg.n_action_steps],
+            plan=plan,
+            result=result,
+            x_T=x_T,
+            noise=step_noise,
+        )
 
     def reset(self) -> None:
         """Clear the observation history, the action queue and the warm-start trajectory."""
         self._obs_history.clear()
         self._action_queue.clear()
-        self._previous_trajectory = None
+        self._previous = None
 
     @torch.no_grad()
     def select_action(
@@ -271,6 +282,34 @@ class DiffusionPolicy(nn.Module):
             self._obs_history.append(x)
         if not self._action_queue:
             history = torch.stack(list(self._obs_history), dim=1)  # (B, To, Do)
-            chunk = self.predict_action_chunk({OBS_KEY: history}, generator=generator).action
-            self._action_queue.extend(chunk.unbind(dim=1))  # Ta tensors of (B, Da)
+            noise, init = self.warm_start_inputs(self._previous, history.shape[0], generator)
+            pred = self.predict_action_chunk({OBS_KEY: history}, noise=noise, generator=generator, init=init)
+            self._previous = pred
+            self._action_queue.extend(pred.action.unbind(dim=1))  # Ta tensors of (B, Da)
         return self._action_queue.popleft()
+
+    def warm_start_inputs(
+        self, previous: ChunkPrediction | None, batch_size: int, generator: torch.Generator | None = None
+    ) -> tuple[tuple[Tensor, Tensor] | None, Tensor | None]:
+        """Noise and Picard initial guess for the next chunk, from the previous chunk of the same batch.
+
+        Returns ``(noise, init)``: ``noise`` is the shifted previous noise when common random numbers are
+        on (else None: draw fresh), ``init`` the shifted previous trajectory when warm starting Picard
+        (else None). Nothing is reused when there is no previous chunk or its batch size differs.
+        """
+        s = self.sampler
+        if (
+            previous is None
+            or s.algorithm != "picard"
+            or not s.warm_start
+            or previous.result.trajectory is None
+            or previous.x_T.shape[0] != batch_size
+        ):
+            return None, None
+        Ta = self.config.n_action_steps
+        noise = (
+            common_random_numbers(previous.x_T, previous.noise, Ta, generator)
+            if s.common_random_numbers
+            else None
+        )
+        return noise, warm_start_guess(previous.result.trajectory, Ta)

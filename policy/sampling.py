@@ -46,6 +46,7 @@ def run_sampler(
         window=sampler.window,
         tol=sampler.tol,
         max_iters=sampler.max_iters,
+        abs_floor=sampler.abs_floor,
         on_max_iters=sampler.on_max_iters,
         init=init,
     )

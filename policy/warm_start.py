@@ -1,0 +1,69 @@
+"""Warm start of the Picard sampler across control steps (no hydra).
+
+After a control step executes Ta actions, the next plan covers a horizon shifted by Ta rows. The
+previous step's converged trajectory (every denoising slot, (K+1, B, H, Da)) shifted by Ta along the
+horizon is then a good initial guess for the next Picard solve: row h of the new plan is close to row
+h + Ta of the old one at every noise level. The tail rows, which the old plan did not cover, repeat the
+last old row. The Picard fixed point does not depend on the initial guess, so the sample is exactly
+the one sequential sampling gives for the same noise; only the iteration count changes.
+
+Common random numbers (``crn``) make the guess better at the high-noise slots: the new x_T and step
+noise reuse the old ones shifted the same way, with fresh draws for the tail rows. This changes the
+noise the sample is drawn with (it stays standard normal and independent of the observation), and the
+sequential baseline must be given the same noise to compare.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def shift_rows(x: Tensor, shift: int, fill: Tensor | None = None) -> Tensor:
+    """Shift ``x`` (..., H, D) by ``shift`` rows toward the start of the horizon.
+
+    Args:
+        x: (..., H, D) tensor.
+        shift: rows to drop at the start (0 <= shift <= H).
+        fill: (..., shift, D) values for the freed tail rows; by default the last row is repeated.
+
+    Returns:
+        (..., H, D) shifted tensor.
+    """
+    H = x.shape[-2]
+    if not 0 <= shift <= H:
+        raise ValueError(f"shift must be in [0, {H}], got {shift}")
+    if shift == 0:
+        return x.clone()
+    head = x[..., shift:, :]  # (..., H - shift, D)
+    if fill is None:
+        fill = x[..., -1:, :].expand(*x.shape[:-2], shift, x.shape[-1])  # repeat the last row
+    elif tuple(fill.shape[-2:]) != (shift, x.shape[-1]):
+        raise ValueError(f"fill must end in {(shift, x.shape[-1])}, got {tuple(fill.shape)}")
+    return torch.cat([head, fill], dim=-2)
+
+
+def warm_start_guess(trajectory: Tensor, n_action_steps: int) -> Tensor:
+    """Initial Picard guess (K+1, B, H, D) from the previous converged trajectory (K+1, B, H, D)."""
+    return shift_rows(trajectory, n_action_steps)
+
+
+def common_random_numbers(
+    x_T: Tensor, noise: Tensor, n_action_steps: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """The previous chunk's noise shifted by Ta rows, with fresh standard-normal draws for the tail.
+
+    Args:
+        x_T: (B, H, D) previous initial sample.
+        noise: (K, B, H, D) previous step noise.
+        n_action_steps: Ta.
+        generator: CPU generator for the fresh tail rows.
+
+    Returns:
+        (x_T, noise) for the next chunk, same shapes, on the input device.
+    """
+    B, H, D = x_T.shape
+    K = noise.shape[0]
+    tail_x = torch.randn((B, n_action_steps, D), generator=generator).to(x_T)  # (B, Ta, D)
+    tail_n = torch.randn((K, B, n_action_steps, D), generator=generator).to(noise)  # (K, B, Ta, D)
+    return shift_rows(x_T, n_action_steps, tail_x), shift_rows(noise, n_action_steps, tail_n)

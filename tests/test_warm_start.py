@@ -1,0 +1,73 @@
+"""Warm start across control steps: the result never changes, only the work."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from parapolicy.policy.config import SamplerConfig
+from parapolicy.policy.warm_start import common_random_numbers, shift_rows, warm_start_guess
+
+
+def test_shift_rows_drops_the_executed_rows_and_repeats_the_last():
+    x = torch.arange(2 * 5 * 1, dtype=torch.float32).reshape(2, 5, 1)
+    y = shift_rows(x, 2)
+    assert torch.equal(y[:, :3], x[:, 2:]) and torch.equal(y[:, 3:], x[:, -1:].expand(2, 2, 1))
+    assert torch.equal(shift_rows(x, 0), x)
+    with pytest.raises(ValueError, match="shift"):
+        shift_rows(x, 6)
+    traj = torch.randn(4, 2, 5, 3)
+    assert torch.equal(warm_start_guess(traj, 2)[:, :, :3], traj[:, :, 2:])
+
+
+def test_common_random_numbers_shift_the_noise():
+    x_T, noise = torch.randn(2, 16, 2), torch.randn(10, 2, 16, 2)
+    x2, n2 = common_random_numbers(x_T, noise, 8, torch.Generator().manual_seed(0))
+    assert torch.equal(x2[:, :8], x_T[:, 8:]) and torch.equal(n2[:, :, :8], noise[:, :, 8:])
+    assert not torch.equal(x2[:, 8:], x_T[:, 8:])
+
+
+@pytest.mark.parametrize("crn", [False, True])
+def test_warm_started_picard_gives_the_sequential_result(tiny_policy, crn):
+    common = {"kind": "ddpm", "num_inference_steps": 30}
+    picard = SamplerConfig(
+        **common, algorithm="picard", window=6, tol=1e-6, warm_start=True, common_random_numbers=crn
+    )
+    tiny_policy.set_sampler(picard)
+    gen = torch.Generator().manual_seed(0)
+    h1, h2 = (torch.rand(2, 2, 20, generator=gen) * 512 for _ in range(2))
+    first = tiny_policy.predict_action_chunk({"obs": h1}, generator=gen)
+    noise, init = tiny_policy.warm_start_inputs(first, 2, gen)
+    assert init is not None and (noise is not None) == crn
+    warm = tiny_policy.predict_action_chunk({"obs": h2}, noise=noise, generator=gen, init=init)
+    tiny_policy.set_sampler(SamplerConfig(**common))
+    seq = tiny_policy.predict_action_chunk({"obs": h2}, noise=(warm.x_T, warm.noise))
+    torch.testing.assert_close(warm.plan, seq.plan, atol=1e-3, rtol=0)  # px
+    if crn:
+        assert torch.equal(warm.x_T[:, :8], first.x_T[:, 8:])
+
+
+def test_select_action_warm_starts_every_chunk_after_the_first(tiny_policy, monkeypatch):
+    tiny_policy.set_sampler(
+        SamplerConfig(num_inference_steps=20, algorithm="picard", window=5, warm_start=True)
+    )
+    inits = []
+    original = tiny_policy.predict_action_chunk
+
+    def spy(obs, noise=None, generator=None, init=None):
+        inits.append(init)
+        return original(obs, noise=noise, generator=generator, init=init)
+
+    monkeypatch.setattr(tiny_policy, "predict_action_chunk", spy)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(17):
+        tiny_policy.select_action({"obs": torch.rand(20, generator=gen) * 512}, generator=gen)
+    assert [i is None for i in inits] == [True, False, False]
+    tiny_policy.reset()
+    tiny_policy.select_action({"obs": torch.rand(20, generator=gen) * 512}, generator=gen)
+    assert inits[-1] is None  # no warm start across episodes
+
+
+def test_crn_requires_warm_start():
+    with pytest.raises(ValueError, match="warm_start"):
+        SamplerConfig(common_random_numbers=True)
