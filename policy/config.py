@@ -102,8 +102,8 @@ class SamplerConfig:
     """DDIM / DPM-Solver++: the final step lands on alpha_bar = 1 (clean data)."""
     algorithm: str = "sequential"
     """``sequential`` (one network call per step) or ``picard`` (ParaDDPM sliding-window iteration)."""
-    window: int = 8
-    """Picard window: steps evaluated in one batched network call."""
+    window: Any = 8
+    """Picard window: steps evaluated in one batched network call, or ``"auto"`` (measured on the device)."""
     tol: float = 0.1
     """Picard tolerance on the per-step change, in units of that step's noise std."""
     max_iters: int | None = None
@@ -126,6 +126,10 @@ class SamplerConfig:
             raise ValueError(f"sampler.num_inference_steps must be >= 1, got {self.num_inference_steps}")
         if self.steps_offset < 0:
             raise ValueError(f"sampler.steps_offset must be >= 0, got {self.steps_offset}")
+        if self.window == "auto":
+            return
+        if isinstance(self.window, bool) or not isinstance(self.window, int):
+            raise ValueError(f"sampler.window must be an integer or 'auto', got {self.window!r}")
         if not 1 <= self.window <= self.num_inference_steps:
             raise ValueError(
                 f"sampler.window must be in [1, num_inference_steps={self.num_inference_steps}], "

@@ -133,7 +133,12 @@ class DiffusionPolicy(nn.Module):
         return self
 
     def set_sampler(self, sampler: SamplerConfig) -> None:
-        """Switch the inference sampler (rebuilds the step table once; resets the rollout state)."""
+        """Switch the inference sampler (rebuilds the step table once; resets the rollout state).
+
+        ``window="auto"`` must be resolved first (`auto_window.resolve_sampler`; `load_policy` does it).
+        """
+        if sampler.window == "auto":
+            raise ValueError("sampler.window='auto' must be resolved first: use auto_window.resolve_sampler")
         if sampler.num_inference_steps > self.config.schedule.num_train_timesteps:
             raise ValueError(
                 f"sampler.num_inference_steps={sampler.num_inference_steps} exceeds the trained "

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .auto_window import resolve_sampler
 from .checkpoint import (
     MODEL_FILE,
     NORMALIZER_FILE,
@@ -53,7 +54,8 @@ def load_policy(
     Args:
         path: the checkpoint directory (``config.json``, ``model.safetensors``, ``normalizer.safetensors``).
         device: where to put the policy.
-        sampler: optional inference sampler replacing the one saved in the config.
+        sampler: optional inference sampler replacing the one saved in the config; ``window="auto"``
+            is resolved here, on ``device`` (see `auto_window`).
 
     Raises:
         CheckpointError: on a missing or malformed file, an unknown schema version, a pickle, or any
@@ -72,9 +74,12 @@ def load_policy(
     check_state_dict(policy.normalizer.state_dict(), stats, f"{root / NORMALIZER_FILE}")
     policy.network.load_state_dict(weights, strict=True)
     policy.normalizer.load_state_dict(stats, strict=True)
+    policy = policy.to(device).eval()
     if sampler is not None:
+        sampler, report = resolve_sampler(policy, sampler)
+        policy.auto_window_report = report
         policy.set_sampler(sampler)
-    return policy.to(device).eval()
+    return policy
 
 
 def load_raw_weights(path: str | Path) -> dict[str, torch.Tensor]:

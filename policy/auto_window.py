@@ -1,0 +1,196 @@
+"""`window=auto`: pick the Picard window that minimises the expected latency on this device (no hydra).
+
+Two measurements, both cheap:
+
+1. The denoiser's cost against batch rows (`denoiser_cost_curve`): median wall time of one call at
+   each batch size, on the policy's device, after warm-up. It depends only on the network, the device
+   and the thread count, so it is cached on disk (``$PARAPOLICY_CACHE_DIR`` or
+   ``~/.cache/parapolicy/denoiser_cost.json``) under a key naming all three; it is measured once.
+2. The rows each Picard call evaluates for a candidate window (`SampleResult.rows_per_call`), from
+   one real sampling run on calibration observations. This does not depend on the device.
+
+The expected latency of a window is the sum over its calls of the interpolated cost of that call's
+rows; the window with the smallest expected latency wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import SamplerConfig
+from .policy import OBS_KEY, DiffusionPolicy
+from .run_info import run_info
+from .samplers import draw_noise
+from .sampling import run_sampler
+
+DEFAULT_CANDIDATES = (2, 4, 8, 12, 16, 24, 32)
+DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
+
+
+def cache_path() -> Path:
+    """Where measured cost curves are cached."""
+    root = os.environ.get("PARAPOLICY_CACHE_DIR") or Path.home() / ".cache" / "parapolicy"
+    return Path(root) / "denoiser_cost.json"
+
+
+def _cache_key(policy: DiffusionPolicy) -> str:
+    info = run_info(policy.device)
+    net = json.dumps(dataclasses.asdict(policy.config.unet), sort_keys=True)
+    shape = (policy.config.horizon, policy.config.action_dim, policy.config.global_cond_dim)
+    facts = (info["device_name"], info["device"], info["torch_version"], info["torch_threads"], net, shape)
+    raw = "|".join(str(f) for f in facts)
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def measure_denoiser_ms(policy: DiffusionPolicy, rows: int, repeats: int = 7, warmup: int = 2) -> float:
+    """Median milliseconds of one ``policy.denoise`` call on ``rows`` rows."""
+    cfg, device = policy.config, policy.device
+    x = torch.randn(rows, cfg.horizon, cfg.action_dim, device=device)  # (N, H, Da)
+    t = torch.full((rows,), cfg.schedule.num_train_timesteps // 2, dtype=torch.long, device=device)  # (N,)
+    cond = torch.randn(rows, cfg.global_cond_dim, device=device)  # (N, C)
+    times = []
+    for i in range(warmup + repeats):
+        _sync(device)
+        start = time.perf_counter()
+        policy.denoise(x, t, cond)
+        _sync(device)
+        if i >= warmup:
+            times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def denoiser_cost_curve(
+    policy: DiffusionPolicy,
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
+    repeats: int = 7,
+    use_cache: bool = True,
+) -> dict[int, float]:
+    """Milliseconds per denoiser call against batch rows, measured once per device and cached."""
+    path, key = cache_path(), _cache_key(policy)
+    cache: dict[str, Any] = {}
+    if use_cache and path.is_file():
+        try:
+            cache = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            cache = {}  # a corrupt cache is re-measured, never trusted
+        cached = cache.get(key, {}).get("ms_per_call", {})
+        if all(str(b) in cached for b in batch_sizes):
+            return {b: float(cached[str(b)]) for b in batch_sizes}
+    was_training = policy.training
+    policy.eval()
+    curve = {b: measure_denoiser_ms(policy, b, repeats) for b in batch_sizes}
+    policy.train(was_training)
+    if use_cache:
+        entry = cache.setdefault(key, {"run": run_info(policy.device), "ms_per_call": {}})
+        entry["ms_per_call"].update({str(b): ms for b, ms in curve.items()})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        os.replace(tmp, path)
+    return curve
+
+
+def interpolate_cost(curve: dict[int, float], rows: int) -> float:
+    """Cost of a call on ``rows`` rows, linearly interpolated (extrapolated beyond the largest size)."""
+    sizes = sorted(curve)
+    if rows >= sizes[-1] and len(sizes) > 1:
+        a, b = sizes[-2], sizes[-1]
+        return curve[b] + (rows - b) * (curve[b] - curve[a]) / (b - a)
+    return float(np.interp(rows, sizes, [curve[s] for s in sizes]))
+
+
+def calibration_observations(policy: DiffusionPolicy, n: int = 4, seed: int = 0) -> Tensor:
+    """(n, To, Do) observation histories drawn uniformly inside the normaliser's observed range."""
+    stats = policy.normalizer.get_stats(OBS_KEY)
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand(n, 1, policy.config.obs_dim, generator=gen)
+    obs = stats["min"] + u * (stats["max"] - stats["min"])  # (n, 1, Do)
+    return obs.expand(n, policy.config.n_obs_steps, policy.config.obs_dim).contiguous()
+
+
+@torch.no_grad()
+def picard_rows_per_call(
+    policy: DiffusionPolicy, sampler: SamplerConfig, obs: Tensor, seed: int = 0
+) -> tuple[int, ...]:
+    """Rows of every denoiser call of one Picard solve for the batch ``obs`` (B, To, Do)."""
+    obs = policy.validate_observation({OBS_KEY: obs}, history=True)
+    B = obs.shape[0]
+    cond = policy.normalizer.normalize(OBS_KEY, obs).reshape(B, -1)  # (B, To*Do)
+    shape = (B, policy.config.horizon, policy.config.action_dim)
+    x_T, noise = draw_noise(policy.table, shape, torch.Generator().manual_seed(seed), device=policy.device)
+    return run_sampler(sampler, policy.denoise, x_T, policy.table, noise, cond).rows_per_call
+
+
+def choose_window(
+    policy: DiffusionPolicy,
+    sampler: SamplerConfig,
+    obs: Tensor | None = None,
+    candidates: tuple[int, ...] = DEFAULT_CANDIDATES,
+    per_sample: bool = True,
+) -> tuple[int, dict[str, Any]]:
+    """The window with the smallest expected latency, and the report behind the choice.
+
+    Args:
+        policy: the policy (its current step table is used).
+        sampler: the Picard settings (tolerance, cap); its ``window`` is ignored.
+        obs: (B, To, Do) calibration observation histories; by default 4 drawn inside the normaliser range.
+        candidates: windows to consider (capped at K).
+        per_sample: estimate the latency of planning one sample at a time (each calibration observation
+            solved alone, latencies averaged), as a controller does; otherwise of the whole batch at once.
+    """
+    if obs is None:
+        obs = calibration_observations(policy)
+    K = policy.table.num_steps
+    windows = sorted({min(int(w), K) for w in candidates if int(w) >= 1})
+    batches = [obs[i : i + 1] for i in range(obs.shape[0])] if per_sample else [obs]
+    calls = {
+        w: [picard_rows_per_call(policy, dataclasses.replace(sampler, window=w), b) for b in batches]
+        for w in windows
+    }
+    largest = max(max(max(c) for c in cs) for cs in calls.values())
+    sizes = tuple(sorted({1, 2, 4, *[s for s in DEFAULT_BATCH_SIZES if s <= largest], largest}))
+    curve = denoiser_cost_curve(policy, sizes)
+    expected = {
+        w: float(np.mean([sum(interpolate_cost(curve, r) for r in c) for c in cs])) for w, cs in calls.items()
+    }
+    best = min(expected, key=expected.get)
+    report = {
+        "expected_ms": expected,
+        "calls": {w: float(np.mean([len(c) for c in cs])) for w, cs in calls.items()},
+        "cost_curve_ms": curve,
+        "chosen": best,
+    }
+    return best, report
+
+
+def resolve_sampler(
+    policy: DiffusionPolicy, sampler: SamplerConfig
+) -> tuple[SamplerConfig, dict[str, Any] | None]:
+    """Replace ``window="auto"`` by the chosen window (other samplers are returned unchanged)."""
+    if sampler.window != "auto":
+        return sampler, None
+    probe = dataclasses.replace(sampler, window=1)
+    previous = policy.sampler
+    policy.set_sampler(probe)  # the step table of this sampler kind
+    try:
+        window, report = choose_window(policy, probe)
+    finally:
+        policy.set_sampler(previous)
+    return dataclasses.replace(sampler, window=window), report

@@ -1,0 +1,76 @@
+"""window=auto: cost curve caching, latency estimate, choice and resolution at load time."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from parapolicy.policy.auto_window import (
+    cache_path,
+    choose_window,
+    denoiser_cost_curve,
+    interpolate_cost,
+    resolve_sampler,
+)
+from parapolicy.policy.config import SamplerConfig
+from parapolicy.policy.pretrained import load_policy, save_policy
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PARAPOLICY_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_cost_curve_is_measured_once_and_cached(tiny_policy, monkeypatch):
+    curve = denoiser_cost_curve(tiny_policy, (1, 4), repeats=2)
+    assert set(curve) == {1, 4} and all(v > 0 for v in curve.values())
+    assert cache_path().is_file()
+    monkeypatch.setattr(
+        "parapolicy.policy.auto_window.measure_denoiser_ms", lambda *a, **k: pytest.fail("re-measured")
+    )
+    assert denoiser_cost_curve(tiny_policy, (1, 4)) == curve
+
+
+def test_corrupt_cache_is_remeasured(tiny_policy):
+    cache_path().parent.mkdir(parents=True)
+    cache_path().write_text("{oops")
+    assert set(denoiser_cost_curve(tiny_policy, (1,), repeats=1)) == {1}
+    json.loads(cache_path().read_text())
+
+
+def test_interpolation():
+    curve = {1: 1.0, 4: 2.0, 8: 4.0}
+    assert interpolate_cost(curve, 2) == pytest.approx(1 + 1 / 3)
+    assert interpolate_cost(curve, 16) == pytest.approx(8.0)
+
+
+def test_choose_window_minimises_the_expected_latency(tiny_policy, monkeypatch):
+    tiny_policy.set_sampler(SamplerConfig(num_inference_steps=20))
+    # a device where every call costs the same whatever its rows: the biggest window wins
+    flat = dict.fromkeys((1, 2, 4, 8, 12, 16, 20, 24, 32, 48, 64), 1.0)
+    monkeypatch.setattr("parapolicy.policy.auto_window.denoiser_cost_curve", lambda policy, sizes: flat)
+    window, report = choose_window(
+        tiny_policy, SamplerConfig(num_inference_steps=20, algorithm="picard"), candidates=(1, 4, 20)
+    )
+    assert window == 20 and report["expected_ms"][1] == pytest.approx(20.0)
+    # a device where cost grows steeply with rows: window 1 (sequential order) wins
+    steep = {b: float(b**2) for b in flat}
+    monkeypatch.setattr("parapolicy.policy.auto_window.denoiser_cost_curve", lambda policy, sizes: steep)
+    window, _ = choose_window(
+        tiny_policy, SamplerConfig(num_inference_steps=20, algorithm="picard"), candidates=(1, 4, 20)
+    )
+    assert window == 1
+
+
+def test_auto_is_resolved_at_load_and_rejected_unresolved(tmp_path, tiny_policy):
+    auto = SamplerConfig(num_inference_steps=10, algorithm="picard", window="auto")
+    with pytest.raises(ValueError, match="resolved first"):
+        tiny_policy.set_sampler(auto)
+    resolved, report = resolve_sampler(tiny_policy, auto)
+    assert isinstance(resolved.window, int) and report["chosen"] == resolved.window
+    path = save_policy(tiny_policy, tmp_path / "ckpt")
+    loaded = load_policy(path, sampler=auto)
+    assert isinstance(loaded.sampler.window, int) and loaded.auto_window_report is not None
+    with pytest.raises(ValueError, match="integer or 'auto'"):
+        SamplerConfig(window="big")
