@@ -689,7 +689,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             num_inference_steps=args.steps or policy.sampler.num_inference_steps,
         )
         policy.set_sampler(sampler)
-        with DistributedDenoiser(policy.denoise, timeout_s=args.timeout_s) as denoise:
+        with DistributedDenoiser(policy.local_denoise, timeout_s=args.timeout_s) as denoise:
             if not denoise.is_main:
                 denoise.serve_forever()
                 return 0
@@ -699,9 +699,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             shape = (args.batch, cfg.horizon, cfg.action_dim)
             x_T, noise = draw_noise(policy.table, shape, gen, device=info.device)
             with torch.no_grad():
-                policy.denoise(x_T, policy.table.timesteps[:1].expand(args.batch), cond)  # warm-up
+                policy.local_denoise(x_T, policy.table.timesteps[:1].expand(args.batch), cond)  # warm-up
                 denoise(x_T, policy.table.timesteps[:1].expand(args.batch), cond)
-                ref = run_sampler(sampler, policy.denoise, x_T, policy.table, noise, cond)
+                ref = run_sampler(sampler, policy.local_denoise, x_T, policy.table, noise, cond)
                 got = run_sampler(sampler, denoise, x_T, policy.table, noise, cond)
             diff = float((got.sample - ref.sample).abs().max())
             report = {

@@ -15,6 +15,7 @@ No hydra imports.
 
 from __future__ import annotations
 
+import warnings
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from .schedules import StepTable, make_alphas_cumprod, make_step_table, make_tim
 from .warm_start import common_random_numbers, warm_start_guess
 
 OBS_KEY = "obs"
+COMPILE_MODES = ("none", "trace")
 
 
 class ObservationError(ValueError):
@@ -119,6 +121,8 @@ class DiffusionPolicy(nn.Module):
         self._obs_history: deque[Tensor] = deque(maxlen=config.n_obs_steps)
         self._action_queue: deque[Tensor] = deque()
         self._previous: ChunkPrediction | None = None  # warm-start source
+        self._traced: Any = None  # set by set_compile("trace")
+        self._denoiser: Any = None  # set by set_denoiser (device layouts)
 
     # ----------------------------------------------------------------------------------------------
     # configuration
@@ -130,6 +134,8 @@ class DiffusionPolicy(nn.Module):
     def _apply(self, fn: Any, recurse: bool = True) -> DiffusionPolicy:
         super()._apply(fn, recurse)
         self.table = self.table.to(self.alphas_cumprod.device)  # keep the table beside the weights
+        if self._traced is not None:
+            self.set_compile("trace")  # re-record the graph for the new device / dtype
         return self
 
     def set_sampler(self, sampler: SamplerConfig) -> None:
@@ -149,8 +155,48 @@ class DiffusionPolicy(nn.Module):
         self.reset()
 
     def denoise(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
-        """The denoiser callable of the samplers: ``(N, H, Da), (N,), (N, C) -> (N, H, Da)``."""
+        """The denoiser the samplers call: ``(N, H, Da), (N,), (N, C) -> (N, H, Da)``.
+
+        It is the denoiser installed with `set_denoiser` (e.g. a `DistributedDenoiser` or a
+        `ShardedDenoiser`), else `local_denoise`.
+        """
+        if self._denoiser is not None:
+            return self._denoiser(x, t, cond)
+        return self.local_denoise(x, t, cond)
+
+    def local_denoise(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+        """This process's network on its own device (traced when `set_compile("trace")`)."""
+        if self._traced is not None:
+            return self._traced(x, t, cond)
         return self.network(x, t, cond)
+
+    def set_denoiser(self, denoiser: Any | None) -> None:
+        """Route sampling through ``denoiser`` (wrap `local_denoise` in it); None restores the local one.
+
+        This is where a device layout plugs in: the samplers never change.
+        """
+        if denoiser is not None and not callable(denoiser):
+            raise TypeError(f"denoiser must be callable, got {type(denoiser).__name__}")
+        self._denoiser = denoiser
+
+    def set_compile(self, mode: str) -> None:
+        """Inference compilation of the denoiser: ``"none"`` (eager) or ``"trace"`` (`torch.jit.trace`).
+
+        The traced graph is recorded once at batch 2 and serves every batch size (the network has no
+        value-dependent control flow), so sequential and Picard sampling use the same compiled code.
+        Training always uses the eager network.
+        """
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
+        self._traced = None
+        if mode == "trace":
+            cfg = self.config
+            x = torch.zeros(2, cfg.horizon, cfg.action_dim, device=self.device)  # (2, H, Da)
+            t = torch.zeros(2, dtype=torch.long, device=self.device)  # (2,)
+            cond = torch.zeros(2, cfg.global_cond_dim, device=self.device)  # (2, C)
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # jit.trace's deprecation and tracer warnings
+                self._traced = torch.jit.trace(self.network.eval(), (x, t, cond), check_trace=False)
 
     # ----------------------------------------------------------------------------------------------
     # training

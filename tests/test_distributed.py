@@ -115,7 +115,7 @@ def scenario_equivalence(rank: int) -> dict[str, Any]:
         with DistributedDenoiser(net, timeout_s=EQUIV_TIMEOUT_S) as dd:
             out["served"].append(dd.serve_forever())
         policy = load_policy(GOLDEN)
-        with DistributedDenoiser(policy.denoise, timeout_s=EQUIV_TIMEOUT_S) as dd:
+        with DistributedDenoiser(policy.local_denoise, timeout_s=EQUIV_TIMEOUT_S) as dd:
             out["served"].append(dd.serve_forever())
         out["initialized_before_shutdown"] = dist.is_initialized()
         shutdown_distributed()
@@ -189,15 +189,15 @@ def scenario_equivalence(rank: int) -> dict[str, Any]:
         )
         calls.append(dd.calls)
 
-    policy = load_policy(GOLDEN)  # the documented recipe: shadow `policy.denoise` on rank 0
-    with DistributedDenoiser(policy.denoise, timeout_s=EQUIV_TIMEOUT_S) as dd:
+    policy = load_policy(GOLDEN)  # the documented recipe: set_denoiser on rank 0
+    with DistributedDenoiser(policy.local_denoise, timeout_s=EQUIV_TIMEOUT_S) as dd:
         gen = torch.Generator().manual_seed(2)
         obs = {"obs": torch.rand(2, 2, 20, generator=gen) * 512}
         noise = draw_noise(policy.table, (2, 16, 2), gen)
         ref = policy.predict_action_chunk(obs, noise=noise)
-        policy.denoise = dd
+        policy.set_denoiser(dd)
         got = policy.predict_action_chunk(obs, noise=noise)
-        del policy.denoise
+        policy.set_denoiser(None)
         out["policy_rows"] = list(got.result.rows_per_call[:1])
         pairs["predict_action_chunk"] = (got.plan, ref.plan, "close")
         calls.append(dd.calls)

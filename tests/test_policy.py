@@ -137,3 +137,40 @@ def test_loss_is_finite_and_backpropagates(tiny_policy):
     loss = tiny_policy.compute_loss(batch, generator=torch.Generator().manual_seed(0))
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in tiny_policy.network.parameters())
+
+
+def test_traced_denoiser_matches_eager_and_survives_device_moves(tiny_policy):
+    gen = torch.Generator().manual_seed(4)
+    x, t, cond = (
+        torch.randn(5, 16, 2, generator=gen),
+        torch.randint(0, 100, (5,), generator=gen),
+        torch.randn(5, 40),
+    )
+    eager = tiny_policy.denoise(x, t, cond)
+    tiny_policy.set_compile("trace")
+    torch.testing.assert_close(tiny_policy.denoise(x, t, cond), eager, atol=1e-6, rtol=0)
+    tiny_policy.to("cpu")
+    torch.testing.assert_close(tiny_policy.denoise(x, t, cond), eager, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="compile mode"):
+        tiny_policy.set_compile("inductor")
+
+
+def test_set_denoiser_routes_sampling(tiny_policy):
+    rows = []
+
+    def counting(x, t, cond):
+        rows.append(x.shape[0])
+        return tiny_policy.local_denoise(x, t, cond)
+
+    tiny_policy.set_denoiser(counting)
+    tiny_policy.predict_action_chunk(
+        {"obs": torch.rand(2, 20) * 512}, generator=torch.Generator().manual_seed(0)
+    )
+    assert rows == [1] * 100
+    tiny_policy.set_denoiser(None)
+    tiny_policy.predict_action_chunk(
+        {"obs": torch.rand(2, 20) * 512}, generator=torch.Generator().manual_seed(0)
+    )
+    assert len(rows) == 100
+    with pytest.raises(TypeError, match="callable"):
+        tiny_policy.set_denoiser(3)

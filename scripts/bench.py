@@ -1,0 +1,55 @@
+"""`parapolicy-bench`: sequential DDPM vs ParaDDPM on the same observations and noise."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+import hydra
+
+from parapolicy.policy.bench_sampler import (
+    SamplerBenchConfig,
+    format_sampler_benchmark,
+    run_sampler_benchmark,
+)
+from parapolicy.policy.pretrained import load_policy
+from parapolicy.policy.run_info import run_info
+
+from ._hydra import CONFIG_PATH, VERSION_BASE, register_schema, run_dir, to_dataclass
+
+
+@dataclass
+class BenchAppConfig:
+    """`parapolicy-bench` settings."""
+
+    policy_path: str = "assets/default_policy"
+    """Checkpoint directory."""
+    device: str = "cpu"
+    """Torch device."""
+    bench: SamplerBenchConfig = field(default_factory=SamplerBenchConfig)
+    """What to measure."""
+
+
+register_schema("bench_schema", BenchAppConfig)
+
+
+@hydra.main(version_base=VERSION_BASE, config_path=CONFIG_PATH, config_name="bench")
+def main(cfg) -> None:
+    """Print the table and write ``bench.json`` in the run folder."""
+    app: BenchAppConfig = to_dataclass(cfg)
+    policy = load_policy(app.policy_path, device=app.device)
+    result = run_sampler_benchmark(policy, app.bench)
+    result["run"] = {
+        **run_info(app.device),
+        "policy_path": app.policy_path,
+        "bench": dataclasses.asdict(app.bench),
+    }
+    print(format_sampler_benchmark(result))
+    out = run_dir() / "bench.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
