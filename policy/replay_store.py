@@ -322,7 +322,11 @@ class ReplayStore:
         group = zarr.open_group(root, mode="w", zarr_format=3, attributes=attrs)
         group.require_group("data")
         group.require_group("meta").create_array(
-            "episode_ends", shape=(0,), chunks=(_ENDS_CHUNK,), dtype="int64", fill_value=_ENDS_FILL,
+            "episode_ends",
+            shape=(0,),
+            chunks=(_ENDS_CHUNK,),
+            dtype="int64",
+            fill_value=_ENDS_FILL,
             compressors=_compressor(),
         )
         self = cls(root, group, None, writable=True, zarr_format=3)
@@ -428,7 +432,10 @@ class ReplayStore:
             logger.warning(
                 "%s: ignoring the uncommitted tail of an interrupted append (%d rows, %d reserved episode "
                 "ends, %d seeds); the next append overwrites it",
-                where, tail_rows, n_reserved, extra_seeds,
+                where,
+                tail_rows,
+                n_reserved,
+                extra_seeds,
             )
         self._ends_arr = ends_arr
         self._episode_ends = ends
@@ -678,7 +685,10 @@ class ReplayStore:
         self._arrays = {}
         for key, v in values.items():
             self._arrays[key] = data.create_array(
-                key, shape=(0, *v.shape[1:]), dtype=v.dtype, chunks=_time_chunks(v.shape[1:], v.itemsize),
+                key,
+                shape=(0, *v.shape[1:]),
+                dtype=v.dtype,
+                chunks=_time_chunks(v.shape[1:], v.itemsize),
                 compressors=_compressor(),
             )
 
