@@ -126,15 +126,14 @@ class SamplerConfig:
             raise ValueError(f"sampler.num_inference_steps must be >= 1, got {self.num_inference_steps}")
         if self.steps_offset < 0:
             raise ValueError(f"sampler.steps_offset must be >= 0, got {self.steps_offset}")
-        if self.window == "auto":
-            return
-        if isinstance(self.window, bool) or not isinstance(self.window, int):
-            raise ValueError(f"sampler.window must be an integer or 'auto', got {self.window!r}")
-        if not 1 <= self.window <= self.num_inference_steps:
-            raise ValueError(
-                f"sampler.window must be in [1, num_inference_steps={self.num_inference_steps}], "
-                f"got {self.window}"
-            )
+        if self.window != "auto":
+            if isinstance(self.window, bool) or not isinstance(self.window, int):
+                raise ValueError(f"sampler.window must be an integer or 'auto', got {self.window!r}")
+            if self.window < 1 or (self.algorithm == "picard" and self.window > self.num_inference_steps):
+                raise ValueError(
+                    f"sampler.window must be in [1, num_inference_steps={self.num_inference_steps}], "
+                    f"got {self.window}"
+                )
         if not self.tol > 0.0:
             raise ValueError(f"sampler.tol must be > 0 (use a tiny value for exact parity), got {self.tol}")
         if self.abs_floor < 0:

@@ -10,6 +10,10 @@ from parapolicy.policy.config import PolicyConfig, UNetConfig
 from parapolicy.policy.policy import DiffusionPolicy
 from parapolicy.policy.replay_store import ReplayStore
 
+# One intra-op thread: on a shared 2-core machine torch's OpenMP threads can stall for hundreds of
+# milliseconds when another process holds a core, which makes timings meaningless and tests slow.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory):

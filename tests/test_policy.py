@@ -174,3 +174,11 @@ def test_set_denoiser_routes_sampling(tiny_policy):
     assert len(rows) == 100
     with pytest.raises(TypeError, match="callable"):
         tiny_policy.set_denoiser(3)
+
+
+def test_auto_window_still_checks_the_other_fields():
+    with pytest.raises(ValueError, match="tol"):
+        SamplerConfig(window="auto", tol=0.0)
+    assert SamplerConfig(num_inference_steps=4).window == 8  # the window matters only to Picard
+    with pytest.raises(ValueError, match="window"):
+        SamplerConfig(num_inference_steps=4, algorithm="picard")

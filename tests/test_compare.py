@@ -1,0 +1,300 @@
+"""The comparison and profiling jobs (`policy/compare.py`) and their Hydra entry points."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from parapolicy.policy.checkpoint import CheckpointError
+from parapolicy.policy.compare import (
+    CompareConfig,
+    ProfileConfig,
+    SamplerEntry,
+    format_profile,
+    format_table,
+    run_compare,
+    run_profile,
+)
+from parapolicy.policy.config import PolicyConfig, SamplerConfig, UNetConfig
+from parapolicy.policy.evaluation import EvalConfig
+from parapolicy.policy.policy import DiffusionPolicy
+from parapolicy.policy.pretrained import save_policy
+from parapolicy.policy.rollout import ControlConfig
+
+PNG = b"\x89PNG"
+STEP_COLUMNS = [
+    "episode",
+    "step",
+    "t_obs_ns",
+    "t_ready_ns",
+    "deadline_ns",
+    "latency_ms",
+    "budget_ms",
+    "missed",
+    "action_source",
+    "chunk",
+    "model_evals",
+    "sequential_passes",
+    "picard_iters",
+    "converged",
+    "final_residual",
+]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads can stall for 100s of ms."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny random policy saved with `save_policy` (the shipped checkpoint is not in the repo yet)."""
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(PolicyConfig(unet=UNetConfig(down_dims=(16, 32), diffusion_step_embed_dim=16)))
+    gen = torch.Generator().manual_seed(1)
+    policy.normalizer.fit(
+        {"obs": torch.rand(200, 20, generator=gen) * 512, "action": torch.rand(200, 2, generator=gen) * 512}
+    )
+    return save_policy(policy, tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+def small_compare(checkpoint, **kw) -> CompareConfig:
+    samplers = {
+        "sequential": SamplerEntry(SamplerConfig(num_inference_steps=10), latency_model="fixed:550"),
+        "paraddpm": SamplerEntry(
+            SamplerConfig(num_inference_steps=10, algorithm="picard", window=4, warm_start=True),
+            latency_model="fixed:150",
+        ),
+    }
+    base = {
+        "policy_path": str(checkpoint),
+        "samplers": samplers,
+        "eval": EvalConfig(n_episodes=3, batch_size=3, max_steps=16, max_videos=1, progress=False),
+        "realtime_episodes": 2,
+        "control": ControlConfig(warmup_plans=1),
+    }
+    return CompareConfig(**{**base, **kw})
+
+
+def test_compare_writes_table_json_eval_info_csvs_plots_videos(checkpoint, tmp_path):
+    out = tmp_path / "run"
+    summary = run_compare(small_compare(checkpoint), out)
+
+    data = json.loads((out / "compare.json").read_text())
+    assert data["baseline"] == "sequential"
+    rows = {(r["sampler"], r["mode"]): r for r in data["table"]}
+    assert set(rows) == {(s, m) for s in ("sequential", "paraddpm") for m in ("frozen", "realtime_sim")}
+    for r in rows.values():
+        for key in ("mean_score", "pc_success_ci95", "step_p50_ms", "step_p99_ms", "step_max_ms"):
+            assert r[key] is not None, key
+        assert r["chunk_p50_ms"] > 0 and r["model_calls_per_chunk"] > 0 and r["speedup"] > 0
+    assert rows[("sequential", "frozen")]["speedup"] == pytest.approx(1.0)
+    assert (
+        rows[("sequential", "frozen")]["n_episodes"] == 3
+        and rows[("paraddpm", "realtime_sim")]["n_episodes"] == 2
+    )
+    # the table shows why a slow sampler loses in real time: latency and ticks lost
+    seq_rt, par_rt = rows[("sequential", "realtime_sim")], rows[("paraddpm", "realtime_sim")]
+    assert seq_rt["chunk_p50_ms"] == 550.0 and par_rt["chunk_p50_ms"] == 150.0
+    assert seq_rt["ticks_lost_per_episode"] > par_rt["ticks_lost_per_episode"] > 0
+    assert rows[("paraddpm", "frozen")]["iters_per_chunk"] > 0
+    assert "frozen_score_within_tolerance" in data["checks"]
+    assert data["runs"]["paraddpm"]["realtime_sim"]["latency"]["warmup"]["n"] == 1
+
+    for name in ("sequential", "paraddpm"):
+        info = json.loads((out / name / "eval_info.json").read_text())
+        assert info["mode"] == "frozen" and len(info["per_episode"]) == 3
+        assert {"avg_sum_reward", "avg_max_reward", "pc_success", "pc_success_ci95", "mean_score"} <= set(
+            info["aggregated"]
+        )
+        assert {
+            "budget_ms",
+            "p50_ms",
+            "p90_ms",
+            "p99_ms",
+            "max_ms",
+            "mean_ms",
+            "miss_rate",
+            "n_steps",
+        } <= set(info["latency"])
+        assert len(info["by_mode"]["realtime_sim"]["per_episode"]) == 2
+        assert info["per_episode"][0]["seed"] == 100000
+        for mode in ("frozen", "realtime_sim"):
+            with (out / name / "latency" / f"steps_{mode}.csv").open() as fh:
+                header = next(csv.reader(fh))
+            assert header[: len(STEP_COLUMNS)] == STEP_COLUMNS and header[-2:] == ["sampler", "mode"]
+            assert (out / name / "latency" / f"chunks_{mode}.csv").exists()
+    for png in (
+        "latency_cdf",
+        "latency_hist",
+        "latency_timeline",
+        "episode_reward",
+        "seq_vs_parallel_frozen",
+    ):
+        assert (out / "plots" / f"{png}.png").read_bytes()[:4] == PNG, png
+    videos = sorted(p.name for p in (out / "videos").iterdir())
+    assert videos == sorted(
+        f"{s}_{m}_episode_0.mp4" for s in ("sequential", "paraddpm") for m in ("frozen", "realtime_sim")
+    )
+    table = format_table(summary["table"])
+    assert "step p50/p90/p99/max ms" in table and "paraddpm" in table and "lost/ep" in table
+
+
+def test_compare_same_seeds_and_noise_give_matching_frozen_scores(checkpoint, tmp_path):
+    """ParaDDPM at a tight tolerance, warm-started, with fresh noise reproduces sequential's scores."""
+    cfg = small_compare(
+        checkpoint,
+        modes=["frozen"],
+        eval=EvalConfig(n_episodes=2, batch_size=2, max_steps=16, max_videos=0, progress=False),
+    )
+    cfg.samplers["paraddpm"].sampler = dataclasses.replace(cfg.samplers["paraddpm"].sampler, tol=1e-6)
+    data = run_compare(cfg, tmp_path / "run")
+    check = data["checks"]["frozen_score_within_tolerance"]
+    assert check["ok"] and abs(check["diff_vs_baseline"]["paraddpm"]) < 1e-4
+    assert not [n for n in data["notes"] if "noise" in n]  # identical noise: nothing to flag
+    assert any("batched calls" in n for n in data["notes"])
+
+
+def test_compare_notes_when_noise_differs(checkpoint, tmp_path):
+    cfg = small_compare(checkpoint, modes=["frozen"])
+    crn = SamplerConfig(
+        num_inference_steps=10, algorithm="picard", window=4, warm_start=True, common_random_numbers=True
+    )
+    cfg.samplers["paraddpm"] = SamplerEntry(crn)
+    cfg.eval = dataclasses.replace(cfg.eval, n_episodes=1, batch_size=1, max_videos=0)
+    data = run_compare(cfg, tmp_path / "run")
+    assert any("common_random_numbers" in n for n in data["notes"])
+
+
+def test_compare_refuses_to_overwrite_a_run(checkpoint, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "compare.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        run_compare(small_compare(checkpoint), out)
+
+
+def test_compare_missing_checkpoint_fails_clearly(tmp_path):
+    cfg = small_compare(tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match=r"cannot load policy_path=.*nowhere.*does not exist"):
+        run_compare(cfg, tmp_path / "run")
+
+
+def test_compare_impossible_settings_fail_at_start(checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="n_action_steps=40 must be <="):
+        run_compare(small_compare(checkpoint, control=ControlConfig(n_action_steps=40)), tmp_path / "a")
+    assert not (tmp_path / "a" / "sequential").exists()  # nothing ran
+    with pytest.raises(ValueError, match="baseline='ddim' is not one of run"):
+        small_compare(checkpoint, baseline="ddim")
+    with pytest.raises(ValueError, match="run must list distinct sampler names"):
+        small_compare(checkpoint, run=["sequential", "nope"])
+    with pytest.raises(ValueError, match="realtime_episodes must be in"):
+        small_compare(checkpoint, realtime_episodes=7)
+    with pytest.raises(ValueError, match="modes must be distinct values"):
+        small_compare(checkpoint, modes=["frozen", "frozen"])
+    with pytest.raises(ValueError, match="control.latency_model must be"):
+        SamplerEntry(latency_model="fast")
+
+
+def test_profile_writes_step_csv_summary_with_sections_and_plots(checkpoint, tmp_path):
+    out = tmp_path / "run"
+    cfg = ProfileConfig(
+        policy_path=str(checkpoint),
+        sampler=SamplerConfig(num_inference_steps=10, algorithm="picard", window=4, warm_start=True),
+        control=ControlConfig(mode="realtime_sim", warmup_plans=2),
+        eval=EvalConfig(n_episodes=2, batch_size=1, max_steps=16, max_videos=0, progress=False),
+    )
+    summary = run_profile(cfg, out)
+    with (out / "latency" / "steps.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0])[: len(STEP_COLUMNS)] == STEP_COLUMNS and "world_size" in rows[0]
+    assert len(rows) == 32 and {r["action_source"] for r in rows} <= {"fresh", "queued", "held", "fallback"}
+    data = json.loads((out / "latency" / "summary.json").read_text())
+    lat = data["latency"]
+    assert set(lat["sections"]) == {"observation", "denoiser", "sampler", "controller", "env_step"}
+    assert all(v["total_ms"] >= 0 for v in lat["sections"].values())
+    assert lat["warmup_steps_excluded"] == 2 and lat["n_steps"] == 32
+    assert {"p50_ms", "p90_ms", "p99_ms", "max_ms", "miss_rate"} <= set(lat) and lat["chunk"]["n"] > 0
+    assert (out / "eval_info.json").exists() and (out / "latency" / "chunks.csv").exists()
+    for png in ("latency_hist", "latency_cdf", "latency_timeline"):
+        assert (out / "plots" / f"{png}.png").read_bytes()[:4] == PNG
+    text = format_profile(summary)
+    assert "per step" in text and "sections" in text and "warm-up" in text
+    with pytest.raises(FileExistsError):
+        run_profile(cfg, out)
+
+
+def cli(module: str, *args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_compare_and_profile_entry_points(checkpoint, tmp_path):
+    common = [
+        f"policy_path={checkpoint}",
+        "eval.max_steps=8",
+        "eval.max_videos=0",
+        "eval.progress=false",
+        "control.warmup_plans=0",
+        "num_threads=1",
+    ]
+    proc = cli(
+        "parapolicy.scripts.compare",
+        *common,
+        "eval.n_episodes=2",
+        "eval.batch_size=2",
+        "realtime_episodes=1",
+        "samplers.sequential.sampler.num_inference_steps=5",
+        "samplers.sequential.sampler.window=1",
+        "samplers.paraddpm.sampler.num_inference_steps=5",
+        "samplers.paraddpm.sampler.window=4",
+        "plots=false",
+        f"hydra.run.dir={tmp_path / 'cmp'}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "step p50/p90/p99/max ms" in proc.stdout and "frozen mean score vs sequential" in proc.stdout
+    assert (tmp_path / "cmp" / "compare.json").exists() and (
+        tmp_path / "cmp" / ".hydra" / "config.yaml"
+    ).exists()
+
+    proc = cli(
+        "parapolicy.scripts.profile",
+        *common,
+        "eval.n_episodes=1",
+        "sampler.num_inference_steps=5",
+        "sampler.window=4",
+        "control.mode=frozen",
+        f"hydra.run.dir={tmp_path / 'prof'}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "per step" in proc.stdout and (tmp_path / "prof" / "latency" / "summary.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["samplers.paraddpm.sampler.window=0"], "sampler.window must be in"),
+        (["samplers.paraddpm.sampler.tol=0"], "sampler.tol must be > 0"),
+        (["samplers.paraddpm.sampler.max_iters=0"], "sampler.max_iters must be >= 1"),
+        (["control.n_action_steps=99"], "n_action_steps=99 must be <="),
+        (["policy_path=/nonexistent/ckpt"], "cannot load policy_path"),
+    ],
+)
+def test_compare_cli_impossible_settings_fail_with_a_clear_message(checkpoint, tmp_path, args, message):
+    base = [] if any(a.startswith("policy_path") for a in args) else [f"policy_path={checkpoint}"]
+    proc = cli("parapolicy.scripts.compare", *base, *args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert message in proc.stderr + proc.stdout
