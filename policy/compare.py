@@ -60,15 +60,17 @@ def default_samplers() -> dict[str, SamplerEntry]:
     """The named samplers `CompareConfig.run` picks from.
 
     ``sequential``: DDPM-100, the reference. ``paraddpm``: the same DDPM-100 solved by Picard iteration
-    (window 8, tol 0.1) warm-started from the previous chunk, with fresh noise (so it draws exactly the
-    sequential sampler's noise). ``paraddpm_crn``: the same with common random numbers (better warm
-    starts, different noise). ``ddim``: DDIM with 16 steps, the usual fast baseline.
+    (window 4, tol 0.1, model-free x̂₀ roll-out refill), drawing exactly the sequential sampler's noise.
+    ``paraddpm_warm``: the same warm-started from the previous chunk's trajectory (measured slower on
+    the shipped policy: docs/benchmarks.md). ``paraddpm_crn``: warm start with common random numbers
+    (different noise). ``ddim``: DDIM with 16 steps, the usual fast baseline.
     """
     return {
         "sequential": SamplerEntry(SamplerConfig()),
-        "paraddpm": SamplerEntry(SamplerConfig(algorithm="picard", window=8, warm_start=True)),
+        "paraddpm": SamplerEntry(SamplerConfig(algorithm="picard", window=4)),
+        "paraddpm_warm": SamplerEntry(SamplerConfig(algorithm="picard", window=4, warm_start=True)),
         "paraddpm_crn": SamplerEntry(
-            SamplerConfig(algorithm="picard", window=8, warm_start=True, common_random_numbers=True)
+            SamplerConfig(algorithm="picard", window=4, warm_start=True, common_random_numbers=True)
         ),
         "ddim": SamplerEntry(SamplerConfig(kind="ddim", num_inference_steps=16)),
     }

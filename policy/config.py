@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .picard import REFILL_RULES
+
 BETA_SCHEDULES = ("squaredcos_cap_v2", "linear")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 SAMPLER_KINDS = ("ddpm", "ddim", "dpmsolver++")
@@ -116,12 +118,16 @@ class SamplerConfig:
     """With warm_start: reuse the previous chunk's noise shifted by n_action_steps (fresh tail rows)."""
     abs_floor: float = 0.0
     """Picard: a step also counts as converged when its RMS change is below this (0: off)."""
+    refill: str = "x0_rollout"
+    """Picard guess for newly exposed slots: ``x0_rollout`` (model-free roll-out) or ``window_end``
+    (ParaDiGMS: copy the old window end)."""
 
     def __post_init__(self) -> None:
         _check_choice("sampler.kind", self.kind, SAMPLER_KINDS)
         _check_choice("sampler.timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS)
         _check_choice("sampler.algorithm", self.algorithm, ALGORITHMS)
         _check_choice("sampler.on_max_iters", self.on_max_iters, ON_MAX_ITERS)
+        _check_choice("sampler.refill", self.refill, REFILL_RULES)
         if self.num_inference_steps < 1:
             raise ValueError(f"sampler.num_inference_steps must be >= 1, got {self.num_inference_steps}")
         if self.steps_offset < 0:

@@ -108,6 +108,21 @@ def predict_x0(table: StepTable, idx: StepIndex, x_t: Tensor, model_out: Tensor)
     return _x0_and_eps(table, idx, x_t, model_out, need_eps=False)[0]
 
 
+def model_out_from_x0(table: StepTable, idx: StepIndex, x_t: Tensor, x0: Tensor) -> Tensor:
+    """The model output that predicts ``x0`` at ``x_t`` (the inverse of `predict_x0` before clipping).
+
+    Used to roll a trajectory forward without the network while holding x̂₀ fixed.
+    """
+    nd = x_t.dim()
+    if table.prediction_type == "sample":
+        return x0
+    sa, s1a = _coef(table.sqrt_alpha_bar, idx, nd), _coef(table.sqrt_one_minus_alpha_bar, idx, nd)
+    eps = (x_t - sa * x0) / s1a  # ε̂ = (x_t - √ᾱ·x̂₀)/√(1-ᾱ)
+    if table.prediction_type == "epsilon":
+        return eps
+    return (eps - s1a * x_t) / sa  # v̂ from ε̂ = √ᾱ·v̂ + √(1-ᾱ)·x_t
+
+
 def step(
     table: StepTable,
     idx: StepIndex,

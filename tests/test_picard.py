@@ -317,3 +317,37 @@ def test_cuda_parity(kind: str) -> None:
     torch.testing.assert_close(par.sample, seq.sample, rtol=0, atol=1e-5)
     cpu = sample_sequential(mixture_denoiser, x_T, tab, noise, cond)
     torch.testing.assert_close(seq.sample.cpu(), cpu.sample, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("K", "window"), [(100, 8), (16, 5)])
+def test_x0_rollout_refill_keeps_the_fixed_point(kind: str, K: int, window: int) -> None:
+    tab, x_T, noise, cond = setup(kind, K)
+    seq = sequential(tab, x_T, noise, cond)
+    par = sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=window, tol=0.0, refill="x0_rollout")
+    assert par.iterations <= K and par.all_converged
+    torch.testing.assert_close(par.sample, seq.sample, rtol=0, atol=1e-5)
+    for tol in (0.01, 0.1, 1.0):
+        r = sample_picard(
+            mixture_denoiser, x_T, tab, noise, cond, window=window, tol=tol, refill="x0_rollout"
+        )
+        assert r.iterations <= K and r.all_converged and torch.isfinite(r.sample).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_x0_rollout_refill_batched_equals_per_sample(kind: str) -> None:
+    tab, x_T, noise, cond = setup(kind, 40, B=4, seed=1)
+    kw = {"window": 8, "tol": 0.05, "refill": "x0_rollout"}
+    batched = sample_picard(mixture_denoiser, x_T, tab, noise, cond, **kw)
+    for s in range(4):
+        one = sample_picard(mixture_denoiser, x_T[s : s + 1], tab, noise[:, s : s + 1], cond[s : s + 1], **kw)
+        torch.testing.assert_close(batched.sample[s], one.sample[0], rtol=0, atol=1e-6)
+
+
+def test_x0_rollout_refill_saves_iterations() -> None:
+    tab, x_T, noise, cond = setup("ddpm", 100, B=2, seed=3)
+    plain = sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=8, tol=0.1)
+    rolled = sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=8, tol=0.1, refill="x0_rollout")
+    assert rolled.iterations < plain.iterations
+    with pytest.raises(ValueError, match="refill"):
+        sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=8, tol=0.1, refill="zeros")
