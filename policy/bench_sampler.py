@@ -143,6 +143,7 @@ def _spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+@torch.no_grad()
 def run_sampler_benchmark(policy: DiffusionPolicy, cfg: SamplerBenchConfig) -> dict[str, Any]:
     """Measure every configuration; returns the rows of the table and the cost curve."""
     policy.eval()

@@ -139,10 +139,8 @@ class ProfileConfig:
     """Checkpoint directory."""
     device: str = "cpu"
     """Torch device."""
-    sampler: SamplerConfig = field(
-        default_factory=lambda: SamplerConfig(algorithm="picard", window=8, warm_start=True)
-    )
-    """The sampler to profile (default: ParaDDPM, window 8, warm start)."""
+    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(algorithm="picard", window=4))
+    """The sampler to profile (default: ParaDDPM, window 4, as `parapolicy-compare`'s ``paraddpm``)."""
     control: ControlConfig = field(default_factory=lambda: ControlConfig(mode="realtime_sim"))
     """Controller settings (default: realtime_sim at 10 Hz, measured latency)."""
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(n_episodes=3, batch_size=1, max_videos=0))
