@@ -47,15 +47,6 @@ STEP_COLUMNS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads can stall for 100s of ms."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A tiny random policy saved with `save_policy` (the shipped checkpoint is not in the repo yet)."""

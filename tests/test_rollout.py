@@ -22,15 +22,6 @@ PIC10 = SamplerConfig(num_inference_steps=10, algorithm="picard", window=4)
 PIC10_WS = dataclasses.replace(PIC10, warm_start=True)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads can stall for 100s of ms."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def ec(n=2, steps=24, batch=1, **kw) -> EvalConfig:
     return EvalConfig(n_episodes=n, batch_size=batch, max_steps=steps, max_videos=0, progress=False, **kw)
 
