@@ -111,13 +111,10 @@ class DiffusionPolicy(nn.Module):
         self.normalizer = normalizer or MinMaxNormalizer(
             {OBS_KEY: config.obs_dim, "action": config.action_dim}
         )
-        sched = config.schedule
-        alphas_cumprod = make_alphas_cumprod(
-            sched.beta_schedule, sched.num_train_timesteps, sched.beta_start, sched.beta_end
-        )
-        self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)  # (T,)
         self.sampler = config.sampler
         self.table = build_step_table(config, config.sampler, "cpu")
+        # training schedule for add_noise, taken from the table (one source of the schedule)
+        self.register_buffer("alphas_cumprod", self.table.alphas_cumprod.float(), persistent=False)  # (T,)
         self._obs_history: deque[Tensor] = deque(maxlen=config.n_obs_steps)
         self._action_queue: deque[Tensor] = deque()
         self._previous: ChunkPrediction | None = None  # warm-start source
