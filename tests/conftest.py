@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -51,3 +55,10 @@ def tiny_policy(tiny_config) -> DiffusionPolicy:
         {"obs": torch.rand(200, 20, generator=gen) * 512, "action": torch.rand(200, 2, generator=gen) * 512}
     )
     return policy.eval()
+
+
+def console_script(name: str) -> str:
+    """Path of an installed console script: beside this interpreter first (venv not activated), else PATH."""
+    exe = shutil.which(name, path=os.path.dirname(sys.executable)) or shutil.which(name)
+    assert exe is not None, f"console script {name} is not installed (pip install -e .)"
+    return exe

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import console_script
 
 from parapolicy.policy.bench_sampler import SamplerBenchConfig, run_sampler_benchmark
 
@@ -40,7 +40,7 @@ def test_bench_command(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
         [
-            shutil.which("parapolicy-bench"),
+            console_script("parapolicy-bench"),
             f"policy_path={GOLDEN}",
             "bench.num_inference_steps=10",
             "bench.windows=[4]",

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
 import pytest
+from conftest import console_script
 
 
 def run(args: list[str], cwd) -> subprocess.CompletedProcess:
-    exe = shutil.which(args[0])
-    assert exe is not None, f"console script {args[0]} is not installed (pip install -e .)"
+    exe = console_script(args[0])
     return subprocess.run([exe, *args[1:]], cwd=cwd, capture_output=True, text=True, timeout=300, env=None)
 
 
