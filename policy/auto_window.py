@@ -31,7 +31,7 @@ from torch import Tensor
 from .config import SamplerConfig
 from .policy import OBS_KEY, DiffusionPolicy
 from .run_info import run_info
-from .samplers import draw_noise
+from .samplers import draw_noise, sync_device
 from .sampling import run_sampler
 
 DEFAULT_CANDIDATES = (2, 4, 8, 12, 16, 24, 32)
@@ -53,11 +53,6 @@ def _cache_key(policy: DiffusionPolicy) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.no_grad()
 def measure_denoiser_ms(policy: DiffusionPolicy, rows: int, repeats: int = 7, warmup: int = 2) -> float:
     """Median milliseconds of one ``policy.denoise`` call on ``rows`` rows."""
@@ -67,10 +62,10 @@ def measure_denoiser_ms(policy: DiffusionPolicy, rows: int, repeats: int = 7, wa
     cond = torch.randn(rows, cfg.global_cond_dim, device=device)  # (N, C)
     times = []
     for i in range(warmup + repeats):
-        _sync(device)
+        sync_device(device)
         start = time.perf_counter()
         policy.denoise(x, t, cond)
-        _sync(device)
+        sync_device(device)
         if i >= warmup:
             times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)

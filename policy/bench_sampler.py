@@ -33,7 +33,7 @@ from parapolicy.envs import PushTEnv, reference_initial_state
 from .auto_window import denoiser_cost_curve
 from .config import SamplerConfig
 from .policy import OBS_KEY, DiffusionPolicy
-from .samplers import SampleResult, draw_noise
+from .samplers import SampleResult, draw_noise, sync_device
 from .sampling import run_sampler
 from .warm_start import warm_start_guess
 
@@ -74,11 +74,6 @@ class SamplerBenchConfig:
             raise ValueError(f"tols must be > 0, got {self.tols}")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.no_grad()
 def record_chunks(policy: DiffusionPolicy, cfg: SamplerBenchConfig) -> list[dict[str, Tensor]]:
     """Observation histories, conditioning and noise of ``n_chunks`` consecutive control steps."""
@@ -113,12 +108,12 @@ def _run_config(
     previous = None
     for chunk in chunks:
         init = warm_start_guess(previous, Ta) if (sampler.warm_start and previous is not None) else None
-        _sync(policy.device)
+        sync_device(policy.device)
         start = time.perf_counter()
         res = run_sampler(
             sampler, denoise, chunk["x_T"], policy.table, chunk["noise"], chunk["cond"], init=init
         )
-        _sync(policy.device)
+        sync_device(policy.device)
         out.append((time.perf_counter() - start, res))
         previous = res.trajectory
     return out
@@ -131,10 +126,10 @@ class _TimedDenoiser:
         self.denoise, self.device, self.seconds = denoise, device, 0.0
 
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
-        _sync(self.device)
+        sync_device(self.device)
         start = time.perf_counter()
         y = self.denoise(x, t, cond)
-        _sync(self.device)
+        sync_device(self.device)
         self.seconds += time.perf_counter() - start
         return y
 

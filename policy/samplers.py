@@ -21,7 +21,7 @@ from .denoiser import Denoiser
 from .diffusion_step import step
 from .schedules import StepTable
 
-__all__ = ["SampleResult", "draw_noise", "sample_sequential"]
+__all__ = ["SampleResult", "draw_noise", "sample_sequential", "sync_device"]
 
 
 @dataclass(frozen=True)
@@ -119,10 +119,16 @@ def check_inputs(x_T: Tensor, table: StepTable, noise: Tensor | None, cond: Tens
         raise ValueError(f"cond must have batch size {B}, got {cond.shape[0]}")
 
 
+def sync_device(device: torch.device | str) -> None:
+    """Wait for queued work on a CUDA device (no-op elsewhere), so wall-clock timings are honest."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def finish_timing(x: Tensor, start: float) -> float:
     """Synchronise `x`'s device if it is CUDA, then return seconds since `start`."""
-    if x.is_cuda:
-        torch.cuda.synchronize(x.device)
+    sync_device(x.device)
     return time.perf_counter() - start
 
 

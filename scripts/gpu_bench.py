@@ -54,23 +54,18 @@ import torch  # noqa: E402
 
 from parapolicy.policy.networks import ConditionalUnet1d  # noqa: E402
 from parapolicy.policy.picard import sample_picard  # noqa: E402
-from parapolicy.policy.samplers import draw_noise, sample_sequential  # noqa: E402
+from parapolicy.policy.samplers import draw_noise, sample_sequential, sync_device  # noqa: E402
 from parapolicy.policy.schedules import make_alphas_cumprod, make_step_table, make_timesteps  # noqa: E402
 from parapolicy.policy.warm_start import warm_start_guess  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _time(fn, device: torch.device, repeats: int) -> tuple[float, object, float, float]:
     times, out = [], None
     for _ in range(repeats):
-        _sync(device)
+        sync_device(device)
         start = time.perf_counter()
         out = fn()
-        _sync(device)
+        sync_device(device)
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times), out, min(times), max(times)
 
