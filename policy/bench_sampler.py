@@ -107,15 +107,15 @@ def _run_config(
     out: list[tuple[float, SampleResult]] = []
     previous = None
     for chunk in chunks:
-        init = warm_start_guess(previous, Ta) if (sampler.warm_start and previous is not None) else None
+        guess = warm_start_guess(previous, Ta) if (sampler.warm_start and previous is not None) else None
         sync_device(policy.device)
         start = time.perf_counter()
         res = run_sampler(
-            sampler, denoise, chunk["x_T"], policy.table, chunk["noise"], chunk["cond"], init=init
+            sampler, denoise, chunk["x_T"], policy.table, chunk["noise"], chunk["cond"], x0_guess=guess
         )
         sync_device(policy.device)
         out.append((time.perf_counter() - start, res))
-        previous = res.trajectory
+        previous = res.sample
     return out
 
 

@@ -23,11 +23,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .schedules import StepTable
+from .schedules import StepRows, StepTable
 
-__all__ = ["StepOutput", "add_noise", "predict_x0", "step"]
+__all__ = [
+    "StepOutput",
+    "add_noise",
+    "held_x0_affine",
+    "held_x0_coefficients",
+    "model_out_from_x0",
+    "predict_x0",
+    "step",
+]
 
-StepIndex = Tensor | int
+StepIndex = Tensor | int | StepRows
 
 
 @dataclass(frozen=True)
@@ -43,20 +51,22 @@ class StepOutput:
     x0_hat: Tensor
 
 
-def _coef(column: Tensor, idx: StepIndex, ndim: int) -> Tensor:
-    """Gather a per-step coefficient and shape it to broadcast against a tensor with `ndim` dims.
+def _coef(table: StepTable, name: str, idx: StepIndex, ndim: int) -> Tensor:
+    """A per-step coefficient of `table`, shaped to broadcast against a tensor with `ndim` dims.
 
     Args:
-        column: (K,) table column.
-        idx: an int step position, or a LongTensor of positions of shape (S,) (or any leading shape).
+        table: the step table.
+        name: the column (a `StepTable` field).
+        idx: an int step position, a LongTensor of positions of shape (S,) (or any leading shape), or
+            `StepRows` already gathered for the leading rows.
         ndim: number of dims of the tensor the coefficient multiplies; its leading dims match `idx`.
 
     Returns:
         0-d tensor for an int `idx`, else shape idx.shape + (1,) * (ndim - idx.dim()).
     """
     if isinstance(idx, int):
-        return column[idx]  # () view: broadcasts against anything, no gather kernel
-    c = column[idx]  # idx.shape
+        return getattr(table, name)[idx]  # () view: broadcasts against anything, no gather kernel
+    c = idx.column(name) if isinstance(idx, StepRows) else getattr(table, name)[idx]  # (S,)
     return c.view(c.shape + (1,) * (ndim - c.dim()))  # (S,) -> (S, 1, ..., 1)
 
 
@@ -70,18 +80,21 @@ def _x0_and_eps(
     #    epsilon: x̂₀ = x_t/√ᾱ - √(1/ᾱ - 1)·ε̂      sample: x̂₀ = out      v: x̂₀ = √ᾱ·x_t - √(1-ᾱ)·v̂
     if table.prediction_type == "epsilon":
         inv_sa, ratio = (
-            _coef(table.sqrt_recip_alpha_bar, idx, nd),
-            _coef(table.sqrt_recipm1_alpha_bar, idx, nd),
+            _coef(table, "sqrt_recip_alpha_bar", idx, nd),
+            _coef(table, "sqrt_recipm1_alpha_bar", idx, nd),
         )
         x0 = inv_sa * x_t - ratio * model_out
         eps = model_out
     elif table.prediction_type == "sample":
         x0 = model_out
         if need_eps:  # ε̂ = (x_t - √ᾱ·x̂₀)/√(1-ᾱ)
-            sa, s1a = _coef(table.sqrt_alpha_bar, idx, nd), _coef(table.sqrt_one_minus_alpha_bar, idx, nd)
+            sa, s1a = (
+                _coef(table, "sqrt_alpha_bar", idx, nd),
+                _coef(table, "sqrt_one_minus_alpha_bar", idx, nd),
+            )
             eps = (x_t - sa * x0) / s1a
     elif table.prediction_type == "v_prediction":
-        sa, s1a = _coef(table.sqrt_alpha_bar, idx, nd), _coef(table.sqrt_one_minus_alpha_bar, idx, nd)
+        sa, s1a = _coef(table, "sqrt_alpha_bar", idx, nd), _coef(table, "sqrt_one_minus_alpha_bar", idx, nd)
         x0 = sa * x_t - s1a * model_out
         if need_eps:  # ε̂ = √ᾱ·v̂ + √(1-ᾱ)·x_t
             eps = sa * model_out + s1a * x_t
@@ -116,7 +129,7 @@ def model_out_from_x0(table: StepTable, idx: StepIndex, x_t: Tensor, x0: Tensor)
     nd = x_t.dim()
     if table.prediction_type == "sample":
         return x0
-    sa, s1a = _coef(table.sqrt_alpha_bar, idx, nd), _coef(table.sqrt_one_minus_alpha_bar, idx, nd)
+    sa, s1a = _coef(table, "sqrt_alpha_bar", idx, nd), _coef(table, "sqrt_one_minus_alpha_bar", idx, nd)
     eps = (x_t - sa * x0) / s1a  # ε̂ = (x_t - √ᾱ·x̂₀)/√(1-ᾱ)
     if table.prediction_type == "epsilon":
         return eps
@@ -153,27 +166,69 @@ def step(
     if table.kind == "ddpm":
         # 3a. DDPM posterior mean (Ho et al. 2020, eq. 7) and ancestral noise (Alg. 2, line 4):
         #     x' = √ᾱ'β_s/(1-ᾱ)·x̂₀ + √α_s(1-ᾱ')/(1-ᾱ)·x_t + σ_i·z,   σ_i = √β̃_i (0 at the last step).
-        prev = _coef(table.posterior_coef_x0, idx, nd) * x0 + _coef(table.posterior_coef_xt, idx, nd) * x_t
+        prev = (
+            _coef(table, "posterior_coef_x0", idx, nd) * x0 + _coef(table, "posterior_coef_xt", idx, nd) * x_t
+        )
         if noise is not None:
-            prev = prev + _coef(table.sigma, idx, nd) * noise
+            prev = prev + _coef(table, "sigma", idx, nd) * noise
     elif table.kind == "ddim":
         # 3b. DDIM with η = 0 (Song et al. 2021, eq. 12): x' = √ᾱ'·x̂₀ + √(1-ᾱ')·ε̂.
         assert eps is not None
         prev = (
-            _coef(table.sqrt_alpha_bar_prev, idx, nd) * x0
-            + _coef(table.sqrt_one_minus_alpha_bar_prev, idx, nd) * eps
+            _coef(table, "sqrt_alpha_bar_prev", idx, nd) * x0
+            + _coef(table, "sqrt_one_minus_alpha_bar_prev", idx, nd) * eps
         )
     elif table.kind == "dpmsolver++":
         # 3c. DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), coefficients from the table:
         #     x' = (σ'/σ)·x_t + α'(1-e^{-h})(1 + 1/2r)·x̂₀(τ_i) - α'(1-e^{-h})/(2r)·x̂₀(τ_{i-1}).
         if isinstance(idx, int) and table.orders[idx] == 2 and prev_x0 is None:
             raise ValueError(f"DPM-Solver++ step {idx} is second order and needs prev_x0")
-        prev = _coef(table.dpm_coef_x, idx, nd) * x_t + _coef(table.dpm_coef_x0, idx, nd) * x0
+        prev = _coef(table, "dpm_coef_x", idx, nd) * x_t + _coef(table, "dpm_coef_x0", idx, nd) * x0
         if prev_x0 is not None:
-            prev = prev + _coef(table.dpm_coef_x0_prev, idx, nd) * prev_x0
+            prev = prev + _coef(table, "dpm_coef_x0_prev", idx, nd) * prev_x0
     else:
         raise ValueError(f"unknown sampler kind {table.kind!r}")
     return StepOutput(prev_sample=prev, x0_hat=x0)
+
+
+def held_x0_coefficients(table: StepTable) -> tuple[Tensor, Tensor]:
+    """(a, b), each (K,): with x̂₀ held fixed, step i maps x_t to a_i·x_t + b_i·x̂₀ + σ_i·z.
+
+    Read off `step` itself (x_t = 1 with x̂₀ = 0, then x_t = 0 with x̂₀ = 1; the model output is the one
+    that predicts that x̂₀, and for DPM-Solver++ the history x̂₀ is the same x̂₀), so the roll-out of the
+    Picard refill uses exactly the update rules of the samplers. `make_step_table` stores the result.
+    """
+    K = table.num_steps
+    idx = torch.arange(K, device=table.device)  # (K,)
+    one = torch.ones((K, 1), dtype=table.dtype, device=table.device)  # (K, 1)
+    zero = torch.zeros_like(one)
+
+    def through_step(x: Tensor, x0: Tensor) -> Tensor:
+        out = model_out_from_x0(table, idx, x, x0)
+        return step(table, idx, x, out, prev_x0=x0 if table.uses_history else None).prev_sample[:, 0]
+
+    return through_step(one, zero), through_step(zero, one)
+
+
+def held_x0_affine(
+    table: StepTable, idx: StepIndex, x0: Tensor, noise: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Step ``idx`` with x̂₀ held fixed as an affine map x_t -> a·x_t + c (no network call).
+
+    Args:
+        table: the step table.
+        idx: step position(s), as for `step`.
+        x0: (S, ...) the held data prediction of each row.
+        noise: (S, ...) pre-drawn step noise (DDPM), or None.
+
+    Returns:
+        (a, c): ``a`` broadcastable against ``x0`` ((S, 1, ..., 1)), ``c`` of the shape of ``x0``.
+    """
+    nd = x0.dim()
+    c = _coef(table, "rollout_coef_x0", idx, nd) * x0
+    if noise is not None and table.is_stochastic:
+        c = c + _coef(table, "sigma", idx, nd) * noise
+    return _coef(table, "rollout_coef_x", idx, nd), c
 
 
 def add_noise(source: StepTable | Tensor, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:

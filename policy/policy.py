@@ -270,7 +270,7 @@ class DiffusionPolicy(nn.Module):
         obs: Mapping[str, Any],
         noise: tuple[Tensor, Tensor] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        init: Tensor | None = None,
+        x0_guess: Tensor | None = None,
     ) -> ChunkPrediction:
         """Sample one plan per observation history.
 
@@ -279,7 +279,7 @@ class DiffusionPolicy(nn.Module):
             noise: optional pre-drawn ``(x_T (B, H, Da), step_noise (K, B, H, Da))``; drawn from
                 ``generator`` (CPU) when omitted.
             generator: CPU generator(s) for the noise (one per sample for batch-independent noise).
-            init: optional Picard initial guess (K+1, B, H, Da) in normalised units (warm start).
+            x0_guess: optional Picard guess of the sample (B, H, Da) in normalised units (warm start).
 
         Returns:
             `ChunkPrediction` with the executed chunk rows [To-1, To-1+Ta) and the full plan.
@@ -293,7 +293,7 @@ class DiffusionPolicy(nn.Module):
             x_T, step_noise = draw_noise(self.table, shape, generator, device=self.device)
         else:
             x_T, step_noise = noise[0].to(self.device), noise[1].to(self.device)
-        result = run_sampler(self.sampler, self.denoise, x_T, self.table, step_noise, cond, init=init)
+        result = run_sampler(self.sampler, self.denoise, x_T, self.table, step_noise, cond, x0_guess=x0_guess)
         plan = self.normalizer.unnormalize("action", result.sample)  # (B, H, Da)
         start = cfg.action_start
         return ChunkPrediction(
@@ -305,7 +305,7 @@ class DiffusionPolicy(nn.Module):
         )
 
     def reset(self) -> None:
-        """Clear the observation history, the action queue and the warm-start trajectory."""
+        """Clear the observation history, the action queue and the warm-start source."""
         self._obs_history.clear()
         self._action_queue.clear()
         self._previous = None
@@ -330,8 +330,10 @@ class DiffusionPolicy(nn.Module):
             self._obs_history.append(x)
         if not self._action_queue:
             history = torch.stack(list(self._obs_history), dim=1)  # (B, To, Do)
-            noise, init = self.warm_start_inputs(self._previous, history.shape[0], generator)
-            pred = self.predict_action_chunk({OBS_KEY: history}, noise=noise, generator=generator, init=init)
+            noise, guess = self.warm_start_inputs(self._previous, history.shape[0], generator)
+            pred = self.predict_action_chunk(
+                {OBS_KEY: history}, noise=noise, generator=generator, x0_guess=guess
+            )
             self._previous = pred
             self._action_queue.extend(pred.action.unbind(dim=1))  # Ta tensors of (B, Da)
         return self._action_queue.popleft()
@@ -341,16 +343,15 @@ class DiffusionPolicy(nn.Module):
     ) -> tuple[tuple[Tensor, Tensor] | None, Tensor | None]:
         """Noise and Picard initial guess for the next chunk, from the previous chunk of the same batch.
 
-        Returns ``(noise, init)``: ``noise`` is the shifted previous noise when common random numbers are
-        on (else None: draw fresh), ``init`` the shifted previous trajectory when warm starting Picard
-        (else None). Nothing is reused when there is no previous chunk or its batch size differs.
+        Returns ``(noise, x0_guess)``: ``noise`` is the shifted previous noise when common random numbers
+        are on (else None: draw fresh), ``x0_guess`` the shifted previous sample when warm starting
+        Picard (else None). Nothing is reused when there is no previous chunk or its batch size differs.
         """
         s = self.sampler
         if (
             previous is None
             or s.algorithm != "picard"
             or not s.warm_start
-            or previous.result.trajectory is None
             or previous.x_T.shape[0] != batch_size
         ):
             return None, None
@@ -360,4 +361,4 @@ class DiffusionPolicy(nn.Module):
             if s.common_random_numbers
             else None
         )
-        return noise, warm_start_guess(previous.result.trajectory, Ta)
+        return noise, warm_start_guess(previous.result.sample, Ta)

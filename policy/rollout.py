@@ -47,7 +47,7 @@ from .evaluation import EvalConfig, aggregate, episode_generator
 from .latency import SOURCE_CODE, ChunkLog, SectionTimer, StepLog, latency_summary
 from .policy import OBS_KEY, DiffusionPolicy, ObservationError
 from .samplers import draw_noise
-from .warm_start import common_random_numbers, shift_rows
+from .warm_start import common_random_numbers, warm_start_guess
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ class _Previous:
     """What the next plan of an episode reuses (warm start / common random numbers)."""
 
     request: int
-    trajectory: Tensor | None  # (K+1, H, Da)
+    sample: Tensor  # (H, Da) the converged sample, normalised
     x_T: Tensor  # (H, Da)
     noise: Tensor  # (K, H, Da)
 
@@ -588,18 +588,14 @@ class Controller:
                 x_T, noise = draw_noise(policy.table, (1, H, Da), [e.gen], device=policy.device)
             xs.append(x_T)  # (1, H, Da)
             ns.append(noise)  # (K, 1, H, Da)
-            use = prev is not None and prev.trajectory is not None
-            warm.append(use)
-            guesses.append(shift_rows(prev.trajectory, shift) if use else None)
+            warm.append(prev is not None)
+            guesses.append(
+                warm_start_guess(prev.sample[None], shift) if prev is not None else torch.zeros_like(x_T)
+            )  # (1, H, Da); 0 is the sampler's own cold guess
         x_T = torch.cat(xs, dim=0)  # (B, H, Da)
         noise = torch.cat(ns, dim=1)  # (K, B, H, Da)
-        init = None
-        if any(warm):
-            K = noise.shape[0]
-            init = torch.stack(
-                [g if g is not None else x_T[b].expand(K + 1, H, Da) for b, g in enumerate(guesses)], dim=1
-            )  # (K+1, B, H, Da)
-        return x_T, noise, init, warm
+        x0_guess = torch.cat(guesses, dim=0) if any(warm) else None  # (B, H, Da)
+        return x_T, noise, x0_guess, warm
 
     def _plan(self, eps: list[_Episode], ticks: list[int], histories: list[np.ndarray]) -> list[_Plan]:
         """Plan for ``eps`` in one batched call; faults become fault plans (never raised)."""
@@ -623,9 +619,9 @@ class Controller:
         B = len(sub)
         self._probe.ns, self._probe.calls = 0, 0
         try:
-            x_T, noise, init, warm = self._noise_and_init(sub, sub_ticks)
+            x_T, noise, x0_guess, warm = self._noise_and_init(sub, sub_ticks)
             history = torch.cat(ok_hist, dim=0)  # (B, To, Do)
-            pred = policy.predict_action_chunk({OBS_KEY: history}, noise=(x_T, noise), init=init)
+            pred = policy.predict_action_chunk({OBS_KEY: history}, noise=(x_T, noise), x0_guess=x0_guess)
             rows = pred.plan[:, start_row : start_row + self.n_rows].detach().cpu().numpy()  # (B, n, Da)
         except Exception as exc:  # the guard: a raising denoiser must not end the rollout
             self._log_fault_once("planning raised", exc)
@@ -651,7 +647,7 @@ class Controller:
             if picard and s.warm_start:
                 e.previous = _Previous(
                     request=ticks[b],
-                    trajectory=None if res.trajectory is None else res.trajectory[:, j].clone(),
+                    sample=res.sample[j].clone(),
                     x_T=pred.x_T[j].clone(),
                     noise=pred.noise[:, j].clone(),
                 )

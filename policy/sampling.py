@@ -19,7 +19,7 @@ def run_sampler(
     noise: Tensor | None,
     cond: Tensor | None,
     *,
-    init: Tensor | None = None,
+    x0_guess: Tensor | None = None,
     return_trajectory: bool = False,
 ) -> SampleResult:
     """Sample with the execution order ``sampler.algorithm`` (the update rule comes from ``table``).
@@ -31,7 +31,7 @@ def run_sampler(
         table: the step table of ``sampler.kind``, on ``x_T``'s device.
         noise: (K, B, H, D) pre-drawn step noise.
         cond: (B, C) conditioning.
-        init: Picard warm-start guess (K+1, B, H, D); ignored by the sequential sampler.
+        x0_guess: Picard guess of the sample (B, H, D) (warm start); ignored by the sequential sampler.
         return_trajectory: the sequential sampler also returns its (K+1, B, H, D) trajectory (Picard
             always does).
     """
@@ -48,6 +48,6 @@ def run_sampler(
         max_iters=sampler.max_iters,
         abs_floor=sampler.abs_floor,
         on_max_iters=sampler.on_max_iters,
-        init=init,
+        x0_guess=x0_guess,
         refill=sampler.refill,
     )

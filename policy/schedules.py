@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,6 +32,7 @@ __all__ = [
     "BetaSchedule",
     "PredictionType",
     "SamplerKind",
+    "StepRows",
     "StepTable",
     "TimestepSpacing",
     "make_alphas_cumprod",
@@ -45,6 +46,29 @@ SamplerKind = Literal["ddpm", "ddim", "dpmsolver++"]
 PredictionType = Literal["epsilon", "sample", "v_prediction"]
 
 _MAX_BETA = 0.999  # squaredcos_cap_v2 caps every beta here (Nichol & Dhariwal 2021, eq. 17)
+# Per-step coefficient columns of `StepTable` that `StepRows` carries (all in the working dtype).
+STEP_COLUMNS = (
+    "alpha_bar",
+    "alpha_bar_prev",
+    "sqrt_alpha_bar",
+    "sqrt_one_minus_alpha_bar",
+    "sqrt_recip_alpha_bar",
+    "sqrt_recipm1_alpha_bar",
+    "posterior_coef_x0",
+    "posterior_coef_xt",
+    "posterior_variance",
+    "sigma",
+    "sqrt_alpha_bar_prev",
+    "sqrt_one_minus_alpha_bar_prev",
+    "lambda_",
+    "lambda_prev",
+    "dpm_coef_x",
+    "dpm_coef_x0",
+    "dpm_coef_x0_prev",
+    "rollout_coef_x",
+    "rollout_coef_x0",
+)
+_COLUMN_INDEX = {name: c for c, name in enumerate(STEP_COLUMNS)}
 _MIN_TOL_VARIANCE = 1e-20  # ParaDiGMS' clamp; used only when no positive variance exists
 _DPM_LOWER_ORDER_FINAL_BELOW = 15  # diffusers' lower_order_final applies to schedules shorter than this
 
@@ -127,6 +151,27 @@ def make_timesteps(
 
 
 @dataclass(frozen=True)
+class StepRows:
+    """The per-step coefficients of a batch of rows, gathered from a `StepTable` in one indexing op.
+
+    `diffusion_step.step` accepts it in place of a LongTensor of step positions: row r then reads its
+    coefficients from `values[r]` instead of gathering every column separately (the Picard sampler
+    evaluates many rows per iteration, and one gather is cheaper than a dozen).
+
+    Attributes:
+        positions: (R,) int64 step position of each row.
+        values: (R, len(STEP_COLUMNS)) coefficients, column c = `STEP_COLUMNS[c]`.
+    """
+
+    positions: Tensor
+    values: Tensor
+
+    def column(self, name: str) -> Tensor:
+        """(R,) coefficient ``name`` (one of `STEP_COLUMNS`) of every row (a strided view)."""
+        return self.values[:, _COLUMN_INDEX[name]]
+
+
+@dataclass(frozen=True)
 class StepTable:
     """Per-inference-step coefficients of one sampler, built once by `make_step_table`.
 
@@ -162,7 +207,12 @@ class StepTable:
         dpm_coef_x: (K,) σ'/σ, the x_t weight of DPM-Solver++.
         dpm_coef_x0: (K,) weight of x̂₀(τ_i) in DPM-Solver++.
         dpm_coef_x0_prev: (K,) weight of the previous step's x̂₀(τ_{i-1}); 0 for first-order steps.
+        rollout_coef_x: (K,) with x̂₀ held fixed, step i is affine in x_t: x' = a·x_t + b·x̂₀ + σ·z; this
+            is a (derived from `diffusion_step.step` itself when the table is built).
+        rollout_coef_x0: (K,) b of the same affine map (for DPM-Solver++ the history x̂₀ is the same x̂₀).
         tol_variance: (K,) variance that normalises the Picard change of slot i (see `make_step_table`).
+        coefficients: (K, len(STEP_COLUMNS)) every per-step coefficient column stacked (built from the
+            fields above; `rows` gathers from it).
     """
 
     kind: SamplerKind
@@ -191,7 +241,18 @@ class StepTable:
     dpm_coef_x: Tensor
     dpm_coef_x0: Tensor
     dpm_coef_x0_prev: Tensor
+    rollout_coef_x: Tensor
+    rollout_coef_x0: Tensor
     tol_variance: Tensor
+    coefficients: Tensor = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        stacked = torch.stack([getattr(self, name) for name in STEP_COLUMNS], dim=1)  # (K, n_columns)
+        object.__setattr__(self, "coefficients", stacked)
+
+    def rows(self, positions: Tensor) -> StepRows:
+        """Gather the coefficients of the steps at ``positions`` ((R,) int64) in one indexing op."""
+        return StepRows(positions, self.coefficients.index_select(0, positions))
 
     @property
     def num_steps(self) -> int:
@@ -223,7 +284,7 @@ class StepTable:
         moved = {
             f.name: getattr(self, f.name).to(device)
             for f in dataclasses.fields(self)
-            if isinstance(getattr(self, f.name), Tensor)
+            if f.init and isinstance(getattr(self, f.name), Tensor)
         }
         return dataclasses.replace(self, **moved)
 
@@ -340,35 +401,43 @@ def make_step_table(
             tol_var[i] = last_positive
     tol_dtype = torch.float64 if dtype == torch.float64 else torch.float32
 
-    def cast(v: Tensor) -> Tensor:
-        return v.to(device=device, dtype=dtype)
+    def build(cast: Callable[[Tensor], Tensor], rollout_x: Tensor, rollout_x0: Tensor) -> StepTable:
+        return StepTable(
+            kind=kind,
+            prediction_type=prediction_type,
+            clip_sample=clip_sample,
+            clip_sample_range=float(clip_sample_range),
+            num_train_timesteps=T,
+            timestep_values=tuple(int(v) for v in ts.tolist()),
+            orders=tuple(orders),
+            alphas_cumprod=cast(ac),
+            timesteps=ts.to(device),
+            alpha_bar=cast(a),
+            alpha_bar_prev=cast(a_prev),
+            sqrt_alpha_bar=cast(alpha),
+            sqrt_one_minus_alpha_bar=cast(sig),
+            sqrt_recip_alpha_bar=cast(1.0 / alpha),
+            sqrt_recipm1_alpha_bar=cast((1.0 / a - 1.0).sqrt()),
+            posterior_coef_x0=cast(coef_x0),
+            posterior_coef_xt=cast(coef_xt),
+            posterior_variance=cast(post_var),
+            sigma=cast(sigma),
+            sqrt_alpha_bar_prev=cast(alpha_p),
+            sqrt_one_minus_alpha_bar_prev=cast(sig_p),
+            lambda_=cast(lam),
+            lambda_prev=cast(lam_p),
+            dpm_coef_x=cast(dpm_x),
+            dpm_coef_x0=cast(dpm_x0),
+            dpm_coef_x0_prev=cast(dpm_x0_prev),
+            rollout_coef_x=cast(rollout_x),
+            rollout_coef_x0=cast(rollout_x0),
+            tol_variance=tol_var.to(device=device, dtype=tol_dtype),
+        )
 
-    return StepTable(
-        kind=kind,
-        prediction_type=prediction_type,
-        clip_sample=clip_sample,
-        clip_sample_range=float(clip_sample_range),
-        num_train_timesteps=T,
-        timestep_values=tuple(int(v) for v in ts.tolist()),
-        orders=tuple(orders),
-        alphas_cumprod=cast(ac),
-        timesteps=ts.to(device),
-        alpha_bar=cast(a),
-        alpha_bar_prev=cast(a_prev),
-        sqrt_alpha_bar=cast(alpha),
-        sqrt_one_minus_alpha_bar=cast(sig),
-        sqrt_recip_alpha_bar=cast(1.0 / alpha),
-        sqrt_recipm1_alpha_bar=cast((1.0 / a - 1.0).sqrt()),
-        posterior_coef_x0=cast(coef_x0),
-        posterior_coef_xt=cast(coef_xt),
-        posterior_variance=cast(post_var),
-        sigma=cast(sigma),
-        sqrt_alpha_bar_prev=cast(alpha_p),
-        sqrt_one_minus_alpha_bar_prev=cast(sig_p),
-        lambda_=cast(lam),
-        lambda_prev=cast(lam_p),
-        dpm_coef_x=cast(dpm_x),
-        dpm_coef_x0=cast(dpm_x0),
-        dpm_coef_x0_prev=cast(dpm_x0_prev),
-        tol_variance=tol_var.to(device=device, dtype=tol_dtype),
-    )
+    # 5. The held-x̂₀ affine map of each step, read off the shared step function on a float64 CPU copy
+    #    (so that no second copy of the update rules exists).
+    from .diffusion_step import held_x0_coefficients  # noqa: PLC0415 (diffusion_step imports this module)
+
+    exact = build(lambda v: v, torch.zeros(K, dtype=torch.float64), torch.zeros(K, dtype=torch.float64))
+    rollout_x, rollout_x0 = held_x0_coefficients(exact)
+    return build(lambda v: v.to(device=device, dtype=dtype), rollout_x, rollout_x0)

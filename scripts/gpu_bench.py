@@ -8,7 +8,7 @@ from this checkout (no install needed)::
 
 It measures, CUDA-synchronised, with medians over repeats: the denoiser's cost against batch rows,
 sequential DDPM-100 per chunk (batch 1), and ParaDDPM per chunk over windows and tolerances, cold and
-warm-started from the previous chunk's trajectory, with the max |difference| to the sequential sample
+warm-started from the previous chunk's sample, with the max |difference| to the sequential sample
 of the same noise. Weights are random unless ``--weights`` names a `model.safetensors` of the same
 size: iteration counts of random weights do not represent a trained policy, per-call costs do.
 Record the printed table in docs/benchmarks.md with the card's name.
@@ -146,12 +146,20 @@ def main(argv: list[str] | None = None) -> dict:
                     def run_par(w=w, tol=tol, warm=warm):
                         outs, prev = [], None
                         for (x_T, n), c in zip(noises, conds, strict=True):
-                            init = warm_start_guess(prev, 8) if warm and prev is not None else None
+                            guess = warm_start_guess(prev, 8) if warm and prev is not None else None
                             r = sample_picard(
-                                denoise, x_T, table, n, c, window=min(w, args.steps), tol=tol, init=init
+                                denoise,
+                                x_T,
+                                table,
+                                n,
+                                c,
+                                window=min(w, args.steps),
+                                tol=tol,
+                                x0_guess=guess,
+                                refill="x0_rollout",
                             )
                             outs.append(r)
-                            prev = r.trajectory
+                            prev = r.sample
                         return outs
 
                     run_par()

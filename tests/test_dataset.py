@@ -226,4 +226,3 @@ def test_dataset_from_store_object_and_argument_checks(store_path: Path, tmp_pat
         PushTLowdimDataset(tmp_path / "bare.zarr")
     with pytest.raises(DatasetError, match="data/keypoint"):
         PushTLowdimDataset(bare)
-

@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from parapolicy.policy.diffusion_step import add_noise, predict_x0, step
+from parapolicy.policy.diffusion_step import (
+    add_noise,
+    held_x0_affine,
+    model_out_from_x0,
+    predict_x0,
+    step,
+)
 from parapolicy.policy.schedules import PredictionType, make_alphas_cumprod, make_step_table, make_timesteps
 
 T = 100
@@ -141,6 +147,24 @@ def test_vectorised_rows_equal_per_step_calls_bitwise(kind: str) -> None:
         single = step(tab, i, x[r], out[r], z[r], prev_x0=prev[r])
         assert torch.equal(batched.prev_sample[r], single.prev_sample)
         assert torch.equal(batched.x0_hat[r], single.x0_hat)
+    rows = step(tab, tab.rows(idx), x, out, z, prev_x0=prev)  # coefficients gathered once
+    assert torch.equal(rows.prev_sample, batched.prev_sample) and torch.equal(rows.x0_hat, batched.x0_hat)
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "ddim", "dpmsolver++"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_held_x0_affine_map_is_the_step_with_x0_fixed(kind: str, prediction_type: PredictionType) -> None:
+    """a·x + c equals `step` fed the model output that predicts the held x̂₀ (history = the same x̂₀)."""
+    tab = make_step_table(AC, make_timesteps(T, 12), kind=kind, prediction_type=prediction_type)  # type: ignore[arg-type]
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.arange(12)
+    x, z = torch.randn(12, 16, 2, generator=gen), torch.randn(12, 16, 2, generator=gen)
+    x0 = torch.rand(12, 16, 2, generator=gen) * 1.8 - 0.9  # inside the clip range
+    out = model_out_from_x0(tab, idx, x, x0)
+    want = step(tab, idx, x, out, z, prev_x0=x0).prev_sample
+    for rows in (idx, tab.rows(idx)):
+        a, c = held_x0_affine(tab, rows, x0, z)
+        torch.testing.assert_close(a * x + c, want, rtol=1e-5, atol=1e-5)
 
 
 def test_add_noise_closed_form() -> None:

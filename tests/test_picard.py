@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from parapolicy.policy.diffusion_step import step
+from parapolicy.policy.diffusion_step import model_out_from_x0, step
 from parapolicy.policy.picard import sample_picard
 from parapolicy.policy.samplers import draw_noise, sample_sequential
 from parapolicy.policy.schedules import StepTable, make_alphas_cumprod, make_step_table, make_timesteps
@@ -351,3 +351,61 @@ def test_x0_rollout_refill_saves_iterations() -> None:
     assert rolled.iterations < plain.iterations
     with pytest.raises(ValueError, match="refill"):
         sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=8, tol=0.1, refill="zeros")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_x0_guess_changes_iterations_not_the_fixed_point(kind: str) -> None:
+    K = 60
+    tab, x_T, noise, cond = setup(kind, K, B=2, seed=4)
+    seq = sequential(tab, x_T, noise, cond)
+    kw = {"window": 8, "refill": "x0_rollout"}
+    for guess in (None, torch.zeros_like(x_T), seq.sample, torch.full_like(x_T, 1e3)):
+        exact = sample_picard(mixture_denoiser, x_T, tab, noise, cond, tol=0.0, x0_guess=guess, **kw)
+        assert exact.all_converged and exact.iterations <= K
+        torch.testing.assert_close(exact.sample, seq.sample, rtol=0, atol=1e-5)
+    default = sample_picard(mixture_denoiser, x_T, tab, noise, cond, tol=0.05, **kw)
+    zero = sample_picard(
+        mixture_denoiser, x_T, tab, noise, cond, tol=0.05, x0_guess=torch.zeros_like(x_T), **kw
+    )
+    assert torch.equal(default.sample, zero.sample)  # 0 is the default guess
+    assert default.iterations == zero.iterations
+    good = sample_picard(mixture_denoiser, x_T, tab, noise, cond, tol=0.05, x0_guess=seq.sample, **kw)
+    assert good.iterations < default.iterations if kind == "ddpm" else good.iterations <= default.iterations
+    torch.testing.assert_close(good.sample, seq.sample, rtol=0, atol=1e-2)
+
+
+def test_first_window_is_rolled_out_from_the_guess() -> None:
+    """With max_iters=0 the returned iterate is the initial guess: x0_rollout fills the first window by
+    the held-x̂₀ roll-out; ParaDiGMS' window_end rule leaves x_T copies."""
+    K, p = 30, 6
+    tab, x_T, noise, cond = setup("ddpm", K, B=1, seed=5)
+    guess = torch.rand_like(x_T) - 0.5
+    cap = {"tol": 0.1, "max_iters": 0, "on_max_iters": "return_iterate"}
+    rolled = sample_picard(
+        mixture_denoiser, x_T, tab, noise, cond, window=p, x0_guess=guess, refill="x0_rollout", **cap
+    )
+    x = x_T
+    for j in range(p):
+        x = step(tab, j, x, model_out_from_x0(tab, j, x, guess), noise[j]).prev_sample
+        torch.testing.assert_close(rolled.trajectory[j + 1], x, rtol=1e-5, atol=1e-5)
+    assert torch.equal(rolled.trajectory[p + 1], x_T)  # beyond the first window: x_T until refilled
+    copies = sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=p, refill="window_end", **cap)
+    assert torch.equal(copies.trajectory, x_T.expand(K + 1, *x_T.shape))
+
+
+def test_x0_guess_validation() -> None:
+    tab, x_T, noise, cond = setup("ddpm", 10, B=2)
+    with pytest.raises(ValueError, match="x0_guess must have shape"):
+        sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=4, tol=0.1, x0_guess=x_T[:1])
+    with pytest.raises(ValueError, match="not both"):
+        sample_picard(
+            mixture_denoiser,
+            x_T,
+            tab,
+            noise,
+            cond,
+            window=4,
+            tol=0.1,
+            x0_guess=x_T,
+            init=x_T.expand(11, *x_T.shape),
+        )

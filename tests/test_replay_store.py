@@ -199,7 +199,10 @@ CRASH_POINTS = [
 
 @pytest.mark.parametrize(("method", "array_path"), CRASH_POINTS)
 def test_interrupted_append_is_invisible_and_recoverable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, method: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    method: str,
     array_path: str,
 ) -> None:
     path = tmp_path / "demo.zarr"

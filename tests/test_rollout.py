@@ -155,8 +155,8 @@ def encode_plans(policy):
     real = policy.predict_action_chunk
     calls = {"k": 0}
 
-    def fake(obs, noise=None, generator=None, init=None):
-        pred = real(obs, noise=noise, generator=generator, init=init)
+    def fake(obs, noise=None, generator=None, x0_guess=None):
+        pred = real(obs, noise=noise, generator=generator, x0_guess=x0_guess)
         k = calls["k"]
         calls["k"] += 1
         plan = torch.zeros_like(pred.plan)

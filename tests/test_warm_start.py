@@ -16,8 +16,8 @@ def test_shift_rows_drops_the_executed_rows_and_repeats_the_last():
     assert torch.equal(shift_rows(x, 0), x)
     with pytest.raises(ValueError, match="shift"):
         shift_rows(x, 6)
-    traj = torch.randn(4, 2, 5, 3)
-    assert torch.equal(warm_start_guess(traj, 2)[:, :, :3], traj[:, :, 2:])
+    sample = torch.randn(2, 5, 3)
+    assert torch.equal(warm_start_guess(sample, 2)[:, :3], sample[:, 2:])
 
 
 def test_common_random_numbers_shift_the_noise():
@@ -37,9 +37,10 @@ def test_warm_started_picard_gives_the_sequential_result(tiny_policy, crn):
     gen = torch.Generator().manual_seed(0)
     h1, h2 = (torch.rand(2, 2, 20, generator=gen) * 512 for _ in range(2))
     first = tiny_policy.predict_action_chunk({"obs": h1}, generator=gen)
-    noise, init = tiny_policy.warm_start_inputs(first, 2, gen)
-    assert init is not None and (noise is not None) == crn
-    warm = tiny_policy.predict_action_chunk({"obs": h2}, noise=noise, generator=gen, init=init)
+    noise, guess = tiny_policy.warm_start_inputs(first, 2, gen)
+    assert guess is not None and (noise is not None) == crn
+    torch.testing.assert_close(guess[:, :-8], first.result.sample[:, 8:])
+    warm = tiny_policy.predict_action_chunk({"obs": h2}, noise=noise, generator=gen, x0_guess=guess)
     tiny_policy.set_sampler(SamplerConfig(**common))
     seq = tiny_policy.predict_action_chunk({"obs": h2}, noise=(warm.x_T, warm.noise))
     torch.testing.assert_close(warm.plan, seq.plan, atol=1e-3, rtol=0)  # px
@@ -54,9 +55,9 @@ def test_select_action_warm_starts_every_chunk_after_the_first(tiny_policy, monk
     inits = []
     original = tiny_policy.predict_action_chunk
 
-    def spy(obs, noise=None, generator=None, init=None):
-        inits.append(init)
-        return original(obs, noise=noise, generator=generator, init=init)
+    def spy(obs, noise=None, generator=None, x0_guess=None):
+        inits.append(x0_guess)
+        return original(obs, noise=noise, generator=generator, x0_guess=x0_guess)
 
     monkeypatch.setattr(tiny_policy, "predict_action_chunk", spy)
     gen = torch.Generator().manual_seed(0)
