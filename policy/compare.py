@@ -60,17 +60,17 @@ def default_samplers() -> dict[str, SamplerEntry]:
     """The named samplers `CompareConfig.run` picks from.
 
     ``sequential``: DDPM-100, the reference. ``paraddpm``: the same DDPM-100 solved by Picard iteration
-    (window 4, tol 0.1, model-free x̂₀ roll-out refill), drawing exactly the sequential sampler's noise.
-    ``paraddpm_warm``: the same warm-started from the previous chunk's trajectory (measured slower on
-    the shipped policy: docs/benchmarks.md). ``paraddpm_crn``: warm start with common random numbers
-    (different noise). ``ddim``: DDIM with 16 steps, the usual fast baseline.
+    (window 8, tol 0.1, model-free x̂₀ roll-out refill), drawing exactly the sequential sampler's noise.
+    ``paraddpm_warm``: the same with the first window rolled out from the previous chunk's sample
+    (shifted along the horizon) instead of x̂₀ = 0. ``paraddpm_crn``: warm start with common random
+    numbers (different noise). ``ddim``: DDIM with 16 steps, the usual fast baseline.
     """
     return {
         "sequential": SamplerEntry(SamplerConfig()),
-        "paraddpm": SamplerEntry(SamplerConfig(algorithm="picard", window=4)),
-        "paraddpm_warm": SamplerEntry(SamplerConfig(algorithm="picard", window=4, warm_start=True)),
+        "paraddpm": SamplerEntry(SamplerConfig(algorithm="picard", window=8)),
+        "paraddpm_warm": SamplerEntry(SamplerConfig(algorithm="picard", window=8, warm_start=True)),
         "paraddpm_crn": SamplerEntry(
-            SamplerConfig(algorithm="picard", window=4, warm_start=True, common_random_numbers=True)
+            SamplerConfig(algorithm="picard", window=8, warm_start=True, common_random_numbers=True)
         ),
         "ddim": SamplerEntry(SamplerConfig(kind="ddim", num_inference_steps=16)),
     }
@@ -139,8 +139,8 @@ class ProfileConfig:
     """Checkpoint directory."""
     device: str = "cpu"
     """Torch device."""
-    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(algorithm="picard", window=4))
-    """The sampler to profile (default: ParaDDPM, window 4, as `parapolicy-compare`'s ``paraddpm``)."""
+    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(algorithm="picard", window=8))
+    """The sampler to profile (default: ParaDDPM, window 8, as `parapolicy-compare`'s ``paraddpm``)."""
     control: ControlConfig = field(default_factory=lambda: ControlConfig(mode="realtime_sim"))
     """Controller settings (default: realtime_sim at 10 Hz, measured latency)."""
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(n_episodes=3, batch_size=1, max_videos=0))
