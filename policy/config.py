@@ -113,7 +113,7 @@ class SamplerConfig:
     on_max_iters: str = "finish_sequential"
     """At the cap: ``finish_sequential`` from the last trusted step, or ``return_iterate`` (flagged)."""
     warm_start: bool = False
-    """Start Picard from the previous control step's trajectory shifted by n_action_steps."""
+    """Roll Picard's first window out from the previous chunk's sample, shifted by the executed rows."""
     common_random_numbers: bool = False
     """With warm_start: reuse the previous chunk's noise shifted by n_action_steps (fresh tail rows)."""
     abs_floor: float = 0.0
