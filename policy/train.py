@@ -38,9 +38,10 @@ from .checkpoint import CheckpointError, write_atomic_dir
 from .config import PolicyConfig, SamplerConfig
 from .dataset import PushTLowdimDataset
 from .ema import EMA
-from .evaluation import EvalConfig, evaluate_policy
+from .evaluation import EvalConfig
 from .policy import DiffusionPolicy
 from .pretrained import load_policy, load_raw_weights, save_policy
+from .rollout import evaluate_policy
 from .training_state import load_training_state, save_training_state
 
 LAST_LINK = "last"

@@ -13,9 +13,16 @@ import torch
 
 from parapolicy.envs import PushTEnv
 from parapolicy.policy.config import SamplerConfig
-from parapolicy.policy.evaluation import EvalConfig, evaluate_policy
+from parapolicy.policy.evaluation import EvalConfig
 from parapolicy.policy.latency import ACTION_SOURCES, ChunkLog, StepLog, percentiles, write_csv
-from parapolicy.policy.rollout import ControlConfig, Controller, LatencyModel, plan_for_budget, run_rollouts
+from parapolicy.policy.rollout import (
+    ControlConfig,
+    Controller,
+    LatencyModel,
+    evaluate_policy,
+    plan_for_budget,
+    run_rollouts,
+)
 
 SEQ10 = SamplerConfig(num_inference_steps=10)
 PIC10 = SamplerConfig(num_inference_steps=10, algorithm="picard", window=4)
@@ -111,16 +118,21 @@ def test_latency_models():
 # --------------------------------------------------------------------------------------------------
 # frozen mode
 @pytest.mark.parametrize("sampler", [SEQ10, PIC10], ids=["sequential", "picard"])
-def test_frozen_reproduces_evaluate_policy(tiny_policy, sampler):
+def test_evaluate_policy_is_frozen_mode_without_warm_up(tiny_policy, sampler):
+    """Warm-up plans draw from their own generator: with or without them the episodes are the same."""
     tiny_policy.set_sampler(sampler)
     cfg = ec(n=3, steps=30, batch=3)
-    ref = evaluate_policy(tiny_policy, cfg)
-    got = run_rollouts(tiny_policy, cfg, ControlConfig(mode="frozen"))
+    seen = []
+    ref = evaluate_policy(tiny_policy, cfg, on_episode=seen.append)
+    got = run_rollouts(tiny_policy, cfg, ControlConfig(mode="frozen", warmup_plans=2))
     keys = ("seed", "max_reward", "sum_reward", "success", "n_steps", "final_coverage")
     assert [{k: e[k] for k in keys} for e in got.per_episode] == [
         {k: e[k] for k in keys} for e in ref["per_episode"]
     ]
+    assert [e["seed"] for e in ref["per_episode"]] == [100000, 100001, 100002]
+    assert sorted(e["seed"] for e in seen) == [100000, 100001, 100002]
     assert got.aggregated["mean_score"] == ref["aggregated"]["mean_score"]
+    assert len(got.warmup_ms) == 2
     # one fresh step per plan, the rest queued; every step recorded
     assert got.latency["action_sources"]["fresh"] == got.aggregated["total_n_chunks"]
     assert len(got.steps) == sum(e["n_steps"] for e in got.per_episode)
