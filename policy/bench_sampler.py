@@ -63,7 +63,7 @@ class SamplerBenchConfig:
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     """Rows at which the denoiser's cost is measured."""
     compile: str = "none"
-    """Denoiser compilation for every sampler alike: ``none`` or ``trace``."""
+    """Denoiser compilation for every sampler alike: ``none``, ``trace`` or ``cuda_graph`` (CUDA only)."""
 
     def __post_init__(self) -> None:
         if self.n_chunks < 1 or self.repeats < 1 or self.num_inference_steps < 1:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import PolicyConfig, SamplerConfig
+from .cuda_graphs import GraphedDenoiser
 from .diffusion_step import add_noise
 from .networks import ConditionalUnet1d
 from .normalizer import MinMaxNormalizer
@@ -36,7 +37,7 @@ from .schedules import StepTable, make_alphas_cumprod, make_step_table, make_tim
 from .warm_start import common_random_numbers, warm_start_guess
 
 OBS_KEY = "obs"
-COMPILE_MODES = ("none", "trace")
+COMPILE_MODES = ("none", "trace", "cuda_graph")
 
 
 class ObservationError(ValueError):
@@ -118,7 +119,8 @@ class DiffusionPolicy(nn.Module):
         self._obs_history: deque[Tensor] = deque(maxlen=config.n_obs_steps)
         self._action_queue: deque[Tensor] = deque()
         self._previous: ChunkPrediction | None = None  # warm-start source
-        self._traced: Any = None  # set by set_compile("trace")
+        self._compile_mode = "none"
+        self._compiled: Any = None  # the traced or graphed network (set_compile)
         self._denoiser: Any = None  # set by set_denoiser (device layouts)
 
     # ----------------------------------------------------------------------------------------------
@@ -131,8 +133,13 @@ class DiffusionPolicy(nn.Module):
     def _apply(self, fn: Any, recurse: bool = True) -> DiffusionPolicy:
         super()._apply(fn, recurse)
         self.table = self.table.to(self.alphas_cumprod.device)  # keep the table beside the weights
-        if self._traced is not None:
-            self.set_compile("trace")  # re-record the graph for the new device / dtype
+        mode = getattr(self, "_compile_mode", "none")  # unset while nn.Module.__init__ runs
+        if mode == "cuda_graph" and self.device.type != "cuda":
+            msg = f"policy moved to {self.device}: compile mode 'cuda_graph' reset to 'none'"
+            warnings.warn(msg, stacklevel=2)
+            self.set_compile("none")
+        elif mode != "none":
+            self.set_compile(mode)  # re-record the trace / graphs for the new device and dtype
         return self
 
     def set_sampler(self, sampler: SamplerConfig) -> None:
@@ -162,9 +169,9 @@ class DiffusionPolicy(nn.Module):
         return self.local_denoise(x, t, cond)
 
     def local_denoise(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
-        """This process's network on its own device (traced when `set_compile("trace")`)."""
-        if self._traced is not None:
-            return self._traced(x, t, cond)
+        """This process's network on its own device (traced or graphed as `set_compile` chose)."""
+        if self._compiled is not None:
+            return self._compiled(x, t, cond)
         return self.network(x, t, cond)
 
     def set_denoiser(self, denoiser: Any | None) -> None:
@@ -177,23 +184,34 @@ class DiffusionPolicy(nn.Module):
         self._denoiser = denoiser
 
     def set_compile(self, mode: str) -> None:
-        """Inference compilation of the denoiser: ``"none"`` (eager) or ``"trace"`` (`torch.jit.trace`).
+        """Inference compilation of the denoiser: ``"none"`` (eager), ``"trace"`` or ``"cuda_graph"``.
 
-        The traced graph is recorded once at batch 2 and serves every batch size (the network has no
-        value-dependent control flow), so sequential and Picard sampling use the same compiled code.
-        Training always uses the eager network.
+        ``"trace"``: `torch.jit.trace` recorded once at batch 2; it serves every batch size (the network
+        has no value-dependent control flow), so sequential and Picard sampling use the same compiled
+        code. ``"cuda_graph"`` (CUDA devices only): `cuda_graphs.GraphedDenoiser`, one CUDA graph per
+        power-of-two row bucket, captured on first use. Training always uses the eager network.
+
+        Raises:
+            ValueError: an unknown mode, or ``"cuda_graph"`` on a device that is not CUDA.
         """
         if mode not in COMPILE_MODES:
             raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
-        self._traced = None
+        cfg = self.config
+        if mode == "cuda_graph" and self.device.type != "cuda":
+            raise ValueError(
+                f"compile mode 'cuda_graph' needs the policy on a CUDA device, not {self.device}"
+            )
+        self._compiled, self._compile_mode = None, mode
         if mode == "trace":
-            cfg = self.config
             x = torch.zeros(2, cfg.horizon, cfg.action_dim, device=self.device)  # (2, H, Da)
             t = torch.zeros(2, dtype=torch.long, device=self.device)  # (2,)
             cond = torch.zeros(2, cfg.global_cond_dim, device=self.device)  # (2, C)
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # jit.trace's deprecation and tracer warnings
-                self._traced = torch.jit.trace(self.network.eval(), (x, t, cond), check_trace=False)
+                self._compiled = torch.jit.trace(self.network.eval(), (x, t, cond), check_trace=False)
+        elif mode == "cuda_graph":
+            shape = (cfg.horizon, cfg.action_dim)
+            self._compiled = GraphedDenoiser(self.network.eval(), self.device, shape, cfg.global_cond_dim)
 
     # ----------------------------------------------------------------------------------------------
     # training
