@@ -166,11 +166,10 @@ def step(
     if table.kind == "ddpm":
         # 3a. DDPM posterior mean (Ho et al. 2020, eq. 7) and ancestral noise (Alg. 2, line 4):
         #     x' = √ᾱ'β_s/(1-ᾱ)·x̂₀ + √α_s(1-ᾱ')/(1-ᾱ)·x_t + σ_i·z,   σ_i = √β̃_i (0 at the last step).
-        prev = (
-            _coef(table, "posterior_coef_x0", idx, nd) * x0 + _coef(table, "posterior_coef_xt", idx, nd) * x_t
-        )
+        prev = _coef(table, "posterior_coef_xt", idx, nd) * x_t
+        prev = prev.addcmul_(_coef(table, "posterior_coef_x0", idx, nd), x0)  # fused: fewer kernels
         if noise is not None:
-            prev = prev + _coef(table, "sigma", idx, nd) * noise
+            prev = prev.addcmul_(_coef(table, "sigma", idx, nd), noise)
     elif table.kind == "ddim":
         # 3b. DDIM with η = 0 (Song et al. 2021, eq. 12): x' = √ᾱ'·x̂₀ + √(1-ᾱ')·ε̂.
         assert eps is not None

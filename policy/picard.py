@@ -30,7 +30,7 @@ from torch import Tensor
 from .denoiser import Denoiser
 from .diffusion_step import held_x0_affine, predict_x0, step
 from .samplers import SampleResult, check_inputs, finish_timing
-from .schedules import StepTable
+from .schedules import StepRows, StepTable
 
 __all__ = ["REFILL_RULES", "sample_picard"]
 
@@ -72,19 +72,23 @@ class _Trajectory:
         A, B = samples.size, self.B
         k = np.arange(M)[:, None]  # (M, 1)
         src = np.minimum(ends[None, :] + k, self.K - 1)  # (M, A) step leaving the previous slot
-        valid = np.flatnonzero((k < counts[None, :]).ravel())  # entries that land inside the window
+        inside = (k < counts[None, :]).ravel()  # (M·A,) entries that land inside the window
+        valid = np.flatnonzero(inside)
         dest = ((src + 1) * B + samples[None, :]).ravel()[valid]
         idx = self.index(np.concatenate([src.ravel(), (src * B + samples[None, :]).ravel(), valid, dest]))
         n = M * A
-        z = None if self.noise is None else self.noise.index_select(0, idx[n : 2 * n])
-        x0_rep = x0.expand(M, *x0.shape).reshape(n, *self.rest)  # (M·A, H, D)
-        a, c = held_x0_affine(self.table, self.table.rows(idx[:n]), x0_rep, z)  # (M·A, 1, 1), (M·A, H, D)
-        a, c = a.view(M, A, *a.shape[1:]), c.view(M, A, *self.rest)
+        z = None if self.noise is None else self.noise.index_select(0, idx[n : 2 * n]).view(M, A, *self.rest)
+        rows = self.table.rows(idx[:n])
+        rows = StepRows(rows.positions.view(M, A), rows.values.view(M, A, -1))  # entry (j, s) at [j, s]
+        x0_all = x0.expand(M, *x0.shape)  # (M, A, H, D) view
+        a, c = held_x0_affine(self.table, rows, x0_all, z)  # (M, A, 1, 1), (M, A, H, D)
         xs, x = [], x_end
         for j in range(M):
             x = torch.addcmul(c[j], a[j], x)  # (A, H, D)
             xs.append(x)
-        filled = torch.stack(xs).view(n, *self.rest).index_select(0, idx[2 * n : 2 * n + valid.size])
+        filled = torch.stack(xs).view(n, *self.rest)  # (M·A, H, D)
+        if valid.size < n:
+            filled = filled.index_select(0, idx[2 * n : 2 * n + valid.size])
         self.flat.index_copy_(0, idx[2 * n + valid.size :], filled)
 
 
@@ -214,11 +218,14 @@ def sample_picard(
         all_b = np.arange(B)
         traj.roll_out(all_b, np.zeros(B, dtype=np.int64), np.full(B, p), x_T, guess)
 
-    # Host-side convergence test: err² <= thr[slot] = max(tol²·σ²_slot, floor²), computed in the error
-    # dtype exactly as a device comparison would be; the final slot K always passes.
+    # Host-side convergence test of refreshed slot j: err² <= thr[j] = max(tol²·σ²_j, floor²), in the
+    # error dtype exactly as a device comparison would be. Indexed by slot (1..K); slot K always passes.
     err_np = np.float64 if x_T.dtype == torch.float64 else np.float32
-    var_h = table.tol_variance.cpu().numpy().astype(err_np)  # (K,)
-    thr_h = np.maximum(np.asarray(tol * tol, dtype=err_np) * var_h, np.asarray(abs_floor**2, dtype=err_np))
+    var_slot = np.ones(K + 1, dtype=err_np)  # (K+1,) σ² of the step leaving each slot (1 at slot K)
+    var_slot[:K] = table.tol_variance.cpu().numpy()
+    thr_slot = np.maximum(
+        np.asarray(tol * tol, dtype=err_np) * var_slot, np.asarray(abs_floor**2, dtype=err_np)
+    )
 
     b_h = np.zeros(B, dtype=np.int64)  # (B,) window starts (trusted slots)
     residual = np.zeros(B, dtype=err_np)  # (B,) last window's max normalised RMS change
@@ -237,6 +244,7 @@ def sample_picard(
         first = np.cumsum(La) - La  # (A,) first row of each active sample
         s_r = np.repeat(act, La)  # (R,)
         i_r = np.arange(R) - np.repeat(first, La)  # (R,)
+        La_r = np.repeat(La, La)  # (R,) each row's window length
         slot_r = b_h[s_r] + i_r  # (R,) step index in 0..K-1
         grid_r = np.repeat(np.arange(A), La) * (p + 1) + i_r  # (R,) row's cell in the (A, p+1) grid
         flat_r = slot_r * B + s_r  # (R,)
@@ -272,15 +280,15 @@ def sample_picard(
 
         # 4. Convergence of each refreshed slot (NaN -> not converged; slot K always passes).
         refreshed = slot_r + 1  # (R,) in 1..K
-        terminal = refreshed == K
-        var_idx = np.minimum(refreshed, K - 1)
-        ok = (err_h <= thr_h[var_idx]) | terminal
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ratio = np.where(terminal, 0.0, np.sqrt(err_h / var_h[var_idx]))  # (R,) RMS change / σ
+        ok = err_h <= thr_slot[refreshed]
+        ratio = np.sqrt(err_h / var_slot[refreshed])  # (R,) RMS change / σ
+        if refreshed[-1] == K or A > 1:  # the final slot: always accepted, residual 0
+            terminal = refreshed == K
+            ok[terminal], ratio[terminal] = True, 0.0
         residual[act] = np.maximum.reduceat(ratio, first)
 
         # 5. Slide to the first unconverged slot (sentinel L_s when none), stride in [1, p].
-        first_bad = np.minimum.reduceat(np.where(ok, np.repeat(La, La), i_r), first)  # (A,)
+        first_bad = np.minimum.reduceat(np.where(ok, La_r, i_r), first)  # (A,)
         ends = b_h[act] + La  # (A,) old window ends (last written slot)
         b_h[act] = np.minimum(b_h[act] + np.minimum(first_bad + 1, p), K)
         counts = np.maximum(np.minimum(b_h[act] + p, K) - ends, 0)  # (A,) newly exposed slots

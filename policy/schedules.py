@@ -159,16 +159,16 @@ class StepRows:
     evaluates many rows per iteration, and one gather is cheaper than a dozen).
 
     Attributes:
-        positions: (R,) int64 step position of each row.
-        values: (R, len(STEP_COLUMNS)) coefficients, column c = `STEP_COLUMNS[c]`.
+        positions: (R,) int64 step position of each row (or any leading shape, e.g. (M, A)).
+        values: (R, len(STEP_COLUMNS)) coefficients (the same leading shape), column c = `STEP_COLUMNS[c]`.
     """
 
     positions: Tensor
     values: Tensor
 
     def column(self, name: str) -> Tensor:
-        """(R,) coefficient ``name`` (one of `STEP_COLUMNS`) of every row (a strided view)."""
-        return self.values[:, _COLUMN_INDEX[name]]
+        """Coefficient ``name`` (one of `STEP_COLUMNS`) of every row, shaped like `positions` (a view)."""
+        return self.values[..., _COLUMN_INDEX[name]]
 
 
 @dataclass(frozen=True)
