@@ -56,7 +56,9 @@ class _Trajectory:
         """Host int64 rows -> device index tensor."""
         return torch.from_numpy(rows).to(self.X.device)
 
-    def roll_out(self, samples: np.ndarray, ends: np.ndarray, counts: np.ndarray, x_end: Tensor, x0: Tensor):
+    def roll_out(
+        self, samples: np.ndarray, ends: np.ndarray, counts: np.ndarray, x_end: Tensor, x0: Tensor
+    ) -> None:
         """Fill slots e+1 .. e+count of each sample by stepping from X[e] with x̂₀ held fixed (no network).
 
         Args:
