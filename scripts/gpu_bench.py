@@ -11,9 +11,10 @@ sequential DDPM-100 per chunk (batch 1), and ParaDDPM per chunk over windows and
 warm-started from the previous chunk's sample, with the max |difference| to the sequential sample
 of the same noise; on CUDA all of it twice, eager and with the denoiser replayed as CUDA graphs
 (`policy/cuda_graphs.py`; ``--no-graphs`` skips that), with speedups against the same variant's
-sequential sampler and against the fastest sequential run of either. Weights are random unless
-``--weights`` names a `model.safetensors` of the same size: iteration counts of random weights do not
-represent a trained policy, per-call costs do.
+sequential sampler and against the fastest sequential run of either, and each variant's max
+|difference| to the eager network on the cost-curve inputs (the CUDA-graph parity check). Weights
+are random unless ``--weights`` names a `model.safetensors` of the same size: iteration counts of
+random weights do not represent a trained policy, per-call costs do.
 Record the printed table in docs/benchmarks.md with the card's name.
 """
 
@@ -74,15 +75,18 @@ def _time(fn, device: torch.device, repeats: int) -> tuple[float, object, float,
     return statistics.median(times), out, min(times), max(times)
 
 
-def _bench_variant(name, denoise, args, device, table, noises, conds, result) -> None:
+def _bench_variant(name, denoise, net_eager, args, device, table, noises, conds, result) -> None:
     """Cost curve, sequential and the Picard grid for one denoiser variant (eager or CUDA graphs)."""
     result["cost_ms"][name] = {}
+    parity = 0.0  # max |this variant - the eager network| over the cost-curve inputs
     for rows in (1, 2, 4, 8, 16, 32, 64, 100):
         x = torch.randn(rows, 16, 2, device=device)
-        t = torch.full((rows,), 50, device=device, dtype=torch.long)
+        t = torch.randint(0, 100, (rows,), device=device)
         c = torch.randn(rows, 40, device=device)
         _time(lambda x=x, t=t, c=c: denoise(x, t, c), device, 3)  # warm-up (and graph capture)
         result["cost_ms"][name][rows] = _time(lambda x=x, t=t, c=c: denoise(x, t, c), device, args.repeats)[0]
+        parity = max(parity, float((denoise(x, t, c) - net_eager(x, t, c)).abs().max()))
+    result["max_abs_diff_to_eager"][name] = parity
 
     def run_seq():
         return [
@@ -182,17 +186,19 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
         "params": sum(p.numel() for p in net.parameters()),
         "cost_ms": {},
+        "max_abs_diff_to_eager": {},
         "rows": [],
     }
     with torch.inference_mode():
         for name, denoise in variants.items():
-            _bench_variant(name, denoise, args, device, table, noises, conds, result)
+            _bench_variant(name, denoise, net, args, device, table, noises, conds, result)
     best_seq = min(r["ms_per_chunk"] for r in result["rows"] if r["name"].endswith("sequential"))
     for r in result["rows"]:
         r["speedup_vs_best_sequential"] = best_seq / r["ms_per_chunk"]
     print(f"{result['device_name']} | torch {result['torch']} | {result['params']:,} params")
     for name, curve in result["cost_ms"].items():
         print(f"{name} denoiser ms by rows: " + ", ".join(f"{k}: {v:.2f}" for k, v in curve.items()))
+    print("max |output - eager network| per variant: " + str(result["max_abs_diff_to_eager"]))
     print("speedup: against the same variant's sequential; best: against the fastest sequential run")
     for r in result["rows"]:
         print(

@@ -96,4 +96,5 @@ def test_gpu_bench_script_runs_on_cpu(tmp_path):
     names = ["eager sequential", "eager picard w=4 tol=1e-06", "eager picard w=4 tol=1e-06 warm"]
     assert [r["name"] for r in rows] == names  # no CUDA-graph variant on the CPU
     assert rows[0]["speedup_vs_best_sequential"] == 1.0
+    assert json.loads(out.read_text())["max_abs_diff_to_eager"] == {"eager": 0.0}
     assert all(r["max_abs_diff"] < 1e-4 for r in rows)
