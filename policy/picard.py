@@ -210,7 +210,7 @@ def sample_picard(
 
     traj = _Trajectory(table, x_T, noise, init)
     X, Xf = traj.X, traj.flat
-    X0 = None  # DPM-Solver++ x̂₀ cache, ((K)·B, H, D) flat like the trajectory
+    X0 = None  # DPM-Solver++ x̂₀ cache, (K·B, H, D), row = step·B + sample
     if table.uses_history:
         X0 = torch.zeros((K * B, *rest), dtype=x_T.dtype, device=dev)
     refill_window_end = init is None and refill == "window_end"
@@ -312,6 +312,7 @@ def sample_picard(
     unfinished = np.nonzero(b_h < K)[0]
     if unfinished.size and on_max_iters == "finish_sequential":
         X0_steps = None if X0 is None else X0.view(K, B, *rest)  # (K, B, H, D)
+        noise_steps = None if traj.noise is None else traj.noise.view(K, B, *rest)  # (K, B, H, D)
         order = unfinished[np.argsort(b_h[unfinished], kind="stable")]
         starts_h = b_h[order]  # ascending trusted slots
         sel_all = torch.as_tensor(order, device=dev)
@@ -321,14 +322,8 @@ def sample_picard(
             x = X[i, sel]  # (n, H, D)
             out = denoise(x, table.timesteps[i].expand(n), cond[sel] if cond is not None else None)
             prev = X0_steps[i - 1, sel] if X0_steps is not None and i > 0 else None
-            res = step(
-                table,
-                i,
-                x,
-                out,
-                traj.noise.view(K, B, *rest)[i, sel] if traj.noise is not None else None,
-                prev_x0=prev,
-            )
+            z = noise_steps[i, sel] if noise_steps is not None else None
+            res = step(table, i, x, out, z, prev_x0=prev)
             X[i + 1, sel] = res.prev_sample
             if X0_steps is not None:
                 X0_steps[i, sel] = res.x0_hat
