@@ -401,7 +401,12 @@ def make_step_table(
             tol_var[i] = last_positive
     tol_dtype = torch.float64 if dtype == torch.float64 else torch.float32
 
-    def build(cast: Callable[[Tensor], Tensor], rollout_x: Tensor, rollout_x0: Tensor) -> StepTable:
+    def build(
+        cast: Callable[[Tensor], Tensor],
+        rollout_x: Tensor,
+        rollout_x0: Tensor,
+        dev: torch.device | str | None,
+    ) -> StepTable:
         return StepTable(
             kind=kind,
             prediction_type=prediction_type,
@@ -411,7 +416,7 @@ def make_step_table(
             timestep_values=tuple(int(v) for v in ts.tolist()),
             orders=tuple(orders),
             alphas_cumprod=cast(ac),
-            timesteps=ts.to(device),
+            timesteps=ts.to(dev),
             alpha_bar=cast(a),
             alpha_bar_prev=cast(a_prev),
             sqrt_alpha_bar=cast(alpha),
@@ -431,13 +436,13 @@ def make_step_table(
             dpm_coef_x0_prev=cast(dpm_x0_prev),
             rollout_coef_x=cast(rollout_x),
             rollout_coef_x0=cast(rollout_x0),
-            tol_variance=tol_var.to(device=device, dtype=tol_dtype),
+            tol_variance=tol_var.to(device=dev, dtype=tol_dtype),
         )
 
     # 5. The held-x̂₀ affine map of each step, read off the shared step function on a float64 CPU copy
     #    (so that no second copy of the update rules exists).
     from .diffusion_step import held_x0_coefficients  # noqa: PLC0415 (diffusion_step imports this module)
 
-    exact = build(lambda v: v, torch.zeros(K, dtype=torch.float64), torch.zeros(K, dtype=torch.float64))
-    rollout_x, rollout_x0 = held_x0_coefficients(exact)
-    return build(lambda v: v.to(device=device, dtype=dtype), rollout_x, rollout_x0)
+    zeros = torch.zeros(K, dtype=torch.float64)
+    rollout_x, rollout_x0 = held_x0_coefficients(build(lambda v: v, zeros, zeros, "cpu"))
+    return build(lambda v: v.to(device=device, dtype=dtype), rollout_x, rollout_x0, device)

@@ -172,3 +172,16 @@ def test_table_dtype_device_and_frozen() -> None:
         make_step_table(ac, [100])
     with pytest.raises(ValueError):
         make_step_table(ac, [10], kind="euler")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "ddim", "dpmsolver++"])
+def test_table_builds_on_another_device(kind):
+    """The held-x̂₀ coefficients are derived on the CPU, then every tensor goes to the target device
+    ("meta" stands in for CUDA here: mixing devices during the build fails the same way)."""
+    tab = make_step_table(
+        make_alphas_cumprod("squaredcos_cap_v2", 100), make_timesteps(100, 10), kind=kind, device="meta"
+    )
+    cpu = make_step_table(make_alphas_cumprod("squaredcos_cap_v2", 100), make_timesteps(100, 10), kind=kind)
+    tensors = [getattr(tab, f) for f in ("timesteps", "coefficients", "rollout_coef_x", "tol_variance")]
+    assert all(t.device.type == "meta" for t in tensors)
+    assert tab.coefficients.shape == cpu.coefficients.shape
