@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from . import plots
+from .auto_window import resolve_sampler
 from .checkpoint import CheckpointError
 from .config import SamplerConfig
 from .evaluation import EvalConfig
@@ -285,8 +286,12 @@ def run_compare(cfg: CompareConfig, out: Path) -> dict[str, Any]:
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
     policy = open_policy(cfg.policy_path, cfg.device)
-    samplers = {n: cfg.samplers[n].sampler for n in cfg.run}
-    check_policy_settings(policy, cfg.control, list(samplers.values()))
+    check_policy_settings(policy, cfg.control, [cfg.samplers[n].sampler for n in cfg.run])
+    samplers, window_choice = {}, {}
+    for n in cfg.run:  # window="auto": measured on this device once (cached), before any rollout
+        samplers[n], report = resolve_sampler(policy, cfg.samplers[n].sampler)
+        if report is not None:
+            window_choice[n] = {"window": samplers[n].window, **report}
     video_dir = out / "videos" if cfg.eval.max_videos else None
 
     plan = []  # (mode, name, eval cfg, control)
@@ -377,6 +382,7 @@ def run_compare(cfg: CompareConfig, out: Path) -> dict[str, Any]:
         "baseline": cfg.baseline,
         "notes": notes,
         "checks": checks,
+        "window_choice": window_choice,
         "runs": {n: {m: run_block(r) for m, r in per.items()} for n, per in results.items()},
         "config": dataclasses.asdict(cfg),
         "run": {**run_info(cfg.device), **machine, "policy_path": cfg.policy_path},
@@ -446,7 +452,9 @@ def run_profile(cfg: ProfileConfig, out: Path) -> dict[str, Any]:
         torch.set_num_threads(cfg.num_threads)
     policy = open_policy(cfg.policy_path, cfg.device)
     check_policy_settings(policy, cfg.control, [cfg.sampler])
-    policy.set_sampler(cfg.sampler)
+    sampler, report = resolve_sampler(policy, cfg.sampler)  # window="auto": measured here
+    window_choice = None if report is None else {"window": sampler.window, **report}
+    policy.set_sampler(sampler)
     ec = cfg.eval
     bar = _progress(ec.n_episodes * ec.max_steps, ec.progress, f"profile {cfg.control.mode}")
     try:
@@ -467,6 +475,7 @@ def run_profile(cfg: ProfileConfig, out: Path) -> dict[str, Any]:
         "aggregated": result.aggregated,
         "sampler": dataclasses.asdict(result.sampler),
         "budget_choice": result.budget,
+        "window_choice": window_choice,
         "control": dataclasses.asdict(cfg.control),
         "run": {**run_info(cfg.device), "policy_path": cfg.policy_path},
     }

@@ -289,3 +289,33 @@ def test_compare_cli_impossible_settings_fail_with_a_clear_message(checkpoint, t
     proc = cli("parapolicy.scripts.compare", *base, *args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout
+
+
+def test_window_auto_is_resolved_before_the_rollouts(checkpoint, tmp_path, monkeypatch):
+    """`window=auto` in compare and profile: measured on this device, recorded in the outputs."""
+    monkeypatch.setenv("PARAPOLICY_CACHE_DIR", str(tmp_path / "cache"))
+    auto = SamplerConfig(num_inference_steps=10, algorithm="picard", window="auto")
+    cfg = small_compare(
+        checkpoint,
+        samplers={
+            "sequential": SamplerEntry(SamplerConfig(num_inference_steps=10)),
+            "paraddpm": SamplerEntry(auto),
+        },
+        modes=["frozen"],
+        eval=EvalConfig(n_episodes=1, batch_size=1, max_steps=8, max_videos=0, progress=False),
+        realtime_episodes=0,
+        plots=False,
+    )
+    summary = run_compare(cfg, tmp_path / "compare")
+    choice = summary["window_choice"]["paraddpm"]
+    assert set(summary["window_choice"]) == {"paraddpm"} and isinstance(choice["window"], int)
+    assert choice["window"] in choice["expected_ms"] or str(choice["window"]) in choice["expected_ms"]
+    assert summary["runs"]["paraddpm"]["frozen"]["sampler"]["window"] == choice["window"]
+    prof = ProfileConfig(
+        policy_path=str(checkpoint),
+        sampler=auto,
+        eval=EvalConfig(n_episodes=1, batch_size=1, max_steps=8, max_videos=0, progress=False),
+        plots=False,
+    )
+    result = run_profile(prof, tmp_path / "profile")
+    assert result["window_choice"]["window"] == result["sampler"]["window"] == choice["window"]
