@@ -383,7 +383,7 @@ class Controller:
         self._probe.ns, self._probe.calls = 0, 0
         return out
 
-    def _noise_and_init(
+    def _noise_and_guess(
         self, eps: list[_Episode], ticks: list[int]
     ) -> tuple[Tensor, Tensor, Tensor | None, list[bool]]:
         """Per-episode noise (fresh draws, or shifted previous noise with CRN) and warm-start guesses."""
@@ -406,7 +406,7 @@ class Controller:
             warm.append(prev is not None)
             guesses.append(
                 warm_start_guess(prev.sample[None], shift) if prev is not None else torch.zeros_like(x_T)
-            )  # (1, H, Da); 0 is the sampler's own cold guess
+            )  # (1, H, Da); 0 is the sampler's cold guess under the x0_rollout refill
         x_T = torch.cat(xs, dim=0)  # (B, H, Da)
         noise = torch.cat(ns, dim=1)  # (K, B, H, Da)
         x0_guess = torch.cat(guesses, dim=0) if any(warm) else None  # (B, H, Da)
@@ -434,7 +434,7 @@ class Controller:
         B = len(sub)
         self._probe.ns, self._probe.calls = 0, 0
         try:
-            x_T, noise, x0_guess, warm = self._noise_and_init(sub, sub_ticks)
+            x_T, noise, x0_guess, warm = self._noise_and_guess(sub, sub_ticks)
             history = torch.cat(ok_hist, dim=0)  # (B, To, Do)
             pred = policy.predict_action_chunk({OBS_KEY: history}, noise=(x_T, noise), x0_guess=x0_guess)
             rows = pred.plan[:, start_row : start_row + self.n_rows].detach().cpu().numpy()  # (B, n, Da)
