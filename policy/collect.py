@@ -20,8 +20,7 @@ from tqdm import tqdm
 
 from parapolicy.envs import ENV_ID
 from parapolicy.envs.expert import EpisodeRecord, ExpertConfig, run_expert_episode
-
-from .replay_store import ReplayStore
+from parapolicy.policy.data.replay_store import ReplayStore
 
 LOWDIM_RECORD_KEYS = ("state", "keypoint", "n_contacts")
 

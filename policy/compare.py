@@ -29,16 +29,23 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from . import plots
-from .auto_window import resolve_sampler
-from .checkpoint import CheckpointError
-from .config import SamplerConfig
-from .evaluation import EvalConfig
-from .latency import write_csv
-from .policy import DiffusionPolicy
-from .pretrained import load_policy
-from .rollout import MODES, ControlConfig, LatencyModel, RolloutResult, check_policy_settings, run_rollouts
-from .run_info import run_info
+from parapolicy.policy.config import SamplerConfig
+from parapolicy.policy.control import plots
+from parapolicy.policy.control.evaluation import EvalConfig
+from parapolicy.policy.control.latency import write_csv
+from parapolicy.policy.control.rollout import (
+    MODES,
+    ControlConfig,
+    LatencyModel,
+    RolloutResult,
+    check_policy_settings,
+    run_rollouts,
+)
+from parapolicy.policy.model.checkpoint import CheckpointError
+from parapolicy.policy.model.policy import DiffusionPolicy
+from parapolicy.policy.model.pretrained import load_policy
+from parapolicy.policy.run_info import run_info
+from parapolicy.policy.runtime.auto_window import resolve_sampler
 
 SCORE_TOLERANCE = 0.03  # acceptance: frozen-mode mean scores of the samplers differ by at most this
 

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .picard import REFILL_RULES
+from parapolicy.policy.diffusion.picard import REFILL_RULES
 
 BETA_SCHEDULES = ("squaredcos_cap_v2", "linear")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")

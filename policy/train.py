@@ -34,15 +34,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError, write_atomic_dir
-from .config import PolicyConfig, SamplerConfig
-from .dataset import PushTLowdimDataset
-from .ema import EMA
-from .evaluation import EvalConfig
-from .policy import DiffusionPolicy
-from .pretrained import load_policy, load_raw_weights, save_policy
-from .rollout import evaluate_policy
-from .training_state import load_training_state, save_training_state
+from parapolicy.policy.config import PolicyConfig, SamplerConfig
+from parapolicy.policy.control.evaluation import EvalConfig
+from parapolicy.policy.control.rollout import evaluate_policy
+from parapolicy.policy.data.dataset import PushTLowdimDataset
+from parapolicy.policy.model.checkpoint import CheckpointError, write_atomic_dir
+from parapolicy.policy.model.ema import EMA
+from parapolicy.policy.model.policy import DiffusionPolicy
+from parapolicy.policy.model.pretrained import load_policy, load_raw_weights, save_policy
+from parapolicy.policy.model.training_state import load_training_state, save_training_state
 
 LAST_LINK = "last"
 _OWN_FILES = ("train_config.json", "metrics.jsonl", "checkpoints")

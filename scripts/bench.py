@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 
 import hydra
 
-from parapolicy.policy.bench_sampler import (
+from parapolicy.policy.bench import (
     SamplerBenchConfig,
     format_sampler_benchmark,
     run_sampler_benchmark,
 )
-from parapolicy.policy.pretrained import load_policy
+from parapolicy.policy.model.pretrained import load_policy
 from parapolicy.policy.run_info import run_info
 
 from ._hydra import CONFIG_PATH, VERSION_BASE, register_schema, run_dir, to_dataclass

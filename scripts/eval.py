@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 import hydra
 
 from parapolicy.policy.config import SamplerConfig
-from parapolicy.policy.evaluation import EvalConfig
-from parapolicy.policy.pretrained import load_policy
-from parapolicy.policy.rollout import evaluate_policy
+from parapolicy.policy.control.evaluation import EvalConfig
+from parapolicy.policy.control.rollout import evaluate_policy
+from parapolicy.policy.model.pretrained import load_policy
 from parapolicy.policy.run_info import run_info
 
 from ._hydra import CONFIG_PATH, VERSION_BASE, register_schema, run_dir, to_dataclass

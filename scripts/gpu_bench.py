@@ -10,7 +10,7 @@ It measures, CUDA-synchronised, with medians over repeats: the denoiser's cost a
 sequential DDPM-100 per chunk (batch 1), and ParaDDPM per chunk over windows and tolerances, cold and
 warm-started from the previous chunk's sample, with the max |difference| to the sequential sample
 of the same noise; on CUDA all of it twice, eager and with the denoiser replayed as CUDA graphs
-(`policy/cuda_graphs.py`; ``--no-graphs`` skips that), with speedups against the same variant's
+(`policy/runtime/cuda_graphs.py`; ``--no-graphs`` skips that), with speedups against the same variant's
 sequential sampler and against the fastest sequential run of either, and each variant's max
 |difference| to the eager network on the cost-curve inputs (the CUDA-graph parity check). Weights
 are random unless ``--weights`` names a `model.safetensors` of the same size: iteration counts of
@@ -56,12 +56,12 @@ _import_policy_package()
 
 import torch  # noqa: E402
 
-from parapolicy.policy.cuda_graphs import GraphedDenoiser  # noqa: E402
-from parapolicy.policy.networks import ConditionalUnet1d  # noqa: E402
-from parapolicy.policy.picard import sample_picard  # noqa: E402
-from parapolicy.policy.samplers import draw_noise, sample_sequential, sync_device  # noqa: E402
-from parapolicy.policy.schedules import make_alphas_cumprod, make_step_table, make_timesteps  # noqa: E402
-from parapolicy.policy.warm_start import warm_start_guess  # noqa: E402
+from parapolicy.policy.diffusion.picard import sample_picard  # noqa: E402
+from parapolicy.policy.diffusion.schedules import make_alphas_cumprod, make_step_table, make_timesteps  # noqa: E402
+from parapolicy.policy.diffusion.sequential import draw_noise, sample_sequential, sync_device  # noqa: E402
+from parapolicy.policy.diffusion.warm_start import warm_start_guess  # noqa: E402
+from parapolicy.policy.model.networks import ConditionalUnet1d  # noqa: E402
+from parapolicy.policy.runtime.cuda_graphs import GraphedDenoiser  # noqa: E402
 
 
 def _time(fn, device: torch.device, repeats: int) -> tuple[float, object, float, float]:

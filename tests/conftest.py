@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from parapolicy.policy.config import PolicyConfig, UNetConfig
-from parapolicy.policy.policy import DiffusionPolicy
-from parapolicy.policy.replay_store import ReplayStore
+from parapolicy.policy.data.replay_store import ReplayStore
+from parapolicy.policy.model.policy import DiffusionPolicy
 
 # One intra-op thread: on a shared 2-core machine torch's OpenMP threads can stall for hundreds of
 # milliseconds when another process holds a core, which makes timings meaningless and tests slow.

@@ -6,15 +6,16 @@ import json
 
 import pytest
 
-from parapolicy.policy.auto_window import (
+from parapolicy.policy.config import SamplerConfig
+from parapolicy.policy.model.pretrained import load_policy, save_policy
+from parapolicy.policy.runtime import auto_window
+from parapolicy.policy.runtime.auto_window import (
     cache_path,
     choose_window,
     denoiser_cost_curve,
     interpolate_cost,
     resolve_sampler,
 )
-from parapolicy.policy.config import SamplerConfig
-from parapolicy.policy.pretrained import load_policy, save_policy
 
 
 @pytest.fixture(autouse=True)
@@ -26,9 +27,7 @@ def test_cost_curve_is_measured_once_and_cached(tiny_policy, monkeypatch):
     curve = denoiser_cost_curve(tiny_policy, (1, 4), repeats=2)
     assert set(curve) == {1, 4} and all(v > 0 for v in curve.values())
     assert cache_path().is_file()
-    monkeypatch.setattr(
-        "parapolicy.policy.auto_window.measure_denoiser_ms", lambda *a, **k: pytest.fail("re-measured")
-    )
+    monkeypatch.setattr(auto_window, "measure_denoiser_ms", lambda *a, **k: pytest.fail("re-measured"))
     assert denoiser_cost_curve(tiny_policy, (1, 4)) == curve
 
 
@@ -49,7 +48,7 @@ def test_choose_window_minimises_the_expected_latency(tiny_policy, monkeypatch):
     tiny_policy.set_sampler(SamplerConfig(num_inference_steps=20))
     # a device where every call costs the same whatever its rows: the window with the fewest calls wins
     flat = dict.fromkeys((1, 2, 4, 8, 12, 16, 20, 24, 32, 48, 64), 1.0)
-    monkeypatch.setattr("parapolicy.policy.auto_window.denoiser_cost_curve", lambda policy, sizes: flat)
+    monkeypatch.setattr(auto_window, "denoiser_cost_curve", lambda policy, sizes: flat)
     window, report = choose_window(
         tiny_policy, SamplerConfig(num_inference_steps=20, algorithm="picard"), candidates=(1, 4, 20)
     )
@@ -57,7 +56,7 @@ def test_choose_window_minimises_the_expected_latency(tiny_policy, monkeypatch):
     assert report["expected_ms"][1] == pytest.approx(20.0)
     # a device where cost grows steeply with rows: window 1 (sequential order) wins
     steep = {b: float(b**2) for b in flat}
-    monkeypatch.setattr("parapolicy.policy.auto_window.denoiser_cost_curve", lambda policy, sizes: steep)
+    monkeypatch.setattr(auto_window, "denoiser_cost_curve", lambda policy, sizes: steep)
     window, _ = choose_window(
         tiny_policy, SamplerConfig(num_inference_steps=20, algorithm="picard"), candidates=(1, 4, 20)
     )

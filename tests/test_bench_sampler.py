@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import console_script
 
-from parapolicy.policy.bench_sampler import SamplerBenchConfig, run_sampler_benchmark
+from parapolicy.policy.bench import SamplerBenchConfig, run_sampler_benchmark
 
 GOLDEN = Path(__file__).parent / "artifacts" / "golden_tiny"
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from parapolicy.policy.checkpoint import CheckpointError, read_config
-from parapolicy.policy.pretrained import load_policy, save_policy
+from parapolicy.policy.model.checkpoint import CheckpointError, read_config
+from parapolicy.policy.model.pretrained import load_policy, save_policy
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import pytest
 
 from parapolicy.envs import ENV_ID, reference_initial_state
 from parapolicy.policy.collect import CollectConfig, collect
-from parapolicy.policy.dataset import PushTLowdimDataset
-from parapolicy.policy.replay_store import ReplayStore
+from parapolicy.policy.data.dataset import PushTLowdimDataset
+from parapolicy.policy.data.replay_store import ReplayStore
 
 
 @pytest.fixture(scope="module")

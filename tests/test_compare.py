@@ -11,7 +11,6 @@ import sys
 import pytest
 import torch
 
-from parapolicy.policy.checkpoint import CheckpointError
 from parapolicy.policy.compare import (
     CompareConfig,
     ProfileConfig,
@@ -22,10 +21,11 @@ from parapolicy.policy.compare import (
     run_profile,
 )
 from parapolicy.policy.config import PolicyConfig, SamplerConfig, UNetConfig
-from parapolicy.policy.evaluation import EvalConfig
-from parapolicy.policy.policy import DiffusionPolicy
-from parapolicy.policy.pretrained import save_policy
-from parapolicy.policy.rollout import ControlConfig
+from parapolicy.policy.control.evaluation import EvalConfig
+from parapolicy.policy.control.rollout import ControlConfig
+from parapolicy.policy.model.checkpoint import CheckpointError
+from parapolicy.policy.model.policy import DiffusionPolicy
+from parapolicy.policy.model.pretrained import save_policy
 
 PNG = b"\x89PNG"
 STEP_COLUMNS = [

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from parapolicy.policy.config import SamplerConfig
-from parapolicy.policy.cuda_graphs import GraphedDenoiser, row_bucket
+from parapolicy.policy.runtime.cuda_graphs import GraphedDenoiser, row_bucket
 
 CUDA = torch.cuda.is_available()
 

@@ -1,4 +1,4 @@
-"""Tests for policy/dataset.py: window indices and edge padding, splits, the train cap, samples."""
+"""Tests for policy/data/dataset.py: window indices and edge padding, splits, the train cap, samples."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from parapolicy.policy.dataset import (
+from parapolicy.policy.data.dataset import (
     OBS_DIM,
     PushTLowdimDataset,
     downsample_mask,
@@ -17,7 +17,7 @@ from parapolicy.policy.dataset import (
     make_window_indices,
     obs_from_arrays,
 )
-from parapolicy.policy.replay_store import DatasetError, ReplayStore
+from parapolicy.policy.data.replay_store import DatasetError, ReplayStore
 
 
 def make_episode(length: int, first_row: int) -> dict[str, np.ndarray]:

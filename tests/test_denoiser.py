@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from parapolicy.policy.denoiser import Denoiser, ShardedDenoiser
-from parapolicy.policy.picard import sample_picard
-from parapolicy.policy.samplers import draw_noise, sample_sequential
-from parapolicy.policy.schedules import make_alphas_cumprod, make_step_table, make_timesteps
+from parapolicy.policy.diffusion.denoiser import Denoiser
+from parapolicy.policy.diffusion.picard import sample_picard
+from parapolicy.policy.diffusion.schedules import make_alphas_cumprod, make_step_table, make_timesteps
+from parapolicy.policy.diffusion.sequential import draw_noise, sample_sequential
+from parapolicy.policy.runtime.sharded import ShardedDenoiser
 
 AC = make_alphas_cumprod("squaredcos_cap_v2", 100)
 

@@ -7,14 +7,19 @@ import math
 import pytest
 import torch
 
-from parapolicy.policy.diffusion_step import (
+from parapolicy.policy.diffusion.schedules import (
+    PredictionType,
+    make_alphas_cumprod,
+    make_step_table,
+    make_timesteps,
+)
+from parapolicy.policy.diffusion.step import (
     add_noise,
     held_x0_affine,
     model_out_from_x0,
     predict_x0,
     step,
 )
-from parapolicy.policy.schedules import PredictionType, make_alphas_cumprod, make_step_table, make_timesteps
 
 T = 100
 AC = make_alphas_cumprod("squaredcos_cap_v2", T)

@@ -26,18 +26,18 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from parapolicy.policy.distributed import (
+from parapolicy.policy.diffusion.picard import sample_picard
+from parapolicy.policy.diffusion.schedules import make_alphas_cumprod, make_step_table, make_timesteps
+from parapolicy.policy.diffusion.sequential import draw_noise, sample_sequential
+from parapolicy.policy.model.networks import ConditionalUnet1d
+from parapolicy.policy.model.pretrained import load_policy
+from parapolicy.policy.runtime.distributed import (
     DistInfo,
     DistributedDenoiser,
     DistributedDenoiserError,
     init_distributed,
     shutdown_distributed,
 )
-from parapolicy.policy.networks import ConditionalUnet1d
-from parapolicy.policy.picard import sample_picard
-from parapolicy.policy.pretrained import load_policy
-from parapolicy.policy.samplers import draw_noise, sample_sequential
-from parapolicy.policy.schedules import make_alphas_cumprod, make_step_table, make_timesteps
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "artifacts" / "golden_tiny"
@@ -522,7 +522,7 @@ def test_torchrun_self_check() -> None:
         "--standalone",
         "--nproc-per-node=2",
         "-m",
-        "parapolicy.policy.distributed",
+        "parapolicy.policy.runtime.distributed",
         "--checkpoint",
         str(GOLDEN),
         "--backend",

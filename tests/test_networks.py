@@ -1,4 +1,4 @@
-"""Tests for `parapolicy.policy.networks`: parameter counts, shapes, conditioning, batching, tracing."""
+"""Tests for `parapolicy.policy.model.networks`: parameter counts, shapes, conditioning, batching, tracing."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from parapolicy.policy.networks import ConditionalUnet1d, Conv1d, validate_horizon
+from parapolicy.policy.model.networks import ConditionalUnet1d, Conv1d, validate_horizon
 
 Da, C = 2, 6
 

@@ -1,4 +1,4 @@
-"""Tests for policy/normalizer.py: fit, round trip, constant dimensions, state dict, errors."""
+"""Tests for policy/model/normalizer.py: fit, round trip, constant dimensions, state dict, errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from parapolicy.policy.normalizer import MinMaxNormalizer
+from parapolicy.policy.model.normalizer import MinMaxNormalizer
 
 
 def make_data(seed: int = 0) -> dict[str, np.ndarray]:

@@ -7,10 +7,15 @@ import math
 import pytest
 import torch
 
-from parapolicy.policy.diffusion_step import model_out_from_x0, step
-from parapolicy.policy.picard import sample_picard
-from parapolicy.policy.samplers import draw_noise, sample_sequential
-from parapolicy.policy.schedules import StepTable, make_alphas_cumprod, make_step_table, make_timesteps
+from parapolicy.policy.diffusion.picard import sample_picard
+from parapolicy.policy.diffusion.schedules import (
+    StepTable,
+    make_alphas_cumprod,
+    make_step_table,
+    make_timesteps,
+)
+from parapolicy.policy.diffusion.sequential import draw_noise, sample_sequential
+from parapolicy.policy.diffusion.step import model_out_from_x0, step
 
 T = 100
 AC = make_alphas_cumprod("squaredcos_cap_v2", T)

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from parapolicy.policy.config import NoiseScheduleConfig, PolicyConfig, SamplerConfig, UNetConfig
-from parapolicy.policy.policy import DiffusionPolicy, ObservationError
-from parapolicy.policy.pretrained import load_policy
+from parapolicy.policy.model.policy import DiffusionPolicy, ObservationError
+from parapolicy.policy.model.pretrained import load_policy
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 

@@ -1,4 +1,4 @@
-"""Tests for policy/replay_store.py: layout, appends, interrupted writes, validation, format-2 reads.
+"""Tests for policy/data/replay_store.py: layout, appends, interrupted writes, validation, format-2 reads.
 
 zarr is imported here only to build reference-layout (format 2) and deliberately broken stores, and to
 inject faults; the library itself keeps every zarr call in `replay_store`.
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import zarr
 
-from parapolicy.policy.dataset import PushTLowdimDataset
-from parapolicy.policy.replay_store import DatasetError, ReadOnlyStoreError, ReplayStore
+from parapolicy.policy.data.dataset import PushTLowdimDataset
+from parapolicy.policy.data.replay_store import DatasetError, ReadOnlyStoreError, ReplayStore
 
 
 def make_episode(length: int, first_row: int = 0, img: bool = False) -> dict[str, np.ndarray]:
@@ -216,7 +216,7 @@ def test_interrupted_append_is_invisible_and_recoverable(
             store.append_episode(make_episode(5, 100), seed=99)
 
     # The partial episode is not visible: same episodes, same data, same seeds.
-    with caplog.at_level(logging.WARNING, logger="parapolicy.policy.replay_store"):
+    with caplog.at_level(logging.WARNING, logger="parapolicy.policy.data.replay_store"):
         after = ReplayStore.open(path, keys=("state", "action", "keypoint"))
     assert "uncommitted tail" in caplog.text
     assert after.n_episodes == 2 and after.n_steps == 10 and after.episode_seeds == [0, 1]

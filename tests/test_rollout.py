@@ -1,4 +1,4 @@
-"""Control modes, deadlines, output guard, warm-up, budget choice and soak of `policy/rollout.py`."""
+"""Control modes, deadlines, output guard, warm-up, budget choice and soak of `policy/control/rollout.py`."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import torch
 
 from parapolicy.envs import PushTEnv
 from parapolicy.policy.config import SamplerConfig
-from parapolicy.policy.evaluation import EvalConfig
-from parapolicy.policy.latency import ACTION_SOURCES, ChunkLog, StepLog, percentiles, write_csv
-from parapolicy.policy.rollout import (
+from parapolicy.policy.control.evaluation import EvalConfig
+from parapolicy.policy.control.latency import ACTION_SOURCES, ChunkLog, StepLog, percentiles, write_csv
+from parapolicy.policy.control.rollout import (
     ControlConfig,
     Controller,
     LatencyModel,
@@ -315,7 +315,7 @@ def test_raising_denoiser_yields_fallback_logged_once(tiny_policy, caplog):
 
     tiny_policy.__dict__["denoise"] = denoise
     make, envs = recording_factory()
-    with caplog.at_level(logging.WARNING, logger="parapolicy.policy.rollout"):
+    with caplog.at_level(logging.WARNING, logger="parapolicy.policy.control.rollout"):
         r = run_rollouts(tiny_policy, ec(n=1, steps=12), ControlConfig(warmup_plans=1), env_factory=make)
     ep = r.per_episode[0]
     assert ep["denoiser_errors"] == 4 and ep["fallback_steps"] == 4  # ticks 8-11, replanned each tick

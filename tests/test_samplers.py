@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from parapolicy.policy.diffusion_step import step
-from parapolicy.policy.samplers import SampleResult, draw_noise, sample_sequential
-from parapolicy.policy.schedules import make_alphas_cumprod, make_step_table, make_timesteps
+from parapolicy.policy.diffusion.schedules import make_alphas_cumprod, make_step_table, make_timesteps
+from parapolicy.policy.diffusion.sequential import SampleResult, draw_noise, sample_sequential
+from parapolicy.policy.diffusion.step import step
 
 T = 100
 AC = make_alphas_cumprod("squaredcos_cap_v2", T)

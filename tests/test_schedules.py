@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from parapolicy.policy.schedules import make_alphas_cumprod, make_step_table, make_timesteps
+from parapolicy.policy.diffusion.schedules import make_alphas_cumprod, make_step_table, make_timesteps
 
 
 def betas_of(ac: torch.Tensor) -> torch.Tensor:

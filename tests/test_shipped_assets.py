@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from parapolicy.policy.pretrained import load_policy
-from parapolicy.policy.replay_store import ReplayStore
+from parapolicy.policy.data.replay_store import ReplayStore
+from parapolicy.policy.model.pretrained import load_policy
 
 ASSETS = Path(__file__).parents[1] / "assets"
 

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from parapolicy.policy.checkpoint import CheckpointError
-from parapolicy.policy.ema import EMA, ema_decay
-from parapolicy.policy.pretrained import load_policy, load_raw_weights
+from parapolicy.policy.model.checkpoint import CheckpointError
+from parapolicy.policy.model.ema import EMA, ema_decay
+from parapolicy.policy.model.pretrained import load_policy, load_raw_weights
 from parapolicy.policy.train import TrainConfig, lr_lambda, train
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from parapolicy.policy.config import SamplerConfig
-from parapolicy.policy.warm_start import common_random_numbers, shift_rows, warm_start_guess
+from parapolicy.policy.diffusion.warm_start import common_random_numbers, shift_rows, warm_start_guess
 
 
 def test_shift_rows_drops_the_executed_rows_and_repeats_the_last():

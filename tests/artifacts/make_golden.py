@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import save_file
 
 from parapolicy.policy.config import PolicyConfig, SamplerConfig, UNetConfig
-from parapolicy.policy.policy import DiffusionPolicy
-from parapolicy.policy.pretrained import save_policy
-from parapolicy.policy.samplers import draw_noise
+from parapolicy.policy.diffusion.sequential import draw_noise
+from parapolicy.policy.model.policy import DiffusionPolicy
+from parapolicy.policy.model.pretrained import save_policy
 
 HERE = Path(__file__).parent
 SAMPLERS = {

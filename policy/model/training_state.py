@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .checkpoint import CheckpointError, read_tensors
+from parapolicy.policy.model.checkpoint import CheckpointError, read_tensors
 
 
 def _json_safe(value: Any) -> Any:

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from .auto_window import resolve_sampler
-from .checkpoint import (
+from parapolicy.policy.config import PolicyConfig, SamplerConfig
+from parapolicy.policy.model.checkpoint import (
     MODEL_FILE,
     NORMALIZER_FILE,
     CheckpointError,
@@ -18,8 +18,8 @@ from .checkpoint import (
     read_tensors,
     save_pretrained,
 )
-from .config import PolicyConfig, SamplerConfig
-from .policy import DiffusionPolicy
+from parapolicy.policy.model.policy import DiffusionPolicy
+from parapolicy.policy.runtime.auto_window import resolve_sampler
 
 
 def save_policy(

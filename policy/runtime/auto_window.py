@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import SamplerConfig
-from .policy import OBS_KEY, DiffusionPolicy
-from .run_info import run_info
-from .samplers import draw_noise, sync_device
-from .sampling import run_sampler
+from parapolicy.policy.config import SamplerConfig
+from parapolicy.policy.diffusion.dispatch import run_sampler
+from parapolicy.policy.diffusion.sequential import draw_noise, sync_device
+from parapolicy.policy.model.policy import OBS_KEY, DiffusionPolicy
+from parapolicy.policy.run_info import run_info
 
 DEFAULT_CANDIDATES = (2, 4, 8, 12, 16, 24, 32)
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)

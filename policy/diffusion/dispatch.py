@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .config import SamplerConfig
-from .denoiser import Denoiser
-from .picard import sample_picard
-from .samplers import SampleResult, sample_sequential
-from .schedules import StepTable
+from parapolicy.policy.config import SamplerConfig
+from parapolicy.policy.diffusion.denoiser import Denoiser
+from parapolicy.policy.diffusion.picard import sample_picard
+from parapolicy.policy.diffusion.schedules import StepTable
+from parapolicy.policy.diffusion.sequential import SampleResult, sample_sequential
 
 
 def run_sampler(

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .denoiser import Denoiser
-from .diffusion_step import held_x0_affine, predict_x0, step
-from .samplers import SampleResult, check_inputs, finish_timing
-from .schedules import StepRows, StepTable
+from parapolicy.policy.diffusion.denoiser import Denoiser
+from parapolicy.policy.diffusion.schedules import StepRows, StepTable
+from parapolicy.policy.diffusion.sequential import SampleResult, check_inputs, finish_timing
+from parapolicy.policy.diffusion.step import held_x0_affine, predict_x0, step
 
 __all__ = ["REFILL_RULES", "sample_picard"]
 

@@ -31,11 +31,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .config import SamplerConfig
-from .control import MODES, ON_MISS, ControlConfig, LatencyModel
-from .controller import Controller, RolloutResult, check_policy_settings
-from .evaluation import EvalConfig
-from .policy import DiffusionPolicy
+from parapolicy.policy.config import SamplerConfig
+from parapolicy.policy.control.controller import Controller, RolloutResult, check_policy_settings
+from parapolicy.policy.control.evaluation import EvalConfig
+from parapolicy.policy.control.settings import MODES, ON_MISS, ControlConfig, LatencyModel
+from parapolicy.policy.model.policy import DiffusionPolicy
 
 
 # --------------------------------------------------------------------------------------------------
@@ -59,7 +59,7 @@ def plan_for_budget(
         (the sampler to run, a report: candidates' expected ms, cost curve, chosen settings,
         ``expected_ms`` and ``meets_budget``).
     """
-    from . import auto_window  # measured cost curve, cached per device
+    from parapolicy.policy.runtime import auto_window  # measured cost curve, cached per device
 
     usable = budget_ms * margin
     K = policy.table.num_steps

@@ -23,14 +23,13 @@ from torch import Tensor
 
 from parapolicy.envs import PushTEnv, reference_initial_state
 from parapolicy.envs.video import check_video_output, write_mp4
-
-from .config import SamplerConfig
-from .control import ControlConfig, LatencyModel
-from .evaluation import EvalConfig, aggregate, episode_generator
-from .latency import SOURCE_CODE, ChunkLog, SectionTimer, StepLog, latency_summary
-from .policy import OBS_KEY, DiffusionPolicy, ObservationError
-from .samplers import draw_noise
-from .warm_start import common_random_numbers, warm_start_guess
+from parapolicy.policy.config import SamplerConfig
+from parapolicy.policy.control.evaluation import EvalConfig, aggregate, episode_generator
+from parapolicy.policy.control.latency import SOURCE_CODE, ChunkLog, SectionTimer, StepLog, latency_summary
+from parapolicy.policy.control.settings import ControlConfig, LatencyModel
+from parapolicy.policy.diffusion.sequential import draw_noise
+from parapolicy.policy.diffusion.warm_start import common_random_numbers, warm_start_guess
+from parapolicy.policy.model.policy import OBS_KEY, DiffusionPolicy, ObservationError
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .schedules import StepRows, StepTable
+from parapolicy.policy.diffusion.schedules import StepRows, StepTable
 
 __all__ = [
     "StepOutput",

@@ -26,15 +26,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import PolicyConfig, SamplerConfig
-from .cuda_graphs import GraphedDenoiser
-from .diffusion_step import add_noise
-from .networks import ConditionalUnet1d
-from .normalizer import MinMaxNormalizer
-from .samplers import SampleResult, draw_noise
-from .sampling import run_sampler
-from .schedules import StepTable, make_alphas_cumprod, make_step_table, make_timesteps
-from .warm_start import common_random_numbers, warm_start_guess
+from parapolicy.policy.config import PolicyConfig, SamplerConfig
+from parapolicy.policy.diffusion.dispatch import run_sampler
+from parapolicy.policy.diffusion.schedules import (
+    StepTable,
+    make_alphas_cumprod,
+    make_step_table,
+    make_timesteps,
+)
+from parapolicy.policy.diffusion.sequential import SampleResult, draw_noise
+from parapolicy.policy.diffusion.step import add_noise
+from parapolicy.policy.diffusion.warm_start import common_random_numbers, warm_start_guess
+from parapolicy.policy.model.networks import ConditionalUnet1d
+from parapolicy.policy.model.normalizer import MinMaxNormalizer
+from parapolicy.policy.runtime.cuda_graphs import GraphedDenoiser
 
 OBS_KEY = "obs"
 COMPILE_MODES = ("none", "trace", "cuda_graph")

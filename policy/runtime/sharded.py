@@ -1,42 +1,17 @@
-"""The denoiser interface seen by the samplers, and `ShardedDenoiser` (the only place that knows devices).
+"""`ShardedDenoiser`: one flat denoiser batch split over local devices (threads), gathered on the home device.
 
-A denoiser maps a flat batch of noisy samples, their timesteps and their conditioning to the model
-output: `denoise(x: (N, H, D), t: (N,), cond: (N, C) | None) -> (N, H, D)`. The samplers never know
-what network runs or where: a single-device denoiser is the network itself (`ConditionalUnet1d` already
-has this signature) or a closure over it; several devices are handled by `ShardedDenoiser`.
-
-Library module: imports torch only (no hydra, no zarr).
+A `Denoiser` (see `parapolicy.policy.diffusion.denoiser`) like any other: the samplers never change.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-__all__ = ["Denoiser", "ShardedDenoiser"]
-
-
-@runtime_checkable
-class Denoiser(Protocol):
-    """Callable model wrapper used by every sampler."""
-
-    def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
-        """Predict the model output (ε, x₀ or v) for a flat batch.
-
-        Args:
-            x: (N, H, D) noisy samples.
-            t: (N,) int64 training timesteps of each row.
-            cond: (N, C) conditioning of each row, or None.
-
-        Returns:
-            (N, H, D) model output on the device of `x`.
-        """
-        ...
-
+__all__ = ["ShardedDenoiser"]
 
 DenoiseFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 

@@ -441,7 +441,7 @@ def make_step_table(
 
     # 5. The held-x̂₀ affine map of each step, read off the shared step function on a float64 CPU copy
     #    (so that no second copy of the update rules exists).
-    from .diffusion_step import held_x0_coefficients  # noqa: PLC0415 (diffusion_step imports this module)
+    from parapolicy.policy.diffusion.step import held_x0_coefficients  # noqa: PLC0415 (diffusion_step imports this module)
 
     zeros = torch.zeros(K, dtype=torch.float64)
     rollout_x, rollout_x0 = held_x0_coefficients(build(lambda v: v, zeros, zeros, "cpu"))

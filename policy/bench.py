@@ -29,13 +29,12 @@ import torch
 from torch import Tensor
 
 from parapolicy.envs import PushTEnv, reference_initial_state
-
-from .auto_window import denoiser_cost_curve
-from .config import SamplerConfig
-from .policy import OBS_KEY, DiffusionPolicy
-from .samplers import SampleResult, draw_noise, sync_device
-from .sampling import run_sampler
-from .warm_start import warm_start_guess
+from parapolicy.policy.config import SamplerConfig
+from parapolicy.policy.diffusion.dispatch import run_sampler
+from parapolicy.policy.diffusion.sequential import SampleResult, draw_noise, sync_device
+from parapolicy.policy.diffusion.warm_start import warm_start_guess
+from parapolicy.policy.model.policy import OBS_KEY, DiffusionPolicy
+from parapolicy.policy.runtime.auto_window import denoiser_cost_curve
 
 
 @dataclass

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .denoiser import Denoiser
-from .diffusion_step import step
-from .schedules import StepTable
+from parapolicy.policy.diffusion.denoiser import Denoiser
+from parapolicy.policy.diffusion.schedules import StepTable
+from parapolicy.policy.diffusion.step import step
 
 __all__ = ["SampleResult", "draw_noise", "sample_sequential", "sync_device"]
 

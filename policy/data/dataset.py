@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .normalizer import MinMaxNormalizer
-from .replay_store import DatasetError, ReplayStore
+from parapolicy.policy.data.replay_store import DatasetError, ReplayStore
+from parapolicy.policy.model.normalizer import MinMaxNormalizer
 
 __all__ = [
     "ACTION_DIM",

@@ -27,7 +27,7 @@ cannot be used again. A local exception inside a call (the wrapped denoiser rais
 because the ranks are then out of step. On NCCL, see docs/distributed.md: a stuck collective is ended by
 NCCL's watchdog, which by default tears the process down rather than raising.
 
-Library module: imports torch only (no hydra). `python -m parapolicy.policy.distributed` (under
+Library module: imports torch only (no hydra). `python -m parapolicy.policy.runtime.distributed` (under
 `torchrun`) runs a self-check that compares distributed and local sampling.
 """
 
@@ -645,20 +645,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     Meaningful for `--algorithm sequential` or `--tol 0` (with tol > 0, float noise between batch splits
     may move a Picard convergence decision and so the result by up to the tolerance).
 
-    Example: `torchrun --standalone --nproc-per-node=2 -m parapolicy.policy.distributed --steps 20`.
+    Example: `torchrun --standalone --nproc-per-node=2 -m parapolicy.policy.runtime.distributed --steps 20`.
     """
     import argparse
     import dataclasses
     import json
     from pathlib import Path
 
-    from .config import PolicyConfig, UNetConfig
-    from .policy import DiffusionPolicy
-    from .pretrained import load_policy
-    from .samplers import draw_noise
-    from .sampling import run_sampler
+    from parapolicy.policy.config import PolicyConfig, UNetConfig
+    from parapolicy.policy.diffusion.dispatch import run_sampler
+    from parapolicy.policy.diffusion.sequential import draw_noise
+    from parapolicy.policy.model.policy import DiffusionPolicy
+    from parapolicy.policy.model.pretrained import load_policy
 
-    parser = argparse.ArgumentParser(prog="python -m parapolicy.policy.distributed", description=main.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m parapolicy.policy.runtime.distributed", description=main.__doc__
+    )
     parser.add_argument(
         "--checkpoint", type=Path, default=None, help="policy directory (default: tiny random)"
     )

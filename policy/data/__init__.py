@@ -1,0 +1,1 @@
+"""Demonstration data: the zarr replay store and the training-window dataset."""

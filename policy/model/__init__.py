@@ -1,0 +1,1 @@
+"""The learned policy: networks, normaliser, `DiffusionPolicy`, EMA, checkpoints and training state."""
