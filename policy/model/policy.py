@@ -188,6 +188,11 @@ class DiffusionPolicy(nn.Module):
             raise TypeError(f"denoiser must be callable, got {type(denoiser).__name__}")
         self._denoiser = denoiser
 
+    @property
+    def installed_denoiser(self) -> Any | None:
+        """The denoiser installed with `set_denoiser`, or None when `local_denoise` serves."""
+        return self._denoiser
+
     def set_compile(self, mode: str) -> None:
         """Inference compilation of the denoiser: ``"none"`` (eager), ``"trace"`` or ``"cuda_graph"``.
 
