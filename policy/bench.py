@@ -180,8 +180,8 @@ def run_sampler_benchmark(policy: DiffusionPolicy, cfg: SamplerBenchConfig) -> d
             {
                 "name": name,
                 "algorithm": sampler.algorithm,
-                "window": sampler.window if sampler.algorithm == "picard" else None,
-                "tol": sampler.tol if sampler.algorithm == "picard" else None,
+                "window": sampler.window if sampler.is_parallel else None,
+                "tol": sampler.tol if sampler.is_parallel else None,
                 "warm_start": sampler.warm_start,
                 "ms_per_chunk": ms,
                 "speedup": seq_ms / ms["median"],

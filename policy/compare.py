@@ -215,7 +215,7 @@ def _table_row(name: str, mode: str, result: RolloutResult) -> dict[str, Any]:
         "chunk_compute_p50_ms": ch["compute"]["p50_ms"],
         "model_calls_per_chunk": ch["mean_model_calls"],
         "model_evals_per_chunk": ch["mean_model_evals"],
-        "iters_per_chunk": ch["mean_picard_iters"] if result.sampler.algorithm == "picard" else None,
+        "iters_per_chunk": ch["mean_picard_iters"] if result.sampler.is_parallel else None,
         "converged_rate": ch["converged_rate"],
         "ticks_lost_per_episode": agg["mean_ticks_lost"],
         "held_steps": agg["total_held_steps"],

@@ -1,9 +1,14 @@
-"""Typed configuration of the diffusion policy (plain dataclasses; no hydra, no OmegaConf).
+"""Typed configuration of the diffusion policy (plain dataclasses; no hydra, no OmegaConf, no torch).
 
 Field names follow diffusion_policy / LeRobot so settings compare directly with the references.
 String options are typed ``str`` (OmegaConf structured configs do not accept ``Literal``) and checked
 against the allowed values in ``__post_init__``, which also checks every cross-field rule, so a bad
 config fails when it is built, before anything runs.
+
+A leaf of the package: it imports only the diffusion core's torch-free option names
+(`diffusion/options.py`, re-exported here), so every layer can import it (`tests/test_layout.py`).
+The settings rules other modules need (`validate_horizon`, `check_action_steps`,
+`check_inference_steps`) are defined here once and called from there.
 """
 
 from __future__ import annotations
@@ -12,14 +17,34 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from parapolicy.policy.diffusion.picard import REFILL_RULES
+from parapolicy.policy.diffusion.options import (
+    ALGORITHMS,
+    BETA_SCHEDULES,
+    ON_MAX_ITERS,
+    PARALLEL_ALGORITHMS,
+    PREDICTION_TYPES,
+    REFILL_RULES,
+    SAMPLER_KINDS,
+    TIMESTEP_SPACINGS,
+)
 
-BETA_SCHEDULES = ("squaredcos_cap_v2", "linear")
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-SAMPLER_KINDS = ("ddpm", "ddim", "dpmsolver++")
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
-ALGORITHMS = ("sequential", "picard")
-ON_MAX_ITERS = ("finish_sequential", "return_iterate")
+__all__ = [
+    "ALGORITHMS",
+    "BETA_SCHEDULES",
+    "ON_MAX_ITERS",
+    "PREDICTION_TYPES",
+    "REFILL_RULES",
+    "SAMPLER_KINDS",
+    "TIMESTEP_SPACINGS",
+    "NoiseScheduleConfig",
+    "PolicyConfig",
+    "SamplerConfig",
+    "UNetConfig",
+    "check_action_steps",
+    "check_inference_steps",
+    "max_action_steps",
+    "validate_horizon",
+]
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -32,6 +57,57 @@ def _check_positive(obj: Any, *names: str) -> None:
         value = getattr(obj, name)
         if value <= 0:
             raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def validate_horizon(horizon: int, down_dims: tuple[int, ...]) -> None:
+    """Check that the U-Net can halve and re-double a sequence of length `horizon`.
+
+    The encoder downsamples by 2 after every level except the last, so the horizon must be a positive
+    multiple of `2 ** (len(down_dims) - 1)`.
+
+    Raises:
+        ValueError: naming the horizon, the factor and the widths.
+    """
+    factor = 2 ** (len(down_dims) - 1)
+    if horizon <= 0 or horizon % factor != 0:
+        raise ValueError(
+            f"horizon={horizon} must be a positive multiple of 2**(len(down_dims)-1)={factor} "
+            f"for down_dims={tuple(down_dims)}"
+        )
+
+
+def max_action_steps(horizon: int, n_obs_steps: int) -> int:
+    """The most rows one plan of ``horizon`` rows can execute after its To - 1 context rows: H - To + 1."""
+    return horizon - n_obs_steps + 1
+
+
+def check_action_steps(
+    n_action_steps: int, horizon: int, n_obs_steps: int, name: str = "n_action_steps"
+) -> None:
+    """Check that a plan of ``horizon`` rows holds ``n_action_steps`` executed rows after To - 1 context rows.
+
+    Raises:
+        ValueError: ``n_action_steps > horizon - n_obs_steps + 1`` (the message calls it ``name``).
+    """
+    max_ta = max_action_steps(horizon, n_obs_steps)
+    if n_action_steps > max_ta:
+        raise ValueError(
+            f"{name}={n_action_steps} must be <= horizon - n_obs_steps + 1 = {max_ta} "
+            f"(horizon={horizon}, n_obs_steps={n_obs_steps})"
+        )
+
+
+def check_inference_steps(num_inference_steps: int, num_train_timesteps: int) -> None:
+    """Check that a sampler takes no more inference steps than the schedule has training timesteps.
+
+    Raises:
+        ValueError: ``num_inference_steps > num_train_timesteps``.
+    """
+    if num_inference_steps > num_train_timesteps:
+        raise ValueError(
+            f"sampler.num_inference_steps={num_inference_steps} must be <= the policy's "
+            f"num_train_timesteps={num_train_timesteps}"
+        )
 
 
 @dataclass
@@ -135,7 +211,7 @@ class SamplerConfig:
         if self.window != "auto":
             if isinstance(self.window, bool) or not isinstance(self.window, int):
                 raise ValueError(f"sampler.window must be an integer or 'auto', got {self.window!r}")
-            if self.window < 1 or (self.algorithm == "picard" and self.window > self.num_inference_steps):
+            if self.window < 1 or (self.is_parallel and self.window > self.num_inference_steps):
                 raise ValueError(
                     f"sampler.window must be in [1, num_inference_steps={self.num_inference_steps}], "
                     f"got {self.window}"
@@ -148,6 +224,13 @@ class SamplerConfig:
             raise ValueError("sampler.common_random_numbers needs sampler.warm_start=true")
         if self.max_iters is not None and self.max_iters < 1:
             raise ValueError(f"sampler.max_iters must be >= 1 or null, got {self.max_iters}")
+
+    @property
+    def is_parallel(self) -> bool:
+        """True when the execution order evaluates a window of steps per call (Picard: ``window``,
+        ``tol``, ``max_iters``, warm start apply), False for the sequential order. The one place
+        that decides it; `diffusion.dispatch.run_sampler` and every caller read it."""
+        return self.algorithm in PARALLEL_ALGORITHMS
 
 
 @dataclass
@@ -180,24 +263,24 @@ class PolicyConfig:
 
     def __post_init__(self) -> None:
         _check_positive(self, "obs_dim", "action_dim", "horizon", "n_obs_steps", "n_action_steps")
-        factor = 2 ** (len(self.unet.down_dims) - 1)
-        if self.horizon % factor:
-            raise ValueError(
-                f"horizon={self.horizon} must be divisible by 2**(len(unet.down_dims)-1)={factor} "
-                f"(down_dims={self.unet.down_dims})"
-            )
+        validate_horizon(self.horizon, self.unet.down_dims)
         if self.n_obs_steps > self.horizon:
             raise ValueError(f"n_obs_steps={self.n_obs_steps} must be <= horizon={self.horizon}")
-        if self.n_action_steps > self.horizon - self.n_obs_steps + 1:
-            raise ValueError(
-                f"n_action_steps={self.n_action_steps} must be <= horizon - n_obs_steps + 1 = "
-                f"{self.horizon - self.n_obs_steps + 1}"
-            )
-        if self.sampler.num_inference_steps > self.schedule.num_train_timesteps:
-            raise ValueError(
-                f"sampler.num_inference_steps={self.sampler.num_inference_steps} must be <= "
-                f"schedule.num_train_timesteps={self.schedule.num_train_timesteps}"
-            )
+        self.check_action_steps(self.n_action_steps)
+        self.check_sampler(self.sampler)
+
+    @property
+    def max_action_steps(self) -> int:
+        """The most rows one plan can execute: H - To + 1."""
+        return max_action_steps(self.horizon, self.n_obs_steps)
+
+    def check_action_steps(self, n_action_steps: int, name: str = "n_action_steps") -> None:
+        """Raise ValueError unless ``n_action_steps <= max_action_steps`` (see `check_action_steps`)."""
+        check_action_steps(n_action_steps, self.horizon, self.n_obs_steps, name)
+
+    def check_sampler(self, sampler: SamplerConfig) -> None:
+        """Raise ValueError when ``sampler`` needs more inference steps than the training schedule has."""
+        check_inference_steps(sampler.num_inference_steps, self.schedule.num_train_timesteps)
 
     @property
     def global_cond_dim(self) -> int:

@@ -88,7 +88,7 @@ def test_every_tolerance_converges_within_k_iterations(kind: str) -> None:
 def test_tolerance_saves_iterations_on_a_long_ddpm_schedule() -> None:
     tab, x_T, noise, cond = setup("ddpm", 100, B=2)
     seq = sequential(tab, x_T, noise, cond)
-    par = sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=16, tol=0.1)
+    par = sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=16, tol=0.1, refill="window_end")
     assert par.iterations < 50  # the reference's toy needs ~26 for p = 16
     assert float((par.sample - seq.sample).abs().max()) < 0.02
 
@@ -192,14 +192,14 @@ def test_warm_start_guess_changes_iterations_not_the_fixed_point(kind: str) -> N
     perturbed = seq.trajectory + 1e-4 * torch.randn(seq.trajectory.shape, generator=gen)
     shifted = torch.cat([seq.trajectory[:, :, 8:], seq.trajectory[:, :, -1:].expand(-1, -1, 8, -1)], dim=2)
     garbage = torch.full_like(seq.trajectory, 1e3)  # slot 0 of init is always replaced by x_T
-    cold0 = sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=8, tol=0.0)
+    cold0 = sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=8, tol=0.0, refill="window_end")
     for guess in (perturbed, shifted, garbage):
         res = sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=8, tol=0.0, init=guess)
         assert res.all_converged and res.iterations <= K
         torch.testing.assert_close(res.sample, seq.sample, rtol=0, atol=1e-5)
     warm0 = sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=8, tol=0.0, init=perturbed)
     assert warm0.iterations <= cold0.iterations
-    cold = sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=8, tol=1e-2)
+    cold = sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=8, tol=1e-2, refill="window_end")
     warm = sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=8, tol=1e-2, init=perturbed)
     assert warm.iterations < cold.iterations
     torch.testing.assert_close(warm.sample, seq.sample, rtol=0, atol=1e-3)
@@ -286,7 +286,9 @@ def test_matches_a_naive_reference_loop(kind: str) -> None:
     for window in (3, 8):
         for tol in (1e-3, 1e-2, 0.1):
             ref, ref_iters = naive_picard(mixture_denoiser, x_T, tab, noise, cond, window, tol)
-            got = sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=window, tol=tol)
+            got = sample_picard(
+                mixture_denoiser, x_T, tab, noise, cond, window=window, tol=tol, refill="window_end"
+            )
             assert got.iterations == ref_iters
             torch.testing.assert_close(got.sample[0], ref, rtol=0, atol=1e-9)
 
@@ -351,7 +353,7 @@ def test_x0_rollout_refill_batched_equals_per_sample(kind: str) -> None:
 
 def test_x0_rollout_refill_saves_iterations() -> None:
     tab, x_T, noise, cond = setup("ddpm", 100, B=2, seed=3)
-    plain = sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=8, tol=0.1)
+    plain = sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=8, tol=0.1, refill="window_end")
     rolled = sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=8, tol=0.1, refill="x0_rollout")
     assert rolled.iterations < plain.iterations
     with pytest.raises(ValueError, match="refill"):
@@ -414,3 +416,21 @@ def test_x0_guess_validation() -> None:
             x0_guess=x_T,
             init=x_T.expand(11, *x_T.shape),
         )
+
+
+def test_refill_default_is_the_sampler_config_default() -> None:
+    """`sample_picard` and `SamplerConfig` default to the same refill rule (x0_rollout)."""
+    import inspect
+
+    from parapolicy.policy.config import SamplerConfig
+
+    default = inspect.signature(sample_picard).parameters["refill"].default
+    assert default == SamplerConfig().refill == "x0_rollout"
+    tab, x_T, noise, cond = setup("ddpm", 30, B=1, seed=6)
+    implicit = sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=6, tol=0.1)
+    explicit = sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=6, tol=0.1, refill="x0_rollout")
+    other = sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=6, tol=0.1, refill="window_end")
+    assert (
+        torch.equal(implicit.trajectory, explicit.trajectory) and implicit.iterations == explicit.iterations
+    )
+    assert implicit.iterations != other.iterations

@@ -17,7 +17,7 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
 def test_config_cross_field_rules():
-    with pytest.raises(ValueError, match="horizon=10 must be divisible by 2\\*\\*"):
+    with pytest.raises(ValueError, match="horizon=10 must be a positive multiple of 2\\*\\*"):
         PolicyConfig(horizon=10)
     with pytest.raises(ValueError, match="n_action_steps=16 must be <= horizon - n_obs_steps \\+ 1 = 15"):
         PolicyConfig(n_action_steps=16)
@@ -114,7 +114,9 @@ def test_switching_sampler_rebuilds_the_table(tiny_policy):
             sampler=SamplerConfig(num_inference_steps=50),
         )
     )
-    with pytest.raises(ValueError, match="exceeds the trained num_train_timesteps=50"):
+    with pytest.raises(
+        ValueError, match="num_inference_steps=100 must be <= the policy's num_train_timesteps=50"
+    ):
         short.set_sampler(SamplerConfig(num_inference_steps=100))
 
 

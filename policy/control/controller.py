@@ -201,8 +201,7 @@ class Controller:
         self.policy, self.control, self.eval_cfg = policy, control, eval_cfg
         self.To = cfg.n_obs_steps
         self.Ta = control.n_action_steps or cfg.n_action_steps
-        max_ta = cfg.horizon - cfg.n_obs_steps + 1
-        self.n_rows = max_ta if control.use_plan_tail else self.Ta
+        self.n_rows = cfg.max_action_steps if control.use_plan_tail else self.Ta
         self.period_ms = control.period_ms
         self.period_ns = int(round(control.period_ms * 1e6))
         self.budget_ms = control.effective_budget_ms
@@ -389,7 +388,7 @@ class Controller:
         policy, s = self.policy, self.policy.sampler
         cfg = policy.config
         H, Da = cfg.horizon, cfg.action_dim
-        picard_ws = s.algorithm == "picard" and s.warm_start
+        picard_ws = s.is_parallel and s.warm_start
         xs, ns, guesses, warm = [], [], [], []
         for e, t in zip(eps, ticks, strict=True):
             prev = e.previous if picard_ws else None
@@ -451,7 +450,7 @@ class Controller:
         self.sections.add("denoiser", self._probe.ns)
         self.sections.add("sampler", max(0, t_end - t_obs_done - self._probe.ns))
         finite = np.isfinite(rows).all(axis=(1, 2))  # (B,)
-        picard = s.algorithm == "picard"
+        picard = s.is_parallel
         for j, b in enumerate(ok_idx):
             e = eps[b]
             if not finite[j]:
@@ -772,15 +771,6 @@ def check_policy_settings(
     """
     cfg = policy.config
     ta = control.n_action_steps or cfg.n_action_steps
-    max_ta = cfg.horizon - cfg.n_obs_steps + 1
-    if ta > max_ta:
-        raise ValueError(
-            f"control.n_action_steps={ta} must be <= horizon - n_obs_steps + 1 = {max_ta} for this policy "
-            f"(horizon={cfg.horizon}, n_obs_steps={cfg.n_obs_steps})"
-        )
+    cfg.check_action_steps(ta, "control.n_action_steps")
     for s in samplers:
-        if s.num_inference_steps > cfg.schedule.num_train_timesteps:
-            raise ValueError(
-                f"sampler.num_inference_steps={s.num_inference_steps} exceeds the policy's "
-                f"num_train_timesteps={cfg.schedule.num_train_timesteps}"
-            )
+        cfg.check_sampler(s)

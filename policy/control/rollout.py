@@ -63,7 +63,7 @@ def plan_for_budget(
 
     usable = budget_ms * margin
     K = policy.table.num_steps
-    if sampler.algorithm != "picard":
+    if not sampler.is_parallel:
         curve = auto_window.denoiser_cost_curve(policy, (1, 2))
         expected = K * auto_window.interpolate_cost(curve, 1)
         report = {"budget_ms": budget_ms, "margin": margin, "expected_ms": expected}

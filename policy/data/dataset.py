@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from parapolicy.policy.config import check_action_steps
 from parapolicy.policy.data.replay_store import DatasetError, ReplayStore
 from parapolicy.policy.model.normalizer import MinMaxNormalizer
 
@@ -215,11 +216,7 @@ class PushTLowdimDataset(Dataset):
                 f"horizon, n_obs_steps and n_action_steps must be >= 1, got {horizon}, {n_obs_steps}, "
                 f"{n_action_steps}"
             )
-        if n_obs_steps - 1 + n_action_steps > horizon:
-            raise ValueError(
-                f"n_action_steps ({n_action_steps}) must be <= horizon - n_obs_steps + 1 "
-                f"({horizon - n_obs_steps + 1})"
-            )
+        check_action_steps(n_action_steps, horizon, n_obs_steps)
         if not 0.0 <= val_ratio < 1.0:
             raise ValueError(f"val_ratio must be in [0, 1), got {val_ratio}")
         if max_train_episodes is not None and max_train_episodes < 1:

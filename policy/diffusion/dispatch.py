@@ -1,18 +1,41 @@
-"""Dispatch a `SamplerConfig` to the sequential or the Picard sampler (no hydra)."""
+"""Dispatch sampler settings to the sequential or the Picard sampler (no hydra, no config import).
+
+`run_sampler` takes any object with the fields of `SamplerSettings` (`parapolicy.policy.config`'s
+`SamplerConfig` is one); the execution order is its `is_parallel`, decided in that one place.
+"""
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from torch import Tensor
 
-from parapolicy.policy.config import SamplerConfig
 from parapolicy.policy.diffusion.denoiser import Denoiser
 from parapolicy.policy.diffusion.picard import sample_picard
-from parapolicy.policy.diffusion.schedules import StepTable
 from parapolicy.policy.diffusion.sequential import SampleResult, sample_sequential
+from parapolicy.policy.diffusion.step_table import StepTable
+
+__all__ = ["SamplerSettings", "run_sampler"]
+
+
+class SamplerSettings(Protocol):
+    """What `run_sampler` reads from the sampler settings (see `SamplerConfig` for their meaning)."""
+
+    @property
+    def is_parallel(self) -> bool:
+        """True for a windowed (Picard) execution order, False for the sequential one."""
+        ...
+
+    window: int | str
+    tol: float
+    max_iters: int | None
+    abs_floor: float
+    on_max_iters: str
+    refill: str
 
 
 def run_sampler(
-    sampler: SamplerConfig,
+    sampler: SamplerSettings,
     denoise: Denoiser,
     x_T: Tensor,
     table: StepTable,
@@ -22,21 +45,23 @@ def run_sampler(
     x0_guess: Tensor | None = None,
     return_trajectory: bool = False,
 ) -> SampleResult:
-    """Sample with the execution order ``sampler.algorithm`` (the update rule comes from ``table``).
+    """Sample in the execution order ``sampler.is_parallel`` says (the update rule comes from ``table``).
 
     Args:
-        sampler: the sampler settings.
+        sampler: the sampler settings (e.g. a `SamplerConfig`; ``window`` resolved to an int).
         denoise: the denoiser callable ``(N, H, D), (N,), (N, C) -> (N, H, D)``.
         x_T: (B, H, D) initial sample.
-        table: the step table of ``sampler.kind``, on ``x_T``'s device.
+        table: the step table of the sampler's update rule, on ``x_T``'s device.
         noise: (K, B, H, D) pre-drawn step noise.
         cond: (B, C) conditioning.
         x0_guess: Picard guess of the sample (B, H, D) (warm start); ignored by the sequential sampler.
         return_trajectory: the sequential sampler also returns its (K+1, B, H, D) trajectory (Picard
             always does).
     """
-    if sampler.algorithm == "sequential":
+    if not sampler.is_parallel:
         return sample_sequential(denoise, x_T, table, noise, cond, return_trajectory=return_trajectory)
+    if not isinstance(sampler.window, int):
+        raise ValueError(f"sampler.window must be resolved to an integer first, got {sampler.window!r}")
     return sample_picard(
         denoise,
         x_T,

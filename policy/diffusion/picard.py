@@ -21,21 +21,18 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from parapolicy.policy.diffusion.denoiser import Denoiser
-from parapolicy.policy.diffusion.schedules import StepRows, StepTable
+from parapolicy.policy.diffusion.options import ON_MAX_ITERS, REFILL_RULES
 from parapolicy.policy.diffusion.sequential import SampleResult, check_inputs, finish_timing
 from parapolicy.policy.diffusion.step import held_x0_affine, predict_x0, step
+from parapolicy.policy.diffusion.step_table import StepTable
 
-__all__ = ["REFILL_RULES", "sample_picard"]
-
-OnMaxIters = Literal["finish_sequential", "return_iterate"]
-REFILL_RULES = ("window_end", "x0_rollout")
+__all__ = ["sample_picard"]
 
 
 class _Trajectory:
@@ -80,8 +77,7 @@ class _Trajectory:
         idx = self.index(np.concatenate([src.ravel(), (src * B + samples[None, :]).ravel(), valid, dest]))
         n = M * A
         z = None if self.noise is None else self.noise.index_select(0, idx[n : 2 * n]).view(M, A, *self.rest)
-        rows = self.table.rows(idx[:n])
-        rows = StepRows(rows.positions.view(M, A), rows.values.view(M, A, -1))  # entry (j, s) at [j, s]
+        rows = self.table.rows(idx[:n]).view(M, A)  # entry (j, s) at [j, s]
         x0_all = x0.expand(M, *x0.shape)  # (M, A, H, D) view
         a, c = held_x0_affine(self.table, rows, x0_all, z)  # (M, A, 1, 1), (M, A, H, D)
         xs, x = [], x_end
@@ -105,10 +101,10 @@ def sample_picard(
     tol: float,
     max_iters: int | None = None,
     abs_floor: float = 0.0,
-    on_max_iters: OnMaxIters = "finish_sequential",
+    on_max_iters: str = "finish_sequential",
     init: Tensor | None = None,
     x0_guess: Tensor | None = None,
-    refill: str = "window_end",
+    refill: str = "x0_rollout",
 ) -> SampleResult:
     """Sample with sliding-window Picard iteration (ParaDDPM / ParaDDIM / ParaDPMSolver++ by table kind).
 
@@ -116,7 +112,7 @@ def sample_picard(
 
     1. Rows: the current guesses X[b_s .. b_s+L_s-1] of every active sample, concatenated (sample-major)
        into one flat batch; ONE `denoise` call evaluates them all.
-    2. Step: `diffusion_step.step` on all rows at once, including σ_j·z_j: y_j = step_j(X[j]) is the full
+    2. Step: `step.step` on all rows at once, including σ_j·z_j: y_j = step_j(X[j]) is the full
        sequential update of slot j's current guess.
     3. Update (ParaDiGMS' cumulative drift): new X[b+1+i] = X[b] + Σ_{j=b}^{b+i} (y_j - X[j]), i.e. the
        trusted start plus the cumulative drift step_no_noise(X[j]) - X[j] plus the cumulative noise. It is
@@ -192,8 +188,8 @@ def sample_picard(
         raise ValueError(f"tol and abs_floor must be finite and >= 0, got {tol}, {abs_floor}")
     if max_iters is not None and max_iters < 0:
         raise ValueError(f"max_iters must be >= 0 or None, got {max_iters}")
-    if on_max_iters not in ("finish_sequential", "return_iterate"):
-        raise ValueError(f"unknown on_max_iters {on_max_iters!r}")
+    if on_max_iters not in ON_MAX_ITERS:
+        raise ValueError(f"on_max_iters must be one of {ON_MAX_ITERS}, got {on_max_iters!r}")
     if refill not in REFILL_RULES:
         raise ValueError(f"refill must be one of {REFILL_RULES}, got {refill!r}")
     K, B = table.num_steps, x_T.shape[0]

@@ -3,7 +3,7 @@
 Samplers are free functions over a denoiser callable `denoise(x: (N, H, D), t: (N,), cond: (N, C)) ->
 (N, H, D)` (see `denoiser.Denoiser`). Everything comes in as arguments (initial sample, pre-drawn step
 noise, step table, conditioning) and everything goes out in the returned `SampleResult`; no sampler holds
-state. The Picard (ParaDiGMS) sampler lives in `picard.py` and shares `diffusion_step.step` with this one.
+state. The Picard (ParaDiGMS) sampler lives in `picard.py` and shares `step.step` with this one.
 
 Library module: imports torch only (no hydra, no zarr).
 """
@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from parapolicy.policy.diffusion.denoiser import Denoiser
-from parapolicy.policy.diffusion.schedules import StepTable
 from parapolicy.policy.diffusion.step import step
+from parapolicy.policy.diffusion.step_table import StepTable
 
 __all__ = ["SampleResult", "draw_noise", "sample_sequential", "sync_device"]
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from parapolicy.policy.diffusion.schedules import StepRows, StepTable
+from parapolicy.policy.diffusion.options import PREDICTION_TYPES
+from parapolicy.policy.diffusion.step_table import StepRows, StepTable
 
 __all__ = [
     "StepOutput",
@@ -56,7 +57,7 @@ def _coef(table: StepTable, name: str, idx: StepIndex, ndim: int) -> Tensor:
 
     Args:
         table: the step table.
-        name: the column (a `StepTable` field).
+        name: the column (one of `table.column_names`).
         idx: an int step position, a LongTensor of positions of shape (S,) (or any leading shape), or
             `StepRows` already gathered for the leading rows.
         ndim: number of dims of the tensor the coefficient multiplies; its leading dims match `idx`.
@@ -65,8 +66,8 @@ def _coef(table: StepTable, name: str, idx: StepIndex, ndim: int) -> Tensor:
         0-d tensor for an int `idx`, else shape idx.shape + (1,) * (ndim - idx.dim()).
     """
     if isinstance(idx, int):
-        return getattr(table, name)[idx]  # () view: broadcasts against anything, no gather kernel
-    c = idx.column(name) if isinstance(idx, StepRows) else getattr(table, name)[idx]  # (S,)
+        return table.columns[name][idx]  # () view: broadcasts against anything, no gather kernel
+    c = idx.column(name) if isinstance(idx, StepRows) else table.columns[name][idx]  # (S,)
     return c.view(c.shape + (1,) * (ndim - c.dim()))  # (S,) -> (S, 1, ..., 1)
 
 
@@ -99,7 +100,7 @@ def _x0_and_eps(
         if need_eps:  # ε̂ = √ᾱ·v̂ + √(1-ᾱ)·x_t
             eps = sa * model_out + s1a * x_t
     else:
-        raise ValueError(f"unknown prediction_type {table.prediction_type!r}")
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {table.prediction_type!r}")
     # 2. Optional clipping of x̂₀ (DiffusionPolicy trains and samples with clip_sample=True, range 1).
     if table.clip_sample:
         x0 = x0.clamp(-table.clip_sample_range, table.clip_sample_range)
@@ -145,48 +146,37 @@ def step(
     *,
     prev_x0: Tensor | None = None,
 ) -> StepOutput:
-    """One reverse step x_{τ_i} -> x_{τ_{i+1}} for every row, by the table's sampler kind.
+    """One reverse step x_{τ_i} -> x_{τ_{i+1}} for every row, by the table's update rule.
 
     Args:
-        table: the step table (its `kind` selects DDPM, DDIM η=0 or DPM-Solver++(2M)).
+        table: the step table (its `rule` (see `rules/`) is DDPM, DDIM η=0, DPM-Solver++(2M), ...).
         idx: step position(s) i: an int for the whole tensor, or a LongTensor (S,) giving each leading row
             its own step (e.g. x_t of shape (S, N, H, D) or (S, H, D)).
         x_t: samples at noise level τ_i.
         model_out: denoiser output for `x_t`, same shape.
-        noise: standard-normal noise z of the shape of `x_t`, added as σ_i·z (DDPM only; ignored by the
-            deterministic kinds). None gives the noise-free update (the posterior mean for DDPM).
-        prev_x0: DPM-Solver++ only: x̂₀ of step i-1 for each row (same shape as `x_t`). Required for
-            second-order steps; may be None when every row in `idx` is a first-order step.
+        noise: standard-normal noise z of the shape of `x_t`, added as σ_i·z (stochastic rules only;
+            ignored by the deterministic ones). None gives the noise-free update (the posterior mean
+            for DDPM).
+        prev_x0: multistep rules only (DPM-Solver++): x̂₀ of step i-1 for each row (same shape as
+            `x_t`). Required for second-order steps; may be None when every row in `idx` is first order.
 
     Returns:
         `StepOutput(prev_sample, x0_hat)`.
     """
     nd = x_t.dim()
-    x0, eps = _x0_and_eps(table, idx, x_t, model_out, need_eps=table.kind == "ddim")
-    if table.kind == "ddpm":
-        # 3a. DDPM posterior mean (Ho et al. 2020, eq. 7) and ancestral noise (Alg. 2, line 4):
-        #     x' = √ᾱ'β_s/(1-ᾱ)·x̂₀ + √α_s(1-ᾱ')/(1-ᾱ)·x_t + σ_i·z,   σ_i = √β̃_i (0 at the last step).
-        prev = _coef(table, "posterior_coef_xt", idx, nd) * x_t
-        prev = prev.addcmul_(_coef(table, "posterior_coef_x0", idx, nd), x0)  # fused: fewer kernels
-        if noise is not None:
-            prev = prev.addcmul_(_coef(table, "sigma", idx, nd), noise)
-    elif table.kind == "ddim":
-        # 3b. DDIM with η = 0 (Song et al. 2021, eq. 12): x' = √ᾱ'·x̂₀ + √(1-ᾱ')·ε̂.
-        assert eps is not None
-        prev = (
-            _coef(table, "sqrt_alpha_bar_prev", idx, nd) * x0
-            + _coef(table, "sqrt_one_minus_alpha_bar_prev", idx, nd) * eps
-        )
-    elif table.kind == "dpmsolver++":
-        # 3c. DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), coefficients from the table:
-        #     x' = (σ'/σ)·x_t + α'(1-e^{-h})(1 + 1/2r)·x̂₀(τ_i) - α'(1-e^{-h})/(2r)·x̂₀(τ_{i-1}).
-        if isinstance(idx, int) and table.orders[idx] == 2 and prev_x0 is None:
-            raise ValueError(f"DPM-Solver++ step {idx} is second order and needs prev_x0")
-        prev = _coef(table, "dpm_coef_x", idx, nd) * x_t + _coef(table, "dpm_coef_x0", idx, nd) * x0
-        if prev_x0 is not None:
-            prev = prev + _coef(table, "dpm_coef_x0_prev", idx, nd) * prev_x0
-    else:
-        raise ValueError(f"unknown sampler kind {table.kind!r}")
+    rule = table.rule
+    x0, eps = _x0_and_eps(table, idx, x_t, model_out, need_eps=rule.needs_eps)
+    if rule.uses_history and prev_x0 is None and isinstance(idx, int) and table.orders[idx] > 1:
+        raise ValueError(f"{rule.kind} step {idx} is of order {table.orders[idx]} and needs prev_x0")
+    # 3. The rule's update (see its module under rules/), coefficients gathered by step position.
+    prev = rule.update(
+        lambda name: _coef(table, name, idx, nd),
+        x_t,
+        x0,
+        eps,
+        noise if rule.is_stochastic else None,
+        prev_x0 if rule.uses_history else None,
+    )
     return StepOutput(prev_sample=prev, x0_hat=x0)
 
 

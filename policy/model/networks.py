@@ -1,16 +1,17 @@
 """Denoising networks: the DiffusionPolicy 1-D temporal U-Net and its building blocks.
 
 Holds `ConditionalUnet1d` (the noise-prediction network of Diffusion Policy, Chi et al. 2023), the
-sinusoidal step embedding, the conv/GroupNorm/Mish block, the FiLM residual block, and
-`validate_horizon`. The architecture, including the reference's unused first-level skip, reproduces
-`ConditionalUnet1D` from real-stanford/diffusion_policy so the parameter counts match exactly
-(65,783,298 for the PushT low-dim configuration), and the `state_dict` keys use the reference's
+sinusoidal step embedding, the conv/GroupNorm/Mish block and the FiLM residual block (the horizon
+rule, `validate_horizon`, lives in config.py and is re-exported here). The architecture, including
+the reference's unused first-level skip, reproduces `ConditionalUnet1D` from
+real-stanford/diffusion_policy so the parameter counts match exactly (65,783,298 for the PushT
+low-dim configuration), and the `state_dict` keys use the reference's
 module names, so a reference state_dict loads with `load_state_dict` unchanged.
 
 Traceable: no Python control flow depends on tensor values, so `torch.jit.trace` of one batch size
 gives the same outputs at other batch sizes.
 
-Imports torch only: no hydra, no zarr, no einops.
+Imports torch and the config leaf only: no hydra, no zarr, no einops.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from parapolicy.policy.config import validate_horizon
 
 __all__ = [
     "ConditionalResidualBlock1d",
@@ -31,27 +34,6 @@ __all__ = [
     "Upsample1d",
     "validate_horizon",
 ]
-
-
-def validate_horizon(horizon: int, down_dims: tuple[int, ...]) -> None:
-    """Check that the U-Net can halve and re-double a sequence of length `horizon`.
-
-    The encoder downsamples by 2 after every level except the last, so the horizon must be
-    divisible by `2 ** (len(down_dims) - 1)`.
-
-    Args:
-        horizon: sequence length H of the action chunk.
-        down_dims: channel widths of the encoder levels.
-
-    Raises:
-        ValueError: if `horizon` is not a positive multiple of `2 ** (len(down_dims) - 1)`.
-    """
-    factor = 2 ** (len(down_dims) - 1)
-    if horizon <= 0 or horizon % factor != 0:
-        raise ValueError(
-            f"horizon={horizon} must be a positive multiple of 2**(len(down_dims)-1)={factor} "
-            f"for down_dims={tuple(down_dims)}"
-        )
 
 
 class SinusoidalPosEmb(nn.Module):

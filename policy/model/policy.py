@@ -154,11 +154,7 @@ class DiffusionPolicy(nn.Module):
         """
         if sampler.window == "auto":
             raise ValueError("sampler.window='auto' must be resolved first: use auto_window.resolve_sampler")
-        if sampler.num_inference_steps > self.config.schedule.num_train_timesteps:
-            raise ValueError(
-                f"sampler.num_inference_steps={sampler.num_inference_steps} exceeds the trained "
-                f"num_train_timesteps={self.config.schedule.num_train_timesteps}"
-            )
+        self.config.check_sampler(sampler)
         self.sampler = sampler
         self.table = build_step_table(self.config, sampler, self.device)
         self.reset()
@@ -376,12 +372,7 @@ class DiffusionPolicy(nn.Module):
         Picard (else None). Nothing is reused when there is no previous chunk or its batch size differs.
         """
         s = self.sampler
-        if (
-            previous is None
-            or s.algorithm != "picard"
-            or not s.warm_start
-            or previous.x_T.shape[0] != batch_size
-        ):
+        if previous is None or not s.is_parallel or not s.warm_start or previous.x_T.shape[0] != batch_size:
             return None, None
         Ta = self.config.n_action_steps
         noise = (

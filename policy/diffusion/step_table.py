@@ -1,0 +1,181 @@
+"""`StepTable`, the per-step coefficients of one sampler, and `StepRows`, a gathered batch of its rows.
+
+The table's columns are the shared ones (`SHARED_COLUMNS`: noise levels, the DDPM posterior variance,
+the step noise std and the held-x̂₀ roll-out map) followed by the columns of its update rule (see
+`rules/`). `schedules.make_step_table` builds it; `step.step` reads it by step position.
+
+Library module: imports torch only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import torch
+from torch import Tensor
+
+from parapolicy.policy.diffusion.rules import UpdateRule
+
+__all__ = ["SHARED_COLUMNS", "StepRows", "StepTable"]
+
+SHARED_COLUMNS = (
+    "alpha_bar",
+    "alpha_bar_prev",
+    "sqrt_alpha_bar",
+    "sqrt_one_minus_alpha_bar",
+    "sqrt_recip_alpha_bar",
+    "sqrt_recipm1_alpha_bar",
+    "posterior_variance",
+    "sigma",
+    "rollout_coef_x",
+    "rollout_coef_x0",
+)
+"""Columns every table has, whatever its rule (see `StepTable`)."""
+
+
+@dataclass(frozen=True)
+class StepRows:
+    """The per-step coefficients of a batch of rows, gathered from a `StepTable` in one indexing op.
+
+    `step.step` accepts it in place of a LongTensor of step positions: row r then reads its
+    coefficients from `values[r]` instead of gathering every column separately (the Picard sampler
+    evaluates many rows per iteration, and one gather is cheaper than a dozen).
+
+    Attributes:
+        positions: (R,) int64 step position of each row (or any leading shape, e.g. (M, A)).
+        values: (R, n_columns) coefficients (the same leading shape), column c = the table's column c.
+        index: column name -> column number (the table's).
+    """
+
+    positions: Tensor
+    values: Tensor
+    index: Mapping[str, int]
+
+    def column(self, name: str) -> Tensor:
+        """Coefficient ``name`` of every row, shaped like `positions` (a view)."""
+        return self.values[..., self.index[name]]
+
+    def view(self, *shape: int) -> StepRows:
+        """The same rows with the leading shape ``shape`` (e.g. (M·A,) -> (M, A))."""
+        return StepRows(self.positions.view(*shape), self.values.view(*shape, -1), self.index)
+
+
+@dataclass(frozen=True)
+class StepTable:
+    """Per-inference-step coefficients of one sampler, built once by `schedules.make_step_table`.
+
+    Every column is indexed by the step position i in 0..K-1 (step i leaves buffer slot i, at timestep
+    τ_i, and lands in slot i+1) and read as an attribute (``table.sigma``) or with `column`.
+    Coefficients are computed in float64 and stored in the working dtype; `tol_variance` is kept in at
+    least float32 so that tiny variances do not underflow.
+
+    Shared columns, each (K,) (ᾱ = ᾱ(τ_i), ᾱ' = ᾱ(τ_{i+1}), the level step i lands on)::
+
+        alpha_bar                  ᾱ
+        alpha_bar_prev             ᾱ'; after the last step 1.0 (DDPM, or `set_alpha_to_one`) or ᾱ_0
+        sqrt_alpha_bar             √ᾱ
+        sqrt_one_minus_alpha_bar   √(1-ᾱ)
+        sqrt_recip_alpha_bar       1/√ᾱ
+        sqrt_recipm1_alpha_bar     √(1/ᾱ - 1)
+        posterior_variance         β̃ = β_s·(1-ᾱ')/(1-ᾱ) (exactly 0 when ᾱ' = 1)
+        sigma                      std of the noise step i adds (0 for deterministic rules)
+        rollout_coef_x             with x̂₀ held fixed step i is affine: x' = a·x_t + b·x̂₀ + σ·z; a
+        rollout_coef_x0            b (both read off `step.step` itself when the table is built)
+
+    followed by the rule's own columns (`rule.columns`, documented in its module under `rules/`).
+
+    Attributes:
+        rule: the update rule `step.step` applies (its `kind` names it).
+        prediction_type: what the denoiser predicts ("epsilon", "sample", "v_prediction").
+        clip_sample: clamp x̂₀ to [-clip_sample_range, clip_sample_range] (all rules).
+        clip_sample_range: clipping bound.
+        num_train_timesteps: T.
+        timestep_values: host copy of the timesteps (τ_0, ..., τ_{K-1}); never needs a device sync.
+        orders: host copy of each step's order (1 or 2; all 1 for one-step rules).
+        alphas_cumprod: (T,) training schedule ᾱ_t (for `add_noise` during training).
+        timesteps: (K,) int64 τ_i, fed to the denoiser.
+        tol_variance: (K,) variance that normalises the Picard change of slot i (see `make_step_table`).
+        column_names: `SHARED_COLUMNS` + `rule.columns`.
+        coefficients: (K, len(column_names)) every column stacked (`rows` gathers from it).
+    """
+
+    rule: UpdateRule
+    prediction_type: str
+    clip_sample: bool
+    clip_sample_range: float
+    num_train_timesteps: int
+    timestep_values: tuple[int, ...]
+    orders: tuple[int, ...]
+    alphas_cumprod: Tensor
+    timesteps: Tensor
+    tol_variance: Tensor
+    column_names: tuple[str, ...]
+    coefficients: Tensor
+    columns: Mapping[str, Tensor] = dataclasses.field(init=False, repr=False, compare=False)
+    index: Mapping[str, int] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        K, n = self.num_steps, len(self.column_names)
+        if tuple(self.coefficients.shape) != (K, n):
+            raise ValueError(f"coefficients must have shape {(K, n)}, got {tuple(self.coefficients.shape)}")
+        index = {name: c for c, name in enumerate(self.column_names)}
+        # one contiguous (K,) tensor per column: an int step reads a 0-d view of it, no gather kernel
+        columns = {name: self.coefficients[:, c].contiguous() for name, c in index.items()}
+        object.__setattr__(self, "index", MappingProxyType(index))
+        object.__setattr__(self, "columns", MappingProxyType(columns))
+
+    def __getattr__(self, name: str) -> Tensor:
+        columns = self.__dict__.get("columns")
+        if columns is not None and name in columns:
+            return columns[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute or column {name!r}")
+
+    def column(self, name: str) -> Tensor:
+        """The (K,) column ``name``."""
+        return self.columns[name]
+
+    def rows(self, positions: Tensor) -> StepRows:
+        """Gather the coefficients of the steps at ``positions`` ((R,) int64) in one indexing op."""
+        return StepRows(positions, self.coefficients.index_select(0, positions), self.index)
+
+    @property
+    def kind(self) -> str:
+        """The update rule's name ("ddpm", "ddim", "dpmsolver++", ...)."""
+        return self.rule.kind
+
+    @property
+    def num_steps(self) -> int:
+        """Number of inference steps K."""
+        return len(self.timestep_values)
+
+    @property
+    def device(self) -> torch.device:
+        """Device holding the coefficient tensors."""
+        return self.timesteps.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Working dtype of the coefficients."""
+        return self.coefficients.dtype
+
+    @property
+    def is_stochastic(self) -> bool:
+        """True when steps add pre-drawn noise (DDPM)."""
+        return self.rule.is_stochastic
+
+    @property
+    def uses_history(self) -> bool:
+        """True when step i also needs the x̂₀ prediction of step i-1 (DPM-Solver++(2M))."""
+        return self.rule.uses_history
+
+    def to(self, device: torch.device | str) -> StepTable:
+        """Return a copy with every tensor moved to `device` (host-side fields are shared)."""
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in dataclasses.fields(self)
+            if f.init and isinstance(getattr(self, f.name), Tensor)
+        }
+        return dataclasses.replace(self, **moved)
