@@ -173,7 +173,9 @@ class SamplerConfig:
     num_inference_steps: int = 100
     """K, the number of denoising steps (<= num_train_timesteps)."""
     timestep_spacing: str = "leading"
-    """How the K inference timesteps are spread over the T training ones."""
+    """How the K inference timesteps are spread over the T training ones: diffusers' DDPM/DDIM names
+    (``leading``, ``trailing``, ``linspace``) for every rule, or DPMSolverMultistep's ``leading`` and
+    ``linspace`` grids as ``dpm_leading`` and ``dpm_linspace`` (see `schedules.make_timesteps`)."""
     steps_offset: int = 0
     """Offset added to leading-spaced timesteps (DDIM)."""
     set_alpha_to_one: bool = True

@@ -185,3 +185,52 @@ def test_table_builds_on_another_device(kind):
     tensors = [getattr(tab, f) for f in ("timesteps", "coefficients", "rollout_coef_x", "tol_variance")]
     assert all(t.device.type == "meta" for t in tensors)
     assert tab.coefficients.shape == cpu.coefficients.shape
+
+
+DIFFUSERS_KS = (1, 5, 8, 10, 16, 33, 50, 99)
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_spacing_names_match_diffusers_ddpm_and_ddim(spacing: str) -> None:
+    diffusers = pytest.importorskip("diffusers")
+    for cls in (diffusers.DDPMScheduler, diffusers.DDIMScheduler):
+        for K in (*DIFFUSERS_KS, 100):
+            sched = cls(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", timestep_spacing=spacing)
+            sched.set_timesteps(K)
+            assert make_timesteps(100, K, spacing).tolist() == sched.timesteps.tolist(), (cls.__name__, K)
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "offset"),
+    [
+        ("dpm_leading", "leading", 0),
+        ("dpm_leading", "leading", 1),
+        ("dpm_linspace", "linspace", 0),
+        ("trailing", "trailing", 0),
+    ],
+)
+def test_dpm_spacings_match_diffusers_dpmsolver_multistep(ours: str, theirs: str, offset: int) -> None:
+    """DPMSolverMultistepScheduler's "leading"/"linspace" grids are our "dpm_leading"/"dpm_linspace"."""
+    diffusers = pytest.importorskip("diffusers")
+    for K in DIFFUSERS_KS:
+        if K * (100 // (K + 1)) + offset > 99:
+            continue  # diffusers returns timestep 100 here (out of range); we refuse it (tested below)
+        sched = diffusers.DPMSolverMultistepScheduler(
+            num_train_timesteps=100,
+            beta_schedule="squaredcos_cap_v2",
+            timestep_spacing=theirs,
+            steps_offset=offset,
+        )
+        sched.set_timesteps(K)
+        assert make_timesteps(100, K, ours, offset).tolist() == sched.timesteps.tolist(), K
+    if ours != "trailing":  # the same names mean a different grid in diffusers' DDPM/DDIM schedulers
+        assert make_timesteps(100, 10, ours).tolist() != make_timesteps(100, 10, theirs).tolist()
+
+
+def test_dpm_spacings_by_hand_and_degenerate_grids() -> None:
+    assert make_timesteps(100, 10, "dpm_leading").tolist() == [90, 81, 72, 63, 54, 45, 36, 27, 18, 9]
+    assert make_timesteps(100, 4, "dpm_linspace").tolist() == [99, 74, 50, 25]
+    with pytest.raises(ValueError, match="spacing 'dpm_leading' with offset 0 gives invalid timesteps"):
+        make_timesteps(100, 100, "dpm_leading")  # T // (K + 1) = 0: every timestep 0
+    with pytest.raises(ValueError, match="steps_offset is only defined for 'leading' and 'dpm_leading'"):
+        make_timesteps(100, 10, "dpm_linspace", 1)

@@ -25,7 +25,7 @@ BETA_SCHEDULES = ("squaredcos_cap_v2", "linear")
 """Training noise schedules (`schedules.make_alphas_cumprod`)."""
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 """What the denoiser predicts (`step.predict_x0`)."""
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace", "dpm_leading", "dpm_linspace")
 """How K inference timesteps spread over T training ones (`schedules.make_timesteps`)."""
 ALGORITHMS = ("sequential", "picard")
 """Execution orders (`dispatch.run_sampler`)."""

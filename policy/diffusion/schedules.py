@@ -83,18 +83,29 @@ def make_timesteps(
     spacing: str = "leading",
     steps_offset: int = 0,
 ) -> Tensor:
-    """Inference timesteps τ_0 > τ_1 > ... > τ_{K-1}, with diffusers' DDPM/DDIM spacing conventions.
+    """Inference timesteps τ_0 > τ_1 > ... > τ_{K-1}, with diffusers' spacing conventions.
+
+    The names shared with diffusers mean what its DDPMScheduler and DDIMScheduler mean, for every
+    update rule (the golden outputs pin them):
 
     - "leading": τ = (K-1-i) · (T // K) + steps_offset (100/100 -> 99..0; 100/10 -> 90, 80, ..., 0).
-    - "trailing": τ = round(T - i · T/K) - 1 (100/10 -> 99, 89, ..., 9).
+    - "trailing": τ = round(T - i · T/K) - 1 (100/10 -> 99, 89, ..., 9); also DPMSolverMultistep's.
     - "linspace": τ = round(linspace(0, T-1, K)) in decreasing order.
+
+    diffusers' DPMSolverMultistepScheduler gives "leading" and "linspace" another grid (K + 1 points,
+    the last, t = 0, dropped: its final step goes from the smallest τ straight to clean data). Those
+    grids have their own names here:
+
+    - "dpm_leading": τ = (K-i) · (T // (K+1)) + steps_offset (100/10 -> 90, 81, ..., 9).
+    - "dpm_linspace": τ = round(linspace(0, T-1, K+1)) in decreasing order, without the last (0).
 
     Args:
         num_train_timesteps: T.
         num_inference_steps: K, with 1 <= K <= T.
-        spacing: one of "leading", "trailing", "linspace".
-        steps_offset: added to every "leading" timestep (diffusers' `steps_offset`); must be 0 for the
-            other spacings.
+        spacing: one of `TIMESTEP_SPACINGS` ("leading", "trailing", "linspace", "dpm_leading",
+            "dpm_linspace").
+        steps_offset: added to every "leading" / "dpm_leading" timestep (diffusers' `steps_offset`);
+            must be 0 for the other spacings.
 
     Returns:
         (K,) int64 tensor, strictly decreasing, values in [0, T-1].
@@ -108,10 +119,14 @@ def make_timesteps(
         ts = np.round(T - np.arange(K) * (T / K)).astype(np.int64) - 1  # == diffusers' arange(T, 0, -T/K)
     elif spacing == "linspace":
         ts = np.linspace(0, T - 1, K).round()[::-1].astype(np.int64)
+    elif spacing == "dpm_leading":
+        ts = np.arange(K, 0, -1, dtype=np.int64) * (T // (K + 1)) + steps_offset
+    elif spacing == "dpm_linspace":
+        ts = np.linspace(0, T - 1, K + 1).round()[::-1][:-1].astype(np.int64)
     else:
         raise ValueError(f"timestep spacing must be one of {TIMESTEP_SPACINGS}, got {spacing!r}")
-    if steps_offset != 0 and spacing != "leading":
-        raise ValueError("steps_offset is only defined for 'leading' spacing")
+    if steps_offset != 0 and spacing not in ("leading", "dpm_leading"):
+        raise ValueError("steps_offset is only defined for 'leading' and 'dpm_leading' spacing")
     if ts.shape != (K,) or ts.min() < 0 or ts.max() > T - 1 or np.any(np.diff(ts) >= 0):
         raise ValueError(
             f"spacing {spacing!r} with offset {steps_offset} gives invalid timesteps {ts.tolist()}"
