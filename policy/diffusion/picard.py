@@ -36,7 +36,8 @@ __all__ = ["sample_picard"]
 
 
 class _Trajectory:
-    """The guess buffer X (K+1 slots x B samples) with flat row access (row = slot·B + sample)."""
+    """The guess buffer X (K+1 slots x B samples) with flat row access (row = slot·B + sample), the
+    step noise in the same row order, and the x̂₀ cache of multistep rules."""
 
     def __init__(self, table: StepTable, x_T: Tensor, noise: Tensor | None, init: Tensor | None) -> None:
         K, B = table.num_steps, x_T.shape[0]
@@ -48,6 +49,9 @@ class _Trajectory:
         self.noise = None
         if noise is not None and table.is_stochastic:
             self.noise = noise.reshape(K * B, *self.rest)  # (K·B, H, D), row = step·B + sample
+        self.x0_cache = None  # multistep rules: x̂₀ of each slot's last evaluation, row = step·B + sample
+        if table.uses_history:
+            self.x0_cache = torch.zeros((K * B, *self.rest), dtype=x_T.dtype, device=x_T.device)
 
     def index(self, rows: np.ndarray) -> Tensor:
         """Host int64 rows -> device index tensor."""
@@ -182,6 +186,74 @@ def sample_picard(
     """
     start = time.perf_counter()
     check_inputs(x_T, table, noise, cond)
+    _check_arguments(x_T, table, window, tol, max_iters, abs_floor, on_max_iters, init, x0_guess, refill)
+    K, B = table.num_steps, x_T.shape[0]
+    p = min(window, K)
+    traj = _Trajectory(table, x_T, noise, init)
+    refill = "none" if init is not None else refill  # the caller's guesses are kept
+    if init is None and (x0_guess is not None or refill == "x0_rollout"):  # the first window
+        guess = torch.zeros_like(x_T) if x0_guess is None else x0_guess.to(x_T)
+        traj.roll_out(np.arange(B), np.zeros(B, dtype=np.int64), np.full(B, p), x_T, guess)
+    test = _ConvergenceTest(table, tol, abs_floor, x_T.dtype)
+
+    b_h = np.zeros(B, dtype=np.int64)  # (B,) window starts (trusted slots)
+    residual = np.zeros(B, dtype=test.dtype)  # (B,) last window's max normalised RMS change
+    iterations = 0
+    rows_per_call: list[int] = []
+    while True:
+        L = np.minimum(K - b_h, p)  # (B,) window lengths; 0 = done (6. finished samples drop out)
+        R = int(L.sum())
+        if R == 0 or (max_iters is not None and iterations >= max_iters):
+            break
+        # 1. Rows of every active window, sample-major, in ONE denoiser call.
+        w = _Window(traj, b_h, L, R, p)
+        x_r = traj.flat.index_select(0, w.flat_t)  # (R, H, D)
+        c_r = None if cond is None else (cond.expand(w.R, -1) if B == 1 else cond.index_select(0, w.s_t))
+        out = denoise(x_r, table.timesteps.index_select(0, w.slot_t), c_r)  # (R, H, D)
+        # 2. The shared step on every row (full update, pre-drawn noise included).
+        y, x0_r = _step_rows(traj, w, x_r, out)
+        # 3. Picard update of the refreshed slots, written back.
+        new, err_h = _picard_update(traj, w, y, p, test.dtype)
+        # 4. Convergence of each refreshed slot.
+        ok = test.passed(w, err_h, residual)
+        # 5. Slide each window to its first unconverged slot and guess the newly exposed slots.
+        _slide(traj, w, ok, b_h, p, new, x0_r, refill)
+        iterations += 1
+        rows_per_call.append(w.R)
+
+    converged_host = torch.from_numpy(b_h >= K)  # (B,) bool
+    fallback = 0
+    if on_max_iters == "finish_sequential":
+        fallback = _finish_sequential(traj, denoise, cond, b_h, rows_per_call)
+    X = traj.X
+    return SampleResult(
+        sample=X[K],
+        iterations=iterations,
+        model_calls=iterations + fallback,
+        rows_evaluated=sum(rows_per_call),
+        sequential_passes=iterations + fallback,
+        converged=converged_host,
+        all_converged=bool(converged_host.all()),
+        final_residual=torch.from_numpy(residual),
+        wall_time_s=finish_timing(X, start),
+        rows_per_call=tuple(rows_per_call),
+        trajectory=X,
+    )
+
+
+def _check_arguments(
+    x_T: Tensor,
+    table: StepTable,
+    window: int,
+    tol: float,
+    max_iters: int | None,
+    abs_floor: float,
+    on_max_iters: str,
+    init: Tensor | None,
+    x0_guess: Tensor | None,
+    refill: str,
+) -> None:
+    """The Picard-specific argument checks of `sample_picard` (raises ValueError naming the argument)."""
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
     if not (tol >= 0 and math.isfinite(tol)) or not (abs_floor >= 0 and math.isfinite(abs_floor)):
@@ -192,10 +264,7 @@ def sample_picard(
         raise ValueError(f"on_max_iters must be one of {ON_MAX_ITERS}, got {on_max_iters!r}")
     if refill not in REFILL_RULES:
         raise ValueError(f"refill must be one of {REFILL_RULES}, got {refill!r}")
-    K, B = table.num_steps, x_T.shape[0]
-    rest = tuple(x_T.shape[1:])  # (H, D)
-    p = min(window, K)
-    dev = x_T.device
+    K, B, rest = table.num_steps, x_T.shape[0], tuple(x_T.shape[1:])
     if init is not None and tuple(init.shape) != (K + 1, B, *rest):
         raise ValueError(f"init must have shape {(K + 1, B, *rest)}, got {tuple(init.shape)}")
     if x0_guess is not None:
@@ -204,138 +273,160 @@ def sample_picard(
         if tuple(x0_guess.shape) != (B, *rest):
             raise ValueError(f"x0_guess must have shape {(B, *rest)}, got {tuple(x0_guess.shape)}")
 
-    traj = _Trajectory(table, x_T, noise, init)
-    X, Xf = traj.X, traj.flat
-    X0 = None  # DPM-Solver++ x̂₀ cache, (K·B, H, D), row = step·B + sample
-    if table.uses_history:
-        X0 = torch.zeros((K * B, *rest), dtype=x_T.dtype, device=dev)
-    refill_window_end = init is None and refill == "window_end"
-    refill_rollout = init is None and refill == "x0_rollout"
-    if init is None and (x0_guess is not None or refill_rollout):
-        guess = torch.zeros_like(x_T) if x0_guess is None else x0_guess.to(x_T)
-        all_b = np.arange(B)
-        traj.roll_out(all_b, np.zeros(B, dtype=np.int64), np.full(B, p), x_T, guess)
 
-    # Host-side convergence test of refreshed slot j: err² <= thr[j] = max(tol²·σ²_j, floor²), in the
-    # error dtype exactly as a device comparison would be. Indexed by slot (1..K); slot K always passes.
-    err_np = np.float64 if x_T.dtype == torch.float64 else np.float32
-    var_slot = np.ones(K + 1, dtype=err_np)  # (K+1,) σ² of the step leaving each slot (1 at slot K)
-    var_slot[:K] = table.tol_variance.cpu().numpy()
-    thr_slot = np.maximum(
-        np.asarray(tol * tol, dtype=err_np) * var_slot, np.asarray(abs_floor**2, dtype=err_np)
-    )
+class _Window:
+    """Step 1's row layout (host arrays and their device copies) for one iteration.
 
-    b_h = np.zeros(B, dtype=np.int64)  # (B,) window starts (trusted slots)
-    residual = np.zeros(B, dtype=err_np)  # (B,) last window's max normalised RMS change
-    iterations = 0
-    rows_per_call: list[int] = []
+    Row r (sample-major) is window position ``i_r`` of active sample ``s_r``, at buffer slot ``slot_r``.
+    """
 
-    while True:
-        L = np.minimum(K - b_h, p)  # (B,) window lengths (0 = finished)
-        R = int(L.sum())
-        if R == 0 or (max_iters is not None and iterations >= max_iters):
-            break
-        # 1. Rows, sample-major: row r is window position i_r of active sample s_r, buffer slot slot_r.
-        act = np.flatnonzero(L)  # (A,) active samples
-        La = L[act]  # (A,)
-        A = act.size
-        first = np.cumsum(La) - La  # (A,) first row of each active sample
+    __slots__ = (
+        "A", "La", "La_r", "R", "act", "first", "flat_r", "flat_t", "grid1_t", "grid_t", "i_r",
+        "next_t", "s_t", "slot_r", "slot_t",
+    )  # fmt: skip
+
+    def __init__(self, traj: _Trajectory, b_h: np.ndarray, L: np.ndarray, R: int, p: int) -> None:
+        B = traj.B
+        self.act = act = np.flatnonzero(L)  # (A,) active samples
+        self.La = La = L[act]  # (A,)
+        self.A = A = act.size
+        self.R = R
+        self.first = first = np.cumsum(La) - La  # (A,) first row of each active sample
         s_r = np.repeat(act, La)  # (R,)
-        i_r = np.arange(R) - np.repeat(first, La)  # (R,)
-        La_r = np.repeat(La, La)  # (R,) each row's window length
-        slot_r = b_h[s_r] + i_r  # (R,) step index in 0..K-1
+        self.i_r = i_r = np.arange(R) - np.repeat(first, La)  # (R,)
+        self.La_r = np.repeat(La, La)  # (R,) each row's window length
+        self.slot_r = slot_r = b_h[s_r] + i_r  # (R,) step index in 0..K-1
         grid_r = np.repeat(np.arange(A), La) * (p + 1) + i_r  # (R,) row's cell in the (A, p+1) grid
-        flat_r = slot_r * B + s_r  # (R,)
+        self.flat_r = flat_r = slot_r * B + s_r  # (R,)
         idx = traj.index(np.concatenate([slot_r, flat_r, flat_r + B, grid_r, grid_r + 1, s_r]))
-        slot_t, flat_t, next_t, grid_t, grid1_t, s_t = idx.view(6, R)
-        x_r = Xf.index_select(0, flat_t)  # (R, H, D)
-        c_r = None if cond is None else (cond.expand(R, -1) if B == 1 else cond.index_select(0, s_t))
-        out = denoise(x_r, table.timesteps.index_select(0, slot_t), c_r)  # (R, H, D)
+        self.slot_t, self.flat_t, self.next_t, self.grid_t, self.grid1_t, self.s_t = idx.view(6, R)
 
-        # 2. The shared step on every row (full update, pre-drawn noise included).
-        rows = table.rows(slot_t)
-        prev_x0 = None
-        if X0 is not None:  # window starts take the cached x̂₀ of the previous slot, others the row above
-            x0_pre = predict_x0(table, rows, x_r, out)  # (R, H, D)
-            cached = X0.index_select(0, traj.index(np.maximum(flat_r - B, 0)))  # (R, H, D)
-            starts = traj.index(i_r == 0).view(R, *(1,) * len(rest))  # (R, 1, 1) bool
-            prev_x0 = torch.where(starts, cached, x0_pre.roll(1, dims=0))
-            X0.index_copy_(0, flat_t, x0_pre)
-        z_r = None if traj.noise is None else traj.noise.index_select(0, flat_t)  # (R, H, D)
-        res = step(table, rows, x_r, out, z_r, prev_x0=prev_x0)
-        y, x0_r = res.prev_sample, res.x0_hat  # (R, H, D) each
 
-        # 3. Picard update of the refreshed slots slot_r + 1: y + Σ_{j<i} (y_j - X[b+1+j]) per sample,
-        #    an exclusive cumulative sum on an (A, p+1) grid whose first column stays 0.
-        old = Xf.index_select(0, next_t)  # (R, H, D) previous guesses of the refreshed slots
-        grid = torch.zeros((A * (p + 1), *rest), dtype=y.dtype, device=dev)  # (A·(p+1), H, D)
-        grid.index_copy_(0, grid1_t, y - old)
-        csum = grid.view(A, p + 1, *rest).cumsum(1).view(A * (p + 1), *rest)
-        new = y + csum.index_select(0, grid_t)  # (R, H, D)
-        Xf.index_copy_(0, next_t, new)  # write back the whole window
-        err2 = (new - old).to(torch.float64 if err_np is np.float64 else torch.float32)
-        err_h = err2.square().flatten(1).mean(1).cpu().numpy()  # (R,) the one host sync per iteration
+def _step_rows(traj: _Trajectory, w: _Window, x_r: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
+    """Step 2: y_j = step_j(X[j]) on every row, and the rows' x̂₀ (each (R, H, D)).
 
-        # 4. Convergence of each refreshed slot (NaN -> not converged; slot K always passes).
-        refreshed = slot_r + 1  # (R,) in 1..K
-        ok = err_h <= thr_slot[refreshed]
-        ratio = np.sqrt(err_h / var_slot[refreshed])  # (R,) RMS change / σ
-        if refreshed[-1] == K or A > 1:  # the final slot: always accepted, residual 0
-            terminal = refreshed == K
+    Multistep rules: a window's first row takes the x̂₀ cached when the previous slot was last
+    evaluated, every other row the row above's (same call); the cache is refreshed with these rows.
+    """
+    table, R = traj.table, w.R
+    rows = table.rows(w.slot_t)
+    prev_x0 = None
+    if traj.x0_cache is not None:
+        x0_pre = predict_x0(table, rows, x_r, out)  # (R, H, D)
+        cached = traj.x0_cache.index_select(0, traj.index(np.maximum(w.flat_r - traj.B, 0)))  # (R, H, D)
+        starts = traj.index(w.i_r == 0).view(R, *(1,) * len(traj.rest))  # (R, 1, 1) bool
+        prev_x0 = torch.where(starts, cached, x0_pre.roll(1, dims=0))
+        traj.x0_cache.index_copy_(0, w.flat_t, x0_pre)
+    z_r = None if traj.noise is None else traj.noise.index_select(0, w.flat_t)  # (R, H, D)
+    res = step(table, rows, x_r, out, z_r, prev_x0=prev_x0)
+    return res.prev_sample, res.x0_hat
+
+
+def _picard_update(
+    traj: _Trajectory, w: _Window, y: Tensor, p: int, err_dtype: type
+) -> tuple[Tensor, np.ndarray]:
+    """Step 3: new X[b+1+i] = y_{b+i} + Σ_{j<i} (y_{b+j} - X[b+1+j]), written back for the whole window.
+
+    The sum is an exclusive cumulative sum on an (A, p+1) grid whose first column stays 0.
+
+    Returns:
+        (new (R, H, D), the (R,) mean squared change of each refreshed slot on the host: the one
+        device-to-host copy of the iteration).
+    """
+    rest, Xf = traj.rest, traj.flat
+    old = Xf.index_select(0, w.next_t)  # (R, H, D) previous guesses of the refreshed slots
+    grid = torch.zeros((w.A * (p + 1), *rest), dtype=y.dtype, device=y.device)  # (A·(p+1), H, D)
+    grid.index_copy_(0, w.grid1_t, y - old)
+    csum = grid.view(w.A, p + 1, *rest).cumsum(1).view(w.A * (p + 1), *rest)
+    new = y + csum.index_select(0, w.grid_t)  # (R, H, D)
+    Xf.index_copy_(0, w.next_t, new)
+    err = (new - old).to(torch.float64 if err_dtype is np.float64 else torch.float32)
+    return new, err.square().flatten(1).mean(1).cpu().numpy()
+
+
+class _ConvergenceTest:
+    """Step 4 on the host: refreshed slot j passes when err² <= max(tol²·σ²_j, floor²).
+
+    Computed in the error dtype exactly as a device comparison would be; indexed by slot (1..K), and
+    slot K (nothing leaves it) always passes. A NaN change fails.
+    """
+
+    def __init__(self, table: StepTable, tol: float, abs_floor: float, dtype: torch.dtype) -> None:
+        K = table.num_steps
+        self.K = K
+        self.dtype = np.float64 if dtype == torch.float64 else np.float32
+        self.var = np.ones(K + 1, dtype=self.dtype)  # (K+1,) σ² of the step leaving each slot (1 at K)
+        self.var[:K] = table.tol_variance.cpu().numpy()
+        self.thr = np.maximum(
+            np.asarray(tol * tol, dtype=self.dtype) * self.var, np.asarray(abs_floor**2, dtype=self.dtype)
+        )
+
+    def passed(self, w: _Window, err_h: np.ndarray, residual: np.ndarray) -> np.ndarray:
+        """(R,) bool: which refreshed slots converged; writes each active sample's max RMS change / σ."""
+        refreshed = w.slot_r + 1  # (R,) in 1..K
+        ok = err_h <= self.thr[refreshed]
+        ratio = np.sqrt(err_h / self.var[refreshed])  # (R,) RMS change / σ
+        if refreshed[-1] == self.K or w.A > 1:  # the final slot: always accepted, residual 0
+            terminal = refreshed == self.K
             ok[terminal], ratio[terminal] = True, 0.0
-        residual[act] = np.maximum.reduceat(ratio, first)
+        residual[w.act] = np.maximum.reduceat(ratio, w.first)
+        return ok
 
-        # 5. Slide to the first unconverged slot (sentinel L_s when none), stride in [1, p].
-        first_bad = np.minimum.reduceat(np.where(ok, La_r, i_r), first)  # (A,)
-        ends = b_h[act] + La  # (A,) old window ends (last written slot)
-        b_h[act] = np.minimum(b_h[act] + np.minimum(first_bad + 1, p), K)
-        counts = np.maximum(np.minimum(b_h[act] + p, K) - ends, 0)  # (A,) newly exposed slots
-        last = traj.index(first + La - 1)  # (A,) each sample's last row
-        if refill_window_end and counts.any():  # exposed slots e+1 .. get X[e]
-            k = np.arange(int(counts.max()))[:, None]  # (M, 1)
-            keep = k < counts[None, :]  # (M, A)
-            dest = ((ends[None, :] + 1 + k) * B + act[None, :])[keep]
-            src = np.broadcast_to(np.arange(A)[None, :], keep.shape)[keep]
-            Xf.index_copy_(0, traj.index(dest), new.index_select(0, last).index_select(0, traj.index(src)))
-        if refill_rollout:  # roll forward from X[e], holding the window's last x̂₀ fixed
-            traj.roll_out(act, ends, counts, new.index_select(0, last), x0_r.index_select(0, last))
-        iterations += 1
-        rows_per_call.append(R)
 
-    # Samples still running at the cap.
-    converged_host = torch.from_numpy(b_h >= K)  # (B,) bool
-    fallback_steps = 0
+def _slide(
+    traj: _Trajectory,
+    w: _Window,
+    ok: np.ndarray,
+    b_h: np.ndarray,
+    p: int,
+    new: Tensor,
+    x0_r: Tensor,
+    refill: str,
+) -> None:
+    """Step 5: b_s += min(first unconverged position + 1, p) (a converged window counts L_s), then
+    guess the slots the slide exposes (up to the new window end) by the ``refill`` rule."""
+    act, La, K, B = w.act, w.La, traj.K, traj.B
+    first_bad = np.minimum.reduceat(np.where(ok, w.La_r, w.i_r), w.first)  # (A,)
+    ends = b_h[act] + La  # (A,) old window ends (last written slot)
+    b_h[act] = np.minimum(b_h[act] + np.minimum(first_bad + 1, p), K)
+    counts = np.maximum(np.minimum(b_h[act] + p, K) - ends, 0)  # (A,) newly exposed slots
+    last = traj.index(w.first + La - 1)  # (A,) each sample's last row
+    if refill == "window_end" and counts.any():  # exposed slots e+1 .. get X[e]
+        k = np.arange(int(counts.max()))[:, None]  # (M, 1)
+        keep = k < counts[None, :]  # (M, A)
+        dest = ((ends[None, :] + 1 + k) * B + act[None, :])[keep]
+        src = np.broadcast_to(np.arange(w.A)[None, :], keep.shape)[keep]
+        traj.flat.index_copy_(0, traj.index(dest), new.index_select(0, last).index_select(0, traj.index(src)))
+    elif refill == "x0_rollout":  # roll forward from X[e], holding the window's last x̂₀ fixed
+        traj.roll_out(act, ends, counts, new.index_select(0, last), x0_r.index_select(0, last))
+
+
+def _finish_sequential(
+    traj: _Trajectory, denoise: Denoiser, cond: Tensor | None, b_h: np.ndarray, rows_per_call: list[int]
+) -> int:
+    """Run the remaining steps of the samples still running at the cap sequentially from their
+    trusted slot b_s (exact for the accepted prefix); returns the number of denoiser calls."""
+    table, X, K, B, rest = traj.table, traj.X, traj.K, traj.B, traj.rest
     unfinished = np.nonzero(b_h < K)[0]
-    if unfinished.size and on_max_iters == "finish_sequential":
-        X0_steps = None if X0 is None else X0.view(K, B, *rest)  # (K, B, H, D)
-        noise_steps = None if traj.noise is None else traj.noise.view(K, B, *rest)  # (K, B, H, D)
-        order = unfinished[np.argsort(b_h[unfinished], kind="stable")]
-        starts_h = b_h[order]  # ascending trusted slots
-        sel_all = torch.as_tensor(order, device=dev)
-        for i in range(int(starts_h[0]), K):
-            sel = sel_all[: int(np.searchsorted(starts_h, i, side="right"))]  # samples with b_s <= i
-            n = sel.shape[0]
-            x = X[i, sel]  # (n, H, D)
-            out = denoise(x, table.timesteps[i].expand(n), cond[sel] if cond is not None else None)
-            prev = X0_steps[i - 1, sel] if X0_steps is not None and i > 0 else None
-            z = noise_steps[i, sel] if noise_steps is not None else None
-            res = step(table, i, x, out, z, prev_x0=prev)
-            X[i + 1, sel] = res.prev_sample
-            if X0_steps is not None:
-                X0_steps[i, sel] = res.x0_hat
-            fallback_steps += 1
-            rows_per_call.append(n)
-
-    return SampleResult(
-        sample=X[K],
-        iterations=iterations,
-        model_calls=iterations + fallback_steps,
-        rows_evaluated=sum(rows_per_call),
-        sequential_passes=iterations + fallback_steps,
-        converged=converged_host,
-        all_converged=bool(converged_host.all()),
-        final_residual=torch.from_numpy(residual),
-        wall_time_s=finish_timing(X, start),
-        rows_per_call=tuple(rows_per_call),
-        trajectory=X,
-    )
+    if not unfinished.size:
+        return 0
+    X0_steps = None if traj.x0_cache is None else traj.x0_cache.view(K, B, *rest)  # (K, B, H, D)
+    noise_steps = None if traj.noise is None else traj.noise.view(K, B, *rest)  # (K, B, H, D)
+    order = unfinished[np.argsort(b_h[unfinished], kind="stable")]
+    starts_h = b_h[order]  # ascending trusted slots
+    sel_all = torch.as_tensor(order, device=X.device)
+    calls = 0
+    for i in range(int(starts_h[0]), K):
+        sel = sel_all[: int(np.searchsorted(starts_h, i, side="right"))]  # samples with b_s <= i
+        n = sel.shape[0]
+        x = X[i, sel]  # (n, H, D)
+        out = denoise(x, table.timesteps[i].expand(n), cond[sel] if cond is not None else None)
+        prev = X0_steps[i - 1, sel] if X0_steps is not None and i > 0 else None
+        z = noise_steps[i, sel] if noise_steps is not None else None
+        res = step(table, i, x, out, z, prev_x0=prev)
+        X[i + 1, sel] = res.prev_sample
+        if X0_steps is not None:
+            X0_steps[i, sel] = res.x0_hat
+        calls += 1
+        rows_per_call.append(n)
+    return calls
