@@ -42,7 +42,8 @@ class _Trajectory:
     def __init__(self, table: StepTable, x_T: Tensor, noise: Tensor | None, init: Tensor | None) -> None:
         K, B = table.num_steps, x_T.shape[0]
         self.table, self.K, self.B, self.rest = table, K, B, tuple(x_T.shape[1:])
-        self.X = torch.empty((K + 1, B, *self.rest), dtype=x_T.dtype, device=x_T.device)  # (K+1, B, H, D)
+        self.device = x_T.device
+        self.X = torch.empty((K + 1, B, *self.rest), dtype=x_T.dtype, device=self.device)  # (K+1, B, H, D)
         self.X.copy_(x_T.expand_as(self.X) if init is None else init.to(self.X))
         self.X[0] = x_T
         self.flat = self.X.view((K + 1) * B, *self.rest)  # ((K+1)·B, H, D) view
@@ -55,7 +56,7 @@ class _Trajectory:
 
     def index(self, rows: np.ndarray) -> Tensor:
         """Host int64 rows -> device index tensor."""
-        return torch.from_numpy(rows).to(self.X.device)
+        return torch.from_numpy(rows).to(self.device)
 
     def roll_out(
         self, samples: np.ndarray, ends: np.ndarray, counts: np.ndarray, x_end: Tensor, x0: Tensor
@@ -335,7 +336,7 @@ def _picard_update(
     """
     rest, Xf = traj.rest, traj.flat
     old = Xf.index_select(0, w.next_t)  # (R, H, D) previous guesses of the refreshed slots
-    grid = torch.zeros((w.A * (p + 1), *rest), dtype=y.dtype, device=y.device)  # (A·(p+1), H, D)
+    grid = torch.zeros((w.A * (p + 1), *rest), dtype=y.dtype, device=traj.device)  # (A·(p+1), H, D)
     grid.index_copy_(0, w.grid1_t, y - old)
     csum = grid.view(w.A, p + 1, *rest).cumsum(1).view(w.A * (p + 1), *rest)
     new = y + csum.index_select(0, w.grid_t)  # (R, H, D)
