@@ -19,6 +19,7 @@ Library module: imports torch only (no hydra, no zarr).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -52,15 +53,16 @@ class StepOutput:
     x0_hat: Tensor
 
 
-def _coef(table: StepTable, name: str, idx: StepIndex, ndim: int) -> Tensor:
+def _coef(table: StepTable, idx: StepIndex, ndim: int, name: str) -> Tensor:
     """A per-step coefficient of `table`, shaped to broadcast against a tensor with `ndim` dims.
 
     Args:
         table: the step table.
-        name: the column (one of `table.column_names`).
         idx: an int step position, a LongTensor of positions of shape (S,) (or any leading shape), or
             `StepRows` already gathered for the leading rows.
         ndim: number of dims of the tensor the coefficient multiplies; its leading dims match `idx`.
+        name: the column (one of `table.column_names`); last, so `partial(_coef, table, idx, ndim)`
+            is the ``coef(name)`` a rule's update receives.
 
     Returns:
         0-d tensor for an int `idx`, else shape idx.shape + (1,) * (ndim - idx.dim()).
@@ -81,8 +83,8 @@ def _x0_and_eps(
     #    epsilon: x̂₀ = x_t/√ᾱ - √(1/ᾱ - 1)·ε̂      sample: x̂₀ = out      v: x̂₀ = √ᾱ·x_t - √(1-ᾱ)·v̂
     if table.prediction_type == "epsilon":
         inv_sa, ratio = (
-            _coef(table, "sqrt_recip_alpha_bar", idx, nd),
-            _coef(table, "sqrt_recipm1_alpha_bar", idx, nd),
+            _coef(table, idx, nd, "sqrt_recip_alpha_bar"),
+            _coef(table, idx, nd, "sqrt_recipm1_alpha_bar"),
         )
         x0 = inv_sa * x_t - ratio * model_out
         eps = model_out
@@ -90,12 +92,12 @@ def _x0_and_eps(
         x0 = model_out
         if need_eps:  # ε̂ = (x_t - √ᾱ·x̂₀)/√(1-ᾱ)
             sa, s1a = (
-                _coef(table, "sqrt_alpha_bar", idx, nd),
-                _coef(table, "sqrt_one_minus_alpha_bar", idx, nd),
+                _coef(table, idx, nd, "sqrt_alpha_bar"),
+                _coef(table, idx, nd, "sqrt_one_minus_alpha_bar"),
             )
             eps = (x_t - sa * x0) / s1a
     elif table.prediction_type == "v_prediction":
-        sa, s1a = _coef(table, "sqrt_alpha_bar", idx, nd), _coef(table, "sqrt_one_minus_alpha_bar", idx, nd)
+        sa, s1a = _coef(table, idx, nd, "sqrt_alpha_bar"), _coef(table, idx, nd, "sqrt_one_minus_alpha_bar")
         x0 = sa * x_t - s1a * model_out
         if need_eps:  # ε̂ = √ᾱ·v̂ + √(1-ᾱ)·x_t
             eps = sa * model_out + s1a * x_t
@@ -130,7 +132,7 @@ def model_out_from_x0(table: StepTable, idx: StepIndex, x_t: Tensor, x0: Tensor)
     nd = x_t.dim()
     if table.prediction_type == "sample":
         return x0
-    sa, s1a = _coef(table, "sqrt_alpha_bar", idx, nd), _coef(table, "sqrt_one_minus_alpha_bar", idx, nd)
+    sa, s1a = _coef(table, idx, nd, "sqrt_alpha_bar"), _coef(table, idx, nd, "sqrt_one_minus_alpha_bar")
     eps = (x_t - sa * x0) / s1a  # ε̂ = (x_t - √ᾱ·x̂₀)/√(1-ᾱ)
     if table.prediction_type == "epsilon":
         return eps
@@ -170,7 +172,7 @@ def step(
         raise ValueError(f"{rule.kind} step {idx} is of order {table.orders[idx]} and needs prev_x0")
     # 3. The rule's update (see its module under rules/), coefficients gathered by step position.
     prev = rule.update(
-        lambda name: _coef(table, name, idx, nd),
+        partial(_coef, table, idx, nd),  # coef(name); a positional partial adds no Python frame
         x_t,
         x0,
         eps,
@@ -214,10 +216,10 @@ def held_x0_affine(
         (a, c): ``a`` broadcastable against ``x0`` ((S, 1, ..., 1)), ``c`` of the shape of ``x0``.
     """
     nd = x0.dim()
-    c = _coef(table, "rollout_coef_x0", idx, nd) * x0
+    c = _coef(table, idx, nd, "rollout_coef_x0") * x0
     if noise is not None and table.is_stochastic:
-        c = c + _coef(table, "sigma", idx, nd) * noise
-    return _coef(table, "rollout_coef_x", idx, nd), c
+        c = c + _coef(table, idx, nd, "sigma") * noise
+    return _coef(table, idx, nd, "rollout_coef_x"), c
 
 
 def add_noise(source: StepTable | Tensor, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
