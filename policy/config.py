@@ -24,6 +24,7 @@ from parapolicy.policy.diffusion.options import (
     PARALLEL_ALGORITHMS,
     PREDICTION_TYPES,
     REFILL_RULES,
+    UPDATE_RULES,
     SAMPLER_KINDS,
     TIMESTEP_SPACINGS,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "ON_MAX_ITERS",
     "PREDICTION_TYPES",
     "REFILL_RULES",
+    "UPDATE_RULES",
     "SAMPLER_KINDS",
     "TIMESTEP_SPACINGS",
     "NoiseScheduleConfig",
@@ -199,6 +201,9 @@ class SamplerConfig:
     refill: str = "x0_rollout"
     """Picard guess for newly exposed slots: ``x0_rollout`` (model-free roll-out) or ``window_end``
     (ParaDiGMS: copy the old window end)."""
+    update: str = "picard"
+    """Picard correction: ``picard`` (ParaDiGMS, slope 1) or ``parareal`` (the held-x̂₀ slope of each step;
+    same fixed point, fewer iterations for wide windows)."""
 
     def __post_init__(self) -> None:
         _check_choice("sampler.kind", self.kind, SAMPLER_KINDS)
@@ -206,6 +211,7 @@ class SamplerConfig:
         _check_choice("sampler.algorithm", self.algorithm, ALGORITHMS)
         _check_choice("sampler.on_max_iters", self.on_max_iters, ON_MAX_ITERS)
         _check_choice("sampler.refill", self.refill, REFILL_RULES)
+        _check_choice("sampler.update", self.update, UPDATE_RULES)
         if self.num_inference_steps < 1:
             raise ValueError(f"sampler.num_inference_steps must be >= 1, got {self.num_inference_steps}")
         if self.steps_offset < 0:

@@ -434,3 +434,71 @@ def test_refill_default_is_the_sampler_config_default() -> None:
         torch.equal(implicit.trajectory, explicit.trajectory) and implicit.iterations == explicit.iterations
     )
     assert implicit.iterations != other.iterations
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("K", "window"), [(100, 8), (100, 32), (16, 5)])
+def test_parareal_update_keeps_the_fixed_point(kind: str, K: int, window: int) -> None:
+    """tol=0: the Parareal-scaled update converges to the sequential trajectory for every rule."""
+    tab, x_T, noise, cond = setup(kind, K)
+    seq = sequential(tab, x_T, noise, cond)
+    par = sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=window, tol=0.0, update="parareal")
+    assert par.all_converged and par.iterations <= K
+    torch.testing.assert_close(par.trajectory, seq.trajectory, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_parareal_window_one_is_bitwise_sequential(kind: str) -> None:
+    tab, x_T, noise, cond = setup(kind, 20)
+    seq = sequential(tab, x_T, noise, cond)
+    par = sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=1, tol=0.5, update="parareal")
+    assert torch.equal(par.sample, seq.sample)
+
+
+def test_parareal_batched_equals_per_sample() -> None:
+    tab, x_T, noise, cond = setup("ddpm", 50, B=3)
+    kw = {"window": 16, "tol": 0.1, "update": "parareal"}
+    batched = sample_picard(mixture_denoiser, x_T, tab, noise, cond, **kw)
+    for s in range(3):
+        one = sample_picard(mixture_denoiser, x_T[s : s + 1], tab, noise[:, s : s + 1], cond[s : s + 1], **kw)
+        torch.testing.assert_close(batched.sample[s : s + 1], one.sample, rtol=0, atol=1e-6)
+
+
+def test_parareal_carry_weights_match_a_naive_recurrence() -> None:
+    """new_i = y_i + a_{b+i}·(new_{i-1} - old_{i-1}) written as a loop, against the batched weights."""
+    from parapolicy.policy.diffusion.picard import _PararealSlopes
+
+    tab, *_ = setup("ddpm", 30)
+    p = 6
+    slopes = _PararealSlopes(tab, p)
+
+    class _Dev:
+        device = torch.device("cpu")
+
+    b = 20
+    W = slopes.weights(torch.tensor([b]).numpy(), _Dev())[0].double()  # (p+1, p+1)
+    a = tab.rollout_coef_x.double()
+    g = torch.randn(p, dtype=torch.float64)  # change y_j - old_{j+1} of each refreshed slot
+    grid = torch.cat([torch.zeros(1, dtype=torch.float64), g])  # (p+1,) column 0 stays 0
+    carried = W @ grid
+    d = torch.tensor(0.0, dtype=torch.float64)  # change of the slot entering step b+i
+    for i in range(p):
+        if b + i >= 30:
+            break
+        expected = a[b + i] * d if i else torch.tensor(0.0, dtype=torch.float64)
+        torch.testing.assert_close(carried[i], expected, rtol=1e-6, atol=1e-9)  # float32 weights
+        d = g[i] + expected  # new_i - old_i = (y_i - old_i) + carried_i
+
+
+def test_parareal_saves_iterations_on_wide_windows() -> None:
+    tab, x_T, noise, cond = setup("ddpm", 100, B=1)
+    kw = {"window": 64, "tol": 0.01}
+    picard = sample_picard(mixture_denoiser, x_T, tab, noise, cond, **kw)
+    parareal = sample_picard(mixture_denoiser, x_T, tab, noise, cond, update="parareal", **kw)
+    assert parareal.iterations < picard.iterations
+
+
+def test_unknown_update_is_refused() -> None:
+    tab, x_T, noise, cond = setup("ddpm", 10)
+    with pytest.raises(ValueError, match="update must be one of"):
+        sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=4, tol=0.1, update="anderson")

@@ -32,6 +32,7 @@ class SamplerSettings(Protocol):
     abs_floor: float
     on_max_iters: str
     refill: str
+    update: str
 
 
 def run_sampler(
@@ -75,4 +76,5 @@ def run_sampler(
         on_max_iters=sampler.on_max_iters,
         x0_guess=x0_guess,
         refill=sampler.refill,
+        update=sampler.update,
     )

@@ -17,6 +17,7 @@ __all__ = [
     "PARALLEL_ALGORITHMS",
     "PREDICTION_TYPES",
     "REFILL_RULES",
+    "UPDATE_RULES",
     "SAMPLER_KINDS",
     "TIMESTEP_SPACINGS",
 ]
@@ -35,3 +36,5 @@ ON_MAX_ITERS = ("finish_sequential", "return_iterate")
 """What Picard returns for samples still running at `max_iters` (`picard.sample_picard`)."""
 REFILL_RULES = ("window_end", "x0_rollout")
 """How Picard guesses the slots a slide exposes (`picard.sample_picard`)."""
+UPDATE_RULES = ("picard", "parareal")
+"""How Picard corrects a window's slots for the change of the slots before them (`picard.sample_picard`)."""
