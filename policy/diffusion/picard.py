@@ -177,15 +177,13 @@ def sample_picard(
             from x_T holding it as x̂₀ (model-free, as the "x0_rollout" refill). Default: 0, the centre
             of the normalised action range (the network's x̂₀ at high noise is close to the data mean),
             with the "x0_rollout" refill; none (x_T copies, as ParaDiGMS) with "window_end". A warm
-            start passes the previous control step's plan shifted along the horizon.
-            Measured on the trained PushT policy (DDPM-100, tol 0.1, window 8):
-            20.6 iterations with x_T copies in the first window, 15.9 with the roll-out from x̂₀ = 0.
+            start passes the previous control step's plan shifted along the horizon (iteration counts
+            of each choice: docs/benchmarks.md).
         refill: how slots newly exposed by a slide are guessed: "window_end" copies the value at the old
             window end (ParaDiGMS; the first window is x_T copies); "x0_rollout" rolls the trajectory
             forward from the old window end with the shared step function, holding the x̂₀ predicted at
             the window's last row fixed and adding the pre-drawn noise (ParaSolver's model-free
-            initialisation). No network call either way; the fixed point is unchanged. Measured on the
-            trained PushT policy (DDPM-100, tol 0.1): 34 -> 20 iterations at window 8.
+            initialisation). No network call either way; the fixed point is unchanged.
         update: "picard" (ParaDiGMS: a slot's change carries to the next slot with slope 1) or
             "parareal" (scaled by the held-x̂₀ slope of the step; see step 3). The fixed point is the
             same; docs/benchmarks.md records the iteration counts of both.
