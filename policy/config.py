@@ -24,9 +24,9 @@ from parapolicy.policy.diffusion.options import (
     PARALLEL_ALGORITHMS,
     PREDICTION_TYPES,
     REFILL_RULES,
-    UPDATE_RULES,
     SAMPLER_KINDS,
     TIMESTEP_SPACINGS,
+    UPDATE_RULES,
 )
 
 __all__ = [

@@ -9,8 +9,9 @@ the sample is exactly the one sequential sampling gives for the same noise; only
 changes.
 
 Shifting the whole previous trajectory (every denoising slot) instead, the guess the literature
-suggests, was measured worse than a cold start on the shipped policy (docs/benchmarks.md): the late, low-noise slots of the new trajectory must match to ~tol·σ and the old ones were
-built with other noise. See docs/benchmarks.md.
+suggests, was measured worse than a cold start on the shipped policy (docs/benchmarks.md): the late,
+low-noise slots of the new trajectory must match to ~tol·σ and the old ones were built with other
+noise.
 
 Common random numbers (``crn``) make the guess better at the high-noise slots: the new x_T and step
 noise reuse the old ones shifted the same way, with fresh draws for the tail rows. This changes the
