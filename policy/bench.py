@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -31,10 +30,11 @@ from torch import Tensor
 from parapolicy.envs import PushTEnv, reference_initial_state
 from parapolicy.policy.config import SamplerConfig
 from parapolicy.policy.diffusion.dispatch import run_sampler
-from parapolicy.policy.diffusion.sequential import SampleResult, draw_noise, sync_device
+from parapolicy.policy.diffusion.sequential import SampleResult, draw_noise
 from parapolicy.policy.diffusion.warm_start import warm_start_guess
 from parapolicy.policy.model.policy import OBS_KEY, DiffusionPolicy
 from parapolicy.policy.runtime.auto_window import denoiser_cost_curve
+from parapolicy.policy.runtime.timing import TimedDenoiser, timed_call
 
 
 @dataclass
@@ -107,30 +107,15 @@ def _run_config(
     previous = None
     for chunk in chunks:
         guess = warm_start_guess(previous, Ta) if (sampler.warm_start and previous is not None) else None
-        sync_device(policy.device)
-        start = time.perf_counter()
-        res = run_sampler(
-            sampler, denoise, chunk["x_T"], policy.table, chunk["noise"], chunk["cond"], x0_guess=guess
+        seconds, res = timed_call(
+            lambda chunk=chunk, guess=guess: run_sampler(
+                sampler, denoise, chunk["x_T"], policy.table, chunk["noise"], chunk["cond"], x0_guess=guess
+            ),
+            policy.device,
         )
-        sync_device(policy.device)
-        out.append((time.perf_counter() - start, res))
+        out.append((seconds, res))
         previous = res.sample
     return out
-
-
-class _TimedDenoiser:
-    """Wraps a denoiser and accumulates the (synchronised) time spent inside it."""
-
-    def __init__(self, denoise: Any, device: torch.device) -> None:
-        self.denoise, self.device, self.seconds = denoise, device, 0.0
-
-    def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
-        sync_device(self.device)
-        start = time.perf_counter()
-        y = self.denoise(x, t, cond)
-        sync_device(self.device)
-        self.seconds += time.perf_counter() - start
-        return y
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -166,10 +151,12 @@ def run_sampler_benchmark(policy: DiffusionPolicy, cfg: SamplerBenchConfig) -> d
     for name, sampler in configs.items():
         outside = []  # share of wall time outside the denoiser, one instrumented pass per repeat
         for _ in range(cfg.repeats):
-            timed = _TimedDenoiser(policy.denoise, policy.device)
-            start = time.perf_counter()
-            _run_config(policy, sampler, chunks, timed)
-            outside.append(100.0 * max(0.0, 1.0 - timed.seconds / (time.perf_counter() - start)))
+            timed = TimedDenoiser(policy.denoise, policy.device)
+            wall, _ = timed_call(
+                lambda sampler=sampler, timed=timed: _run_config(policy, sampler, chunks, timed),
+                policy.device,
+            )
+            outside.append(100.0 * max(0.0, 1.0 - timed.seconds / wall))
         res = results[name]
         diffs = [
             float((policy.normalizer.unnormalize("action", r.sample) - c["reference"]).abs().max())

@@ -13,6 +13,7 @@ from parapolicy.policy.control.evaluation import EvalConfig
 from parapolicy.policy.control.rollout import evaluate_policy
 from parapolicy.policy.model.pretrained import load_policy
 from parapolicy.policy.run_info import run_info
+from parapolicy.policy.runtime.auto_window import resolve_sampler
 
 from ._hydra import CONFIG_PATH, VERSION_BASE, register_schema, run_dir, to_dataclass
 
@@ -39,12 +40,17 @@ def main(cfg) -> None:
     """Evaluate and write ``eval_info.json`` (+ videos) in the run folder."""
     app: EvalAppConfig = to_dataclass(cfg)
     out = run_dir()
-    policy = load_policy(app.policy_path, device=app.device, sampler=app.sampler)
+    policy = load_policy(app.policy_path, device=app.device)
+    sampler, auto_window = resolve_sampler(
+        policy, app.sampler
+    )  # window="auto": measured here, recorded below
+    policy.set_sampler(sampler)
     result = evaluate_policy(policy, app.eval, video_dir=out / "videos" if app.eval.max_videos else None)
     result["run"] = {
         **run_info(app.device),
         "policy_path": app.policy_path,
-        "sampler": dataclasses.asdict(app.sampler),
+        "sampler": dataclasses.asdict(sampler),
+        "auto_window": auto_window,
         "eval": dataclasses.asdict(app.eval),
     }
     (out / "eval_info.json").write_text(json.dumps(result, indent=2))

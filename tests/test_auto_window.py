@@ -1,4 +1,4 @@
-"""window=auto: cost curve caching, latency estimate, choice and resolution at load time."""
+"""window=auto: cost curve caching, latency estimate, choice; resolved by the job, never at load."""
 
 from __future__ import annotations
 
@@ -63,14 +63,17 @@ def test_choose_window_minimises_the_expected_latency(tiny_policy, monkeypatch):
     assert window == 1
 
 
-def test_auto_is_resolved_at_load_and_rejected_unresolved(tmp_path, tiny_policy):
+def test_auto_is_resolved_by_the_job_and_refused_at_load(tmp_path, tiny_policy, monkeypatch):
     auto = SamplerConfig(num_inference_steps=10, algorithm="picard", window="auto")
     with pytest.raises(ValueError, match="resolved first"):
         tiny_policy.set_sampler(auto)
     resolved, report = resolve_sampler(tiny_policy, auto)
     assert isinstance(resolved.window, int) and report["chosen"] == resolved.window
     path = save_policy(tiny_policy, tmp_path / "ckpt")
-    loaded = load_policy(path, sampler=auto)
-    assert isinstance(loaded.sampler.window, int) and loaded.auto_window_report is not None
+    monkeypatch.setattr(auto_window, "measure_denoiser_ms", lambda *a, **k: pytest.fail("timed at load"))
+    with pytest.raises(ValueError, match="resolved first"):
+        load_policy(path, sampler=auto)
+    loaded = load_policy(path, sampler=resolved)
+    assert loaded.sampler == resolved and not hasattr(loaded, "auto_window_report")
     with pytest.raises(ValueError, match="integer or 'auto'"):
         SamplerConfig(window="big")

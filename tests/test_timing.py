@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from parapolicy.policy.runtime.timing import TimedDenoiser, timed_denoiser
+from parapolicy.policy.runtime.timing import TimedDenoiser, timed_call, timed_denoiser
 
 
 def test_timed_denoiser_counts_calls_rows_and_time():
@@ -17,8 +17,16 @@ def test_timed_denoiser_counts_calls_rows_and_time():
     assert torch.equal(out, x * 2)
     assert (timer.calls, timer.rows) == (2, 4)
     assert timer.seconds > 0
+    assert len(timer.call_seconds) == 2 and sum(timer.call_seconds) == timer.seconds
     timer.reset()
-    assert (timer.calls, timer.rows, timer.seconds) == (0, 0, 0.0)
+    assert (timer.calls, timer.rows, timer.seconds, timer.call_seconds) == (0, 0, 0.0, [])
+
+
+def test_timed_call_returns_the_result_and_its_seconds():
+    seconds, out = timed_call(lambda: torch.arange(3) * 2, "cpu")
+    assert torch.equal(out, torch.tensor([0, 2, 4])) and seconds >= 0.0
+    with pytest.raises(ZeroDivisionError):
+        timed_call(lambda: 1 / 0, "cpu")
 
 
 def test_timed_denoiser_refuses_non_callable():

@@ -150,7 +150,7 @@ class DiffusionPolicy(nn.Module):
     def set_sampler(self, sampler: SamplerConfig) -> None:
         """Switch the inference sampler (rebuilds the step table once; resets the rollout state).
 
-        ``window="auto"`` must be resolved first (`auto_window.resolve_sampler`; `load_policy` does it).
+        ``window="auto"`` must be resolved first, by the job (`runtime.auto_window.resolve_sampler`).
         """
         if sampler.window == "auto":
             raise ValueError("sampler.window='auto' must be resolved first: use auto_window.resolve_sampler")

@@ -19,7 +19,6 @@ from parapolicy.policy.model.checkpoint import (
     save_pretrained,
 )
 from parapolicy.policy.model.policy import DiffusionPolicy
-from parapolicy.policy.runtime.auto_window import resolve_sampler
 
 
 def save_policy(
@@ -54,10 +53,13 @@ def load_policy(
     Args:
         path: the checkpoint directory (``config.json``, ``model.safetensors``, ``normalizer.safetensors``).
         device: where to put the policy.
-        sampler: optional inference sampler replacing the one saved in the config; ``window="auto"``
-            is resolved here, on ``device`` (see `auto_window`).
+        sampler: optional inference sampler replacing the one saved in the config. ``window="auto"``
+            is refused: choosing the window times the network, which is a job's step (load, then
+            `parapolicy.policy.runtime.auto_window.resolve_sampler`, then `set_sampler`, and record the
+            report it returns).
 
     Raises:
+        ValueError: when ``sampler.window`` is ``"auto"``.
         CheckpointError: on a missing or malformed file, an unknown schema version, a pickle, or any
             missing, unexpected or misshaped tensor.
     """
@@ -76,9 +78,7 @@ def load_policy(
     policy.normalizer.load_state_dict(stats, strict=True)
     policy = policy.to(device).eval()
     if sampler is not None:
-        sampler, report = resolve_sampler(policy, sampler)
-        policy.auto_window_report = report
-        policy.set_sampler(sampler)
+        policy.set_sampler(sampler)  # raises on an unresolved window="auto"
     return policy
 
 

@@ -19,8 +19,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import platform
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,9 @@ from torch import Tensor
 
 from parapolicy.policy.config import SamplerConfig
 from parapolicy.policy.diffusion.dispatch import run_sampler
-from parapolicy.policy.diffusion.sequential import draw_noise, sync_device
+from parapolicy.policy.diffusion.sequential import draw_noise
 from parapolicy.policy.model.policy import OBS_KEY, DiffusionPolicy
-from parapolicy.policy.run_info import run_info
+from parapolicy.policy.runtime.timing import TimedDenoiser
 
 DEFAULT_CANDIDATES = (2, 4, 8, 12, 16, 24, 32)
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
@@ -44,8 +44,21 @@ def cache_path() -> Path:
     return Path(root) / "denoiser_cost.json"
 
 
+def device_facts(device: torch.device | str) -> dict[str, Any]:
+    """What a denoiser's cost depends on besides the network: the device, torch and the thread count."""
+    dev = torch.device(device)
+    return {
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else platform.processor() or "cpu",
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
 def _cache_key(policy: DiffusionPolicy) -> str:
-    info = run_info(policy.device)
+    info = device_facts(policy.device)
     net = json.dumps(dataclasses.asdict(policy.config.unet), sort_keys=True)
     shape = (policy.config.horizon, policy.config.action_dim, policy.config.global_cond_dim)
     facts = (info["device_name"], info["device"], info["torch_version"], info["torch_threads"], net, shape)
@@ -60,15 +73,10 @@ def measure_denoiser_ms(policy: DiffusionPolicy, rows: int, repeats: int = 7, wa
     x = torch.randn(rows, cfg.horizon, cfg.action_dim, device=device)  # (N, H, Da)
     t = torch.full((rows,), cfg.schedule.num_train_timesteps // 2, dtype=torch.long, device=device)  # (N,)
     cond = torch.randn(rows, cfg.global_cond_dim, device=device)  # (N, C)
-    times = []
-    for i in range(warmup + repeats):
-        sync_device(device)
-        start = time.perf_counter()
-        policy.denoise(x, t, cond)
-        sync_device(device)
-        if i >= warmup:
-            times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    timer = TimedDenoiser(policy.denoise, device)
+    for _ in range(warmup + repeats):
+        timer(x, t, cond)
+    return 1e3 * statistics.median(timer.call_seconds[warmup:])
 
 
 def denoiser_cost_curve(
@@ -93,7 +101,7 @@ def denoiser_cost_curve(
     curve = {b: measure_denoiser_ms(policy, b, repeats) for b in batch_sizes}
     policy.train(was_training)
     if use_cache:
-        entry = cache.setdefault(key, {"run": run_info(policy.device), "ms_per_call": {}})
+        entry = cache.setdefault(key, {"run": device_facts(policy.device), "ms_per_call": {}})
         entry["ms_per_call"].update({str(b): ms for b, ms in curve.items()})
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

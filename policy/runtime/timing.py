@@ -1,24 +1,40 @@
-"""`TimedDenoiser`: the one wrapper that times denoiser calls, installed with `DiffusionPolicy.set_denoiser`.
+"""Device-synchronised timing: `timed_call` (one call), `TimedDenoiser` (the one timed denoiser wrapper).
 
-Every measurement of the network's share of a sample (the controller's latency sections, the sampler
-benchmark, the GPU script) goes through this class, so all of them time the same thing the same way:
-device-synchronised wall time of each call, with the number of calls and rows.
+Every wall-clock measurement of sampling or of the network (the controller's latency sections, the
+sampler benchmark, the auto window's cost curve, the GPU script) goes through `timed_call`, so all of
+them time the same thing the same way: queued device work is waited for before and after (`sync_device`),
+then the host clock is read. `TimedDenoiser` applies it to every denoiser call and keeps the number of
+calls and rows; `timed_denoiser` installs one around a policy's denoiser with `set_denoiser`.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
 from torch import Tensor
 
 from parapolicy.policy.diffusion.sequential import sync_device
 
-__all__ = ["TimedDenoiser", "timed_denoiser"]
+__all__ = ["TimedDenoiser", "timed_call", "timed_denoiser"]
 
 DenoiseFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
+T = TypeVar("T")
+
+
+def timed_call(fn: Callable[[], T], device: torch.device | str) -> tuple[float, T]:
+    """Run ``fn()`` and return (seconds, its result), waiting for ``device``'s queued work before and after.
+
+    The wait before keeps earlier work out of the figure; the wait after puts the call's own device work
+    in it (both are no-ops off CUDA).
+    """
+    sync_device(device)
+    start = time.perf_counter()
+    out = fn()
+    sync_device(device)
+    return time.perf_counter() - start, out
 
 
 class _RoutesDenoiser(Protocol):
@@ -33,7 +49,7 @@ class _RoutesDenoiser(Protocol):
 
 
 class TimedDenoiser:
-    """Wrap a denoiser and accumulate the device-synchronised time, calls and rows of every call.
+    """Wrap a denoiser and record the device-synchronised time (`timed_call`), calls and rows of every call.
 
     Args:
         inner: the denoiser to time ``(N, H, D), (N,), (N, C) -> (N, H, D)``.
@@ -53,14 +69,13 @@ class TimedDenoiser:
         self.seconds = 0.0
         self.calls = 0
         self.rows = 0
+        self.call_seconds: list[float] = []  # each call's own time, in order
 
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         """Evaluate ``inner`` on the flat batch and record its time; shapes as `Denoiser.__call__`."""
-        sync_device(self.device)
-        start = time.perf_counter()
-        out = self.inner(x, t, cond)
-        sync_device(self.device)
-        self.seconds += time.perf_counter() - start
+        seconds, out = timed_call(lambda: self.inner(x, t, cond), self.device)
+        self.seconds += seconds
+        self.call_seconds.append(seconds)
         self.calls += 1
         self.rows += int(x.shape[0])
         return out
