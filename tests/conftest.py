@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from parapolicy.policy.config import PolicyConfig, UNetConfig
-from parapolicy.policy.data.replay_store import ReplayStore
 from parapolicy.policy.model.policy import DiffusionPolicy
 
 # One intra-op thread: on a shared 2-core machine torch's OpenMP threads can stall for hundreds of
@@ -22,6 +21,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory):
     """A 6-episode store with random low-dim data (30-35 steps each)."""
+    from parapolicy.policy.data.replay_store import ReplayStore  # zarr: imported only where a store is used
     path = tmp_path_factory.mktemp("store") / "tiny.zarr"
     rng = np.random.default_rng(0)
     store = ReplayStore.create(path)

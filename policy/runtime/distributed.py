@@ -645,11 +645,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     Meaningful for `--algorithm sequential` or `--tol 0` (with tol > 0, float noise between batch splits
     may move a Picard convergence decision and so the result by up to the tolerance).
 
+    With `--time-calls N`, rank 0 then times N calls of the distributed and of the local denoiser at each
+    row count of `--rows` (`runtime.timing.TimedDenoiser`, after 3 untimed calls) and adds the median ms
+    per call to the JSON line: the cost of the split. `--device cuda` puts each rank's replica on a CUDA
+    device (gloo then carries the rows through host memory; NCCL keeps them on the device).
+
     Example: `torchrun --standalone --nproc-per-node=2 -m parapolicy.policy.runtime.distributed --steps 20`.
     """
     import argparse
     import dataclasses
     import json
+    import statistics
     from pathlib import Path
 
     from parapolicy.policy.config import PolicyConfig, UNetConfig
@@ -657,6 +663,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from parapolicy.policy.diffusion.sequential import draw_noise
     from parapolicy.policy.model.policy import DiffusionPolicy
     from parapolicy.policy.model.pretrained import load_policy
+    from parapolicy.policy.runtime.timing import TimedDenoiser
 
     parser = argparse.ArgumentParser(
         prog="python -m parapolicy.policy.runtime.distributed", description=main.__doc__
@@ -673,16 +680,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S)
     parser.add_argument("--backend", choices=("auto", "gloo", "nccl"), default="auto")
     parser.add_argument("--atol", type=float, default=1e-4)
+    parser.add_argument(
+        "--device",
+        choices=("backend", "cpu", "cuda"),
+        default="backend",
+        help="where each rank's replica runs (default: the backend's device)",
+    )
+    parser.add_argument("--down-dims", default="16,32", help="U-Net widths of the random policy")
+    parser.add_argument("--embed", type=int, default=16, help="step-embedding width of the random policy")
+    parser.add_argument("--time-calls", type=int, default=0, help="timed calls per row count (0: none)")
+    parser.add_argument("--rows", default="1,8,16,32", help="row counts timed with --time-calls")
     args = parser.parse_args(argv)
 
     info = init_distributed(args.backend, args.timeout_s)
+    device = info.device
+    if args.device == "cpu":
+        device = torch.device("cpu")
+    elif args.device == "cuda":
+        device = torch.device("cuda", info.local_rank % max(torch.cuda.device_count(), 1))
     try:
         if args.checkpoint is not None:
-            policy = load_policy(args.checkpoint, device=info.device)
+            policy = load_policy(args.checkpoint, device=device)
         else:
             torch.manual_seed(args.seed)
-            tiny = PolicyConfig(unet=UNetConfig(down_dims=(16, 32), diffusion_step_embed_dim=16))
-            policy = DiffusionPolicy(tiny).to(info.device).eval()
+            dims = tuple(int(d) for d in args.down_dims.split(","))
+            unet = UNetConfig(down_dims=dims, diffusion_step_embed_dim=args.embed)
+            policy = DiffusionPolicy(PolicyConfig(unet=unet)).to(device).eval()
         sampler = dataclasses.replace(
             policy.sampler,
             algorithm=args.algorithm,
@@ -697,9 +720,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0
             cfg = policy.config
             gen = torch.Generator().manual_seed(args.seed)
-            cond = torch.randn(args.batch, cfg.global_cond_dim, generator=gen).to(info.device)  # (B, C)
+            cond = torch.randn(args.batch, cfg.global_cond_dim, generator=gen).to(device)  # (B, C)
             shape = (args.batch, cfg.horizon, cfg.action_dim)
-            x_T, noise = draw_noise(policy.table, shape, gen, device=info.device)
+            x_T, noise = draw_noise(policy.table, shape, gen, device=device)
             with torch.no_grad():
                 policy.local_denoise(x_T, policy.table.timesteps[:1].expand(args.batch), cond)  # warm-up
                 denoise(x_T, policy.table.timesteps[:1].expand(args.batch), cond)
@@ -717,7 +740,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "local_s": round(ref.wall_time_s, 4),
                 "distributed_s": round(got.wall_time_s, 4),
                 "ok": diff <= args.atol,
+                "device": str(device),
             }
+            for rows in (int(r) for r in args.rows.split(",")) if args.time_calls > 0 else ():
+                x = torch.randn(rows, cfg.horizon, cfg.action_dim, generator=gen).to(device)  # (N, H, D)
+                c = torch.randn(rows, cfg.global_cond_dim, generator=gen).to(device)  # (N, C)
+                t = policy.table.timesteps[:1].expand(rows)  # (N,)
+                for name, fn in (("distributed", denoise), ("local", policy.local_denoise)):
+                    timer = TimedDenoiser(fn, device)
+                    with torch.no_grad():
+                        for _ in range(3 + args.time_calls):
+                            timer(x, t, c)
+                    ms = 1e3 * statistics.median(timer.call_seconds[3:])
+                    report.setdefault(f"{name}_ms_per_call", {})[rows] = ms
             print(json.dumps(report), flush=True)
             return 0 if diff <= args.atol else 1
     finally:
