@@ -64,6 +64,7 @@ from parapolicy.policy.diffusion.sequential import SampleResult, draw_noise
 from parapolicy.policy.diffusion.warm_start import warm_start_guess
 from parapolicy.policy.model.policy import DiffusionPolicy, build_step_table
 from parapolicy.policy.runtime.cuda_graphs import GraphedDenoiser
+from parapolicy.policy.runtime.graphed_picard import PicardGraph
 from parapolicy.policy.runtime.timing import TimedDenoiser, timed_call
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,16 +106,16 @@ FULL = Profile(
     parity_chunks=2,
     distributed_calls=30,
     budget_s={
-        "environment": 20,
-        "network": 30,
-        "ddpm": 170,
+        "environment": 10,
+        "network": 20,
+        "ddpm": 150,
         "few_step": 40,
-        "cost": 30,
-        "parity": 30,
-        "auto_window": 40,
-        "shipped": 30,
-        "distributed": 90,
-        "pytest": 90,
+        "cost": 25,
+        "parity": 20,
+        "auto_window": 35,
+        "shipped": 35,
+        "distributed": 60,
+        "pytest": 60,
     },
 )
 SMOKE = dataclasses.replace(
@@ -215,50 +216,58 @@ def make_chunks(n: int, K: int, cond_dim: int, table: Any, device: torch.device,
     return chunks
 
 
+Solve = Callable[[Chunk, "Tensor | None"], SampleResult]
+
+
+def sampler_solve(sampler: SamplerConfig, denoise: Denoise, table: Any) -> Solve:
+    """One chunk through `run_sampler` (``guess``: the warm-start x̂₀ guess or None)."""
+    return lambda c, guess: run_sampler(sampler, denoise, c.x_T, table, c.noise, c.cond, x0_guess=guess)
+
+
 def sample_chunks(
-    sampler: SamplerConfig, denoise: Denoise, table: Any, chunks: list[Chunk], n_action_steps: int = 8
+    solve: Solve, warm: bool, chunks: list[Chunk], device: torch.device, n_action_steps: int = 8
 ) -> Iterator[tuple[float, SampleResult]]:
-    """(seconds, result) of each chunk in order, warm-started from the previous one when asked."""
+    """(seconds, result) of each chunk in order, warm-started from the previous one when ``warm``."""
     previous = None
     for c in chunks:
-        guess = (
-            warm_start_guess(previous, n_action_steps)
-            if sampler.warm_start and previous is not None
-            else None
-        )
-        seconds, res = timed_call(
-            lambda c=c, guess=guess: run_sampler(
-                sampler, denoise, c.x_T, table, c.noise, c.cond, x0_guess=guess
-            ),
-            table.device,
-        )
+        guess = warm_start_guess(previous, n_action_steps) if warm and previous is not None else None
+        seconds, res = timed_call(lambda c=c, guess=guess: solve(c, guess), device)
         previous = res.sample
         yield seconds, res
 
 
 def measure_sampler(
-    sampler: SamplerConfig,
-    denoise: Denoise,
-    table: Any,
+    solve: Solve,
+    warm: bool,
     chunks: list[Chunk],
     reference: list[Tensor],
     profile: Profile,
     deadline: float,
+    device: torch.device,
+    instrumented: tuple[Solve, TimedDenoiser] | None,
 ) -> dict[str, Any]:
-    """Time ``sampler`` over ``chunks`` after warm-up: statistics, parity to ``reference``, outside share."""
-    for _ in sample_chunks(sampler, denoise, table, chunks[: profile.warmup]):
+    """Time ``solve`` over ``chunks`` after warm-up: statistics, parity to ``reference``, outside share.
+
+    ``instrumented``: the same solver over a `TimedDenoiser` and that timer, for the share of time
+    outside the network (None when the network cannot be timed apart, inside a captured iteration).
+    """
+    for _ in sample_chunks(solve, warm, chunks[: profile.warmup], device):
         pass
     times, results = [], []
-    for seconds, res in sample_chunks(sampler, denoise, table, chunks):
+    for seconds, res in sample_chunks(solve, warm, chunks, device):
         times.append(seconds)
         results.append(res)
         if time.monotonic() > deadline:
             break
-    # the instrumented pass (outside share) fits what is left of the deadline: at least one chunk
-    fits = int((deadline - time.monotonic()) / statistics.median(times))
-    n_outside = max(1, min(profile.outside_chunks, fits))
-    timer = TimedDenoiser(denoise, table.device)
-    wall, _ = timed_call(lambda: list(sample_chunks(sampler, timer, table, chunks[:n_outside])), table.device)
+    outside, n_outside = None, 0
+    if instrumented is not None:  # fits what is left of the deadline: at least one chunk
+        fits = int((deadline - time.monotonic()) / statistics.median(times))
+        n_outside = max(1, min(profile.outside_chunks, fits))
+        timed_solve, timer = instrumented
+        wall, _ = timed_call(
+            lambda: list(sample_chunks(timed_solve, warm, chunks[:n_outside], device)), device
+        )
+        outside = 100.0 * max(0.0, 1.0 - timer.seconds / wall)
     diffs = [float((r.sample - ref).abs().max()) for r, ref in zip(results, reference, strict=False)]
     return {
         "chunks_timed": len(times),
@@ -270,7 +279,7 @@ def measure_sampler(
         "max_rows_per_call": max(max(r.rows_per_call) for r in results),
         "converged": all(r.all_converged for r in results),
         "max_abs_diff_to_fp32_sequential": max(diffs),
-        "outside_network_pct": 100.0 * max(0.0, 1.0 - timer.seconds / wall),
+        "outside_network_pct": outside,
         "outside_chunks": n_outside,
     }
 
@@ -281,7 +290,10 @@ def reference_samples(
     """The strict-fp32 (TF32 off) eager sequential sample of every chunk."""
     seq = dataclasses.replace(sampler, algorithm="sequential", warm_start=False)
     with tf32(False):
-        return [res.sample for _, res in sample_chunks(seq, net, table, chunks)]
+        return [
+            res.sample
+            for _, res in sample_chunks(sampler_solve(seq, net, table), False, chunks, table.device)
+        ]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -412,45 +424,86 @@ def sampler_grid(
     variants: dict[str, Denoise | str],
     samplers: dict[str, SamplerConfig],
     deadline: float,
+    chunks: list[Chunk] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every sampler x every variant, each isolated; the chunks and reference are shared by the samplers."""
-    p, rows = run.profile, []
+    """Every sampler x every variant, each isolated; the chunks and reference are shared by the samplers.
+
+    ``chunks``: the inputs (default: `make_chunks` with random conditioning); the reference is the
+    strict-fp32 eager sequential sample of each through ``net``.
+
+    Picard samplers of the kinds `PicardGraph` supports also run as ``<precision> iteration-graph``
+    (the whole iteration, network included, replayed as one CUDA graph; ``iteration-eager`` off CUDA,
+    where the same fixed-shape iteration runs eagerly).
+    """
+    p, device = run.profile, run.device
     first = next(iter(samplers.values()))
-    table = build_step_table(config, first, run.device)
-    chunks = make_chunks(p.chunks, first.num_inference_steps, config.global_cond_dim, table, run.device, 0)
+    table = build_step_table(config, first, device)
+    if chunks is None:
+        chunks = make_chunks(p.chunks, first.num_inference_steps, config.global_cond_dim, table, device, 0)
     reference = reference_samples(first, net, table, chunks)
+    jobs: list[tuple[dict[str, Any], Callable[[float], dict[str, Any]] | str]] = []
     for vname, denoise in variants.items():
         for sname, sampler in samplers.items():
-            record = {
-                "name": f"{vname} {sname}",
-                "variant": vname,
-                "sampler": sname,
-                "kind": sampler.kind,
-                "K": sampler.num_inference_steps,
-                "algorithm": sampler.algorithm,
-                "window": sampler.window if sampler.algorithm == "picard" else None,
-                "tol": sampler.tol if sampler.algorithm == "picard" else None,
-                "warm_start": sampler.warm_start,
-            }
+            record = sampler_record(vname, sname, sampler)
             if isinstance(denoise, str):
-                record["error"] = denoise
-                rows.append(record)
+                jobs.append((record, denoise))
                 continue
-            if time.monotonic() > deadline:
-                record["error"] = "skipped: section time budget spent"
-                rows.append(record)
+
+            def job(share: float, s: SamplerConfig = sampler, d: Denoise = denoise) -> dict[str, Any]:
+                timer = TimedDenoiser(d, device)
+                instrumented = (sampler_solve(s, timer, table), timer)
+                solve = sampler_solve(s, d, table)
+                return measure_sampler(solve, s.warm_start, chunks, reference, p, share, device, instrumented)
+
+            jobs.append((record, job))
+    captured = device.type == "cuda"
+    for precision in ("fp32", "bf16"):
+        network = variants.get(f"{precision} eager")
+        for sname, sampler in samplers.items():
+            if sampler.algorithm != "picard" or sampler.kind == "dpmsolver++" or not callable(network):
                 continue
-            # each variant gets an equal share of what is left, so one slow variant cannot starve the rest
-            share = (deadline - time.monotonic()) / max(1, len(variants) * len(samplers) - len(rows))
-            run.variant(
-                rows,
-                record,
-                lambda s=sampler, d=denoise, share=share: measure_sampler(
-                    s, d, table, chunks, reference, p, time.monotonic() + share
-                ),
-            )
+            vname = f"{precision} iteration-{'graph' if captured else 'eager'}"
+            record = sampler_record(vname, sname, sampler)
+            record["baseline_variant"] = f"{precision} {'graph' if captured else 'eager'}"
+
+            def job(share: float, s: SamplerConfig = sampler, d: Denoise = network) -> dict[str, Any]:
+                B, H, D = chunks[0].x_T.shape
+                graph = PicardGraph(d, table, (B, H, D), config.global_cond_dim, window=s.window, tol=s.tol)
+                solve: Solve = lambda c, guess: graph.sample(c.x_T, c.noise, c.cond, guess)  # noqa: E731
+                result = measure_sampler(solve, s.warm_start, chunks, reference, p, share, device, None)
+                return {**result, "captured": graph.graph}
+
+            jobs.append((record, job))
+    rows: list[dict[str, Any]] = []
+    for i, (record, job) in enumerate(jobs):
+        if isinstance(job, str):
+            record["error"] = job
+            rows.append(record)
+        elif time.monotonic() > deadline:
+            record["error"] = "skipped: section time budget spent"
+            rows.append(record)
+        else:  # an equal share of what is left, so one slow variant cannot starve the rest
+            runnable = sum(1 for _, j in jobs[i:] if not isinstance(j, str))
+            share = time.monotonic() + (deadline - time.monotonic()) / max(1, runnable)
+            run.variant(rows, record, lambda job=job, share=share: job(share))
     add_speedups(rows)
     return rows
+
+
+def sampler_record(vname: str, sname: str, sampler: SamplerConfig) -> dict[str, Any]:
+    """The identifying fields of one row."""
+    picard = sampler.algorithm == "picard"
+    return {
+        "name": f"{vname} {sname}",
+        "variant": vname,
+        "sampler": sname,
+        "kind": sampler.kind,
+        "K": sampler.num_inference_steps,
+        "algorithm": sampler.algorithm,
+        "window": sampler.window if picard else None,
+        "tol": sampler.tol if picard else None,
+        "warm_start": sampler.warm_start,
+    }
 
 
 def add_speedups(rows: list[dict[str, Any]]) -> None:
@@ -465,8 +518,9 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
         if "ms_per_chunk" not in r:
             continue
         ms = r["ms_per_chunk"]["median"]
-        if r["variant"] in seq:
-            r["speedup_vs_same_variant_sequential"] = seq[r["variant"]] / ms
+        base = r.get("baseline_variant", r["variant"])
+        if base in seq:
+            r["speedup_vs_same_variant_sequential"] = seq[base] / ms
         if best is not None:
             r["speedup_vs_fastest_sequential"] = best / ms
 
@@ -563,8 +617,6 @@ def shipped_policy(run: Run, deadline: float) -> dict:
 
     p = run.profile
     policy = load_policy(REPO / "assets" / "default_policy", device=run.device)
-    if run.device.type == "cuda":
-        policy.set_compile("cuda_graph")
     obs = calibration_observations(policy, n=p.chunks)  # (n, To, Do)
     cond = policy.normalizer.normalize("obs", obs.to(run.device)).reshape(obs.shape[0], -1)  # (n, C)
     seq = SamplerConfig(kind="ddpm", num_inference_steps=p.steps)
@@ -572,25 +624,22 @@ def shipped_policy(run: Run, deadline: float) -> dict:
     chunks = make_chunks(len(cond), p.steps, policy.config.global_cond_dim, table, run.device, 4)
     for c, row in zip(chunks, cond, strict=True):
         c.cond = row[None]
-    reference = reference_samples(seq, policy.network, table, chunks)
-    rows: list[dict[str, Any]] = []
     samplers = {f"ddpm{p.steps} sequential": seq}
     for w in p.windows:
         samplers[f"paraddpm w={w} tol={p.tol:g}"] = dataclasses.replace(
             seq, algorithm="picard", window=w, tol=p.tol
         )
-    variant = "fp32 graph" if run.device.type == "cuda" else "fp32 eager"
-    for name, sampler in samplers.items():
-        record = {"name": f"shipped {variant} {name}", "variant": variant, "algorithm": sampler.algorithm}
-        share = (deadline - time.monotonic()) / max(1, len(samplers) - len(rows))
-        run.variant(
-            rows,
-            record,
-            lambda s=sampler, share=share: measure_sampler(
-                s, policy.denoise, table, chunks, reference, p, time.monotonic() + share
-            ),
-        )
-    add_speedups(rows)
+    net = policy.network
+    variants: dict[str, Denoise | str] = {
+        "fp32 eager": net,
+        "fp32 graph": "skipped: CUDA graphs need a CUDA device",
+    }
+    if run.device.type == "cuda":
+        H, D = policy.config.horizon, policy.config.action_dim
+        variants["fp32 graph"] = GraphedDenoiser(net, run.device, (H, D), policy.config.global_cond_dim)
+    rows = sampler_grid(run, policy.config, net, variants, samplers, deadline, chunks)
+    for r in rows:
+        r["name"] = f"shipped {r['name']}"
     return {"unet": dataclasses.asdict(policy.config.unet), "params": count(policy.network), "rows": rows}
 
 
@@ -636,7 +685,7 @@ def gpu_pytest(deadline: float) -> dict:
     cmd = [
         sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "-p", "no:cacheprovider",
         "tests/test_picard.py", "tests/test_denoiser.py", "tests/test_cuda_graphs.py",
-        "-k", "cuda or gpu or graph",
+        "tests/test_graphed_picard.py", "-k", "cuda or gpu or graph",
     ]  # fmt: skip
     left = max(5.0, deadline - time.monotonic())
     try:
@@ -751,17 +800,19 @@ def print_table(result: dict[str, Any]) -> None:
     env = result["sections"].get("environment", {}).get("result", {})
     params = result["network"]["params"]
     print(f"\n{env.get('gpu') or env.get('cpu')} | torch {env.get('torch')} | {params:,} params")
-    for name in ("ddpm", "few_step"):
-        for r in result["sections"].get(name, {}).get("result") or []:
-            if "ms_per_chunk" in r:
-                speedup = r.get("speedup_vs_same_variant_sequential", 0.0)
-                print(
-                    f"{r['name']:<44} {r['ms_per_chunk']['median']:9.2f} ms  x{speedup:5.2f}"
-                    f"  iters {r['iterations']:6.1f}  rows {r['rows_evaluated']:7.1f}  "
-                    f"diff {r['max_abs_diff_to_fp32_sequential']:.1e}  out {r['outside_network_pct']:4.1f}%"
-                )
-            else:
-                print(f"{r['name']:<44} {r.get('error')}")
+    shipped = (result["sections"].get("shipped", {}).get("result") or {}).get("rows") or []
+    groups = [result["sections"].get(n, {}).get("result") or [] for n in ("ddpm", "few_step")] + [shipped]
+    for rows in groups:
+        for r in rows:
+            if "ms_per_chunk" not in r:
+                continue  # skipped or failed rows: see "errors" and the JSON
+            speedup = r.get("speedup_vs_same_variant_sequential", 0.0)
+            out = "-" if r["outside_network_pct"] is None else f"{r['outside_network_pct']:4.1f}%"
+            print(
+                f"{r['name']:<48} {r['ms_per_chunk']['median']:9.2f} ms  x{speedup:5.2f}"
+                f"  iters {r['iterations']:6.1f}  rows {r['rows_evaluated']:7.1f}"
+                f"  diff {r['max_abs_diff_to_fp32_sequential']:.1e}  out {out}"
+            )
     print("summary:", json.dumps(result.get("summary")))
     print("errors:", len(result["errors"]), *result["errors"][:10], sep="\n  ")
     print(f"wall {result['wall_s']:.1f} s")
