@@ -737,12 +737,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--budget-s", type=float, default=450.0, help="time for all sections together")
     ap.add_argument("--no-tf32", action="store_true", help="forbid TF32 in the timed fp32 variants")
     ap.add_argument("--out", default=None, help="JSON file to (re)write after every section")
+    ap.add_argument("--down-dims", default=None, help="override the network widths, e.g. 16,32 (a CPU check)")
+    ap.add_argument("--embed", type=int, default=None, help="override the step-embedding width")
     args = ap.parse_args(argv)
     args.sections = tuple(s.strip() for s in args.sections.split(",") if s.strip())
     unknown = sorted(set(args.sections) - set(SECTIONS))
     if unknown:
         ap.error(f"unknown sections {unknown}; choose from {SECTIONS}")
     profile = SMOKE if args.smoke else FULL
+    if args.down_dims is not None:
+        profile = dataclasses.replace(profile, down_dims=tuple(int(d) for d in args.down_dims.split(",")))
+    if args.embed is not None:
+        profile = dataclasses.replace(profile, embed=args.embed)
     if args.smoke and args.device == "cpu":
         torch.set_num_threads(1)  # a shared CPU: extra intra-op threads only stall each other
     run = Run(args, profile)
