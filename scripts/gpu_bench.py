@@ -285,15 +285,21 @@ def measure_sampler(
 
 
 def reference_samples(
-    sampler: SamplerConfig, net: nn.Module, table: Any, chunks: list[Chunk]
+    sampler: SamplerConfig, net: nn.Module, table: Any, chunks: list[Chunk], deadline: float
 ) -> list[Tensor]:
-    """The strict-fp32 (TF32 off) eager sequential sample of every chunk."""
+    """The strict-fp32 (TF32 off) eager sequential sample of each chunk, as many as fit by ``deadline``.
+
+    At least two; the caller keeps only the chunks that got a reference.
+    """
     seq = dataclasses.replace(sampler, algorithm="sequential", warm_start=False)
+    solve = sampler_solve(seq, net, table)
+    out: list[Tensor] = []
     with tf32(False):
-        return [
-            res.sample
-            for _, res in sample_chunks(sampler_solve(seq, net, table), False, chunks, table.device)
-        ]
+        for _, res in sample_chunks(solve, False, chunks, table.device):
+            out.append(res.sample)
+            if len(out) >= 2 and time.monotonic() > deadline:
+                break
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -440,7 +446,11 @@ def sampler_grid(
     table = build_step_table(config, first, device)
     if chunks is None:
         chunks = make_chunks(p.chunks, first.num_inference_steps, config.global_cond_dim, table, device, 0)
-    reference = reference_samples(first, net, table, chunks)
+    # the reference gets at most a fifth of the section; chunks without one are dropped
+    reference = reference_samples(
+        first, net, table, chunks, time.monotonic() + (deadline - time.monotonic()) / 5
+    )
+    chunks = chunks[: len(reference)]
     jobs: list[tuple[dict[str, Any], Callable[[float], dict[str, Any]] | str]] = []
     for vname, denoise in variants.items():
         for sname, sampler in samplers.items():
@@ -750,8 +760,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         profile = dataclasses.replace(profile, down_dims=tuple(int(d) for d in args.down_dims.split(",")))
     if args.embed is not None:
         profile = dataclasses.replace(profile, embed=args.embed)
-    if args.smoke and args.device == "cpu":
-        torch.set_num_threads(1)  # a shared CPU: extra intra-op threads only stall each other
+    if args.device == "cpu":
+        torch.set_num_threads(1)  # a CPU run is a check of the script; on a shared CPU threads stall
     run = Run(args, profile)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not args.no_tf32
     torch.manual_seed(0)
