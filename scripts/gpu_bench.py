@@ -470,7 +470,7 @@ def sampler_grid(
     for precision in ("fp32", "bf16"):
         network = variants.get(f"{precision} eager")
         for sname, sampler in samplers.items():
-            if sampler.algorithm != "picard" or sampler.kind == "dpmsolver++" or not callable(network):
+            if not sampler.is_parallel or sampler.kind == "dpmsolver++" or not callable(network):
                 continue
             vname = f"{precision} iteration-{'graph' if captured else 'eager'}"
             record = sampler_record(vname, sname, sampler)
@@ -502,7 +502,7 @@ def sampler_grid(
 
 def sampler_record(vname: str, sname: str, sampler: SamplerConfig) -> dict[str, Any]:
     """The identifying fields of one row."""
-    picard = sampler.algorithm == "picard"
+    picard = sampler.is_parallel
     return {
         "name": f"{vname} {sname}",
         "variant": vname,
@@ -510,6 +510,7 @@ def sampler_record(vname: str, sname: str, sampler: SamplerConfig) -> dict[str, 
         "kind": sampler.kind,
         "K": sampler.num_inference_steps,
         "algorithm": sampler.algorithm,
+        "parallel": picard,
         "window": sampler.window if picard else None,
         "tol": sampler.tol if picard else None,
         "warm_start": sampler.warm_start,
@@ -519,9 +520,7 @@ def sampler_record(vname: str, sname: str, sampler: SamplerConfig) -> dict[str, 
 def add_speedups(rows: list[dict[str, Any]]) -> None:
     """Speedup of each row against the sequential row of the same variant and against the best sequential."""
     seq = {
-        r["variant"]: r["ms_per_chunk"]["median"]
-        for r in rows
-        if r["algorithm"] == "sequential" and "ms_per_chunk" in r
+        r["variant"]: r["ms_per_chunk"]["median"] for r in rows if not r["parallel"] and "ms_per_chunk" in r
     }
     best = min(seq.values(), default=None)
     for r in rows:
@@ -722,8 +721,8 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for precision in ("fp32", "bf16"):
         ok = [r for r in rows if r["variant"].startswith(precision) and "ms_per_chunk" in r]
-        seq = [r["ms_per_chunk"]["median"] for r in ok if r["algorithm"] == "sequential"]
-        par = [r for r in ok if r["algorithm"] == "picard" and not r["warm_start"]]
+        seq = [r["ms_per_chunk"]["median"] for r in ok if not r["parallel"]]
+        par = [r for r in ok if r["parallel"] and not r["warm_start"]]
         if not seq or not par:
             continue
         best = min(par, key=lambda r: r["ms_per_chunk"]["median"])

@@ -22,6 +22,7 @@ torch.set_num_threads(1)
 def tiny_store(tmp_path_factory):
     """A 6-episode store with random low-dim data (30-35 steps each)."""
     from parapolicy.policy.data.replay_store import ReplayStore  # zarr: imported only where a store is used
+
     path = tmp_path_factory.mktemp("store") / "tiny.zarr"
     rng = np.random.default_rng(0)
     store = ReplayStore.create(path)

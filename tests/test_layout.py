@@ -39,10 +39,6 @@ KNOWN_EXCEPTIONS = {
         "TODO(data): the dataset fits a MinMaxNormalizer; the normaliser is torch-only and belongs "
         "below data (or the dataset returns the statistics and model/ builds the normaliser)"
     ),
-    ("runtime/auto_window.py", f"{PKG}.run_info"): (
-        "TODO(runtime): run_info (device/provenance facts) is a job-level module; the device facts "
-        "auto_window needs belong in runtime/"
-    ),
 }
 
 # Function-level imports of package modules, each with why it is not at the top of the module.

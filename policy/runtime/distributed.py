@@ -49,6 +49,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from parapolicy.policy.runtime.timing import TimedDenoiser
+
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "DistInfo",
@@ -663,7 +665,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from parapolicy.policy.diffusion.sequential import draw_noise
     from parapolicy.policy.model.policy import DiffusionPolicy
     from parapolicy.policy.model.pretrained import load_policy
-    from parapolicy.policy.runtime.timing import TimedDenoiser
 
     parser = argparse.ArgumentParser(
         prog="python -m parapolicy.policy.runtime.distributed", description=main.__doc__

@@ -30,9 +30,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from parapolicy.policy.diffusion.schedules import StepTable
 from parapolicy.policy.diffusion.sequential import SampleResult, check_inputs, finish_timing
 from parapolicy.policy.diffusion.step import held_x0_affine, step
+from parapolicy.policy.diffusion.step_table import StepTable
 
 __all__ = ["PicardGraph"]
 
