@@ -470,7 +470,9 @@ def sampler_grid(
     for precision in ("fp32", "bf16"):
         network = variants.get(f"{precision} eager")
         for sname, sampler in samplers.items():
-            if not sampler.is_parallel or sampler.kind == "dpmsolver++" or not callable(network):
+            if not sampler.is_parallel or sampler.kind == "dpmsolver++" or sampler.update != "picard":
+                continue
+            if not callable(network):
                 continue
             vname = f"{precision} iteration-{'graph' if captured else 'eager'}"
             record = sampler_record(vname, sname, sampler)

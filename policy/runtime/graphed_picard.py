@@ -18,7 +18,8 @@ convergence test, slide and the model-free x̂₀ roll-out refill) can be captur
   ``refill="x0_rollout"`` for a denoiser whose rows do not depend on the batch.
 
 Off CUDA (or with ``graph=False``) the same iteration runs eagerly: that is how it is tested on the CPU.
-DPM-Solver++ (its x̂₀ history cache) is not supported. Library module: torch only, no hydra.
+DPM-Solver++ (its x̂₀ history cache) and ``update="parareal"`` are not supported.
+Library module: torch only, no hydra.
 """
 
 from __future__ import annotations
