@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from parapolicy.policy.config import SamplerConfig
-from parapolicy.policy.diffusion.warm_start import common_random_numbers, shift_rows, warm_start_guess
+from parapolicy.policy.diffusion.warm_start import (
+    PreviousChunk,
+    common_random_numbers,
+    next_chunk_inputs,
+    shift_rows,
+    warm_start_guess,
+)
 
 
 def test_shift_rows_drops_the_executed_rows_and_repeats_the_last():
@@ -72,3 +78,19 @@ def test_select_action_warm_starts_every_chunk_after_the_first(tiny_policy, monk
 def test_crn_requires_warm_start():
     with pytest.raises(ValueError, match="warm_start"):
         SamplerConfig(common_random_numbers=True)
+
+
+@pytest.mark.parametrize("crn", [False, True])
+def test_next_chunk_inputs_is_the_shift_of_the_previous_chunk(crn):
+    gen = torch.Generator().manual_seed(1)
+    prev = PreviousChunk(sample=torch.randn(2, 16, 2), x_T=torch.randn(2, 16, 2), noise=torch.randn(5, 2, 16, 2))
+    noise, guess = next_chunk_inputs(prev, 3, crn, gen)
+    assert torch.equal(guess, warm_start_guess(prev.sample, 3))
+    assert (noise is not None) == crn
+    if crn:
+        x_T, n = noise
+        assert torch.equal(x_T[:, :13], prev.x_T[:, 3:]) and torch.equal(n[:, :, :13], prev.noise[:, :, 3:])
+    with pytest.raises(ValueError, match="shift must be in"):
+        next_chunk_inputs(prev, 0, crn, gen)
+    with pytest.raises(ValueError, match="shift must be in"):
+        next_chunk_inputs(prev, 17, crn, gen)

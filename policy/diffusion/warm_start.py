@@ -21,6 +21,8 @@ sequential baseline must be given the same noise to compare.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -76,3 +78,41 @@ def common_random_numbers(
     tail_x = torch.randn((B, n_action_steps, D), generator=generator).to(x_T)  # (B, Ta, D)
     tail_n = torch.randn((K, B, n_action_steps, D), generator=generator).to(noise)  # (K, B, Ta, D)
     return shift_rows(x_T, n_action_steps, tail_x), shift_rows(noise, n_action_steps, tail_n)
+
+
+@dataclass(frozen=True)
+class PreviousChunk:
+    """What the next chunk of the same batch reuses from the previous one (normalised units).
+
+    Attributes:
+        sample: (B, H, D) the previous converged sample.
+        x_T: (B, H, D) its initial sample.
+        noise: (K, B, H, D) its step noise.
+    """
+
+    sample: Tensor
+    x_T: Tensor
+    noise: Tensor
+
+
+def next_chunk_inputs(
+    previous: PreviousChunk, shift: int, crn: bool, generator: torch.Generator | None = None
+) -> tuple[tuple[Tensor, Tensor] | None, Tensor]:
+    """The warm start of the next chunk: the one place that turns a previous chunk into sampler inputs.
+
+    Args:
+        previous: the previous chunk of the same batch.
+        shift: rows executed since ``previous`` was requested (Ta in lockstep; 0 < shift <= H).
+        crn: reuse the previous noise shifted by ``shift`` (common random numbers), fresh draws for the
+            tail rows from ``generator``; otherwise the caller draws fresh noise (None is returned).
+        generator: CPU generator of the fresh tail rows (``crn`` only).
+
+    Returns:
+        ``(noise, x0_guess)``: ``(x_T (B, H, D), noise (K, B, H, D))`` or None, and the Picard
+        ``x0_guess`` (B, H, D) (`warm_start_guess`).
+    """
+    H = previous.sample.shape[-2]
+    if not 0 < shift <= H:
+        raise ValueError(f"shift must be in [1, {H}], got {shift}")
+    noise = common_random_numbers(previous.x_T, previous.noise, shift, generator) if crn else None
+    return noise, warm_start_guess(previous.sample, shift)

@@ -36,7 +36,7 @@ from parapolicy.policy.diffusion.schedules import (
 )
 from parapolicy.policy.diffusion.sequential import SampleResult, draw_noise
 from parapolicy.policy.diffusion.step import add_noise
-from parapolicy.policy.diffusion.warm_start import common_random_numbers, warm_start_guess
+from parapolicy.policy.diffusion.warm_start import PreviousChunk, next_chunk_inputs
 from parapolicy.policy.model.networks import ConditionalUnet1d
 from parapolicy.policy.model.normalizer import MinMaxNormalizer
 from parapolicy.policy.runtime.cuda_graphs import GraphedDenoiser
@@ -374,10 +374,5 @@ class DiffusionPolicy(nn.Module):
         s = self.sampler
         if previous is None or not s.is_parallel or not s.warm_start or previous.x_T.shape[0] != batch_size:
             return None, None
-        Ta = self.config.n_action_steps
-        noise = (
-            common_random_numbers(previous.x_T, previous.noise, Ta, generator)
-            if s.common_random_numbers
-            else None
-        )
-        return noise, warm_start_guess(previous.result.sample, Ta)
+        chunk = PreviousChunk(sample=previous.result.sample, x_T=previous.x_T, noise=previous.noise)
+        return next_chunk_inputs(chunk, self.config.n_action_steps, s.common_random_numbers, generator)
