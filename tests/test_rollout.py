@@ -23,6 +23,7 @@ from parapolicy.policy.control.rollout import (
     plan_for_budget,
     run_rollouts,
 )
+from parapolicy.policy.control.tasks import make_task
 
 SEQ10 = SamplerConfig(num_inference_steps=10)
 PIC10 = SamplerConfig(num_inference_steps=10, algorithm="picard", window=4)
@@ -104,7 +105,7 @@ def test_impossible_sampler_settings_fail_at_construction(kwargs, message):
 
 def test_too_many_action_steps_fail_before_any_rollout(tiny_policy):
     with pytest.raises(ValueError, match=r"n_action_steps=16 must be <= horizon - n_obs_steps \+ 1 = 15"):
-        Controller(tiny_policy, ControlConfig(n_action_steps=16), ec())
+        Controller(tiny_policy, ControlConfig(n_action_steps=16), ec(), make_task("pusht"))
 
 
 def test_latency_models():

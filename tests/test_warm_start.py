@@ -83,7 +83,7 @@ def test_crn_requires_warm_start():
 @pytest.mark.parametrize("crn", [False, True])
 def test_next_chunk_inputs_is_the_shift_of_the_previous_chunk(crn):
     gen = torch.Generator().manual_seed(1)
-    prev = PreviousChunk(sample=torch.randn(2, 16, 2), x_T=torch.randn(2, 16, 2), noise=torch.randn(5, 2, 16, 2))
+    prev = PreviousChunk(torch.randn(2, 16, 2), torch.randn(2, 16, 2), torch.randn(5, 2, 16, 2))
     noise, guess = next_chunk_inputs(prev, 3, crn, gen)
     assert torch.equal(guess, warm_start_guess(prev.sample, 3))
     assert (noise is not None) == crn

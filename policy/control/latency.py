@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from parapolicy.policy.control.faults import Fault
+
 ACTION_SOURCES = ("fresh", "queued", "held", "fallback")
 SOURCE_CODE = {name: i for i, name in enumerate(ACTION_SOURCES)}
 SECTIONS = ("observation", "denoiser", "sampler", "controller", "env_step")
@@ -131,9 +133,8 @@ CHUNK_COLUMNS: tuple[tuple[str, Any], ...] = (
     ("converged", np.int8),
     ("final_residual", np.float32),
     ("warm_started", np.bool_),
-    ("fault", np.int8),  # 0 none, 1 non-finite output, 2 exception, 3 bad observation
+    ("fault", np.int8),  # faults.Fault: 0 none, 1 non-finite output, 2 exception, 3 bad observation
 )
-FAULTS = ("", "nan", "error", "observation")
 
 
 class StepLog(ColumnLog):
@@ -154,7 +155,7 @@ def _cell(name: str, value: Any) -> Any:
     if name == "action_source":
         return ACTION_SOURCES[int(value)]
     if name == "fault":
-        return FAULTS[int(value)]
+        return Fault(int(value)).label
     if name == "converged":
         return "" if value < 0 else bool(value)
     if isinstance(value, np.floating):

@@ -1,4 +1,5 @@
-"""Closed-loop rollouts on PushT with a real-time controller: control modes, deadlines, guards (no hydra).
+"""The rollout entry points: `run_rollouts` (any control mode), `evaluate_policy` (the reference
+protocol) and `plan_for_budget` (the automatic Picard window/iteration choice); no hydra.
 
 Three control modes (full semantics, with worked examples, in ``docs/control_modes.md``):
 
@@ -18,8 +19,11 @@ Three control modes (full semantics, with worked examples, in ``docs/control_mod
 Plans are requested every Ta ticks (or as soon as the planner is free when a plan was late). Each
 episode draws its noise from its own CPU generator (`evaluation.episode_generator`), one draw per plan,
 so samplers with the same number of steps consume identical noise. The output guard replaces a plan
-with a non-finite action, a denoiser exception or an invalid observation by the fallback action (hold
-the pusher where it is), counted; nothing non-finite ever reaches ``env.step``.
+with a non-finite action, a denoiser exception or an invalid observation by the task's safe action
+(PushT: hold the pusher where it is), counted; nothing non-finite ever reaches ``env.step``.
+
+The environment is a `task.Task` (default: PushT-v0, ``tasks.make_task("pusht")``); the controller
+itself (`controller.Controller`, split into `planner`, `timeline` and `records`) knows no task.
 """
 
 from __future__ import annotations
@@ -32,9 +36,12 @@ from typing import Any
 from tqdm import tqdm
 
 from parapolicy.policy.config import SamplerConfig
-from parapolicy.policy.control.controller import Controller, RolloutResult, check_policy_settings
+from parapolicy.policy.control.controller import Controller, check_policy_settings
 from parapolicy.policy.control.evaluation import EvalConfig
+from parapolicy.policy.control.records import RolloutResult
 from parapolicy.policy.control.settings import MODES, ON_MISS, ControlConfig, LatencyModel
+from parapolicy.policy.control.task import Task
+from parapolicy.policy.control.tasks import make_task
 from parapolicy.policy.model.policy import DiffusionPolicy
 
 
@@ -105,22 +112,28 @@ def run_rollouts(
     on_steps: Callable[[int], None] | None = None,
     on_episode: Callable[[dict[str, Any]], None] | None = None,
     env_factory: Callable[[], Any] | None = None,
+    task: Task | None = None,
 ) -> RolloutResult:
     """Run closed-loop episodes of ``policy`` under ``control``; see `Controller` and the module docs.
 
     With ``control.auto_budget`` the sampler's window and iteration cap are first chosen for the budget
-    (`plan_for_budget`); the policy's own sampler is restored afterwards.
+    (`plan_for_budget`); the policy's own sampler is restored afterwards. The environment is ``task``
+    (default PushT-v0); ``env_factory`` replaces PushT-v0's env (tests pass instrumented envs).
 
     Raises:
         ValueError: on settings this policy cannot run (e.g. ``control.n_action_steps`` too large).
     """
+    if task is None:
+        task = make_task("pusht", env_factory=env_factory)
+    elif env_factory is not None:
+        raise ValueError("pass either task or env_factory, not both")
     original = policy.sampler
     report = None
     if control.auto_budget:
         chosen, report = plan_for_budget(policy, original, control.effective_budget_ms, control.budget_margin)
         policy.set_sampler(chosen)
     try:
-        controller = Controller(policy, control, eval_cfg, env_factory=env_factory)
+        controller = Controller(policy, control, eval_cfg, task)
         result = controller.run(video_dir, video_prefix, on_steps=on_steps, on_episode=on_episode)
     finally:
         if control.auto_budget:
@@ -134,6 +147,7 @@ def evaluate_policy(
     cfg: EvalConfig,
     video_dir: Path | None = None,
     on_episode: Callable[[dict[str, Any]], None] | None = None,
+    task: Task | None = None,
 ) -> dict[str, Any]:
     """The reference evaluation protocol: ``frozen`` rollouts, returned as ``eval_info.json``'s body.
 
@@ -146,6 +160,7 @@ def evaluate_policy(
         cfg: evaluation settings.
         video_dir: where ``eval_episode_<i>.mp4`` go (None: no videos).
         on_episode: called with each finished episode's record (progress reporting).
+        task: the environment (default PushT-v0).
 
     Returns:
         ``{"per_episode": [...], "aggregated": {...}}`` (`evaluation.aggregate` metrics plus the
@@ -169,6 +184,7 @@ def evaluate_policy(
             ControlConfig(mode="frozen", warmup_plans=0),
             video_dir=video_dir,
             on_episode=finished,
+            task=task,
         )
     finally:
         bar.close()
