@@ -1,4 +1,4 @@
-"""The comparison job (`parapolicy-compare`) and the profiling job (`parapolicy-profile`); no hydra.
+"""The comparison job (`parapolicy-compare`): samplers side by side on the same seeds and noise; no hydra.
 
 `run_compare` runs every configured sampler (default: sequential DDPM-100 and ParaDDPM) in every
 configured control mode (default: ``frozen`` for sample quality over the 50 reference test seeds,
@@ -12,38 +12,31 @@ plan at a time) on the same seeds and the same per-episode noise, and writes int
 - ``plots/*.png`` (latency CDF and histogram, per-step timeline, per-episode reward, baseline vs
   parallel) and ``videos/<sampler>_<mode>_episode_<i>.mp4``.
 
-`run_profile` runs one sampler in one mode and writes ``latency/steps.csv``, ``latency/chunks.csv``,
-``latency/summary.json`` (percentiles, miss rate, time per section), ``eval_info.json`` and plots.
+The environment is a controller `Task` chosen by name (``task=pusht``, the default, or
+``task=gym_pusht``). The profiling job is `profile.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from parapolicy.policy.config import SamplerConfig
 from parapolicy.policy.control import plots
 from parapolicy.policy.control.evaluation import EvalConfig
 from parapolicy.policy.control.latency import write_csv
-from parapolicy.policy.control.rollout import (
-    MODES,
-    ControlConfig,
-    LatencyModel,
-    RolloutResult,
-    check_policy_settings,
-    run_rollouts,
-)
-from parapolicy.policy.model.checkpoint import CheckpointError
+from parapolicy.policy.control.records import RolloutResult
+from parapolicy.policy.control.rollout import check_policy_settings, run_rollouts
+from parapolicy.policy.control.run_support import claim_outputs, fmt, open_policy, progress_bar, run_block
+from parapolicy.policy.control.settings import MODES, ControlConfig, LatencyModel
+from parapolicy.policy.control.tasks import check_task_name, make_task
 from parapolicy.policy.model.policy import DiffusionPolicy
-from parapolicy.policy.model.pretrained import load_policy
 from parapolicy.policy.run_info import run_info
 from parapolicy.policy.runtime.auto_window import resolve_sampler
 
@@ -96,6 +89,9 @@ class CompareConfig:
     """Checkpoint directory (config.json, model.safetensors, normalizer.safetensors)."""
     device: str = "cpu"
     """Torch device."""
+    task: str = "pusht"
+    """Environment: ``pusht`` (PushT-v0 of this repository) or ``gym_pusht`` (HuggingFace's gym-pusht,
+    same reference starts; `control.tasks.gym_pusht`)."""
     samplers: dict[str, SamplerEntry] = field(default_factory=default_samplers)
     """Named samplers (edit one with ``samplers.<name>.sampler.window=16``; add new names in a YAML)."""
     run: list[str] = field(default_factory=lambda: ["sequential", "paraddpm"])
@@ -117,6 +113,7 @@ class CompareConfig:
     """torch intra-op threads (None: torch's default)."""
 
     def __post_init__(self) -> None:
+        check_task_name(self.task)
         unknown = [n for n in self.run if n not in self.samplers]
         if not self.run or unknown or len(set(self.run)) != len(self.run):
             raise ValueError(
@@ -137,62 +134,6 @@ class CompareConfig:
         for name in self.samplers:
             if not name or any(c in name for c in "/\\ ") or name.startswith("."):
                 raise ValueError(f"sampler name {name!r} must be a plain folder name")
-
-
-@dataclass
-class ProfileConfig:
-    """`parapolicy-profile` settings."""
-
-    policy_path: str = "assets/default_policy"
-    """Checkpoint directory."""
-    device: str = "cpu"
-    """Torch device."""
-    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(algorithm="picard", window=8))
-    """The sampler to profile (default: ParaDDPM, window 8, as `parapolicy-compare`'s ``paraddpm``)."""
-    control: ControlConfig = field(default_factory=lambda: ControlConfig(mode="realtime_sim"))
-    """Controller settings (default: realtime_sim at 10 Hz, measured latency)."""
-    eval: EvalConfig = field(default_factory=lambda: EvalConfig(n_episodes=3, batch_size=1, max_videos=0))
-    """Episodes and seeds (frozen mode batches ``batch_size`` episodes; the default 1 times single plans)."""
-    plots: bool = True
-    """Write PNG plots under ``plots/``."""
-    num_threads: int | None = None
-    """torch intra-op threads (None: torch's default)."""
-
-    def __post_init__(self) -> None:
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1 or null, got {self.num_threads}")
-
-
-# --------------------------------------------------------------------------------------------------
-# shared helpers
-def open_policy(path: str, device: str) -> DiffusionPolicy:
-    """Load the checkpoint, turning a missing or broken one into a message that says what to do."""
-    try:
-        return load_policy(path, device=device)
-    except CheckpointError as exc:
-        raise CheckpointError(
-            f"cannot load policy_path={path!r}: {exc}. Point policy_path at a checkpoint directory "
-            "(config.json, model.safetensors, normalizer.safetensors), e.g. a parapolicy-train run's "
-            "checkpoints/last/pretrained_model"
-        ) from exc
-
-
-def claim_outputs(out: Path, names: list[str]) -> None:
-    """Refuse to reuse a run folder that already holds this job's outputs (runs never overwrite)."""
-    taken = [n for n in names if (out / n).exists()]
-    if taken:
-        raise FileExistsError(f"run folder {out} already holds {taken}; results are never overwritten")
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def _progress(total: int, enabled: bool, desc: str) -> tqdm:
-    """A control-step progress bar; off when disabled or when stderr is not a terminal (tqdm's None)."""
-    return tqdm(total=total, desc=desc, unit="step", disable=None if enabled else True, dynamic_ncols=True)
-
-
-def run_block(result: RolloutResult) -> dict[str, Any]:
-    """The per-mode block of ``eval_info.json`` / ``compare.json``."""
-    return {**result.eval_info(), "warmup_ms": result.warmup_ms}
 
 
 def _table_row(name: str, mode: str, result: RolloutResult) -> dict[str, Any]:
@@ -226,12 +167,6 @@ def _table_row(name: str, mode: str, result: RolloutResult) -> dict[str, Any]:
     }
 
 
-def _fmt(v: Any, spec: str = ".1f") -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return format(v, spec)
-
-
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The side-by-side table printed by `parapolicy-compare` (plain text, one line per run)."""
     head = (
@@ -243,17 +178,17 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         lo, hi = r["pc_success_ci95"]
         step = "/".join(
-            _fmt(r[k], ".2f" if (r[k] or 0) < 10 else ".0f")
+            fmt(r[k], ".2f" if (r[k] or 0) < 10 else ".0f")
             for k in ("step_p50_ms", "step_p90_ms", "step_p99_ms", "step_max_ms")
         )
-        chunk = f"{_fmt(r['chunk_p50_ms'], '.0f')}/{_fmt(r['chunk_p99_ms'], '.0f')}"
+        chunk = f"{fmt(r['chunk_p50_ms'], '.0f')}/{fmt(r['chunk_p99_ms'], '.0f')}"
         success = f"{r['pc_success']:.0f} [{lo:.0f}, {hi:.0f}]"
         lines.append(
             f"{r['sampler']:<12} {r['mode']:<12} {r['batch_size']:>3} {r['n_episodes']:>4} "
             f"{r['mean_score']:>6.3f} {success:>20} {step:>28} "
-            f"{chunk:>17} {_fmt(r['model_calls_per_chunk']):>6} {_fmt(r['iters_per_chunk']):>6} "
-            f"{_fmt(r['ticks_lost_per_episode']):>7} {100 * r['miss_rate']:>6.1f} "
-            f"{_fmt(r.get('speedup'), '.2f'):>7}"
+            f"{chunk:>17} {fmt(r['model_calls_per_chunk']):>6} {fmt(r['iters_per_chunk']):>6} "
+            f"{fmt(r['ticks_lost_per_episode']):>7} {100 * r['miss_rate']:>6.1f} "
+            f"{fmt(r.get('speedup'), '.2f'):>7}"
         )
     return "\n".join(lines)
 
@@ -279,6 +214,9 @@ def _noise_notes(cfg: CompareConfig) -> list[str]:
 
 # --------------------------------------------------------------------------------------------------
 # compare
+Results = dict[str, dict[str, RolloutResult]]  # sampler name -> mode -> result
+
+
 def run_compare(cfg: CompareConfig, out: Path) -> dict[str, Any]:
     """Run the comparison and write its outputs into ``out``; returns the ``compare.json`` content.
 
@@ -299,9 +237,32 @@ def run_compare(cfg: CompareConfig, out: Path) -> dict[str, Any]:
         samplers[n], report = resolve_sampler(policy, cfg.samplers[n].sampler)
         if report is not None:
             window_choice[n] = {"window": samplers[n].window, **report}
-    video_dir = out / "videos" if cfg.eval.max_videos else None
+    results = _run_all(cfg, policy, samplers, out / "videos" if cfg.eval.max_videos else None)
+    rows = _table_rows(cfg, results)
+    _write_sampler_outputs(cfg, results, out)
+    machine = {"load_avg_1m_start": load_start[0], "load_avg_1m_end": os.getloadavg()[0]}
+    summary = {
+        "table": rows,
+        "baseline": cfg.baseline,
+        "notes": _notes(cfg),
+        "checks": _checks(cfg, rows),
+        "window_choice": window_choice,
+        "runs": {n: {m: run_block(r) for m, r in per.items()} for n, per in results.items()},
+        "config": dataclasses.asdict(cfg),
+        "run": {**run_info(cfg.device), **machine, "policy_path": cfg.policy_path, "task": cfg.task},
+    }
+    for per in summary["runs"].values():
+        for block in per.values():
+            block.pop("per_episode")  # per-episode records live in <sampler>/eval_info.json
+    if cfg.plots:
+        summary["plots"] = [str(p) for p in compare_plots(cfg, results, out / "plots")]
+    (out / "compare.json").write_text(json.dumps(summary, indent=2))
+    return summary
 
-    plan = []  # (mode, name, eval cfg, control)
+
+def _runs(cfg: CompareConfig) -> list[tuple[str, str, EvalConfig, ControlConfig]]:
+    """(mode, sampler name, episodes, controller settings) of every run, in order."""
+    runs = []
     for mode in cfg.modes:
         if mode == "frozen":
             ec = cfg.eval
@@ -314,13 +275,22 @@ def run_compare(cfg: CompareConfig, out: Path) -> dict[str, Any]:
             control = dataclasses.replace(
                 cfg.control, mode=mode, latency_model=model if mode == "realtime_sim" else "measured"
             )
-            plan.append((mode, name, ec, control))
+            runs.append((mode, name, ec, control))
+    return runs
 
-    total = sum(ec.n_episodes * ec.max_steps for _, _, ec, _ in plan)
-    bar = _progress(total, cfg.eval.progress, "compare")
-    results: dict[str, dict[str, RolloutResult]] = {n: {} for n in cfg.run}
+
+def _run_all(
+    cfg: CompareConfig, policy: DiffusionPolicy, samplers: dict[str, SamplerConfig], video_dir: Path | None
+) -> Results:
+    """Run every sampler in every mode on the task, with one progress bar over all control steps."""
+    runs = _runs(cfg)
+    task = make_task(cfg.task)
+    bar = progress_bar(
+        sum(ec.n_episodes * ec.max_steps for _, _, ec, _ in runs), cfg.eval.progress, "compare"
+    )
+    results: Results = {n: {} for n in cfg.run}
     try:
-        for mode, name, ec, control in plan:
+        for mode, name, ec, control in runs:
             bar.set_description(f"compare {name}/{mode}")
             policy.set_sampler(samplers[name])
             results[name][mode] = run_rollouts(
@@ -330,10 +300,15 @@ def run_compare(cfg: CompareConfig, out: Path) -> dict[str, Any]:
                 video_dir=video_dir,
                 video_prefix=f"{name}_{mode}_episode_",
                 on_steps=bar.update,
+                task=task,
             )
     finally:
         bar.close()
+    return results
 
+
+def _table_rows(cfg: CompareConfig, results: Results) -> list[dict[str, Any]]:
+    """One table row per (mode, sampler), with the speedup and score difference to the baseline."""
     rows = []
     for mode in cfg.modes:
         base = results[cfg.baseline][mode]
@@ -345,7 +320,11 @@ def run_compare(cfg: CompareConfig, out: Path) -> dict[str, Any]:
             row["speedup"] = base_ms / ms if base_ms and ms else None
             row["score_diff_vs_baseline"] = r.aggregated["mean_score"] - base.aggregated["mean_score"]
             rows.append(row)
+    return rows
 
+
+def _write_sampler_outputs(cfg: CompareConfig, results: Results, out: Path) -> None:
+    """``<sampler>/eval_info.json`` (first mode, others under ``by_mode``) and the latency CSVs."""
     for name in cfg.run:
         sdir = out / name
         by_mode = {mode: run_block(results[name][mode]) for mode in cfg.modes}
@@ -353,7 +332,12 @@ def run_compare(cfg: CompareConfig, out: Path) -> dict[str, Any]:
         info = {
             **by_mode[first],
             "by_mode": {m: b for m, b in by_mode.items() if m != first},
-            "run": {**run_info(cfg.device), "policy_path": cfg.policy_path, "sampler_name": name},
+            "run": {
+                **run_info(cfg.device),
+                "policy_path": cfg.policy_path,
+                "sampler_name": name,
+                "task": cfg.task,
+            },
         }
         sdir.mkdir(parents=True, exist_ok=True)
         (sdir / "eval_info.json").write_text(json.dumps(info, indent=2))
@@ -362,12 +346,19 @@ def run_compare(cfg: CompareConfig, out: Path) -> dict[str, Any]:
             write_csv(r.steps, sdir / "latency" / f"steps_{mode}.csv", {"sampler": name, "mode": mode})
             write_csv(r.chunks, sdir / "latency" / f"chunks_{mode}.csv", {"sampler": name, "mode": mode})
 
+
+def _notes(cfg: CompareConfig) -> list[str]:
     notes = _noise_notes(cfg)
     if "frozen" in cfg.modes and cfg.eval.batch_size > 1:
         notes.append(
             f"frozen latencies are those of batched calls (up to {cfg.eval.batch_size} episodes per plan); "
             "per-plan latencies come from the time-aware modes (one plan at a time)"
         )
+    return notes
+
+
+def _checks(cfg: CompareConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Acceptance checks: frozen scores within `SCORE_TOLERANCE`, time-aware scores not below baseline."""
     checks: dict[str, Any] = {}
     if "frozen" in cfg.modes:
         diffs = {r["sampler"]: r["score_diff_vs_baseline"] for r in rows if r["mode"] == "frozen"}
@@ -383,24 +374,25 @@ def run_compare(cfg: CompareConfig, out: Path) -> dict[str, Any]:
             "ok": all(d >= 0 for d in diffs.values()),
             "n_episodes": cfg.realtime_episodes or cfg.eval.n_episodes,
         }
-    machine = {"load_avg_1m_start": load_start[0], "load_avg_1m_end": os.getloadavg()[0]}
-    summary = {
-        "table": rows,
-        "baseline": cfg.baseline,
-        "notes": notes,
-        "checks": checks,
-        "window_choice": window_choice,
-        "runs": {n: {m: run_block(r) for m, r in per.items()} for n, per in results.items()},
-        "config": dataclasses.asdict(cfg),
-        "run": {**run_info(cfg.device), **machine, "policy_path": cfg.policy_path},
-    }
-    for per in summary["runs"].values():
-        for block in per.values():
-            block.pop("per_episode")  # per-episode records live in <sampler>/eval_info.json
-    if cfg.plots:
-        summary["plots"] = [str(p) for p in compare_plots(cfg, results, out / "plots")]
-    (out / "compare.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return checks
+
+
+def format_report(summary: dict[str, Any], out: Path) -> str:
+    """What `parapolicy-compare` prints: the table, the notes, the checks and the machine load."""
+    lines = [format_table(summary["table"])]
+    lines += [f"note: {note}" for note in summary["notes"]]
+    baseline = summary["baseline"]
+    for name, check in summary["checks"].items():
+        diffs = ", ".join(f"{k} {v:+.3f}" for k, v in check["diff_vs_baseline"].items() if k != baseline)
+        mode = name.split("_score")[0]
+        rule = f"within +-{check['tolerance']}" if "tolerance" in check else "not below"
+        lines.append(f"{mode} mean score vs {baseline}: {diffs} ({'ok' if check['ok'] else 'NOT'} {rule})")
+    run = summary["run"]
+    lines.append(
+        f"load average {run['load_avg_1m_start']:.1f} -> {run['load_avg_1m_end']:.1f} "
+        f"-> {out / 'compare.json'}"
+    )
+    return "\n".join(lines)
 
 
 def compare_plots(cfg: CompareConfig, results: dict[str, dict[str, RolloutResult]], pdir: Path) -> list[Path]:
@@ -443,107 +435,3 @@ def compare_plots(cfg: CompareConfig, results: dict[str, dict[str, RolloutResult
                 )
             )
     return paths
-
-
-# --------------------------------------------------------------------------------------------------
-# profile
-def run_profile(cfg: ProfileConfig, out: Path) -> dict[str, Any]:
-    """Profile one sampler per control step; writes CSVs, ``latency/summary.json``, plots.
-
-    Returns:
-        The summary (``latency`` block with percentiles, miss rate and ``sections``; aggregated metrics).
-    """
-    out = Path(out)
-    claim_outputs(out, ["latency", "eval_info.json"])
-    if cfg.num_threads is not None:
-        torch.set_num_threads(cfg.num_threads)
-    policy = open_policy(cfg.policy_path, cfg.device)
-    check_policy_settings(policy, cfg.control, [cfg.sampler])
-    sampler, report = resolve_sampler(policy, cfg.sampler)  # window="auto": measured here
-    window_choice = None if report is None else {"window": sampler.window, **report}
-    policy.set_sampler(sampler)
-    ec = cfg.eval
-    bar = _progress(ec.n_episodes * ec.max_steps, ec.progress, f"profile {cfg.control.mode}")
-    try:
-        result = run_rollouts(
-            policy,
-            dataclasses.replace(ec, progress=False),
-            cfg.control,
-            video_dir=out / "videos" if ec.max_videos else None,
-            on_steps=bar.update,
-        )
-    finally:
-        bar.close()
-    ldir = out / "latency"
-    write_csv(result.steps, ldir / "steps.csv", {"sampler": cfg.sampler.algorithm, "world_size": 1})
-    write_csv(result.chunks, ldir / "chunks.csv", {"sampler": cfg.sampler.algorithm})
-    summary = {
-        "latency": result.latency,
-        "aggregated": result.aggregated,
-        "sampler": dataclasses.asdict(result.sampler),
-        "budget_choice": result.budget,
-        "window_choice": window_choice,
-        "control": dataclasses.asdict(cfg.control),
-        "run": {**run_info(cfg.device), "policy_path": cfg.policy_path},
-    }
-    (ldir / "summary.json").write_text(json.dumps(summary, indent=2))
-    info = {**run_block(result), "run": summary["run"]}
-    (out / "eval_info.json").write_text(json.dumps(info, indent=2))
-    if cfg.plots:
-        summary["plots"] = [str(p) for p in profile_plots(result, cfg.sampler.algorithm, out / "plots")]
-    return summary
-
-
-def profile_plots(result: RolloutResult, label: str, pdir: Path) -> list[Path]:
-    """Histogram, CDF and per-step timeline of one profiled run."""
-    budget = result.latency["budget_ms"]
-    steps, chunks = result.steps, result.chunks
-    ok = chunks.column("fault") == 0
-    first = steps.column("episode") == steps.column("episode")[:1].max(initial=0)
-    return [
-        plots.latency_hist({label: chunks.column("latency_ms")[ok]}, pdir / "latency_hist.png", budget),
-        plots.latency_cdf(
-            {label: steps.column("latency_ms")},
-            {label: chunks.column("latency_ms")[ok]},
-            pdir / "latency_cdf.png",
-            budget,
-        ),
-        plots.latency_timeline(
-            {
-                label: (
-                    steps.column("step")[first],
-                    steps.column("latency_ms")[first],
-                    steps.column("missed")[first],
-                )
-            },
-            pdir / "latency_timeline.png",
-            budget,
-        ),
-    ]
-
-
-def format_profile(summary: dict[str, Any]) -> str:
-    """A short text report of a profile summary."""
-    lat = summary["latency"]
-    ch = lat["chunk"]
-    lines = [
-        f"mode {lat['mode']} at {lat['hz']:g} Hz, budget {lat['budget_ms']:g} ms, {lat['n_steps']} steps "
-        f"({lat['warmup_steps_excluded']} warm-up plans excluded: "
-        f"{', '.join(f'{x:.1f}' for x in lat['warmup']['latency_ms'])} ms)",
-        f"per step  p50 {_fmt(lat['p50_ms'], '.3f')}  p90 {_fmt(lat['p90_ms'], '.3f')}  "
-        f"p99 {_fmt(lat['p99_ms'], '.1f')}  max {_fmt(lat['max_ms'], '.1f')} ms   miss rate "
-        f"{100 * lat['miss_rate']:.1f}%",
-        f"per chunk p50 {_fmt(ch['p50_ms'])}  p90 {_fmt(ch['p90_ms'])}  p99 {_fmt(ch['p99_ms'])}  "
-        f"max {_fmt(ch['max_ms'])} ms   over budget {ch['over_budget']}/{ch['n']}",
-        "sources   " + "  ".join(f"{k} {v}" for k, v in lat["action_sources"].items()),
-        "sections  "
-        + "  ".join(
-            f"{k} {v['total_ms']:.0f} ms ({100 * v['share']:.0f}%)"
-            for k, v in lat.get("sections", {}).items()
-        ),
-    ]
-    agg = summary["aggregated"]
-    lines.append(
-        f"score {agg['mean_score']:.3f}, success {agg['pc_success']:.0f}% over {agg['n_episodes']} episodes"
-    )
-    return "\n".join(lines)

@@ -1,15 +1,13 @@
 """`parapolicy-profile`: per-control-step latency profile of one sampler in one control mode.
 
-Writes ``latency/steps.csv`` (one row per control step), ``latency/chunks.csv`` (one per plan),
-``latency/summary.json`` (percentiles, miss rate, time per section) and plots into the run folder
-(see `parapolicy.policy.compare.run_profile`).
+Settings and the job itself: `parapolicy.policy.profile` (ProfileConfig, run_profile).
 """
 
 from __future__ import annotations
 
 import hydra
 
-from parapolicy.policy.compare import ProfileConfig, format_profile, run_profile
+from parapolicy.policy.profile import ProfileConfig, format_profile, run_profile
 
 from ._hydra import CONFIG_PATH, VERSION_BASE, register_schema, run_dir, to_dataclass
 
@@ -19,9 +17,8 @@ register_schema("profile_schema", ProfileConfig)
 @hydra.main(version_base=VERSION_BASE, config_path=CONFIG_PATH, config_name="profile")
 def main(cfg) -> None:
     """Profile and print the summary."""
-    app: ProfileConfig = to_dataclass(cfg)
     out = run_dir()
-    summary = run_profile(app, out)
+    summary = run_profile(to_dataclass(cfg), out)
     print(format_profile(summary))
     print(f"-> {out / 'latency' / 'summary.json'}")
 

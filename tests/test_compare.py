@@ -1,4 +1,4 @@
-"""The comparison and profiling jobs (`policy/compare.py`) and their Hydra entry points."""
+"""The comparison and profiling jobs (`policy/compare.py`, `policy/profile.py`) and their CLIs."""
 
 from __future__ import annotations
 
@@ -11,21 +11,14 @@ import sys
 import pytest
 import torch
 
-from parapolicy.policy.compare import (
-    CompareConfig,
-    ProfileConfig,
-    SamplerEntry,
-    format_profile,
-    format_table,
-    run_compare,
-    run_profile,
-)
+from parapolicy.policy.compare import CompareConfig, SamplerEntry, format_table, run_compare
 from parapolicy.policy.config import PolicyConfig, SamplerConfig, UNetConfig
 from parapolicy.policy.control.evaluation import EvalConfig
 from parapolicy.policy.control.rollout import ControlConfig
 from parapolicy.policy.model.checkpoint import CheckpointError
 from parapolicy.policy.model.policy import DiffusionPolicy
 from parapolicy.policy.model.pretrained import save_policy
+from parapolicy.policy.profile import ProfileConfig, format_profile, run_profile
 
 PNG = b"\x89PNG"
 STEP_COLUMNS = [

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from parapolicy.envs.video import check_video_output, write_mp4
 from parapolicy.policy.config import SamplerConfig
 from parapolicy.policy.control.episode import Episode
 from parapolicy.policy.control.evaluation import EvalConfig, aggregate, episode_generator
@@ -72,7 +71,7 @@ class Controller:
         """
         ec, control = self.eval_cfg, self.control
         if video_dir is not None and ec.max_videos:
-            check_video_output(video_dir)  # fail before the rollouts, not after
+            self.task.check_video_output(Path(video_dir))  # fail before the rollouts, not after
         logs = (StepLog(), ChunkLog(), SectionTimer())
         planner = Planner(self.policy, control, self.n_rows, logs[2])
         timeline = Timeline(planner, control, self.task, self.Ta, ec.max_steps, logs, on_steps)
@@ -161,7 +160,7 @@ class Controller:
         self, e: Episode, video_dir: Path | None, prefix: str, on_steps: Callable[[int], None] | None
     ) -> dict[str, Any]:
         if e.frames is not None and video_dir is not None:
-            path = write_mp4(Path(video_dir) / f"{prefix}{e.ix}.mp4", e.frames, fps=self.task.render_fps)
+            path = self.task.write_video(Path(video_dir) / f"{prefix}{e.ix}.mp4", e.frames)
             e.record.video_path = str(path)
         e.frames = None
         e.env.close()

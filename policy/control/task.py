@@ -2,14 +2,16 @@
 
 The controller (`controller.py`) drives any environment through a `Task`: it makes the env, resets it
 to the start state of a seed, turns the env's ``(obs, info)`` into the policy's observation, reads the
-score and success of a step, and asks for the safe (fallback) action. Implementations live in
-``policy/control/tasks/`` (PushT-v0 of this repository, HuggingFace's gym-pusht); `tasks.make_task`
-builds one by name.
+score and success of a step, asks for the safe (fallback) action and writes episode videos.
+Implementations live in ``policy/control/tasks/`` (PushT-v0 of this repository, HuggingFace's
+gym-pusht); `tasks.make_task` builds one by name.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -37,8 +39,6 @@ class Task(Protocol):
 
     name: str
     """Short name (``pusht``, ``gym_pusht``), recorded with the results."""
-    render_fps: int
-    """Frame rate of episode videos."""
 
     def make_env(self, video_size: int) -> Any:
         """A new environment whose ``render()`` gives (video_size, video_size, 3) uint8 frames."""
@@ -58,4 +58,12 @@ class Task(Protocol):
 
     def safe_action(self, obs: Any, info: dict[str, Any]) -> np.ndarray:
         """The fallback action (Da,) float64 in this state: what the robot does without a plan."""
+        ...
+
+    def check_video_output(self, directory: Path) -> None:
+        """Fail before any rollout when videos could not be written into ``directory``."""
+        ...
+
+    def write_video(self, path: Path, frames: Sequence[np.ndarray]) -> Path:
+        """Encode ``render()`` frames as a video at ``path`` (at the task's frame rate); returns the path."""
         ...

@@ -19,12 +19,15 @@ gym-pusht 0.1.8 shares the reference physics and reward. Adapter choices, from i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from parapolicy.envs import coverage, reference_initial_state
 from parapolicy.envs.geometry import keypoints_world
+from parapolicy.envs.video import check_video_output, write_mp4
 from parapolicy.policy.control.task import StepScore
 
 MIN_VIDEO_SIZE = 96  # gym-pusht's action marker has zero thickness below this and OpenCV refuses it
@@ -74,3 +77,11 @@ class GymPushTTask:
     def safe_action(self, obs: Any, info: dict[str, Any]) -> np.ndarray:
         """Target the pusher's current position."""
         return np.asarray(info["pos_agent"], dtype=np.float64).copy()
+
+    def check_video_output(self, directory: Path) -> None:
+        """Fail fast when MP4s could not be written into ``directory`` (`parapolicy.envs.video`)."""
+        check_video_output(directory)
+
+    def write_video(self, path: Path, frames: Sequence[np.ndarray]) -> Path:
+        """Encode the frames as an MP4 at the env's control rate."""
+        return write_mp4(path, frames, fps=self.render_fps)

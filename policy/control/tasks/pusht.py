@@ -7,12 +7,14 @@ action: target the pusher's current position (it stops where it is).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from parapolicy.envs import PushTEnv, reference_initial_state
+from parapolicy.envs.video import check_video_output, write_mp4
 from parapolicy.policy.control.task import StepScore
 
 
@@ -51,3 +53,11 @@ class PushTTask:
     def safe_action(self, obs: Any, info: dict[str, Any]) -> np.ndarray:
         """Target the pusher's current position."""
         return np.asarray(info["pos_agent"], dtype=np.float64).copy()
+
+    def check_video_output(self, directory: Path) -> None:
+        """Fail fast when MP4s could not be written into ``directory`` (`parapolicy.envs.video`)."""
+        check_video_output(directory)
+
+    def write_video(self, path: Path, frames: Sequence[np.ndarray]) -> Path:
+        """Encode the frames as an MP4 at the env's control rate."""
+        return write_mp4(path, frames, fps=self.render_fps)

@@ -1,0 +1,54 @@
+"""Helpers the rollout jobs share (`compare.py`, `profile.py`, `eval.py`): opening the checkpoint with a
+message that says what to do, claiming a run folder, the progress bar, the per-mode output block and
+number formatting for the printed tables.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from parapolicy.policy.control.records import RolloutResult
+from parapolicy.policy.model.checkpoint import CheckpointError
+from parapolicy.policy.model.policy import DiffusionPolicy
+from parapolicy.policy.model.pretrained import load_policy
+
+
+def open_policy(path: str, device: str) -> DiffusionPolicy:
+    """Load the checkpoint, turning a missing or broken one into a message that says what to do."""
+    try:
+        return load_policy(path, device=device)
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"cannot load policy_path={path!r}: {exc}. Point policy_path at a checkpoint directory "
+            "(config.json, model.safetensors, normalizer.safetensors), e.g. a parapolicy-train run's "
+            "checkpoints/last/pretrained_model"
+        ) from exc
+
+
+def claim_outputs(out: Path, names: list[str]) -> None:
+    """Refuse to reuse a run folder that already holds this job's outputs (runs never overwrite)."""
+    taken = [n for n in names if (out / n).exists()]
+    if taken:
+        raise FileExistsError(f"run folder {out} already holds {taken}; results are never overwritten")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def progress_bar(total: int, enabled: bool, desc: str) -> tqdm:
+    """A control-step progress bar; off when disabled or when stderr is not a terminal (tqdm's None)."""
+    return tqdm(total=total, desc=desc, unit="step", disable=None if enabled else True, dynamic_ncols=True)
+
+
+def run_block(result: RolloutResult) -> dict[str, Any]:
+    """The per-mode block of ``eval_info.json`` / ``compare.json``."""
+    return {**result.eval_info(), "warmup_ms": result.warmup_ms}
+
+
+def fmt(v: Any, spec: str = ".1f") -> str:
+    """``v`` formatted with ``spec``, or ``-`` for None/NaN."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return format(v, spec)
