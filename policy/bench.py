@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -71,6 +71,18 @@ class SamplerBenchConfig:
             raise ValueError(f"windows must lie in [1, num_inference_steps], got {self.windows}")
         if not self.tols or any(t <= 0 for t in self.tols):
             raise ValueError(f"tols must be > 0, got {self.tols}")
+
+
+@dataclass
+class BenchJobConfig:
+    """`parapolicy-bench` settings."""
+
+    policy_path: str = "assets/default_policy"
+    """Checkpoint directory."""
+    device: str = "cpu"
+    """Torch device."""
+    bench: SamplerBenchConfig = field(default_factory=SamplerBenchConfig)
+    """What to measure."""
 
 
 @torch.no_grad()

@@ -1,43 +1,28 @@
-"""`parapolicy-bench`: sequential DDPM vs ParaDDPM on the same observations and noise."""
+"""`parapolicy-bench`: sequential DDPM vs ParaDDPM on the same observations and noise.
+
+Settings: `parapolicy.policy.bench.BenchJobConfig`; the measurement: `run_sampler_benchmark`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
 
 import hydra
 
-from parapolicy.policy.bench import (
-    SamplerBenchConfig,
-    format_sampler_benchmark,
-    run_sampler_benchmark,
-)
+from parapolicy.policy.bench import BenchJobConfig, format_sampler_benchmark, run_sampler_benchmark
 from parapolicy.policy.model.pretrained import load_policy
 from parapolicy.policy.run_info import run_info
 
 from ._hydra import CONFIG_PATH, VERSION_BASE, register_schema, run_dir, to_dataclass
 
-
-@dataclass
-class BenchAppConfig:
-    """`parapolicy-bench` settings."""
-
-    policy_path: str = "assets/default_policy"
-    """Checkpoint directory."""
-    device: str = "cpu"
-    """Torch device."""
-    bench: SamplerBenchConfig = field(default_factory=SamplerBenchConfig)
-    """What to measure."""
-
-
-register_schema("bench_schema", BenchAppConfig)
+register_schema("bench_schema", BenchJobConfig)
 
 
 @hydra.main(version_base=VERSION_BASE, config_path=CONFIG_PATH, config_name="bench")
 def main(cfg) -> None:
     """Print the table and write ``bench.json`` in the run folder."""
-    app: BenchAppConfig = to_dataclass(cfg)
+    app: BenchJobConfig = to_dataclass(cfg)
     policy = load_policy(app.policy_path, device=app.device)
     result = run_sampler_benchmark(policy, app.bench)
     result["run"] = {

@@ -1,0 +1,63 @@
+"""Typed rollout records (`policy/control/records.py`, `faults.py`): the JSON schema and the fault codes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from parapolicy.policy.control.faults import Fault
+from parapolicy.policy.control.latency import ChunkLog, write_csv
+from parapolicy.policy.control.records import EpisodeRecord, Plan
+
+# the per_episode keys of eval_info.json, in order (the schema before the records were typed)
+EPISODE_KEYS = [
+    "episode_ix", "seed", "max_reward", "sum_reward", "success", "n_steps", "final_coverage",
+    "deadline_misses", "held_steps", "fallback_steps", "fresh_steps", "queued_steps", "tail_steps",
+    "ticks_lost", "n_chunks", "nan_chunks", "denoiser_errors", "observation_errors", "pacing_overruns",
+    "stopped", "stop_reason", "stop_step", "video_path",
+]  # fmt: skip
+
+
+def test_episode_record_keeps_the_eval_info_schema():
+    rec = EpisodeRecord(episode_ix=3, seed=100003, final_coverage=0.25)
+    assert list(rec.as_dict()) == EPISODE_KEYS
+    rec.add_step(0.5, 0.4, False)
+    rec.add_step(0.2, 0.1, True)
+    for source in ("fresh", "queued", "queued", "held", "fallback"):
+        rec.count_source(source)
+    rec.count_fault(Fault.NAN)
+    rec.stop("deadline_miss", 2)
+    d = rec.as_dict()
+    assert (d["n_steps"], d["max_reward"], d["sum_reward"], d["final_coverage"], d["success"]) == (
+        2, 0.5, 0.7, 0.1, True,
+    )  # fmt: skip
+    assert (d["fresh_steps"], d["queued_steps"], d["held_steps"], d["fallback_steps"]) == (1, 2, 1, 1)
+    assert d["nan_chunks"] == 1 and (d["stopped"], d["stop_reason"], d["stop_step"]) == (
+        True,
+        "deadline_miss",
+        2,
+    )
+    with pytest.raises(ValueError, match="unknown action source"):
+        rec.count_source("late")
+
+
+def test_fault_codes_labels_and_counters():
+    assert [int(f) for f in Fault] == [0, 1, 2, 3]
+    assert [f.label for f in Fault] == ["", "nan", "error", "observation"]
+    assert [f.counter for f in Fault if f] == ["nan_chunks", "denoiser_errors", "observation_errors"]
+    with pytest.raises(ValueError, match="counts nothing"):
+        _ = Fault.NONE.counter
+
+
+def test_a_plan_fills_every_chunk_column_and_the_csv_names_its_fault(tmp_path):
+    plan = Plan(
+        chunk=2, request=16, actions=None, fault=Fault.ERROR, latency_ms=120.0, compute_ms=110.0,
+        denoiser_ms=0.0, observation_ms=0.0, t_obs_ns=0, t_ready_ns=1, batch_rows=1,
+    )  # fmt: skip
+    log = ChunkLog()
+    row = plan.chunk_row(episode=1, ready_step=18, budget_ms=100.0)
+    assert list(row) == list(log.names)
+    log.append(**row)
+    assert row["over_budget"] and row["ticks_late"] == 2 and np.isnan(row["final_residual"])
+    text = write_csv(log, tmp_path / "chunks.csv").read_text().splitlines()
+    assert text[1].split(",")[-1] == "error"
