@@ -1,0 +1,59 @@
+"""The evaluation job (`policy/eval.py`) and its CLI (`scripts/eval.py`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from parapolicy.policy.config import PolicyConfig, SamplerConfig, UNetConfig
+from parapolicy.policy.control.evaluation import EvalConfig
+from parapolicy.policy.eval import EvalJobConfig, format_eval, run_eval
+from parapolicy.policy.model.policy import DiffusionPolicy
+from parapolicy.policy.model.pretrained import save_policy
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(PolicyConfig(unet=UNetConfig(down_dims=(16, 32), diffusion_step_embed_dim=16)))
+    gen = torch.Generator().manual_seed(1)
+    policy.normalizer.fit(
+        {"obs": torch.rand(200, 20, generator=gen) * 512, "action": torch.rand(200, 2, generator=gen) * 512}
+    )
+    return save_policy(policy, tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+def job(checkpoint, task: str) -> EvalJobConfig:
+    ec = EvalConfig(n_episodes=2, batch_size=2, max_steps=10, max_videos=0, progress=False)
+    return EvalJobConfig(
+        policy_path=str(checkpoint), task=task, sampler=SamplerConfig(num_inference_steps=5), eval=ec
+    )
+
+
+def test_run_eval_writes_eval_info_and_both_tasks_agree(checkpoint, tmp_path):
+    a = run_eval(job(checkpoint, "pusht"), tmp_path / "a")
+    b = run_eval(job(checkpoint, "gym_pusht"), tmp_path / "b")
+    on_disk = json.loads((tmp_path / "a" / "eval_info.json").read_text())
+    assert set(on_disk) == {"per_episode", "aggregated", "run"} and on_disk["run"]["task"] == "pusht"
+    assert [e["seed"] for e in a["per_episode"]] == [100000, 100001]
+    for ea, eb in zip(a["per_episode"], b["per_episode"], strict=True):
+        assert (ea["n_steps"], ea["success"]) == (eb["n_steps"], eb["success"])
+        assert eb["max_reward"] == pytest.approx(ea["max_reward"], abs=1e-6)
+    assert "over 2 episodes" in format_eval(a)
+
+
+def test_unknown_task_fails_at_compose_time(tmp_path):
+    with pytest.raises(ValueError, match="task must be one of"):
+        EvalJobConfig(task="mujoco")
+    proc = subprocess.run(
+        [sys.executable, "-m", "parapolicy.scripts.eval", "task=mujoco", f"hydra.run.dir={tmp_path / 'r'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode != 0 and "task must be one of" in proc.stderr + proc.stdout
