@@ -1,14 +1,15 @@
-"""The reference evaluation protocol on PushT: its settings, noise per episode and metrics (no hydra).
+"""The reference evaluation protocol: its settings, noise per episode and metrics (no hydra).
 
 The episodes themselves run in the controller's ``frozen`` mode (`rollout.evaluate_policy`).
 
-Episodes start from the reference initial-state sampler (`reference_initial_state(seed)`, legacy set
-order), seeds ``start_seed .. start_seed + n_episodes - 1`` (reference test seeds: 100000...). Up to
-``batch_size`` episodes run in lockstep so that one network call plans for all of them; each episode
-has its own noise generator seeded from (noise_seed, episode seed), so results do not depend on the
-batch size or on which episodes share a batch. As the reference's MultiStepWrapper: the first
-observation is repeated to fill the To-step history, a chunk of Ta actions is executed one by one and
-stops early when the episode ends, and an episode ends at success or after ``max_steps`` steps.
+Episodes start from the task's start state of each seed (PushT: the reference initial-state sampler,
+`reference_initial_state(seed)`, legacy set order; see `tasks/`), seeds ``start_seed .. start_seed +
+n_episodes - 1`` (reference test seeds: 100000...). Up to ``batch_size`` episodes run in lockstep so
+that one network call plans for all of them; each episode has its own noise generator seeded from
+(noise_seed, episode seed), so results do not depend on the batch size or on which episodes share a
+batch. As the reference's MultiStepWrapper: the first observation is repeated to fill the To-step
+history, a chunk of Ta actions is executed one by one and stops early when the episode ends, and an
+episode ends at success or after ``max_steps`` steps.
 Metrics: ``mean_score`` (the reference's headline: mean over episodes of the max reward), success rate
 with a Wilson 95% interval, steps and final coverage.
 """

@@ -1,10 +1,10 @@
 """Per-control-step latency records, percentiles, section timers and summaries (no hydra, no torch).
 
-A rollout (see `rollout.py`) appends one row per control step to a `StepLog` and one row per plan
+A rollout appends one row per control step (`timeline.py`) to a `StepLog` and one row per plan
 (action chunk) to a `ChunkLog`. Both store their columns in growable numpy arrays (about 120 bytes per
 step), so a 10,000-step soak holds about 1 MB of records and memory stays flat otherwise.
 
-Step row (conventions 2.4, plus a few columns that make the row self-explaining):
+Step row:
 
 - ``episode``, ``step``: episode index and control step (tick) within it.
 - ``t_obs_ns``: when the decision this step's action came from started: the plan request for a
@@ -17,7 +17,7 @@ Step row (conventions 2.4, plus a few columns that make the row self-explaining)
   budget) or the step had no planned action at all (``held``/``fallback`` on a miss or a fault).
 - ``action_source``: ``fresh`` (first action taken from a newly arrived plan), ``queued`` (a later
   action of a plan), ``held`` (no plan action available: the last target is re-sent), ``fallback``
-  (the safe action: hold the pusher where it is).
+  (the task's safe action; PushT: hold the pusher where it is).
 - ``chunk``: the plan the action came from (-1 for none); sampler statistics (``model_evals``,
   ``sequential_passes``, ``picard_iters``, ``converged``, ``final_residual``) are the plan's on its
   fresh step and empty on the others, so column sums are totals.
@@ -235,7 +235,7 @@ def latency_summary(
     """The ``latency`` block of ``eval_info.json``/``summary.json`` (warm-up plans are not in the logs).
 
     Returns:
-        Conventions 2.4 keys (``budget_ms``, ``p50_ms`` ... ``max_ms``, ``mean_ms``, ``miss_rate``,
+        ``budget_ms``, ``p50_ms`` ... ``max_ms``, ``mean_ms``, ``miss_rate``,
         ``n_steps``, ``warmup_steps_excluded``) over control steps, plus ``chunk`` (percentiles of the plan
         latency and of its measured compute time), ``action_sources`` (step counts), ``warmup`` (the
         excluded warm-up plans), ``drift`` (median step latency of fresh steps, first vs last quarter)

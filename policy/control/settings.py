@@ -67,8 +67,8 @@ class ControlConfig:
     budget_ms: float | None = None
     """Latency budget of a plan and of a control step; None: one control period (1000 / hz)."""
     on_miss: str = "hold"
-    """A tick without a planned action: ``hold`` (re-send the last target), ``fallback`` (the safe
-    action: the pusher's current position) or ``stop`` (end the episode)."""
+    """A tick without a planned action: ``hold`` (re-send the last target), ``fallback`` (the task's safe
+    action; PushT: the pusher's current position) or ``stop`` (end the episode)."""
     max_consecutive_misses: int | None = None
     """Stop the episode after this many missed steps in a row (None: never)."""
     latency_model: str = "measured"
