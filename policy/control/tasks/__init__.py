@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from parapolicy.policy.control.task import Task
+from parapolicy.policy.control.tasks.gym_pusht import GymPushTTask
+from parapolicy.policy.control.tasks.pusht import PushTTask
 
 TASK_NAMES = ("pusht", "gym_pusht")
 
@@ -18,15 +20,11 @@ TASK_NAMES = ("pusht", "gym_pusht")
 def make_task(name: str, env_factory: Callable[[], object] | None = None) -> Task:
     """The task called ``name`` (one of `TASK_NAMES`); ``env_factory`` overrides how ``pusht`` makes envs."""
     if name == "pusht":
-        from parapolicy.policy.control.tasks.pusht import PushTTask
-
         return PushTTask(env_factory=env_factory)
     if env_factory is not None:
         raise ValueError(f"env_factory is only supported for task 'pusht', got task {name!r}")
     if name == "gym_pusht":
-        from parapolicy.policy.control.tasks.gym_pusht import GymPushTTask
-
-        return GymPushTTask()
+        return GymPushTTask()  # imports gym_pusht (optional) when it makes an env
     raise ValueError(f"task must be one of {TASK_NAMES}, got {name!r}")
 
 
@@ -36,4 +34,4 @@ def check_task_name(name: str) -> None:
         raise ValueError(f"task must be one of {TASK_NAMES}, got {name!r}")
 
 
-__all__ = ["TASK_NAMES", "check_task_name", "make_task"]
+__all__ = ["TASK_NAMES", "GymPushTTask", "PushTTask", "check_task_name", "make_task"]
