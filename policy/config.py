@@ -310,6 +310,21 @@ class PolicyConfig:
         return _from_dict(cls, data, "policy")
 
 
+def _type_ok(annotation: str, value: Any) -> bool:
+    """Whether a JSON value fits a field annotation (the simple ones the configs use; others pass)."""
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    checks = {
+        "int": is_int,
+        "float": is_int or isinstance(value, float),
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+        "int | None": value is None or is_int,
+        "tuple[int, ...]": isinstance(value, list | tuple)
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value),
+    }
+    return checks.get(annotation, True)
+
+
 def _from_dict(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise ValueError(f"{where} must be a mapping, got {type(data).__name__}")
@@ -323,6 +338,9 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
         if cls is PolicyConfig and name in nested:
             kwargs[name] = _from_dict(nested[name], value, f"{where}.{name}")
         else:
+            annotation = str(fields[name].type)
+            if not _type_ok(annotation, value):
+                raise ValueError(f"{where}.{name} must be {annotation}, got {type(value).__name__} {value!r}")
             kwargs[name] = value
     try:
         return cls(**kwargs)

@@ -18,6 +18,7 @@ from parapolicy.policy.control.evaluation import EvalConfig
 from parapolicy.policy.control.rollout import evaluate_policy
 from parapolicy.policy.control.tasks import check_task_name, make_task
 from parapolicy.policy.model.pretrained import load_policy
+from parapolicy.policy.run_health import DEFAULT_MAX_REJECTED_SHARE
 from parapolicy.policy.run_info import run_info
 from parapolicy.policy.runtime.auto_window import resolve_sampler
 
@@ -36,9 +37,13 @@ class EvalJobConfig:
     """Sampler used for evaluation (default: the reference's sequential DDPM-100)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Episodes, seeds, batching, videos."""
+    max_rejected_share: float = DEFAULT_MAX_REJECTED_SHARE
+    """Exit non-zero (code 8, records still written) when the output guard rejects more plans than this."""
 
     def __post_init__(self) -> None:
         check_task_name(self.task)
+        if not 0.0 <= self.max_rejected_share <= 1.0:
+            raise ValueError(f"max_rejected_share must be in [0, 1], got {self.max_rejected_share}")
 
 
 def run_eval(cfg: EvalJobConfig, out: Path) -> dict[str, Any]:

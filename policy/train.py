@@ -26,6 +26,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,11 +39,13 @@ from parapolicy.policy.config import PolicyConfig, SamplerConfig
 from parapolicy.policy.control.evaluation import EvalConfig
 from parapolicy.policy.control.rollout import evaluate_policy
 from parapolicy.policy.data.dataset import PushTLowdimDataset
-from parapolicy.policy.model.checkpoint import CheckpointError, write_atomic_dir
+from parapolicy.policy.errors import NoRunToResumeError
+from parapolicy.policy.model.checkpoint import CheckpointError, read_metadata, write_atomic_dir
 from parapolicy.policy.model.ema import EMA
 from parapolicy.policy.model.policy import DiffusionPolicy
 from parapolicy.policy.model.pretrained import load_policy, load_raw_weights, save_policy
 from parapolicy.policy.model.training_state import load_training_state, save_training_state
+from parapolicy.policy.run_dir import claim_run_dir
 
 LAST_LINK = "last"
 _OWN_FILES = ("train_config.json", "metrics.jsonl", "checkpoints")
@@ -91,7 +94,9 @@ class TrainConfig:
     eval_sampler: SamplerConfig = field(default_factory=SamplerConfig)
     """Sampler of the periodic evaluation."""
     resume: bool = False
-    """Continue the run in the output folder from its last checkpoint."""
+    """Continue the run in the output folder from its last checkpoint (from step 0 if it has none)."""
+    allow_data_change: bool = False
+    """Resume even though the demonstration store differs from the one the checkpoint was trained on."""
     num_threads: int = 0
     """torch CPU threads (0: torch's default)."""
     progress: bool = True
@@ -145,17 +150,68 @@ class _Batches:
         return self._perm[pos * self.bs : (pos + 1) * self.bs]
 
 
-def _check_run_dir(out: Path, resume: bool) -> None:
-    taken = [name for name in _OWN_FILES if (out / name).exists()]
-    if taken and not resume:
-        raise FileExistsError(
-            f"run folder {out} already holds {taken}; pass resume=true to continue it, or choose a new folder"
+def _is_complete_checkpoint(path: Path) -> bool:
+    model = path / "pretrained_model"
+    return (
+        all(
+            (p).is_file()
+            for p in (model / "config.json", model / "model.safetensors", model / "normalizer.safetensors")
         )
-    if resume and not (out / "checkpoints" / LAST_LINK).exists():
-        raise FileNotFoundError(f"resume=true but {out / 'checkpoints' / LAST_LINK} does not exist")
+        and (path / "training_state").is_dir()
+    )
 
 
-_RUN_CONTROL_FIELDS = ("resume", "progress", "num_threads")  # may differ between a run and its resumption
+def find_resume_checkpoint(out: Path) -> Path | None:
+    """The checkpoint a resumed run continues from: ``checkpoints/last``, or, when that link dangles
+    or names an incomplete checkpoint, the newest complete ``checkpoints/<step>`` (with a warning, and
+    ``last`` re-pointed at it). None when the run has no complete checkpoint at all."""
+    ckpts = out / "checkpoints"
+    link = ckpts / LAST_LINK
+    if link.is_symlink() or link.exists():
+        target = link.resolve()
+        if _is_complete_checkpoint(target):
+            return target
+    complete = sorted(
+        (p for p in ckpts.glob("[0-9]" * 6) if _is_complete_checkpoint(p)), key=lambda p: int(p.name)
+    )
+    if not complete:
+        return None
+    newest = complete[-1]
+    if link.is_symlink() or link.exists():
+        warnings.warn(
+            f"{link} points at {os.readlink(link) if link.is_symlink() else link}, which is missing or "
+            f"incomplete; resuming from the newest complete checkpoint {newest}",
+            stacklevel=2,
+        )
+    _point_last(ckpts, newest.name)
+    return newest
+
+
+def _point_last(ckpts: Path, name: str) -> None:
+    link, tmp_link = ckpts / LAST_LINK, ckpts / f".{LAST_LINK}.tmp"
+    tmp_link.unlink(missing_ok=True)
+    os.symlink(name, tmp_link)  # relative: the run folder can be moved
+    os.replace(tmp_link, link)
+
+
+def _check_run_dir(out: Path, resume: bool) -> None:
+    if not resume:
+        dead_end = (out / "train_config.json").exists() and find_resume_checkpoint(out) is None
+        hint = (
+            "it has no complete checkpoint (killed before the first save?): pass resume=true to restart "
+            "it from step 0 in place, or choose a new folder"
+            if dead_end
+            else "pass resume=true to continue it, or choose a new folder"
+        )
+        claim_run_dir(out, _OWN_FILES, "parapolicy-train", hint=hint)
+    elif not (out / "train_config.json").is_file():
+        raise NoRunToResumeError(
+            f"resume=true but {out / 'train_config.json'} does not exist: {out} holds no run to continue"
+        )
+
+
+# may differ between a run and its resumption
+_RUN_CONTROL_FIELDS = ("resume", "progress", "num_threads", "allow_data_change")
 
 
 def _config_json(cfg: TrainConfig) -> str:
@@ -172,7 +228,9 @@ def _truncate_metrics(path: Path, step: int) -> None:
         path.write_text("".join(row + "\n" for row in rows))
 
 
-def _save_checkpoint(out: Path, policy: DiffusionPolicy, ema: EMA, optimizer, scheduler, step: int) -> Path:
+def _save_checkpoint(
+    out: Path, policy: DiffusionPolicy, ema: EMA, optimizer, scheduler, step: int, data: dict[str, Any]
+) -> Path:
     ckpt_dir = out / "checkpoints" / f"{step:06d}"
 
     def write(tmp: Path) -> None:
@@ -180,17 +238,27 @@ def _save_checkpoint(out: Path, policy: DiffusionPolicy, ema: EMA, optimizer, sc
             ema.shadow,
             tmp / "pretrained_model",
             raw_weights=policy.network.state_dict(),
-            metadata={"step": step},
+            metadata={"step": step, "data_fingerprint": data},
         )
         save_training_state(tmp / "training_state", optimizer, scheduler, step, ema.optimization_step)
 
     write_atomic_dir(ckpt_dir, write)
-    link = out / "checkpoints" / LAST_LINK
-    tmp_link = out / "checkpoints" / f".{LAST_LINK}.tmp"
-    tmp_link.unlink(missing_ok=True)
-    os.symlink(ckpt_dir.name, tmp_link)  # relative: the run folder can be moved
-    os.replace(tmp_link, link)
+    _point_last(out / "checkpoints", ckpt_dir.name)
     return ckpt_dir
+
+
+def _check_data_unchanged(ckpt: Path, current: dict[str, Any], allow: bool) -> None:
+    """Refuse to resume on a store other than the one ``ckpt`` was trained on (unless ``allow``)."""
+    saved = read_metadata(ckpt / "pretrained_model").get("data_fingerprint")
+    if saved == current:
+        return
+    msg = (
+        f"the demonstration store changed since {ckpt} was saved (then: {saved}; now: {current}); "
+        "its normaliser and batches would silently differ"
+    )
+    if not allow:
+        raise CheckpointError(f"{msg}. Pass allow_data_change=true to resume anyway, or start a new run")
+    warnings.warn(f"{msg}; resuming anyway (allow_data_change=true)", stacklevel=2)
 
 
 @torch.no_grad()
@@ -212,8 +280,10 @@ def train(cfg: TrainConfig, out: Path) -> Path:
     """Train a policy into run folder ``out``; returns the final checkpoint directory.
 
     Raises:
-        FileExistsError: if ``out`` already holds a run and ``cfg.resume`` is false.
-        CheckpointError: if resuming with a different config or a broken checkpoint.
+        RunFolderError: if ``out`` already holds a run and ``cfg.resume`` is false.
+        NoRunToResumeError: if ``cfg.resume`` is true and ``out`` holds no run.
+        CheckpointError: if resuming with a different config, a broken checkpoint, or (unless
+            ``cfg.allow_data_change``) a demonstration store that differs from the checkpoint's.
     """
     out = Path(out)
     _check_run_dir(out, cfg.resume)
@@ -232,6 +302,7 @@ def train(cfg: TrainConfig, out: Path) -> Path:
         split="train",
     )
     val_set = train_set.get_validation_dataset()
+    data = train_set.fingerprint()
     torch.manual_seed(cfg.seed)
     policy = DiffusionPolicy(p, train_set.get_normalizer())
     ema = EMA(copy.deepcopy(policy), power=cfg.ema_power, max_decay=cfg.ema_max_decay)
@@ -247,11 +318,20 @@ def train(cfg: TrainConfig, out: Path) -> Path:
                 f"resume=true but the config differs from {out / 'train_config.json'} "
                 f"(only {', '.join(_RUN_CONTROL_FIELDS)} may change when resuming)"
             )
-        last = (out / "checkpoints" / LAST_LINK).resolve()
-        ema.shadow = load_policy(last / "pretrained_model")
-        ema.shadow.requires_grad_(False)
-        policy.network.load_state_dict(load_raw_weights(last / "pretrained_model"), strict=True)
-        step, ema.optimization_step = load_training_state(last / "training_state", optimizer, scheduler)
+        last = find_resume_checkpoint(out)
+        if last is None:
+            warnings.warn(
+                f"{out} has no complete checkpoint (the run stopped before its first save): restarting it "
+                "from step 0 in place",
+                stacklevel=2,
+            )
+            (out / "checkpoints" / LAST_LINK).unlink(missing_ok=True)
+        else:
+            _check_data_unchanged(last, data, cfg.allow_data_change)
+            ema.shadow = load_policy(last / "pretrained_model")
+            ema.shadow.requires_grad_(False)
+            policy.network.load_state_dict(load_raw_weights(last / "pretrained_model"), strict=True)
+            step, ema.optimization_step = load_training_state(last / "training_state", optimizer, scheduler)
         _truncate_metrics(out / "metrics.jsonl", step)
     else:
         (out / "train_config.json").write_text(_config_json(cfg))
@@ -299,7 +379,7 @@ def train(cfg: TrainConfig, out: Path) -> Path:
                 agg = evaluate_policy(ema.shadow, cfg.eval)["aggregated"]
                 metrics.write(json.dumps({"step": step, "eval": agg}) + "\n")
             if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.num_steps:
-                last_ckpt = _save_checkpoint(out, policy, ema, optimizer, scheduler, step)
+                last_ckpt = _save_checkpoint(out, policy, ema, optimizer, scheduler, step, data)
             metrics.flush()
     finally:
         bar.close()

@@ -14,12 +14,13 @@ from parapolicy.policy.bench import BenchJobConfig, format_sampler_benchmark, ru
 from parapolicy.policy.model.pretrained import load_policy
 from parapolicy.policy.run_info import run_info
 
-from ._hydra import CONFIG_PATH, VERSION_BASE, register_schema, run_dir, to_dataclass
+from ._hydra import CONFIG_PATH, VERSION_BASE, command, register_schema, run_dir, to_dataclass
 
 register_schema("bench_schema", BenchJobConfig)
 
 
 @hydra.main(version_base=VERSION_BASE, config_path=CONFIG_PATH, config_name="bench")
+@command("parapolicy-bench", outputs=("bench.json",))
 def main(cfg) -> None:
     """Print the table and write ``bench.json`` in the run folder."""
     app: BenchJobConfig = to_dataclass(cfg)

@@ -8,12 +8,13 @@ import hydra
 
 from parapolicy.envs.benchmark import EnvBenchConfig, format_env_benchmark, run_env_benchmark
 
-from ._hydra import CONFIG_PATH, VERSION_BASE, register_schema, run_dir, to_dataclass
+from ._hydra import CONFIG_PATH, VERSION_BASE, command, register_schema, run_dir, to_dataclass
 
 register_schema("bench_env_schema", EnvBenchConfig)
 
 
 @hydra.main(version_base=VERSION_BASE, config_path=CONFIG_PATH, config_name="bench_env")
+@command("parapolicy-bench-env", outputs=("bench_env.json",))
 def main(cfg) -> None:
     """Run the benchmark, print the table and write ``bench_env.json`` in the run dir."""
     result = run_env_benchmark(to_dataclass(cfg))

@@ -6,12 +6,13 @@ import hydra
 
 from parapolicy.policy.collect import CollectConfig, collect
 
-from ._hydra import CONFIG_PATH, VERSION_BASE, register_schema, run_dir, to_dataclass
+from ._hydra import CONFIG_PATH, VERSION_BASE, command, register_schema, run_dir, to_dataclass
 
 register_schema("collect_schema", CollectConfig)
 
 
 @hydra.main(version_base=VERSION_BASE, config_path=CONFIG_PATH, config_name="collect")
+@command("parapolicy-collect", outputs=("collect_info.json",))
 def main(cfg) -> None:
     """Collect and print the summary."""
     info = collect(to_dataclass(cfg), run_dir())

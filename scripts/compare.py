@@ -12,12 +12,13 @@ import hydra
 
 from parapolicy.policy.compare import CompareConfig, format_report, run_compare
 
-from ._hydra import CONFIG_PATH, VERSION_BASE, register_schema, run_dir, to_dataclass
+from ._hydra import CONFIG_PATH, VERSION_BASE, command, register_schema, run_dir, to_dataclass
 
 register_schema("compare_schema", CompareConfig)
 
 
 @hydra.main(version_base=VERSION_BASE, config_path=CONFIG_PATH, config_name="compare")
+@command("parapolicy-compare")
 def main(cfg) -> None:
     """Compare the samplers and print the table."""
     out = run_dir()

@@ -8,12 +8,13 @@ import hydra
 
 from parapolicy.envs.demo import DemoConfig, run_demo
 
-from ._hydra import CONFIG_PATH, VERSION_BASE, register_schema, run_dir, to_dataclass
+from ._hydra import CONFIG_PATH, VERSION_BASE, command, register_schema, run_dir, to_dataclass
 
 register_schema("demo_schema", DemoConfig)
 
 
 @hydra.main(version_base=VERSION_BASE, config_path=CONFIG_PATH, config_name="demo")
+@command("parapolicy-demo", outputs=("demo.json", "demo.mp4", "demo_strip.png"))
 def main(cfg) -> None:
     """Run the demo episode and print its coverage."""
     summary = run_demo(to_dataclass(cfg), run_dir())

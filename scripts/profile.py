@@ -9,12 +9,13 @@ import hydra
 
 from parapolicy.policy.profile import ProfileConfig, format_profile, run_profile
 
-from ._hydra import CONFIG_PATH, VERSION_BASE, register_schema, run_dir, to_dataclass
+from ._hydra import CONFIG_PATH, VERSION_BASE, command, register_schema, run_dir, to_dataclass
 
 register_schema("profile_schema", ProfileConfig)
 
 
 @hydra.main(version_base=VERSION_BASE, config_path=CONFIG_PATH, config_name="profile")
+@command("parapolicy-profile")
 def main(cfg) -> None:
     """Profile and print the summary."""
     out = run_dir()

@@ -6,12 +6,13 @@ import hydra
 
 from parapolicy.policy.train import TrainConfig, train
 
-from ._hydra import CONFIG_PATH, VERSION_BASE, register_schema, run_dir, to_dataclass
+from ._hydra import CONFIG_PATH, VERSION_BASE, command, register_schema, run_dir, to_dataclass
 
 register_schema("train_schema", TrainConfig)
 
 
 @hydra.main(version_base=VERSION_BASE, config_path=CONFIG_PATH, config_name="train")
+@command("parapolicy-train")
 def main(cfg) -> None:
     """Train; resume a run with ``hydra.run.dir=<run folder> resume=true``."""
     ckpt = train(to_dataclass(cfg), run_dir())

@@ -15,6 +15,7 @@ from parapolicy.policy.control.records import RolloutResult
 from parapolicy.policy.model.checkpoint import CheckpointError
 from parapolicy.policy.model.policy import DiffusionPolicy
 from parapolicy.policy.model.pretrained import load_policy
+from parapolicy.policy.run_dir import claim_run_dir
 
 
 def open_policy(path: str, device: str) -> DiffusionPolicy:
@@ -30,11 +31,8 @@ def open_policy(path: str, device: str) -> DiffusionPolicy:
 
 
 def claim_outputs(out: Path, names: list[str]) -> None:
-    """Refuse to reuse a run folder that already holds this job's outputs (runs never overwrite)."""
-    taken = [n for n in names if (out / n).exists()]
-    if taken:
-        raise FileExistsError(f"run folder {out} already holds {taken}; results are never overwritten")
-    out.mkdir(parents=True, exist_ok=True)
+    """Refuse to reuse a run folder that already holds this job's outputs (`run_dir.claim_run_dir`)."""
+    claim_run_dir(out, names, "parapolicy-compare/-profile")
 
 
 def progress_bar(total: int, enabled: bool, desc: str) -> tqdm:

@@ -56,6 +56,8 @@ import zarr
 import zarr.storage
 from zarr.codecs import BloscCodec
 
+from parapolicy.policy.errors import ParapolicyError
+
 __all__ = [
     "DEFAULT_KEYS",
     "FORMAT_NAME",
@@ -87,15 +89,19 @@ _CHUNK_TARGET_BYTES = 2 * 1024 * 1024  # the reference's ~2 MB heuristic
 _CHECK_BLOCK_BYTES = 64 * 1024 * 1024  # non-finite scan block, bounds the temporary mask
 
 
-class DatasetError(ValueError):
+class DatasetError(ParapolicyError, ValueError):
     """A demonstration store is malformed, or data given to it is invalid.
 
     The message names the key, the episode or the row, and the problem.
     """
 
+    exit_code = 5
 
-class ReadOnlyStoreError(PermissionError):
+
+class ReadOnlyStoreError(ParapolicyError, PermissionError):
     """A write was attempted on a store opened read-only (mode ``"r"``, format 2, or a zip)."""
+
+    exit_code = 5
 
 
 def _compressor() -> BloscCodec:

@@ -3,6 +3,7 @@
 Layout of a pretrained-policy directory (what `policy.path=` points at)::
 
     config.json           {"schema_version": 1, "kind": "parapolicy-diffusion-policy", "policy": {...}}
+                          (``REQUIRED_POLICY_FIELDS[schema_version]`` lists the fields it must hold)
     model.safetensors     weights: "ema.<name>" (used for inference) and optionally "raw.<name>"
     normalizer.safetensors  the min-max normaliser's buffers
 
@@ -27,16 +28,43 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from parapolicy.policy.errors import ParapolicyError
+
 SCHEMA_VERSION = 1
 CHECKPOINT_KIND = "parapolicy-diffusion-policy"
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 NORMALIZER_FILE = "normalizer.safetensors"
+# What each schema version requires in config.json's "policy" section: every field the weights or the
+# training noise schedule depend on (the sampler is an inference choice and may be left to defaults).
+REQUIRED_POLICY_FIELDS: dict[int, tuple[str, ...]] = {
+    1: (
+        "obs_dim",
+        "action_dim",
+        "horizon",
+        "n_obs_steps",
+        "n_action_steps",
+        "unet.down_dims",
+        "unet.diffusion_step_embed_dim",
+        "unet.kernel_size",
+        "unet.n_groups",
+        "unet.cond_predict_scale",
+        "schedule.num_train_timesteps",
+        "schedule.beta_schedule",
+        "schedule.beta_start",
+        "schedule.beta_end",
+        "schedule.prediction_type",
+        "schedule.clip_sample",
+        "schedule.clip_sample_range",
+    ),
+}
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol >= 2, and torch.save's zip container
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ParapolicyError, ValueError):
     """A checkpoint is missing, malformed, of an unknown schema, or does not match the model."""
+
+    exit_code = 4
 
 
 def _contiguous(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -119,13 +147,48 @@ def _pickle_hint(path: Path) -> str:
     )
 
 
+def _missing_fields(policy: Mapping[str, Any]) -> list[str]:
+    missing = []
+    for name in REQUIRED_POLICY_FIELDS[SCHEMA_VERSION]:
+        node: Any = policy
+        for part in name.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                missing.append(name)
+                break
+            node = node[part]
+    return missing
+
+
 def read_config(path: str | Path) -> dict[str, Any]:
     """Read and check a checkpoint directory's ``config.json``; returns its ``policy`` section.
 
+    Every field in ``REQUIRED_POLICY_FIELDS[schema_version]`` must be present: a checkpoint never
+    silently takes a library default for something its weights depend on.
+
     Raises:
-        CheckpointError: if the path is not a checkpoint directory, the file is missing, empty or
-            invalid JSON, of another kind, or of an unknown schema version.
+        CheckpointError: if the path is not a checkpoint directory, the file is missing, empty, not
+            UTF-8 JSON (e.g. a pickle renamed config.json), of another kind, of an unknown schema
+            version, or lacks a required field.
     """
+    config = _read_config_file(path)
+    missing = _missing_fields(config["policy"])
+    if missing:
+        raise CheckpointError(
+            f"{Path(path) / CONFIG_FILE} lacks required field(s) "
+            f"{', '.join('policy.' + m for m in missing)}; "
+            f"schema_version {SCHEMA_VERSION} requires: {', '.join(REQUIRED_POLICY_FIELDS[SCHEMA_VERSION])}"
+        )
+    return config["policy"]
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``metadata`` section of a checkpoint directory's ``config.json`` (empty if none)."""
+    meta = _read_config_file(path).get("metadata")
+    return dict(meta) if isinstance(meta, dict) else {}
+
+
+def _read_config_file(path: str | Path) -> dict[str, Any]:
+    """The whole checked ``config.json`` of a checkpoint directory."""
     root = Path(path)
     if not root.exists():
         raise CheckpointError(f"checkpoint {root} does not exist")
@@ -137,7 +200,13 @@ def read_config(path: str | Path) -> dict[str, Any]:
     cfg_path = root / CONFIG_FILE
     if not cfg_path.is_file():
         raise CheckpointError(f"checkpoint {root} has no {CONFIG_FILE}")
-    text = cfg_path.read_text()
+    try:
+        text = cfg_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(
+            f"{cfg_path} is not a JSON text file (not UTF-8: {exc.reason} at byte {exc.start})."
+            f"{_pickle_hint(cfg_path)}"
+        ) from exc
     if not text.strip():
         raise CheckpointError(f"{cfg_path} is empty")
     try:
@@ -154,7 +223,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
         )
     if not isinstance(config.get("policy"), dict):
         raise CheckpointError(f"{cfg_path} has no 'policy' section")
-    return config["policy"]
+    return config
 
 
 def read_tensors(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -172,6 +241,22 @@ def read_tensors(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"cannot read {path} (truncated or corrupt?): {exc}.{_pickle_hint(path)}"
         ) from exc
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse NaN or infinite values (a diverged run's weights, a broken normaliser).
+
+    Raises:
+        CheckpointError: naming the first tensor holding one and how many values are bad.
+    """
+    for name, value in tensors.items():
+        if value.is_floating_point():
+            bad = ~torch.isfinite(value)
+            if bool(bad.any()):
+                raise CheckpointError(
+                    f"{source}: tensor {name!r} holds {int(bad.sum())} non-finite value(s) (NaN or inf) "
+                    f"of {value.numel()}; refusing to load a policy that cannot plan"
+                )
 
 
 def check_state_dict(

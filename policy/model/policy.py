@@ -37,6 +37,7 @@ from parapolicy.policy.diffusion.schedules import (
 from parapolicy.policy.diffusion.sequential import SampleResult, draw_noise
 from parapolicy.policy.diffusion.step import add_noise
 from parapolicy.policy.diffusion.warm_start import PreviousChunk, next_chunk_inputs
+from parapolicy.policy.errors import ParapolicyError
 from parapolicy.policy.model.networks import ConditionalUnet1d
 from parapolicy.policy.model.normalizer import MinMaxNormalizer
 from parapolicy.policy.runtime.cuda_graphs import GraphedDenoiser
@@ -45,8 +46,10 @@ OBS_KEY = "obs"
 COMPILE_MODES = ("none", "trace", "cuda_graph")
 
 
-class ObservationError(ValueError):
+class ObservationError(ParapolicyError, ValueError):
     """An observation is missing, misshaped, of the wrong dtype, or not finite."""
+
+    exit_code = 6
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,12 @@ from typing import Any
 import torch
 
 from parapolicy.policy.config import PolicyConfig, SamplerConfig
+from parapolicy.policy.errors import check_device
 from parapolicy.policy.model.checkpoint import (
     MODEL_FILE,
     NORMALIZER_FILE,
     CheckpointError,
+    check_finite,
     check_state_dict,
     read_config,
     read_tensors,
@@ -60,9 +62,11 @@ def load_policy(
 
     Raises:
         ValueError: when ``sampler.window`` is ``"auto"``.
-        CheckpointError: on a missing or malformed file, an unknown schema version, a pickle, or any
-            missing, unexpected or misshaped tensor.
+        CheckpointError: on a missing or malformed file, an unknown schema version, a pickle, any
+            missing, unexpected or misshaped tensor, or a NaN/inf weight or normaliser value.
+        DeviceUnavailableError: ``device`` does not exist on this machine (e.g. cuda without CUDA).
     """
+    check_device(str(device))
     root = Path(path)
     config_dict = read_config(root)
     try:
@@ -72,8 +76,10 @@ def load_policy(
     policy = DiffusionPolicy(config)
     weights = read_tensors(root / MODEL_FILE, prefix="ema.")
     check_state_dict(policy.network.state_dict(), weights, f"{root / MODEL_FILE}")
+    check_finite(weights, f"{root / MODEL_FILE}")
     stats = read_tensors(root / NORMALIZER_FILE)
     check_state_dict(policy.normalizer.state_dict(), stats, f"{root / NORMALIZER_FILE}")
+    check_finite(stats, f"{root / NORMALIZER_FILE}")
     policy.network.load_state_dict(weights, strict=True)
     policy.normalizer.load_state_dict(stats, strict=True)
     policy = policy.to(device).eval()

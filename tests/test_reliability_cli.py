@@ -1,0 +1,157 @@
+"""Reliability of the commands (issue 15, items 1, 4, 7 and 8): run folders are never reused, a run the
+output guard could not trust exits non-zero, config typos and bad devices are refused, and every known
+refusal is one line with its documented exit code (policy/errors.py, docs/reliability.md)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import console_script
+from safetensors.torch import load_file, save_file
+
+from parapolicy.policy.errors import ParapolicyError, RunFolderError
+from parapolicy.policy.run_dir import claim_run_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+POLICY = ROOT / "assets" / "default_policy"
+
+
+def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    exe = console_script(args[0])
+    return subprocess.run([exe, *args[1:]], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_refusal(proc: subprocess.CompletedProcess, code: int, *words: str) -> str:
+    """Exit ``code``, one ``<cmd>: error:`` line naming ``words``, no traceback, no Hydra banner."""
+    assert proc.returncode == code, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if ": error: " in line]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Error executing job" not in proc.stderr, proc.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+# --------------------------------------------------------------------------------------- item 1
+@pytest.mark.parametrize(
+    ("command", "result", "args"),
+    [
+        ("parapolicy-eval", "eval_info.json", [f"policy_path={POLICY}"]),
+        ("parapolicy-bench", "bench.json", [f"policy_path={POLICY}"]),
+        ("parapolicy-bench-env", "bench_env.json", []),
+        ("parapolicy-demo", "demo.json", []),
+        ("parapolicy-collect", "collect_info.json", []),
+    ],
+)
+def test_every_command_refuses_a_used_run_folder(tmp_path, command, result, args):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / result).write_text('{"earlier": "result"}')
+    proc = run([command, *args, f"hydra.run.dir={out}"], tmp_path)
+    assert_one_line_refusal(proc, RunFolderError.exit_code, str(out), result, "never overwrites")
+    assert json.loads((out / result).read_text()) == {"earlier": "result"}
+
+
+def test_claim_run_dir_is_the_one_helper(tmp_path):
+    claim_run_dir(tmp_path / "a", ["x.json"])
+    assert (tmp_path / "a").is_dir()
+    (tmp_path / "a" / "x.json").write_text("{}")
+    with pytest.raises(RunFolderError, match=r"already holds x\.json"):
+        claim_run_dir(tmp_path / "a", ["x.json", "y.json"], "parapolicy-x")
+
+
+# --------------------------------------------------------------------------------------- item 4
+def test_eval_with_nan_weights_is_refused_at_load(tmp_path):
+    ckpt = tmp_path / "nan_policy"
+    shutil.copytree(POLICY, ckpt)
+    weights = load_file(ckpt / "model.safetensors")
+    name = sorted(weights)[0]
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, ckpt / "model.safetensors")
+    proc = run(["parapolicy-eval", f"policy_path={ckpt}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert_one_line_refusal(proc, 4, "non-finite", name.removeprefix("ema."))
+
+
+def test_eval_whose_guard_rejects_most_plans_exits_non_zero_with_records(tmp_path):
+    out = tmp_path / "run"
+    proc = run(
+        [
+            "parapolicy-eval",
+            f"policy_path={POLICY}",
+            "sampler.algorithm=picard",
+            "sampler.tol=inf",  # every plan fails in the sampler: the guard replaces all of them
+            "sampler.num_inference_steps=4",
+            "sampler.window=2",
+            "eval.n_episodes=1",
+            "eval.max_steps=8",
+            "eval.max_videos=0",
+            "eval.progress=false",
+            f"hydra.run.dir={out}",
+        ],
+        tmp_path,
+    )
+    assert proc.returncode == 8, proc.stderr[-3000:]
+    assert "output guard rejected 100.0% of 8 plans" in proc.stderr
+    assert "max_rejected_share=0.05" in proc.stderr
+    agg = json.loads((out / "eval_info.json").read_text())["aggregated"]  # the records are written
+    assert agg["total_denoiser_errors"] == agg["total_n_chunks"] == 8
+
+
+# --------------------------------------------------------------------------------------- item 7
+@pytest.mark.parametrize("override", ["+sampler.windw=2", "sampler.windw=2"])
+def test_unknown_keys_are_refused_with_or_without_plus(tmp_path, override):
+    proc = run(["parapolicy-eval", override, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert proc.returncode != 0
+    assert "windw" in proc.stderr
+    assert not (tmp_path / "run" / "eval_info.json").exists()
+
+
+def test_plus_typo_is_one_line_config_error(tmp_path):
+    proc = run(["parapolicy-demo", "+max_stepz=3", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert_one_line_refusal(proc, 2, "unknown config key", "max_stepz", "max_steps")
+
+
+# --------------------------------------------------------------------------------------- item 8
+def test_known_refusal_is_one_line_without_traceback(tmp_path):
+    proc = run(
+        ["parapolicy-eval", f"policy_path={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path
+    )
+    assert_one_line_refusal(proc, 4, str(tmp_path / "nowhere"), "does not exist")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_says_so_in_one_line(tmp_path):
+    proc = run(
+        ["parapolicy-bench", f"policy_path={POLICY}", "device=cuda", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path
+    )
+    assert_one_line_refusal(proc, 7, "device='cuda'", "CUDA is not available")
+
+
+def test_unexpected_errors_keep_their_traceback():
+    from parapolicy.scripts._hydra import command
+
+    def body(cfg):
+        raise ZeroDivisionError("a bug")
+
+    with pytest.raises(ZeroDivisionError, match="a bug"):  # not turned into a one-line exit
+        command("parapolicy-x")(body)(None)
+
+
+def test_known_refusal_exits_with_its_code(capsys):
+    from parapolicy.scripts._hydra import command
+
+    class Refused(ParapolicyError):
+        exit_code = 5
+
+    def body(cfg):
+        raise Refused("store /x is broken: data/action chunk 3 is missing")
+
+    with pytest.raises(SystemExit) as exc:
+        command("parapolicy-x")(body)(None)
+    assert exc.value.code == 5
+    assert capsys.readouterr().err == "parapolicy-x: error: store /x is broken: data/action chunk 3 is missing\n"
