@@ -41,6 +41,9 @@ _RESET_OPTION_KEYS = frozenset({"reset_to_state", "legacy"})
 # the origin at most 90 px from a requested origin in [0, 512]. So every block point stays inside
 # [-256, 768] with margin.
 BLOCK_COORD_LOW, BLOCK_COORD_HIGH = -256.0, 768.0
+# Largest |angle| a reset accepts. The observation reports `angle % (2 pi)` (a float 2 pi, 2.4e-16 off the
+# real one per turn) while pymunk rotates by the angle itself; up to 10^4 turns the two agree to ~1e-12 rad.
+MAX_RESET_ANGLE = 2 * math.pi * 1e4
 
 
 class PushTEnv(gym.Env):
@@ -278,7 +281,8 @@ def validate_reset_state(state: Any) -> np.ndarray:
     """Check a ``reset_to_state`` vector ``[agent_x, agent_y, block_x, block_y, block_angle]``.
 
     Raises:
-        ValueError: if it is not 5 finite numbers with positions inside the 512 x 512 world.
+        ValueError: if it is not 5 finite numbers with positions inside the 512 x 512 world and an angle
+            of at most ``MAX_RESET_ANGLE`` in magnitude.
     """
     try:
         arr = np.asarray(state, dtype=np.float64)
@@ -292,4 +296,9 @@ def validate_reset_state(state: Any) -> np.ndarray:
         raise ValueError(f"reset_to_state must be finite, got {arr.tolist()}")
     if np.any(arr[:4] < 0.0) or np.any(arr[:4] > WORLD_SIZE):
         raise ValueError(f"reset_to_state positions must lie in [0, {WORLD_SIZE:g}], got {arr[:4].tolist()}")
+    if abs(arr[4]) > MAX_RESET_ANGLE:
+        raise ValueError(
+            f"reset_to_state angle {arr[4]!r} rad is not representable: beyond +-{MAX_RESET_ANGLE:.0f} rad "
+            "(10^4 turns) the observation's angle mod 2 pi drifts from the physics' rotation; wrap it first"
+        )
     return arr

@@ -119,7 +119,8 @@ def test_plus_typo_is_one_line_config_error(tmp_path):
 # --------------------------------------------------------------------------------------- item 8
 def test_known_refusal_is_one_line_without_traceback(tmp_path):
     proc = run(
-        ["parapolicy-eval", f"policy_path={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path
+        ["parapolicy-eval", f"policy_path={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'r'}"],
+        tmp_path,
     )
     assert_one_line_refusal(proc, 4, str(tmp_path / "nowhere"), "does not exist")
 
@@ -127,7 +128,8 @@ def test_known_refusal_is_one_line_without_traceback(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda_says_so_in_one_line(tmp_path):
     proc = run(
-        ["parapolicy-bench", f"policy_path={POLICY}", "device=cuda", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path
+        ["parapolicy-bench", f"policy_path={POLICY}", "device=cuda", f"hydra.run.dir={tmp_path / 'r'}"],
+        tmp_path,
     )
     assert_one_line_refusal(proc, 7, "device='cuda'", "CUDA is not available")
 
@@ -145,13 +147,15 @@ def test_unexpected_errors_keep_their_traceback():
 def test_known_refusal_exits_with_its_code(capsys):
     from parapolicy.scripts._hydra import command
 
-    class Refused(ParapolicyError):
+    class RefusedError(ParapolicyError):
         exit_code = 5
 
     def body(cfg):
-        raise Refused("store /x is broken: data/action chunk 3 is missing")
+        raise RefusedError("store /x is broken: data/action chunk 3 is missing")
 
     with pytest.raises(SystemExit) as exc:
         command("parapolicy-x")(body)(None)
     assert exc.value.code == 5
-    assert capsys.readouterr().err == "parapolicy-x: error: store /x is broken: data/action chunk 3 is missing\n"
+    assert (
+        capsys.readouterr().err == "parapolicy-x: error: store /x is broken: data/action chunk 3 is missing\n"
+    )

@@ -214,6 +214,7 @@ def test_interrupted_append_is_invisible_and_recoverable(
         _crash_on(patch, method, array_path)
         with pytest.raises(SimulatedCrashError):
             store.append_episode(make_episode(5, 100), seed=99)
+    store.close()  # the crashed writer is gone (its process would have released the lock)
 
     # The partial episode is not visible: same episodes, same data, same seeds.
     with caplog.at_level(logging.WARNING, logger="parapolicy.policy.data.replay_store"):
@@ -254,6 +255,7 @@ def test_interrupted_first_append(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         _crash_on(patch, "__setitem__", "data/action")
         with pytest.raises(SimulatedCrashError):
             store.append_episode(make_episode(4), seed=0)
+    store.close()
     empty = ReplayStore.open(path)
     assert empty.n_episodes == 0 and empty.n_steps == 0 and empty.n_uncommitted_rows == 4
     assert empty.array("state").shape == (0, 5) and empty.array("action").shape == (0, 2)

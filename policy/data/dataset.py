@@ -22,6 +22,7 @@ Reads the store through `policy.replay_store` (the only zarr user). No hydra.
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -259,6 +260,18 @@ class PushTLowdimDataset(Dataset):
         self.indices = make_window_indices(
             self.episode_ends, self.horizon, self.pad_before, self.pad_after, self.episode_mask
         )
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the data is: episode and step counts and a SHA-256 of the episode ends, observations and
+        actions of the whole store (both splits), recorded in checkpoints to detect a changed store."""
+        digest = hashlib.sha256()
+        for array in (self.episode_ends.astype(np.int64), self._obs, self._action):
+            digest.update(np.ascontiguousarray(array).data)
+        return {
+            "n_episodes": int(self.episode_ends.size),
+            "n_steps": int(self.episode_ends[-1]),
+            "sha256": digest.hexdigest(),
+        }
 
     def get_validation_dataset(self) -> PushTLowdimDataset:
         """The `"val"` split of the same store and settings, sharing this dataset's arrays."""

@@ -40,12 +40,18 @@ read through zarr's ``ZipStore``). Format-2 and zip stores open read-only; writi
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
 import os
 import shutil
+import socket
+import sys
+import time
+import weakref
 import zipfile
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -66,12 +72,14 @@ __all__ = [
     "DatasetError",
     "ReadOnlyStoreError",
     "ReplayStore",
+    "StoreLockedError",
 ]
 
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "parapolicy-replay"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-episode checksums (attrs["episode_crc32"]); 1: none (upgraded on append)
+_CRC_ATTR = "episode_crc32"
 DEFAULT_KEYS: tuple[str, ...] = ("state", "action")
 # Trailing (per-step) shapes of the reference keys; checked on open and on append.
 KNOWN_TRAILING_SHAPES: dict[str, tuple[int, ...]] = {
@@ -102,6 +110,65 @@ class ReadOnlyStoreError(ParapolicyError, PermissionError):
     """A write was attempted on a store opened read-only (mode ``"r"``, format 2, or a zip)."""
 
     exit_code = 5
+
+
+class StoreLockedError(ParapolicyError, BlockingIOError):
+    """Another writer holds the store (one writer per store at a time)."""
+
+    exit_code = 5
+
+
+def lock_path(root: Path) -> Path:
+    """The lock file of the store at ``root``: a hidden sibling (zarr ignores nothing inside a store)."""
+    return root.parent / f".{root.name}.lock"
+
+
+class _WriterLock:
+    """An exclusive `fcntl.flock` on the store's lock file, released by `release` or when collected."""
+
+    def __init__(self, root: Path, timeout: float) -> None:
+        path = lock_path(root)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
+                    os.close(fd)
+                    waited = f" after waiting {timeout:g} s" if timeout > 0 else ""
+                    raise StoreLockedError(
+                        f"{root} is being written by {holder}{waited}; a store has one writer at a time "
+                        f"(lock file {path}): wait for that writer to finish, or write to another store"
+                    ) from None
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        self._release = weakref.finalize(self, os.close, fd)  # closing the fd drops the lock
+
+    def release(self) -> None:
+        self._release()
+
+
+def _crc(rows: np.ndarray) -> int:
+    """CRC-32 of rows (L, ...) as stored (C order, the store's dtype)."""
+    return zlib.crc32(np.ascontiguousarray(rows).data)
+
+
+def _invalid_metadata_file(root: Path) -> str:
+    """The first zarr metadata file under a directory store that is not valid JSON (for the message)."""
+    if not root.is_dir():
+        return str(root)
+    names = ("zarr.json", ".zgroup", ".zarray", ".zattrs")
+    for meta in sorted(p for name in names for p in root.rglob(name)):
+        try:
+            json.loads(meta.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            return str(meta)
+    return str(root)
 
 
 def _compressor() -> BloscCodec:
@@ -202,6 +269,8 @@ class ReplayStore:
         self._seeds: list[int | None] = []
         self._loaded: dict[str, np.ndarray] = {}
         self._tail_rows = 0
+        self._crcs: dict[str, list[int]] | None = None  # key -> CRC-32 per committed episode; None: legacy
+        self._lock: _WriterLock | None = None
 
     # ------------------------------------------------------------------------------------------------ opening
 
@@ -211,6 +280,7 @@ class ReplayStore:
         path: str | os.PathLike[str],
         keys: Sequence[str] = DEFAULT_KEYS,
         mode: Literal["r", "a"] = "r",
+        lock_timeout: float = 0.0,
     ) -> ReplayStore:
         """Open an existing store, validate it and load ``keys`` into memory.
 
@@ -220,7 +290,10 @@ class ReplayStore:
             keys: Data keys (without the ``data/`` prefix) that must be present; they are read into numpy
                 and checked for non-finite values. Other keys are never read here. Pass ``()`` to open
                 only for appending.
-            mode: ``"r"`` read-only, ``"a"`` to append (format-3 directory stores only).
+            mode: ``"r"`` read-only, ``"a"`` to append (format-3 directory stores only). An appending
+                store holds the store's writer lock until :meth:`close`; a format-1 store (no checksums)
+                is upgraded to format 2 on open.
+            lock_timeout: Seconds to wait for another writer to release the store (``mode="a"``).
 
         Returns:
             The opened store.
@@ -230,6 +303,7 @@ class ReplayStore:
             DatasetError: The store is not in the layout, or fails validation (missing key, bad
                 ``episode_ends``, arrays shorter than the episodes, empty episode, non-finite values).
             ReadOnlyStoreError: ``mode="a"`` on a format-2 or zip store.
+            StoreLockedError: ``mode="a"`` while another writer holds the store.
         """
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
@@ -245,6 +319,7 @@ class ReplayStore:
             if not zipfile.is_zipfile(root):
                 raise DatasetError(f"{root} is not a valid zip file")
             zip_store = zarr.storage.ZipStore(root, mode="r")
+        lock = _WriterLock(root, lock_timeout) if mode == "a" else None
         try:
             try:
                 if zip_store is not None:
@@ -253,6 +328,10 @@ class ReplayStore:
                     group = zarr.open_group(root, mode="r")
             except (zarr.errors.GroupNotFoundError, FileNotFoundError, NotADirectoryError) as err:
                 raise DatasetError(f"{root} is not a zarr group (no zarr metadata at its root)") from err
+            except (ValueError, UnicodeDecodeError, KeyError, TypeError) as err:
+                raise DatasetError(
+                    f"{_invalid_metadata_file(root)}: unreadable zarr metadata ({type(err).__name__}: {err})"
+                ) from err
             zarr_format = int(group.metadata.zarr_format)
             version = group.attrs.get("format_version")
             ours = group.attrs.get("format") == FORMAT_NAME
@@ -269,11 +348,23 @@ class ReplayStore:
                     )
                 group = zarr.open_group(root, mode="r+")
             self = cls(root, group, zip_store, writable=mode == "a", zarr_format=zarr_format)
-            self._read_structure()
+            self._lock = lock
+            try:
+                self._read_structure()
+            except (ValueError, UnicodeDecodeError, KeyError, TypeError) as err:
+                if isinstance(err, DatasetError):
+                    raise
+                raise DatasetError(
+                    f"{_invalid_metadata_file(root)}: unreadable zarr metadata ({type(err).__name__}: {err})"
+                ) from err
+            if mode == "a" and self._crcs is None:
+                self._upgrade()
             self._load(keys)
         except BaseException:
             if zip_store is not None:
                 zip_store.close()
+            if lock is not None:
+                lock.release()
             raise
         return self
 
@@ -286,8 +377,9 @@ class ReplayStore:
         expert: Mapping[str, Any] | None = None,
         metadata: Mapping[str, Any] | None = None,
         overwrite: bool = False,
+        lock_timeout: float = 0.0,
     ) -> ReplayStore:
-        """Create an empty, writable zarr format-3 store.
+        """Create an empty, writable zarr format-3 store (holding its writer lock until :meth:`close`).
 
         Data arrays are created by the first :meth:`append_episode`; ``meta/episode_ends`` exists from
         the start (length 0), so an interrupted first append is also recognised as a tail.
@@ -298,6 +390,7 @@ class ReplayStore:
             expert: Expert or teleop settings (JSON-serialisable).
             metadata: Any further JSON-serialisable information, stored as ``attrs["metadata"]``.
             overwrite: Replace an existing directory at ``path``; otherwise an existing path is an error.
+            lock_timeout: Seconds to wait for another writer of ``path`` to finish.
 
         Returns:
             The new store, open for appending.
@@ -317,9 +410,12 @@ class ReplayStore:
             "expert": _check_json("expert", dict(expert) if expert is not None else {}),
             "metadata": _check_json("metadata", dict(metadata) if metadata is not None else {}),
             "episode_seeds": [],
+            _CRC_ATTR: {},
         }
+        lock = _WriterLock(root, lock_timeout)
         if root.exists():
             if not overwrite:
+                lock.release()
                 raise FileExistsError(f"{root} already exists (pass overwrite=True to replace it)")
             if root.is_dir():
                 shutil.rmtree(root)
@@ -336,14 +432,19 @@ class ReplayStore:
             compressors=_compressor(),
         )
         self = cls(root, group, None, writable=True, zarr_format=3)
+        self._lock = lock
         self._read_structure()
         return self
 
     def close(self) -> None:
-        """Release the underlying zip file, if any. Loaded numpy arrays stay usable."""
+        """Release the writer lock and the underlying zip file, if any. Loaded arrays stay usable."""
         if self._store is not None:
             self._store.close()
             self._store = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+            self.writable = False
 
     def __enter__(self) -> ReplayStore:
         return self
@@ -374,7 +475,12 @@ class ReplayStore:
                 f"{where}: {_ENDS_PATH} must be a 1-D integer array, got shape {ends_arr.shape} "
                 f"dtype {ends_arr.dtype}"
             )
-        ends = np.asarray(ends_arr[:], dtype=np.int64)  # (E_stored,)
+        n_stored = int(ends_arr.shape[0])
+        lost = self._missing_chunks(ends_arr, 0, n_stored)
+        if lost and (len(lost) > 1 or lost[0] * ends_arr.chunks[0] != n_stored - 1):
+            # only a chunk holding nothing but one just-reserved end may be absent
+            raise DatasetError(self._chunk_message(ends_arr, lost[0], "is missing"))
+        ends = np.asarray(self._read_array(ends_arr, 0, n_stored), dtype=np.int64)  # (E_stored,)
         n_reserved = 0
         while n_reserved < ends.size and ends[ends.size - 1 - n_reserved] == _ENDS_FILL:
             n_reserved += 1  # trailing fill: an end was reserved but never written (interrupted commit)
@@ -434,6 +540,35 @@ class ReplayStore:
                 )
             seeds = [_as_seed(s) for s in seeds_attr[: ends.size]]
             extra_seeds = len(seeds_attr) - ends.size
+            if extra_seeds > 1:  # an interrupted append leaves at most one seed past the committed ends
+                raise DatasetError(
+                    f"{where}: attrs['episode_seeds'] records {len(seeds_attr)} episodes but {_ENDS_PATH} "
+                    f"commits only {ends.size}: episode ends were lost (missing or corrupt chunk of "
+                    f"{_ENDS_PATH}?)"
+                )
+        crcs_attr = self._group.attrs.get(_CRC_ATTR)
+        crcs: dict[str, list[int]] | None = None
+        if crcs_attr is not None:
+            if not isinstance(crcs_attr, dict):
+                raise DatasetError(f"{where}: attrs['{_CRC_ATTR}'] must be a mapping of key -> list")
+            crcs = {}
+            for key in arrays if ends.size else ():
+                listed = crcs_attr.get(key)
+                if not isinstance(listed, list) or len(listed) < ends.size:
+                    have = len(listed) if isinstance(listed, list) else 0
+                    raise DatasetError(
+                        f"{where}: attrs['{_CRC_ATTR}'] has {have} checksums for data/{key} but the store "
+                        f"has {ends.size} episodes (written by a writer that skipped them?)"
+                    )
+                crcs[key] = [int(c) for c in listed[: ends.size]]
+        elif ends.size and self.zarr_format == 3 and self._group.attrs.get("format") == FORMAT_NAME:
+            logger.warning(
+                "%s has no per-episode checksums (%s format 1): corrupt chunks cannot be detected; upgrade "
+                "it with `python -m parapolicy.policy.data.replay_store upgrade %s`",
+                where,
+                FORMAT_NAME,
+                where,
+            )
         if tail_rows or n_reserved or extra_seeds:
             logger.warning(
                 "%s: ignoring the uncommitted tail of an interrupted append (%d rows, %d reserved episode "
@@ -448,6 +583,77 @@ class ReplayStore:
         self._arrays = arrays
         self._seeds = seeds
         self._tail_rows = tail_rows
+        self._crcs = crcs
+
+    def _chunk_file(self, arr: Any, coords: tuple[int, ...]) -> Path | None:
+        """File of one chunk in a directory store (None for a zip)."""
+        if self._store is not None:
+            return None
+        return self.path / arr.path / arr.metadata.encode_chunk_key(coords)
+
+    def _missing_chunks(self, arr: Any, start: int, stop: int) -> list[int]:
+        """Indices (along time) of chunks covering rows ``[start, stop)`` whose file is absent."""
+        if stop <= start or self._store is not None:
+            return []
+        step = arr.chunks[0]
+        trailing = [range(math.ceil(n / c)) for n, c in zip(arr.shape[1:], arr.chunks[1:], strict=True)]
+        lost = []
+        for i in range(start // step, (stop - 1) // step + 1):
+            for rest in np.ndindex(*(len(r) for r in trailing)) if trailing else [()]:
+                path = self._chunk_file(arr, (i, *rest))
+                if path is not None and not path.exists():
+                    lost.append(i)
+                    break
+        return lost
+
+    def _chunk_message(self, arr: Any, index: int, problem: str) -> str:
+        step = arr.chunks[0]
+        trailing = (0,) * (len(arr.shape) - 1)
+        file = self._chunk_file(arr, (index, *trailing))
+        rows = f"rows {index * step}-{min((index + 1) * step, arr.shape[0]) - 1}"
+        return (
+            f"{self.path}: {arr.path} chunk {index} ({rows}{f', file {file}' if file else ''}) {problem}; "
+            "the store is damaged: restore it from a copy or re-collect it"
+        )
+
+    def _read_array(self, arr: Any, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` of ``arr``; a chunk that cannot be decoded is named, not a codec error."""
+        try:
+            return np.asarray(arr[start:stop])
+        except (RuntimeError, ValueError, TypeError, OSError) as err:
+            step = arr.chunks[0]
+            for i in range(start // step, (stop - 1) // step + 1):  # find the broken chunk
+                try:
+                    arr[i * step : min((i + 1) * step, arr.shape[0])]
+                except (RuntimeError, ValueError, TypeError, OSError):
+                    raise DatasetError(self._chunk_message(arr, i, f"is corrupt ({err})")) from err
+            raise DatasetError(f"{self.path}: cannot read {arr.path} rows {start}-{stop - 1}: {err}") from err
+
+    def _verify(self, key: str, start: int, values: np.ndarray) -> None:
+        """Check the rows read against the commit's checksums (or, for legacy stores, chunk presence)."""
+        arr, stop = self._arrays[key], start + values.shape[0]
+        if self._crcs is None:
+            lost = self._missing_chunks(arr, start, stop)
+            if lost:
+                raise DatasetError(self._chunk_message(arr, lost[0], "is missing"))
+            return
+        ends = self._episode_ends
+        first = int(np.searchsorted(ends, start, side="right"))
+        for ep in range(first, ends.size):
+            lo = int(ends[ep - 1]) if ep else 0
+            hi = int(ends[ep])
+            if hi > stop:
+                break
+            if _crc(values[lo - start : hi - start]) != self._crcs[key][ep]:
+                lost = self._missing_chunks(arr, lo, hi)
+                if lost:
+                    raise DatasetError(self._chunk_message(arr, lost[0], f"is missing (episode {ep})"))
+                step = arr.chunks[0]
+                raise DatasetError(
+                    f"{self.path}: {arr.path} rows {lo}-{hi - 1} (episode {ep}, chunk(s) {lo // step}-"
+                    f"{(hi - 1) // step}) do not match the checksum recorded when they were committed; the "
+                    "store is damaged: restore it from a copy or re-collect it"
+                )
 
     def _load(self, keys: Iterable[str]) -> None:
         keys = _as_key_list(keys)
@@ -462,7 +668,8 @@ class ReplayStore:
 
     def _read_rows(self, key: str, start: int, stop: int) -> np.ndarray:
         """Read rows ``[start, stop)`` of ``data/key`` into numpy and reject non-finite values."""
-        values = np.asarray(self._arrays[key][start:stop])  # (stop - start, ...)
+        values = self._read_array(self._arrays[key], start, stop)  # (stop - start, ...)
+        self._verify(key, start, values)
         bad = _first_nonfinite_row(values)
         if bad is not None:
             row = start + bad
@@ -617,6 +824,11 @@ class ReplayStore:
                 "reopen a format-3 directory store with mode='a' to append"
             )
         seed = _as_seed(seed)
+        if seed is not None and seed in self._seeds:
+            raise DatasetError(
+                f"{self.path} already holds an episode with seed {seed} (episode {self._seeds.index(seed)}); "
+                "a store never holds the same seed twice"
+            )
         values = self._check_episode(episode)
         # Rows, seeds and reserved ends left by an interrupted append are overwritten below: every data
         # array is resized to exactly `start + L`, the seed list is rewritten from the committed one and
@@ -627,7 +839,7 @@ class ReplayStore:
         for key, rows in values.items():
             self._write_rows(key, rows, start)
         length = next(iter(values.values())).shape[0]
-        self._commit(start + length, seed)
+        self._commit(start + length, seed, {key: _crc(rows) for key, rows in values.items()})
         self._tail_rows = 0
         self._loaded = {k: np.concatenate([v, values[k]]) for k, v in self._loaded.items() if k in values}
         return self.n_episodes - 1
@@ -704,12 +916,76 @@ class ReplayStore:
         arr.resize((start + rows.shape[0], *arr.shape[1:]))
         arr[start : start + rows.shape[0]] = rows
 
-    def _commit(self, end: int, seed: int | None) -> None:
-        """Record the seed, then the new episode end (steps 2 and 3 of an append: the commit)."""
+    def _commit(self, end: int, seed: int | None, crcs: Mapping[str, int]) -> None:
+        """Record the seed and checksums, then the new episode end (steps 2 and 3 of an append)."""
         seeds = [*self._seeds, seed]
-        self._group.attrs["episode_seeds"] = seeds
+        old = self._crcs or {}
+        new_crcs = {key: [*old.get(key, []), int(c)] for key, c in crcs.items()}
+        self._group.attrs.update({"episode_seeds": seeds, _CRC_ATTR: new_crcs})  # one metadata write
         n = self.n_episodes
         self._ends_arr.resize((n + 1,))
         self._ends_arr[n] = end
         self._seeds = seeds
+        self._crcs = new_crcs
         self._episode_ends = np.append(self._episode_ends, np.int64(end))
+
+    def _upgrade(self) -> None:
+        """Format 1 -> 2: checksum every committed episode as it is now (chunk files must all exist)."""
+        crcs: dict[str, list[int]] = {}
+        for key, arr in self._arrays.items():
+            lost = self._missing_chunks(arr, 0, self.n_steps)
+            if lost:
+                raise DatasetError(self._chunk_message(arr, lost[0], "is missing"))
+            values = self._read_array(arr, 0, self.n_steps)
+            crcs[key] = [_crc(values[self.episode_slice(i)]) for i in range(self.n_episodes)]
+        self._group.attrs.update({_CRC_ATTR: crcs, "format_version": FORMAT_VERSION})
+        self._crcs = crcs
+        logger.info(
+            "%s: upgraded to %s format %d (per-episode checksums)", self.path, FORMAT_NAME, FORMAT_VERSION
+        )
+
+    def record_run(self, record: Mapping[str, Any]) -> None:
+        """Append one JSON record (e.g. a collection run's summary) to ``attrs["runs"]``.
+
+        Raises:
+            ReadOnlyStoreError: The store was opened read-only.
+            DatasetError: ``record`` is not JSON-serialisable.
+        """
+        if not self.writable:
+            raise ReadOnlyStoreError(
+                f"{self.path} is open read-only; reopen it with mode='a' to record a run"
+            )
+        runs = list(self._group.attrs.get("runs") or [])
+        runs.append(_check_json("run record", dict(record)))
+        self._group.attrs["runs"] = runs
+
+    @property
+    def runs(self) -> list[dict[str, Any]]:
+        """The run records appended with :meth:`record_run`, oldest first."""
+        return list(self._group.attrs.get("runs") or [])
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    """``python -m parapolicy.policy.data.replay_store upgrade PATH``: add checksums to a format-1 store."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m parapolicy.policy.data.replay_store")
+    parser.add_argument("command", choices=["upgrade", "check"])
+    parser.add_argument("path")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.command == "upgrade":
+            ReplayStore.open(args.path, keys=(), mode="a").close()
+        store = ReplayStore.open(args.path, keys=())
+        for key in store.keys:
+            store.array(key)  # reads and verifies every committed row
+    except ParapolicyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(f"{args.path}: {store.n_episodes} episodes, {store.n_steps} steps, all checksums verified")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -162,23 +162,27 @@ def _missing_fields(policy: Mapping[str, Any]) -> list[str]:
 def read_config(path: str | Path) -> dict[str, Any]:
     """Read and check a checkpoint directory's ``config.json``; returns its ``policy`` section.
 
-    Every field in ``REQUIRED_POLICY_FIELDS[schema_version]`` must be present: a checkpoint never
-    silently takes a library default for something its weights depend on.
-
     Raises:
         CheckpointError: if the path is not a checkpoint directory, the file is missing, empty, not
-            UTF-8 JSON (e.g. a pickle renamed config.json), of another kind, of an unknown schema
-            version, or lacks a required field.
+            UTF-8 JSON (e.g. a pickle renamed config.json), of another kind, or of an unknown schema
+            version.
     """
-    config = _read_config_file(path)
-    missing = _missing_fields(config["policy"])
+    return _read_config_file(path)["policy"]
+
+
+def check_required_fields(policy: Mapping[str, Any], source: str) -> None:
+    """Every field in ``REQUIRED_POLICY_FIELDS[SCHEMA_VERSION]`` must be present in ``policy``: a
+    checkpoint never silently takes a library default for something its weights depend on.
+
+    Raises:
+        CheckpointError: naming the missing fields and what the schema version requires.
+    """
+    missing = _missing_fields(policy)
     if missing:
         raise CheckpointError(
-            f"{Path(path) / CONFIG_FILE} lacks required field(s) "
-            f"{', '.join('policy.' + m for m in missing)}; "
+            f"{source} lacks required field(s) {', '.join('policy.' + m for m in missing)}; "
             f"schema_version {SCHEMA_VERSION} requires: {', '.join(REQUIRED_POLICY_FIELDS[SCHEMA_VERSION])}"
         )
-    return config["policy"]
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

@@ -43,6 +43,9 @@ from parapolicy.policy.model.normalizer import MinMaxNormalizer
 from parapolicy.policy.runtime.cuda_graphs import GraphedDenoiser
 
 OBS_KEY = "obs"
+# An observation whose normalised value exceeds this in magnitude (the training range maps to [-1, 1])
+# lies far outside anything the policy was trained on: it is refused, not planned from.
+OBS_RANGE_LIMIT = 100.0
 COMPILE_MODES = ("none", "trace", "cuda_graph")
 
 
@@ -262,7 +265,8 @@ class DiffusionPolicy(nn.Module):
 
         Raises:
             ObservationError: naming the missing key, the expected and actual shape, a non-float dtype,
-                or the position of a non-finite value.
+                the position of a non-finite value, or a value far outside the normaliser's range
+                (normalised magnitude above ``OBS_RANGE_LIMIT``).
         """
         if not isinstance(obs, Mapping):
             raise ObservationError(
@@ -289,7 +293,56 @@ class DiffusionPolicy(nn.Module):
         if not bool(finite.all()):
             bad = tuple(int(i) for i in (~finite).nonzero()[0])
             raise ObservationError(f"observation {OBS_KEY!r} has a non-finite value at index {bad}")
+        if self.normalizer.is_fitted(OBS_KEY):
+            z = self.normalizer.normalize(OBS_KEY, x).abs()  # same shape as x; 1 at the range's edges
+            if bool((z > OBS_RANGE_LIMIT).any()):
+                bad = tuple(int(i) for i in (z > OBS_RANGE_LIMIT).nonzero()[0])
+                stats = self.normalizer.get_stats(OBS_KEY)
+                lo, hi = float(stats["min"][bad[-1]]), float(stats["max"][bad[-1]])
+                raise ObservationError(
+                    f"observation {OBS_KEY!r} value {float(x[bad]):.6g} at index {bad} is far outside the "
+                    f"normaliser's range [{lo:.6g}, {hi:.6g}] for that dimension (more than "
+                    f"{OBS_RANGE_LIMIT:g}x its half-width from the centre): refusing to plan from it"
+                )
         return x
+
+    def _check_sampler_inputs(
+        self, noise: Any, x0_guess: Tensor | None, shape: tuple[int, int, int]
+    ) -> tuple[Tensor, Tensor] | None:
+        """Validate caller-supplied noise (and Picard guess) at the API boundary; returns them moved.
+
+        Raises:
+            ValueError: naming the argument and the problem (not a pair, shape, dtype, non-finite).
+        """
+        dtype = next(self.network.parameters()).dtype
+        K = self.table.num_steps
+
+        def check(name: str, value: Any, want: tuple[int, ...]) -> Tensor:
+            if not isinstance(value, Tensor):
+                raise ValueError(f"{name} must be a torch.Tensor of shape {want}, got {type(value).__name__}")
+            if tuple(value.shape) != want:
+                raise ValueError(f"{name} must have shape {want}, got {tuple(value.shape)}")
+            if value.dtype != dtype:
+                raise ValueError(f"{name} must have the policy's dtype {dtype}, got {value.dtype}")
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(f"{name} holds non-finite values (NaN or inf)")
+            return value.to(self.device)
+
+        if x0_guess is not None:
+            check("x0_guess", x0_guess, shape)
+        if noise is None:
+            return None
+        if isinstance(noise, Tensor) or not isinstance(noise, tuple | list) or len(noise) != 2:
+            got = (
+                f"a single Tensor of shape {tuple(noise.shape)}"
+                if isinstance(noise, Tensor)
+                else repr(noise)[:80]
+            )
+            raise ValueError(
+                f"noise must be a pair (x_T {shape}, step_noise {(K, *shape)}) as returned by draw_noise, "
+                f"got {got}"
+            )
+        return check("noise x_T", noise[0], shape), check("noise step_noise", noise[1], (K, *shape))
 
     @torch.no_grad()
     def predict_action_chunk(
@@ -310,16 +363,22 @@ class DiffusionPolicy(nn.Module):
 
         Returns:
             `ChunkPrediction` with the executed chunk rows [To-1, To-1+Ta) and the full plan.
+
+        Raises:
+            ObservationError: a bad observation (see `validate_observation`).
+            ValueError: ``noise`` is not a pair of finite tensors of the policy's dtype with shapes
+                (B, H, Da) and (K, B, H, Da), or ``x0_guess`` is not a finite (B, H, Da) tensor.
         """
         cfg = self.config
         x_obs = self.validate_observation(obs, history=True)  # (B, To, Do)
         B = x_obs.shape[0]
         cond = self.normalizer.normalize(OBS_KEY, x_obs).reshape(B, -1)  # (B, To*Do)
         shape = (B, cfg.horizon, cfg.action_dim)
-        if noise is None:
+        checked = self._check_sampler_inputs(noise, x0_guess, shape)
+        if checked is None:
             x_T, step_noise = draw_noise(self.table, shape, generator, device=self.device)
         else:
-            x_T, step_noise = noise[0].to(self.device), noise[1].to(self.device)
+            x_T, step_noise = checked
         result = run_sampler(self.sampler, self.denoise, x_T, self.table, step_noise, cond, x0_guess=x0_guess)
         plan = self.normalizer.unnormalize("action", result.sample)  # (B, H, Da)
         start = cfg.action_start
@@ -351,6 +410,11 @@ class DiffusionPolicy(nn.Module):
             (B, Da) action (B = 1 for an unbatched observation).
         """
         x = self.validate_observation(obs, history=False)  # (B, Do)
+        if self._obs_history and self._obs_history[-1].shape[0] != x.shape[0]:
+            raise ObservationError(
+                f"observation batch size changed from {self._obs_history[-1].shape[0]} to {x.shape[0]} in "
+                "the middle of an episode; call reset() before starting episodes with another batch size"
+            )
         if not self._obs_history:
             self._obs_history.extend([x] * self.config.n_obs_steps)  # the first obs is repeated
         else:

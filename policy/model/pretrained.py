@@ -15,6 +15,7 @@ from parapolicy.policy.model.checkpoint import (
     NORMALIZER_FILE,
     CheckpointError,
     check_finite,
+    check_required_fields,
     check_state_dict,
     read_config,
     read_tensors,
@@ -73,6 +74,7 @@ def load_policy(
         config = PolicyConfig.from_dict(config_dict)
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{root / 'config.json'} holds an invalid policy config: {exc}") from exc
+    check_required_fields(config_dict, str(root / "config.json"))
     policy = DiffusionPolicy(config)
     weights = read_tensors(root / MODEL_FILE, prefix="ema.")
     check_state_dict(policy.network.state_dict(), weights, f"{root / MODEL_FILE}")

@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
+import math
 import os
 import platform
 import statistics
@@ -33,6 +35,8 @@ from parapolicy.policy.diffusion.dispatch import run_sampler
 from parapolicy.policy.diffusion.sequential import draw_noise
 from parapolicy.policy.model.policy import OBS_KEY, DiffusionPolicy
 from parapolicy.policy.runtime.timing import TimedDenoiser
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CANDIDATES = (2, 4, 8, 12, 16, 24, 32)
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
@@ -79,6 +83,25 @@ def measure_denoiser_ms(policy: DiffusionPolicy, rows: int, repeats: int = 7, wa
     return 1e3 * statistics.median(timer.call_seconds[warmup:])
 
 
+def _valid_costs(entry: Any, batch_sizes: tuple[int, ...]) -> dict[int, float] | None:
+    """The cached curve for ``batch_sizes`` if every value is a finite positive number, else None."""
+    cached = entry.get("ms_per_call") if isinstance(entry, dict) else None
+    if not isinstance(cached, dict):
+        return None
+    curve = {}
+    for b in batch_sizes:
+        value = cached.get(str(b))
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            return None
+        curve[b] = float(value)
+    return curve
+
+
 def denoiser_cost_curve(
     policy: DiffusionPolicy,
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
@@ -91,11 +114,18 @@ def denoiser_cost_curve(
     if use_cache and path.is_file():
         try:
             cache = json.loads(path.read_text())
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             cache = {}  # a corrupt cache is re-measured, never trusted
-        cached = cache.get(key, {}).get("ms_per_call", {})
-        if all(str(b) in cached for b in batch_sizes):
-            return {b: float(cached[str(b)]) for b in batch_sizes}
+        if not isinstance(cache, dict):
+            cache = {}
+        cached = _valid_costs(cache.get(key), batch_sizes)
+        if cached is not None:
+            return cached
+        if key in cache:
+            log.warning(
+                "%s: invalid cost entry for this device (non-finite or non-positive): re-measuring", path
+            )
+            cache.pop(key)
     was_training = policy.training
     policy.eval()
     curve = {b: measure_denoiser_ms(policy, b, repeats) for b in batch_sizes}
