@@ -1,0 +1,206 @@
+"""Reliability of the library API (issue 15, items 4, 6, 7 and 9): bad checkpoints, policy-API misuse,
+non-representable reset angles, a poisoned window=auto cache. Each refusal names the problem."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from parapolicy.envs import ENV_ID
+from parapolicy.policy.config import PolicyConfig
+from parapolicy.policy.diffusion.sequential import draw_noise
+from parapolicy.policy.model.checkpoint import CheckpointError
+from parapolicy.policy.model.policy import ObservationError
+from parapolicy.policy.model.pretrained import load_policy, save_policy
+from parapolicy.policy.runtime import auto_window
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def saved(tmp_path, tiny_policy):
+    return save_policy(tiny_policy, tmp_path / "ckpt")
+
+
+def obs_history(batch: int = 1) -> dict:
+    return {"obs": torch.linspace(0, 512, batch * 40).reshape(batch, 2, 20)}
+
+
+# --------------------------------------------------------------------------------------- item 4
+@pytest.mark.parametrize(("file", "prefix"), [("model.safetensors", "ema."), ("normalizer.safetensors", "")])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_or_normaliser_are_refused_at_load(saved, file, prefix, bad):
+    tensors = load_file(saved / file)
+    name = sorted(k for k in tensors if k.startswith(prefix) and tensors[k].is_floating_point())[0]
+    tensors[name].view(-1)[0] = bad
+    save_file(tensors, saved / file)
+    with pytest.raises(
+        CheckpointError, match=rf"{file}: tensor '{name.removeprefix(prefix)}' holds 1 non-finite"
+    ):
+        load_policy(saved)
+
+
+# --------------------------------------------------------------------------------------- item 6
+def test_huge_finite_observation_is_refused(tiny_policy):
+    obs = obs_history()
+    obs["obs"][0, 1, 3] = 1e30  # finite in float32, NaN plan without the check
+    with pytest.raises(
+        ObservationError, match=r"value 1e\+30 at index \(0, 1, 3\) is far outside the normaliser's"
+    ):
+        tiny_policy.predict_action_chunk(obs)
+    with pytest.raises(ObservationError, match="far outside"):
+        tiny_policy.select_action({"obs": np.full(20, -1e30, np.float32)})
+
+
+def test_observation_slightly_outside_the_range_is_accepted(tiny_policy):
+    obs = obs_history()
+    obs["obs"][0, 1, 3] = 700.0  # outside [0, 512] but plausible
+    assert torch.isfinite(tiny_policy.predict_action_chunk(obs, generator=torch.Generator()).action).all()
+
+
+def test_batch_size_change_mid_episode_is_refused(tiny_policy):
+    tiny_policy.reset()
+    tiny_policy.select_action({"obs": torch.rand(2, 20) * 512})
+    with pytest.raises(ObservationError, match="batch size changed from 2 to 3 .*call reset"):
+        tiny_policy.select_action({"obs": torch.rand(3, 20) * 512})
+    tiny_policy.reset()
+    assert tiny_policy.select_action({"obs": torch.rand(3, 20) * 512}).shape == (3, 2)
+
+
+def _noise(policy, batch=1, horizon=None):
+    cfg = policy.config
+    return draw_noise(policy.table, (batch, horizon or cfg.horizon, cfg.action_dim), torch.Generator())
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: _noise(p, horizon=8), r"noise x_T must have shape \(1, 16, 2\), got \(1, 8, 2\)"),
+        (
+            lambda p: tuple(t.double() for t in _noise(p)),
+            "noise x_T must have the policy's dtype torch.float32",
+        ),
+        (lambda p: (_noise(p)[0], _noise(p)[1].long()), "step_noise must have the policy's dtype"),
+        (lambda p: _noise(p)[0], r"noise must be a pair .*got a single Tensor of shape \(1, 16, 2\)"),
+        (lambda p: (_noise(p)[0] * float("nan"), _noise(p)[1]), "noise x_T holds non-finite"),
+        (lambda p: (_noise(p)[0], _noise(p)[1][:3]), r"step_noise must have shape \(100, 1, 16, 2\)"),
+        (lambda p: (_noise(p)[0].numpy(), _noise(p)[1]), "noise x_T must be a torch.Tensor"),
+    ],
+)
+def test_bad_noise_is_refused(tiny_policy, make, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_policy.predict_action_chunk(obs_history(), noise=make(tiny_policy))
+
+
+def test_bad_x0_guess_is_refused(tiny_policy):
+    with pytest.raises(ValueError, match=r"x0_guess must have shape \(1, 16, 2\)"):
+        tiny_policy.predict_action_chunk(obs_history(), x0_guess=torch.zeros(1, 8, 2))
+
+
+def test_valid_noise_still_gives_the_same_plan(tiny_policy):
+    noise = _noise(tiny_policy)
+    a = tiny_policy.predict_action_chunk(obs_history(), noise=noise).plan
+    b = tiny_policy.predict_action_chunk(obs_history(), noise=list(noise)).plan
+    assert torch.equal(a, b) and torch.isfinite(a).all()
+
+
+# --------------------------------------------------------------------------------------- item 7
+def _rewrite_config(saved: Path, edit) -> None:
+    path = saved / "config.json"
+    config = json.loads(path.read_text())
+    edit(config["policy"])
+    path.write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    ("drop", "field"),
+    [
+        (lambda p: p.pop("schedule"), "policy.schedule.num_train_timesteps"),
+        (lambda p: p.pop("horizon"), "policy.horizon"),
+        (lambda p: p["schedule"].pop("prediction_type"), "policy.schedule.prediction_type"),
+        (lambda p: p["unet"].pop("down_dims"), "policy.unet.down_dims"),
+    ],
+)
+def test_checkpoint_config_missing_architecture_fields_is_refused(saved, drop, field):
+    _rewrite_config(saved, drop)
+    with pytest.raises(
+        CheckpointError, match=rf"lacks required field\(s\) {field}.*schema_version 1 requires"
+    ):
+        load_policy(saved)
+
+
+def test_checkpoint_without_sampler_section_still_loads(saved):
+    _rewrite_config(saved, lambda p: p.pop("sampler"))  # an inference choice: defaults are fine
+    assert load_policy(saved).config.sampler.algorithm == "sequential"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("horizon", "sixteen", r"policy\.horizon must be int, got str 'sixteen'"),
+        ("unet.down_dims", [16, "32"], r"policy\.unet\.down_dims must be tuple\[int, \.\.\.\]"),
+        ("schedule.beta_end", "0.02", r"policy\.schedule\.beta_end must be float, got str"),
+        ("unet.cond_predict_scale", 1, r"policy\.unet\.cond_predict_scale must be bool, got int"),
+    ],
+)
+def test_checkpoint_config_type_errors_name_the_field(saved, field, value, message):
+    def edit(policy):
+        node = policy
+        *parents, leaf = field.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+
+    _rewrite_config(saved, edit)
+    with pytest.raises(CheckpointError, match=message):
+        load_policy(saved)
+
+
+def test_policy_config_from_dict_names_the_field():
+    with pytest.raises(ValueError, match=r"policy\.horizon must be int, got str"):
+        PolicyConfig.from_dict({"horizon": "sixteen"})
+
+
+def test_pickle_renamed_config_json_is_refused_clearly(saved):
+    (saved / "config.json").write_bytes(pickle.dumps({"policy": object.__name__}, protocol=4))
+    with pytest.raises(CheckpointError, match=r"config.json is not a JSON text file .*pickle"):
+        load_policy(saved)
+
+
+# --------------------------------------------------------------------------------------- item 9
+def test_reset_to_state_refuses_non_representable_angles():
+    env = gym.make(ENV_ID, obs_type="state")
+    with pytest.raises(ValueError, match=r"angle 1e\+30 rad is not representable"):
+        env.reset(options={"reset_to_state": [256, 256, 300, 300, 1e30]})
+    obs, info = env.reset(options={"reset_to_state": [256, 256, 300, 300, 1000.0], "legacy": False})
+    assert obs[4] == pytest.approx(1000.0 % (2 * np.pi), abs=1e-12)
+    assert info["block_pose"][2] == 1000.0
+
+
+def test_poisoned_auto_window_cache_is_remeasured(tiny_policy, tmp_path, monkeypatch):
+    monkeypatch.setenv("PARAPOLICY_CACHE_DIR", str(tmp_path))
+    sizes = (1, 2)
+    auto_window.denoiser_cost_curve(tiny_policy, sizes, repeats=1)
+    cache = json.loads(auto_window.cache_path().read_text())
+    (key,) = cache
+    cache[key]["ms_per_call"] = {"1": float("nan"), "2": -1.0}
+    auto_window.cache_path().write_text(json.dumps(cache))
+    calls = []
+    monkeypatch.setattr(
+        auto_window, "measure_denoiser_ms", lambda p, rows, repeats: calls.append(rows) or 1.0 + rows
+    )
+    assert auto_window.denoiser_cost_curve(tiny_policy, sizes, repeats=1) == {1: 2.0, 2: 3.0}
+    assert calls == [1, 2]
+    assert json.loads(auto_window.cache_path().read_text())[key]["ms_per_call"] == {"1": 2.0, "2": 3.0}
+
+
+def test_shipped_policy_still_loads():
+    policy = load_policy(ROOT / "assets" / "default_policy")
+    assert policy.config.horizon == 16
