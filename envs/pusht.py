@@ -298,7 +298,8 @@ def validate_reset_state(state: Any) -> np.ndarray:
         raise ValueError(f"reset_to_state positions must lie in [0, {WORLD_SIZE:g}], got {arr[:4].tolist()}")
     if abs(arr[4]) > MAX_RESET_ANGLE:
         raise ValueError(
-            f"reset_to_state angle {float(arr[4])!r} rad is not representable: beyond +-{MAX_RESET_ANGLE:.0f} rad "
-            "(10^4 turns) the observation's angle mod 2 pi drifts from the physics' rotation; wrap it first"
+            f"reset_to_state angle {float(arr[4])!r} rad is not representable: beyond "
+            f"+-{MAX_RESET_ANGLE:.0f} rad (10^4 turns) the observation's angle mod 2 pi drifts from the "
+            "physics' rotation; wrap it first"
         )
     return arr

@@ -20,13 +20,16 @@ PKG = "parapolicy.policy"
 
 # Which rooms each room may import (a room is a subpackage, `config`, `envs`, or `jobs`: the top-level
 # modules of policy/ (one per CLI verb, run_info) and the public surface `parapolicy.policy` itself).
+# `errors` (policy/errors.py: the known-refusal types and their exit codes) is a leaf like config: it
+# imports nothing of the package, and every room above the diffusion core may raise its errors.
 ALLOWED = {
     "diffusion": {"diffusion"},
-    "data": {"config", "diffusion", "data"},
-    "model": {"config", "diffusion", "model", "runtime"},
-    "runtime": {"config", "diffusion", "model", "runtime"},
-    "control": {"config", "diffusion", "data", "model", "runtime", "control", "envs"},
-    "jobs": {"config", "diffusion", "data", "model", "runtime", "control", "envs", "jobs"},
+    "errors": set(),
+    "data": {"config", "errors", "diffusion", "data"},
+    "model": {"config", "errors", "diffusion", "model", "runtime"},
+    "runtime": {"config", "errors", "diffusion", "model", "runtime"},
+    "control": {"config", "errors", "diffusion", "data", "model", "runtime", "control", "envs"},
+    "jobs": {"config", "errors", "diffusion", "data", "model", "runtime", "control", "envs", "jobs"},
 }
 # config is a leaf: the only package modules it may import are the core's torch-free name modules
 # (option names shared with the core without a copy; docs/design.md, "Option names").
@@ -73,7 +76,7 @@ def _room_of_module(module: str) -> str | None:
         return "outside" if module.startswith("parapolicy") else None
     head = module[len(PKG) + 1 :].split(".")[0]
     if head in ALLOWED or head == "config":
-        return head
+        return head  # includes the "errors" leaf
     return "jobs"
 
 
@@ -81,7 +84,7 @@ def _room_of_file(path: Path) -> str:
     rel = path.relative_to(POLICY)
     if len(rel.parts) > 1:
         return rel.parts[0]
-    return "config" if rel.stem == "config" else "jobs"
+    return rel.stem if rel.stem in ("config", "errors") else "jobs"
 
 
 def _module_of_file(path: Path) -> str:
