@@ -15,7 +15,7 @@ from parapolicy.policy.errors import RunFolderError
 
 
 def claim_run_dir(
-    out: str | Path, names: Iterable[str], command: str = "this command", hint: str | None = None
+    out: str | Path, names: Iterable[str], command: str = "parapolicy", hint: str | None = None
 ) -> Path:
     """Create ``out`` if needed and refuse it when it already holds any of ``names``.
 
@@ -35,8 +35,8 @@ def claim_run_dir(
     taken = sorted(n for n in names if (out / n).exists() or (out / n).is_symlink())
     if taken:
         raise RunFolderError(
-            f"run folder {out} already holds {', '.join(taken)} from an earlier run; {command} never "
-            f"overwrites results: {hint or 'choose a new hydra.run.dir (or leave it at its default)'}"
+            f"run folder {out} already holds {', '.join(taken)} from an earlier {command} run; results are "
+            f"never overwritten: {hint or 'choose a new hydra.run.dir (or leave it at its default)'}"
         )
     out.mkdir(parents=True, exist_ok=True)
     return out

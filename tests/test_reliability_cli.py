@@ -53,7 +53,7 @@ def test_every_command_refuses_a_used_run_folder(tmp_path, command, result, args
     out.mkdir()
     (out / result).write_text('{"earlier": "result"}')
     proc = run([command, *args, f"hydra.run.dir={out}"], tmp_path)
-    assert_one_line_refusal(proc, RunFolderError.exit_code, str(out), result, "never overwrites")
+    assert_one_line_refusal(proc, RunFolderError.exit_code, str(out), result, "never overwritten")
     assert json.loads((out / result).read_text()) == {"earlier": "result"}
 
 
