@@ -25,6 +25,22 @@ def rejected_plan_share(aggregated: Mapping[str, Any]) -> float:
     return rejected / total if total else 0.0
 
 
+def check_rejected_shares(runs: Mapping[str, Mapping[str, Any]], max_share: float, where: str) -> None:
+    """`check_rejected_share` over several runs (``{label: aggregated}``), naming every failing one.
+
+    Raises:
+        RunFailedError: one message listing each run over the limit.
+    """
+    failures = []
+    for label, aggregated in runs.items():
+        try:
+            check_rejected_share(aggregated, max_share, where)
+        except RunFailedError as exc:
+            failures.append(f"{label}: {exc}")
+    if failures:
+        raise RunFailedError(" | ".join(failures))
+
+
 def check_rejected_share(aggregated: Mapping[str, Any], max_share: float, where: str) -> None:
     """Refuse a run whose guard rejected more than ``max_share`` of its plans.
 

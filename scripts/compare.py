@@ -11,6 +11,7 @@ from __future__ import annotations
 import hydra
 
 from parapolicy.policy.compare import CompareConfig, format_report, run_compare
+from parapolicy.policy.run_health import DEFAULT_MAX_REJECTED_SHARE, check_rejected_shares
 
 from ._hydra import CONFIG_PATH, VERSION_BASE, command, register_schema, run_dir, to_dataclass
 
@@ -24,6 +25,8 @@ def main(cfg) -> None:
     out = run_dir()
     summary = run_compare(to_dataclass(cfg), out)
     print(format_report(summary, out))
+    aggregates = {f"{n} {m}": b["aggregated"] for n, per in summary["runs"].items() for m, b in per.items()}
+    check_rejected_shares(aggregates, DEFAULT_MAX_REJECTED_SHARE, str(out / "compare.json"))
 
 
 if __name__ == "__main__":

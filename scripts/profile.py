@@ -8,6 +8,7 @@ from __future__ import annotations
 import hydra
 
 from parapolicy.policy.profile import ProfileConfig, format_profile, run_profile
+from parapolicy.policy.run_health import DEFAULT_MAX_REJECTED_SHARE, check_rejected_share
 
 from ._hydra import CONFIG_PATH, VERSION_BASE, command, register_schema, run_dir, to_dataclass
 
@@ -22,6 +23,9 @@ def main(cfg) -> None:
     summary = run_profile(to_dataclass(cfg), out)
     print(format_profile(summary))
     print(f"-> {out / 'latency' / 'summary.json'}")
+    check_rejected_share(
+        summary["aggregated"], DEFAULT_MAX_REJECTED_SHARE, str(out / "latency" / "summary.json")
+    )
 
 
 if __name__ == "__main__":

@@ -159,3 +159,21 @@ def test_known_refusal_exits_with_its_code(capsys):
     assert (
         capsys.readouterr().err == "parapolicy-x: error: store /x is broken: data/action chunk 3 is missing\n"
     )
+
+
+def test_rejected_share_limit_is_inclusive_and_names_every_failing_run():
+    from parapolicy.policy.errors import RunFailedError
+    from parapolicy.policy.run_health import check_rejected_share, check_rejected_shares
+
+    check_rejected_share({"total_n_chunks": 100, "total_nan_chunks": 5}, 0.05, "eval_info.json")
+    runs = {
+        "ddpm frozen": {"total_n_chunks": 100, "total_nan_chunks": 1},
+        "picard realtime_sim": {
+            "total_n_chunks": 50,
+            "total_denoiser_errors": 3,
+            "total_observation_errors": 1,
+        },
+    }
+    with pytest.raises(RunFailedError, match=r"^picard realtime_sim: .*rejected 8\.0% of 50 plans") as exc:
+        check_rejected_shares(runs, 0.05, "compare.json")
+    assert "denoiser_errors 3, observation_errors 1" in str(exc.value) and "ddpm" not in str(exc.value)
