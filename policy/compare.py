@@ -33,10 +33,11 @@ from parapolicy.policy.control.evaluation import EvalConfig
 from parapolicy.policy.control.latency import write_csv
 from parapolicy.policy.control.records import RolloutResult
 from parapolicy.policy.control.rollout import check_policy_settings, run_rollouts
-from parapolicy.policy.control.run_support import claim_outputs, fmt, open_policy, progress_bar, run_block
+from parapolicy.policy.control.run_support import fmt, open_policy, progress_bar, run_block
 from parapolicy.policy.control.settings import MODES, ControlConfig, LatencyModel
 from parapolicy.policy.control.tasks import check_task_name, make_task
 from parapolicy.policy.model.policy import DiffusionPolicy
+from parapolicy.policy.run_dir import claim_run_dir
 from parapolicy.policy.run_info import run_info
 from parapolicy.policy.runtime.auto_window import resolve_sampler
 
@@ -226,7 +227,7 @@ def run_compare(cfg: CompareConfig, out: Path) -> dict[str, Any]:
         FileExistsError: ``out`` already holds a comparison.
     """
     out = Path(out)
-    claim_outputs(out, ["compare.json", *cfg.run])
+    claim_run_dir(out, ["compare.json", *cfg.run], "parapolicy-compare")
     load_start = os.getloadavg()
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)

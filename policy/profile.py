@@ -21,9 +21,10 @@ from parapolicy.policy.control.evaluation import EvalConfig
 from parapolicy.policy.control.latency import write_csv
 from parapolicy.policy.control.records import RolloutResult
 from parapolicy.policy.control.rollout import check_policy_settings, run_rollouts
-from parapolicy.policy.control.run_support import claim_outputs, fmt, open_policy, progress_bar, run_block
+from parapolicy.policy.control.run_support import fmt, open_policy, progress_bar, run_block
 from parapolicy.policy.control.settings import ControlConfig
 from parapolicy.policy.control.tasks import check_task_name, make_task
+from parapolicy.policy.run_dir import claim_run_dir
 from parapolicy.policy.run_info import run_info
 from parapolicy.policy.runtime.auto_window import resolve_sampler
 
@@ -62,7 +63,7 @@ def run_profile(cfg: ProfileConfig, out: Path) -> dict[str, Any]:
         The summary (``latency`` block with percentiles, miss rate and ``sections``; aggregated metrics).
     """
     out = Path(out)
-    claim_outputs(out, ["latency", "eval_info.json"])
+    claim_run_dir(out, ["latency", "eval_info.json"], "parapolicy-profile")
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
     policy = open_policy(cfg.policy_path, cfg.device)

@@ -6,7 +6,6 @@ number formatting for the printed tables.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -15,7 +14,6 @@ from parapolicy.policy.control.records import RolloutResult
 from parapolicy.policy.model.checkpoint import CheckpointError
 from parapolicy.policy.model.policy import DiffusionPolicy
 from parapolicy.policy.model.pretrained import load_policy
-from parapolicy.policy.run_dir import claim_run_dir
 
 
 def open_policy(path: str, device: str) -> DiffusionPolicy:
@@ -28,11 +26,6 @@ def open_policy(path: str, device: str) -> DiffusionPolicy:
             "(config.json, model.safetensors, normalizer.safetensors), e.g. a parapolicy-train run's "
             "checkpoints/last/pretrained_model"
         ) from exc
-
-
-def claim_outputs(out: Path, names: list[str]) -> None:
-    """Refuse to reuse a run folder that already holds this job's outputs (`run_dir.claim_run_dir`)."""
-    claim_run_dir(out, names, "parapolicy-compare/-profile")
 
 
 def progress_bar(total: int, enabled: bool, desc: str) -> tqdm:
