@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -134,11 +136,69 @@ def test_golden_output(name):
     torch.testing.assert_close(out.plan, io[f"{name}.plan"], atol=1e-3, rtol=0)  # px; actions span 0..512
 
 
-def test_loss_is_finite_and_backpropagates(tiny_policy):
+def cosine_alphas_cumprod(T: int) -> torch.Tensor:
+    """squaredcos_cap_v2 (Nichol & Dhariwal 2021, eq. 17; betas capped at 0.999), in float64."""
+    f = [math.cos((i / T + 0.008) / 1.008 * math.pi / 2) ** 2 for i in range(T + 1)]
+    betas = torch.tensor([min(1 - f[i + 1] / f[i], 0.999) for i in range(T)], dtype=torch.float64)
+    return torch.cumprod(1 - betas, 0)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_loss_against_the_closed_form_target(tiny_config, prediction_type):
+    """The network's inputs and the regression target, recomputed from the drawn noise and timesteps.
+
+    compute_loss draws eps (B, H, Da) and then t (B,) from the generator, so a generator with the same
+    seed replays them. The target is eps, the clean normalised actions, or v = sqrt(abar) eps -
+    sqrt(1 - abar) a0 (Salimans & Ho 2022, section 4).
+    """
+    config = dataclasses.replace(tiny_config, schedule=NoiseScheduleConfig(prediction_type=prediction_type))
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(config)
+    gen = torch.Generator().manual_seed(1)
+    policy.normalizer.fit(
+        {"obs": torch.rand(200, 20, generator=gen) * 512, "action": torch.rand(200, 2, generator=gen) * 512}
+    )
+    B, H = 6, config.horizon
+    batch = {
+        "obs": torch.rand(B, H, 20, generator=gen) * 512,
+        "action": torch.rand(B, H, 2, generator=gen) * 512,
+    }
+    seen = {}
+    pred = torch.randn(B, H, 2, generator=gen)  # what the stub network answers
+
+    class Stub(torch.nn.Module):
+        def forward(self, x_t, t, cond):
+            seen.update(x_t=x_t, t=t, cond=cond)
+            return pred
+
+    policy.network = Stub()
+    loss = policy.compute_loss(batch, generator=torch.Generator().manual_seed(7))
+
+    replay = torch.Generator().manual_seed(7)
+    eps = torch.randn(B, H, 2, generator=replay)
+    t = torch.randint(0, 100, (B,), generator=replay)
+    a = policy.normalizer.get_stats("action")
+    a0 = (2 * (batch["action"] - a["min"]) / (a["max"] - a["min"]) - 1).double()  # (B, H, Da) in [-1, 1]
+    o = policy.normalizer.get_stats("obs")
+    cond = (2 * (batch["obs"][:, :2] - o["min"]) / (o["max"] - o["min"]) - 1).reshape(B, 40)
+    abar = cosine_alphas_cumprod(100)[t].view(B, 1, 1)
+    x_t = abar.sqrt() * a0 + (1 - abar).sqrt() * eps
+    target = {
+        "epsilon": eps.double(),
+        "sample": a0,
+        "v_prediction": abar.sqrt() * eps - (1 - abar).sqrt() * a0,
+    }[prediction_type]
+    assert torch.equal(seen["t"], t)
+    torch.testing.assert_close(seen["cond"], cond, atol=1e-5, rtol=0)
+    torch.testing.assert_close(seen["x_t"].double(), x_t, atol=1e-5, rtol=0)
+    assert loss.item() == pytest.approx(((pred.double() - target) ** 2).mean().item(), rel=1e-5)
+
+
+def test_loss_backpropagates_into_every_parameter(tiny_policy):
     batch = {"obs": torch.rand(4, 16, 20) * 512, "action": torch.rand(4, 16, 2) * 512}
     loss = tiny_policy.compute_loss(batch, generator=torch.Generator().manual_seed(0))
     loss.backward()
-    assert torch.isfinite(loss) and all(p.grad is not None for p in tiny_policy.network.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in tiny_policy.network.parameters())
 
 
 def test_traced_denoiser_matches_eager_and_survives_device_moves(tiny_policy):
