@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
-from parapolicy.policy.model.checkpoint import CheckpointError
+from parapolicy.policy.model.checkpoint import CheckpointError, read_tensors
 from parapolicy.policy.model.ema import EMA, ema_decay
 from parapolicy.policy.model.pretrained import load_policy, load_raw_weights
+from parapolicy.policy.model.training_state import load_training_state, save_training_state
 from parapolicy.policy.train import TrainConfig, lr_lambda, train
 
 
@@ -89,10 +90,56 @@ def test_resume_is_exact(tmp_path, tiny_store, tiny_config, monkeypatch):
         next(iter(load_raw_weights(full / "pretrained_model").values())),
         next(iter(load_raw_weights(resumed / "pretrained_model").values())),
     )
+    # the optimizer's moments and step count carried across the restart
+    a_opt = read_tensors(full / "training_state" / "optimizer_state.safetensors")
+    b_opt = read_tensors(resumed / "training_state" / "optimizer_state.safetensors")
+    assert set(a_opt) == set(b_opt) and any(k.endswith(".exp_avg") for k in a_opt)
+    assert all(torch.equal(a_opt[k], b_opt[k]) for k in a_opt)
+    assert a_opt["state.0.step"].item() == 12
     steps = [
         json.loads(line)["step"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
     ]
     assert steps == sorted(steps)  # rows after the restart checkpoint were dropped, not duplicated
+
+
+def test_training_state_round_trip_restores_optimizer_scheduler_and_scalars(tmp_path):
+    """Tensors, python scalars in the optimizer state (e.g. a float `step` from older torch), the LR
+    schedule's position and the step counters come back; the next step is the same as without saving."""
+
+    def setup():
+        torch.manual_seed(0)
+        net = torch.nn.Linear(3, 2)
+        opt = torch.optim.AdamW(net.parameters(), lr=0.1, betas=(0.9, 0.99), weight_decay=0.01)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(2, 10))
+        return net, opt, sched
+
+    def step(net, opt, sched):
+        opt.zero_grad()
+        net(torch.ones(4, 3)).square().sum().backward()
+        opt.step()
+        sched.step()
+
+    net, opt, sched = setup()
+    for _ in range(3):
+        step(net, opt, sched)
+    opt.state[net.weight]["visits"] = 3  # a non-tensor entry: saved as a JSON scalar
+    save_training_state(tmp_path / "ts", opt, sched, step=3, ema_optimization_step=5)
+
+    net2, opt2, sched2 = setup()
+    net2.load_state_dict(net.state_dict())
+    assert load_training_state(tmp_path / "ts", opt2, sched2) == (3, 5)
+    assert opt2.state[net2.weight]["visits"] == 3
+    for p, q in zip(net.parameters(), net2.parameters(), strict=True):
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(opt.state[p][key], opt2.state[q][key]), key
+    assert sched2.last_epoch == 3 and sched2.get_last_lr() == sched.get_last_lr()
+    step(net, opt, sched)
+    step(net2, opt2, sched2)
+    for p, q in zip(net.parameters(), net2.parameters(), strict=True):
+        assert torch.equal(p, q)
+    (tmp_path / "ts" / "training_step.json").unlink()
+    with pytest.raises(CheckpointError, match="missing .*training_step.json"):
+        load_training_state(tmp_path / "ts", opt2, sched2)
 
 
 def test_bad_train_settings():
