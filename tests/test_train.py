@@ -75,7 +75,7 @@ def test_resume_is_exact(tmp_path, tiny_store, tiny_config, monkeypatch):
         return original(self, model)
 
     monkeypatch.setattr(EMA, "update", crash_after_eight)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="simulated crash"):
         train(make_cfg(tiny_store, tiny_config), tmp_path / "cut")
     monkeypatch.setattr(EMA, "update", original)
     assert (tmp_path / "cut" / "checkpoints" / "last").resolve().name == "000006"
