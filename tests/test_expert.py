@@ -173,7 +173,7 @@ def test_expert_api_in_own_loop_and_pickling():
     env.reset(options={"reset_to_state": reference_initial_state(182)})
     clone.reset(env.unwrapped.world, reference_initial_state(182))  # with the reset state: exact 1st plan
     np.testing.assert_array_equal(clone.act(env), first)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="expected a PushTWorld or a PushT env, got object"):
         expert.reset(object())
     env.close()
 

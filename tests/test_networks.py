@@ -106,17 +106,17 @@ def test_forward_rejects_bad_horizon() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "message"),
     [
-        {"diffusion_step_embed_dim": 31},
-        {"diffusion_step_embed_dim": 2},
-        {"kernel_size": 4},
-        {"n_groups": 5},
-        {"down_dims": ()},
+        ({"diffusion_step_embed_dim": 31}, "embedding dim must be even and >= 4, got 31"),
+        ({"diffusion_step_embed_dim": 2}, "embedding dim must be even and >= 4, got 2"),
+        ({"kernel_size": 4}, "kernel_size must be odd"),
+        ({"n_groups": 5}, "n_groups=5 must divide every width"),
+        ({"down_dims": ()}, "down_dims must name at least one level"),
     ],
 )
-def test_constructor_rejects_bad_arguments(kwargs: dict) -> None:
-    with pytest.raises(ValueError):
+def test_constructor_rejects_bad_arguments(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
         ConditionalUnet1d(Da, C, **{"down_dims": (16, 32), "diffusion_step_embed_dim": 32, **kwargs})
 
 
