@@ -22,10 +22,6 @@ def test_cuda_graphs_are_refused_off_cuda(tiny_policy):
         tiny_policy.set_compile("cuda_graph")
     with pytest.raises(ValueError, match="CUDA device"):
         GraphedDenoiser(tiny_policy.network, "cpu", (16, 2), 40)
-    x = torch.randn(3, 16, 2)
-    t = torch.tensor([1, 2, 3])
-    c = torch.randn(3, 40)
-    torch.testing.assert_close(tiny_policy.denoise(x, t, c), tiny_policy.network(x, t, c))  # still eager
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")

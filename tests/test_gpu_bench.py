@@ -90,7 +90,7 @@ def test_smoke_rows_cover_the_grid_with_small_parity(smoke):
                 ref["max_abs_diff_to_fp32_sequential"], abs=1e-4
             )
     seq = next(r for r in measured if r["name"] == "fp32 eager ddpm10 sequential")
-    assert seq["iterations"] == seq["model_calls"] == 10 and seq["speedup_vs_same_variant_sequential"] == 1.0
+    assert seq["iterations"] == seq["model_calls"] == 10  # K calls of one row
     few = {r["name"] for r in smoke["sections"]["few_step"]["result"] if "error" not in r}
     assert {"fp32 eager dpmsolver++-5 sequential", "fp32 eager paraddim-16 w=16 tol=0.1"} <= few
 
