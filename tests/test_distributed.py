@@ -468,7 +468,9 @@ def test_serving_rank_failure_raises_on_rank_0_within_the_timeout(
     assert run.exitcodes[0] == 0, run
     assert main["first_ok"]
     assert main["error"] is not None, "rank 0 did not raise DistributedDenoiserError"
-    assert main["elapsed"] < 3 * FAIL_TIMEOUT_S, main
+    # the timeout is what is tested, so the clock is needed: a hang ends after FAIL_TIMEOUT_S (5.0 s
+    # measured), the others within 0.1 s; 6x the timeout leaves room for a loaded machine
+    assert main["elapsed"] < 6 * FAIL_TIMEOUT_S, main
     assert not main["initialized_after"], "rank 0 did not destroy the process group"
     assert "rank 0 of 2" in main["error"] and "process group was destroyed" in main["error"]
     if action == "hang":
@@ -476,6 +478,7 @@ def test_serving_rank_failure_raises_on_rank_0_within_the_timeout(
         assert main["elapsed"] >= 0.8 * FAIL_TIMEOUT_S  # it was the timeout that ended the wait
     else:
         assert "closed its connection" in main["error"], main["error"]
+    # the second call raises at once (~5 us measured; 0.5 s allowed)
     assert main["again_error"] and "already failed" in main["again_error"] and main["again_elapsed"] < 0.5
     assert main["failed"]
     if action == "exit":
@@ -495,7 +498,7 @@ def test_rank_0_failure_ends_serve_forever_within_the_timeout(
     peer = run.results[1]
     assert peer["error"] is not None, "serve_forever did not raise DistributedDenoiserError"
     assert peer["calls"] == 1
-    assert peer["elapsed"] < 3 * FAIL_TIMEOUT_S, peer
+    assert peer["elapsed"] < 6 * FAIL_TIMEOUT_S, peer  # as above: 5.0 s measured for a hang
     assert not peer["initialized_after"], "the serving rank did not destroy the process group"
     assert "rank 1 of 2: waiting for the next command from rank 0" in peer["error"]
     if action == "exit":

@@ -407,11 +407,15 @@ def test_wallclock_pacing_and_per_step_latency(tiny_policy):
     t0 = time.perf_counter()
     r = run_rollouts(tiny_policy, ec(n=1, steps=20), ControlConfig(mode="wallclock", hz=50, warmup_plans=1))
     elapsed = time.perf_counter() - t0
+    # wallclock mode is defined by real time, so this needs the clock; a lower bound cannot fail
+    # because the machine is slow
     assert elapsed >= 19 * 0.02  # paced: 20 ticks of 20 ms
     t_obs = r.steps.column("t_obs_ns")
     queued = r.steps.column("action_source") == 1
     assert (np.diff(t_obs[queued]) > 0).all()
-    assert r.steps.column("latency_ms")[queued].max() < 20  # a queued action costs microseconds
+    # a queued action costs microseconds (0.07 ms when written): the median of them against 20 ms, far
+    # over 5x, and a median so that one preemption on a shared machine cannot fail it
+    assert np.median(r.steps.column("latency_ms")[queued]) < 20
 
 
 # --------------------------------------------------------------------------------------------------
@@ -521,23 +525,26 @@ def soak(policy, n_steps: int) -> tuple[dict[int, float], dict]:
     return samples, r.latency
 
 
-def check_soak(samples: dict[int, float], latency: dict, max_growth_mb: float) -> None:
+def check_soak(samples: dict[int, float], latency: dict, max_growth_mb: float, max_drift: float | None):
     keys = sorted(samples)
     after_warm = samples[keys[1]]  # skip the first block: allocator and oneDNN caches settle
     growth = max(samples[k] for k in keys[1:]) - after_warm
     assert growth < max_growth_mb, f"RSS grew {growth:.1f} MB: {samples}"
     # 10th percentile of fresh-step latency, first vs last quarter: a foreign burst on the shared machine
     # slows some plans (it moves the median), growth inside the controller slows all of them
-    ratio = latency["drift"]["ratio_p10"]
-    assert ratio is not None and ratio < 2.0, latency["drift"]
+    if max_drift is not None:
+        ratio = latency["drift"]["ratio_p10"]
+        assert ratio is not None and ratio < max_drift, latency["drift"]
 
 
-def test_soak_2000_steps_flat_memory_no_drift(tiny_policy):
+def test_soak_2000_steps_flat_memory(tiny_policy):
     samples, latency = soak(tiny_policy, 2000)
-    check_soak(samples, latency, max_growth_mb=8.0)
+    # RSS only: the latency drift is a ratio of wall-clock times (0.7 measured on a loaded machine, 2.0
+    # allowed), so it is checked in the slow soak, not in the default run
+    check_soak(samples, latency, max_growth_mb=8.0, max_drift=None)
 
 
 @pytest.mark.slow
 def test_soak_10000_steps_flat_memory_no_drift(tiny_policy):
     samples, latency = soak(tiny_policy, 10_000)
-    check_soak(samples, latency, max_growth_mb=12.0)
+    check_soak(samples, latency, max_growth_mb=12.0, max_drift=2.0)
