@@ -33,7 +33,7 @@ def test_round_trip_gives_identical_actions(saved, tiny_policy):
 
 
 def test_never_overwrites(saved, tiny_policy):
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match="refusing to overwrite existing checkpoint"):
         save_policy(tiny_policy, saved)
 
 
@@ -129,7 +129,7 @@ def test_failed_load_leaves_no_partial_model(saved, tiny_policy):
     shutil.copytree(saved, broken)
     edit_model(broken, lambda t: t.__setitem__("ema.final_conv.1.bias", torch.zeros(7)))
     before = {k: v.clone() for k, v in tiny_policy.state_dict().items()}
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="final_conv.1.bias: checkpoint \\(7,\\)"):
         load_policy(broken)
     after = tiny_policy.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)

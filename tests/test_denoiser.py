@@ -103,9 +103,9 @@ def test_protocol_and_close() -> None:
     assert isinstance(sharded, Denoiser) and isinstance(TinyNet(), Denoiser)
     sharded.close()
     sharded.close()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="ShardedDenoiser is closed"):
         sharded(*inputs(2))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least one replica"):
         ShardedDenoiser([])
 
 

@@ -90,7 +90,7 @@ def test_dpmsolver_first_and_second_order_closed_form() -> None:
     # the last step lands on clean data (λ' = ∞): x' = x̂₀, first order, and finite
     last = step(tab, 9, x, eps, None, prev_x0=m1)
     torch.testing.assert_close(last.prev_sample, last.x0_hat, rtol=1e-12, atol=1e-12)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="step 4 is of order 2 and needs prev_x0"):
         step(tab, 4, x, eps, None)  # second order without history
 
 

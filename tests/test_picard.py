@@ -239,15 +239,15 @@ def test_nan_model_output_is_never_accepted() -> None:
 
 def test_input_validation() -> None:
     tab, x_T, noise, cond = setup("ddpm", 10)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="window must be >= 1, got 0"):
         sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=0, tol=0.1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="tol and abs_floor must be finite and >= 0, got -1.0"):
         sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=4, tol=-1.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="init must have shape \\(11, 3, 16, 2\\)"):
         sample_picard(
             mixture_denoiser, x_T, tab, noise, cond, window=4, tol=0.1, init=torch.zeros(10, 3, 16, 2)
         )
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="on_max_iters must be one of .*, got 'hold'"):
         sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=4, tol=0.1, on_max_iters="hold")  # type: ignore[arg-type]
 
 

@@ -93,7 +93,7 @@ def test_create_append_and_reopen(tmp_path: Path) -> None:
         assert ep[key].dtype == np.float32
         np.testing.assert_allclose(ep[key], expected[key], rtol=1e-6)
     assert store.array("state").shape == (15, 5)
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="episode index 3 out of range for 3 episodes"):
         store.episode_slice(3)
 
     # On-disk layout: format 3, chunked along time only, Blosc zstd.
@@ -124,7 +124,7 @@ def test_append_to_existing_store(tmp_path: Path) -> None:
 def test_create_refuses_existing_path_and_zip(tmp_path: Path) -> None:
     path = tmp_path / "demo.zarr"
     write_store(path, [3])
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match="already exists \\(pass overwrite=True"):
         ReplayStore.create(path)
     fresh = ReplayStore.create(path, overwrite=True)
     assert fresh.n_episodes == 0
@@ -212,7 +212,7 @@ def test_interrupted_append_is_invisible_and_recoverable(
     store = ReplayStore.open(path, keys=(), mode="a")
     with monkeypatch.context() as patch:
         _crash_on(patch, method, array_path)
-        with pytest.raises(SimulatedCrashError):
+        with pytest.raises(SimulatedCrashError, match=f"simulated interruption in {method} of {array_path}"):
             store.append_episode(make_episode(5, 100), seed=99)
     store.close()  # the crashed writer is gone (its process would have released the lock)
 
@@ -240,7 +240,7 @@ def test_interrupted_append_is_invisible_and_recoverable(
     # The same writer object can also retry after its own failure.
     with monkeypatch.context() as patch:
         _crash_on(patch, method, array_path)
-        with pytest.raises(SimulatedCrashError):
+        with pytest.raises(SimulatedCrashError, match=f"simulated interruption in {method} of {array_path}"):
             writer.append_episode(make_episode(2, 13), seed=3)
     writer.append_episode(make_episode(2, 13), seed=3)
     final = ReplayStore.open(path, keys=("state", "action", "keypoint"))
@@ -253,7 +253,7 @@ def test_interrupted_first_append(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     store = ReplayStore.create(path)
     with monkeypatch.context() as patch:
         _crash_on(patch, "__setitem__", "data/action")
-        with pytest.raises(SimulatedCrashError):
+        with pytest.raises(SimulatedCrashError, match="simulated interruption in __setitem__ of data/action"):
             store.append_episode(make_episode(4), seed=0)
     store.close()
     empty = ReplayStore.open(path)
@@ -307,7 +307,7 @@ def test_open_validation_errors(tmp_path: Path, arrays, ends, match: str, zarr_f
 
 def test_dataset_error_is_value_error_and_open_errors(tmp_path: Path) -> None:
     assert issubclass(DatasetError, ValueError)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="no demonstration store at"):
         ReplayStore.open(tmp_path / "nope.zarr")
     (tmp_path / "plain").mkdir()
     with pytest.raises(DatasetError, match="not a zarr group"):

@@ -100,18 +100,18 @@ def test_per_sample_generators_do_not_depend_on_the_batch() -> None:
     x_T, noise = draw_noise(tab, (3, 16, 2), gens)
     x1, n1 = draw_noise(tab, (1, 16, 2), [torch.Generator().manual_seed(8)])
     assert torch.equal(x_T[1:2], x1) and torch.equal(noise[:, 1:2], n1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="one generator per sample \\(2\\), got 3"):
         draw_noise(tab, (2, 16, 2), gens)
 
 
 def test_input_validation() -> None:
     tab = make_step_table(AC, make_timesteps(T, 10))
     x_T, noise = draw_noise(tab, (2, 16, 2), torch.Generator().manual_seed(0))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="DDPM sampling needs the pre-drawn step noise"):
         sample_sequential(linear_denoiser, x_T, tab, None, None)  # DDPM needs its noise
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="noise must have shape \\(10, 2, 16, 2\\), got \\(5, 2, 16, 2\\)"):
         sample_sequential(linear_denoiser, x_T, tab, noise[:5], None)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="cond must have batch size 2, got 3"):
         sample_sequential(linear_denoiser, x_T, tab, noise, torch.zeros(3, 4))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="table is on meta but x_T is on cpu"):
         sample_sequential(linear_denoiser, x_T, tab.to("meta"), noise, None)
