@@ -38,15 +38,23 @@ __all__ = [
     "UPDATE_RULES",
     "SAMPLER_KINDS",
     "TIMESTEP_SPACINGS",
+    "IMAGE_NORMS",
+    "BACKBONES",
+    "OBS_TYPES",
     "NoiseScheduleConfig",
     "PolicyConfig",
     "SamplerConfig",
     "UNetConfig",
+    "VisionConfig",
     "check_action_steps",
     "check_inference_steps",
     "max_action_steps",
     "validate_horizon",
 ]
+
+OBS_TYPES = ("state", "pixels_agent_pos")
+BACKBONES = ("resnet18",)
+IMAGE_NORMS = ("group_norm", "batch_norm")
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -137,6 +145,71 @@ class UNetConfig:
         bad = [d for d in self.down_dims if d % self.n_groups]
         if bad:
             raise ValueError(f"n_groups={self.n_groups} must divide every down_dims width, not {bad}")
+
+
+@dataclass
+class VisionConfig:
+    """The image encoder of a ``pixels_agent_pos`` policy (DP / robomimic style; see `model/vision.py`).
+
+    ResNet trunk (no avgpool / fc) -> spatial softmax with ``num_keypoints`` keypoints -> Linear(2K, 2K)
+    -> ReLU, so each image gives ``2 * num_keypoints`` features (64 for the reference's 32).
+    """
+
+    image_shape: tuple[int, ...] = (3, 96, 96)
+    """(C, H, W) of one camera image as the policy receives it."""
+    crop_shape: tuple[int, ...] | None = (84, 84)
+    """(h, w) crop: random in training, centred in evaluation; None: no crop."""
+    crop_is_random: bool = True
+    """Random crop in training (False: the centre crop in training too)."""
+    backbone: str = "resnet18"
+    """torchvision backbone (built with ``weights=None``; nothing is ever downloaded)."""
+    norm: str = "group_norm"
+    """``group_norm`` (GroupNorm(C // 16, C) in place of every BatchNorm, the reference) or ``batch_norm``."""
+    num_keypoints: int = 32
+    """Spatial-softmax keypoints K."""
+    image_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    """Per-channel mean subtracted from images scaled to [0, 1] (0.5 / 0.5 maps them to [-1, 1])."""
+    image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    """Per-channel standard deviation that images in [0, 1] are divided by."""
+    backbone_weights: str | None = None
+    """Optional local safetensors file of torchvision ``resnet18`` weights (batch_norm only)."""
+
+    def __post_init__(self) -> None:
+        self.image_shape = tuple(int(d) for d in self.image_shape)
+        self.image_mean = tuple(float(v) for v in self.image_mean)
+        self.image_std = tuple(float(v) for v in self.image_std)
+        if self.crop_shape is not None:
+            self.crop_shape = tuple(int(d) for d in self.crop_shape)
+        _check_choice("vision.backbone", self.backbone, BACKBONES)
+        _check_choice("vision.norm", self.norm, IMAGE_NORMS)
+        if len(self.image_shape) != 3 or min(self.image_shape) < 1:
+            raise ValueError(f"vision.image_shape must be (C, H, W) > 0, got {self.image_shape}")
+        if self.crop_shape is not None and (
+            len(self.crop_shape) != 2
+            or min(self.crop_shape) < 1
+            or self.crop_shape[0] > self.image_shape[1]
+            or self.crop_shape[1] > self.image_shape[2]
+        ):
+            raise ValueError(
+                f"vision.crop_shape must be (h, w) within the image {self.image_shape[1:]}, "
+                f"got {self.crop_shape}"
+            )
+        _check_positive(self, "num_keypoints")
+        C = self.image_shape[0]
+        if len(self.image_mean) != C or len(self.image_std) != C or min(self.image_std) <= 0:
+            raise ValueError(
+                f"vision.image_mean / image_std need {C} values (std > 0), "
+                f"got {self.image_mean}, {self.image_std}"
+            )
+        if self.backbone_weights is not None and self.norm != "batch_norm":
+            raise ValueError(
+                "vision.backbone_weights needs vision.norm='batch_norm' (GroupNorm would discard them)"
+            )
+
+    @property
+    def feature_dim(self) -> int:
+        """Features per image: 2 x num_keypoints."""
+        return 2 * self.num_keypoints
 
 
 @dataclass
@@ -253,7 +326,13 @@ class PolicyConfig:
     """
 
     obs_dim: int = 20
-    """Do: per-step observation width (9 keypoints x 2 + agent xy)."""
+    """Do: per-step low-dim observation width (9 keypoints x 2 + agent xy; the agent xy alone for
+    ``pixels_agent_pos``)."""
+    obs_type: str = "state"
+    """Observation keys: ``state`` ({"obs": (Do,)}) or ``pixels_agent_pos`` ({"pixels": (H, W, C) uint8,
+    "agent_pos": (Do,)}, encoded by `vision`)."""
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    """The image encoder (used by ``pixels_agent_pos`` only)."""
     action_dim: int = 2
     """Da: action width (absolute pusher target)."""
     horizon: int = 16
@@ -271,6 +350,7 @@ class PolicyConfig:
 
     def __post_init__(self) -> None:
         _check_positive(self, "obs_dim", "action_dim", "horizon", "n_obs_steps", "n_action_steps")
+        _check_choice("obs_type", self.obs_type, OBS_TYPES)
         validate_horizon(self.horizon, self.unet.down_dims)
         if self.n_obs_steps > self.horizon:
             raise ValueError(f"n_obs_steps={self.n_obs_steps} must be <= horizon={self.horizon}")
@@ -292,8 +372,15 @@ class PolicyConfig:
 
     @property
     def global_cond_dim(self) -> int:
-        """Width of the FiLM condition from observations: To x Do."""
-        return self.n_obs_steps * self.obs_dim
+        """Width of the FiLM condition from observations: To x Do (+ To x image features)."""
+        return self.n_obs_steps * self.obs_step_dim
+
+    @property
+    def obs_step_dim(self) -> int:
+        """Conditioning features per observation step: Do, plus the image features for images."""
+        if self.obs_type == "pixels_agent_pos":
+            return self.obs_dim + self.vision.feature_dim
+        return self.obs_dim
 
     @property
     def action_start(self) -> int:
@@ -332,7 +419,12 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ValueError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(fields)}")
-    nested = {"unet": UNetConfig, "schedule": NoiseScheduleConfig, "sampler": SamplerConfig}
+    nested = {
+        "unet": UNetConfig,
+        "schedule": NoiseScheduleConfig,
+        "sampler": SamplerConfig,
+        "vision": VisionConfig,
+    }
     kwargs = {}
     for name, value in data.items():
         if cls is PolicyConfig and name in nested:

@@ -38,8 +38,13 @@ from parapolicy.policy.diffusion.sequential import SampleResult, draw_noise
 from parapolicy.policy.diffusion.step import add_noise
 from parapolicy.policy.diffusion.warm_start import PreviousChunk, next_chunk_inputs
 from parapolicy.policy.errors import ParapolicyError
-from parapolicy.policy.model.networks import ConditionalUnet1d
+from parapolicy.policy.model.image_observation import (
+    batch_size,
+    stack_steps,
+    validate_image_observation,
+)
 from parapolicy.policy.model.normalizer import MinMaxNormalizer
+from parapolicy.policy.model.vision import build_network
 from parapolicy.policy.runtime.cuda_graphs import GraphedDenoiser
 
 OBS_KEY = "obs"
@@ -110,16 +115,7 @@ class DiffusionPolicy(nn.Module):
     def __init__(self, config: PolicyConfig, normalizer: MinMaxNormalizer | None = None) -> None:
         super().__init__()
         self.config = config
-        u = config.unet
-        self.network = ConditionalUnet1d(
-            input_dim=config.action_dim,
-            global_cond_dim=config.global_cond_dim,
-            diffusion_step_embed_dim=u.diffusion_step_embed_dim,
-            down_dims=u.down_dims,
-            kernel_size=u.kernel_size,
-            n_groups=u.n_groups,
-            cond_predict_scale=u.cond_predict_scale,
-        )
+        self.network = build_network(config)  # the U-Net, or a VisionUnet (U-Net + image encoder)
         self.normalizer = normalizer or MinMaxNormalizer(
             {OBS_KEY: config.obs_dim, "action": config.action_dim}
         )
@@ -234,10 +230,9 @@ class DiffusionPolicy(nn.Module):
         trained to predict eps (or a / v, per ``prediction_type``) on all H action rows.
         """
         cfg = self.config
-        nobs = self.normalizer.normalize(OBS_KEY, batch[OBS_KEY])  # (B, H, Do)
         nact = self.normalizer.normalize("action", batch["action"])  # (B, H, Da)
         B = nact.shape[0]
-        cond = nobs[:, : cfg.n_obs_steps].reshape(B, -1)  # (B, To*Do)
+        cond = self.condition(self._observation_window(batch), generator)  # (B, To*C)
         eps = torch.randn(nact.shape, generator=generator, device="cpu").to(nact)
         t = torch.randint(0, cfg.schedule.num_train_timesteps, (B,), generator=generator, device="cpu")
         t = t.to(nact.device)
@@ -254,9 +249,32 @@ class DiffusionPolicy(nn.Module):
         return F.mse_loss(pred, target)
 
     # ----------------------------------------------------------------------------------------------
+    # observations -> FiLM condition (the one place that knows the observation keys)
+    def _observation_window(self, batch: Mapping[str, Tensor]) -> Any:
+        """The first To observation rows of a training batch: (B, To, Do), or a dict for images."""
+        To = self.config.n_obs_steps
+        if self.config.obs_type == "pixels_agent_pos":
+            return {k: batch[k][:, :To] for k in ("pixels", "agent_pos")}
+        return batch[OBS_KEY][:, :To]
+
+    def condition(self, x_obs: Any, generator: torch.Generator | None = None) -> Tensor:
+        """The FiLM condition (B, To*C) of validated observation histories (`validate_observation`).
+
+        Low-dim: the normalised (B, To, Do) flattened. Images: the encoder runs here, once per chunk,
+        on (B, To) images and the normalised agent state (`vision.VisionUnet.encode`).
+        """
+        if isinstance(x_obs, Mapping):
+            state = self.normalizer.normalize(OBS_KEY, x_obs["agent_pos"])  # (B, To, Do)
+            return self.network.encode(x_obs["pixels"], state, generator)  # (B, To*(Do + 2K))
+        return self.normalizer.normalize(OBS_KEY, x_obs).flatten(1)  # (B, To*Do)
+
+    # ----------------------------------------------------------------------------------------------
     # inference
-    def validate_observation(self, obs: Any, history: bool) -> Tensor:
+    def validate_observation(self, obs: Any, history: bool) -> Any:
         """The validation boundary: return ``obs["obs"]`` as float32 on the policy's device.
+
+        Image policies (``obs_type="pixels_agent_pos"``) take ``{"pixels", "agent_pos"}`` instead and get
+        a dict back (`image_observation.validate_image_observation`).
 
         Args:
             obs: a mapping with key ``"obs"``: (Do,) or (B, Do) when ``history`` is False,
@@ -268,6 +286,8 @@ class DiffusionPolicy(nn.Module):
                 the position of a non-finite value, or a value far outside the normaliser's range
                 (normalised magnitude above ``OBS_RANGE_LIMIT``).
         """
+        if self.config.obs_type == "pixels_agent_pos":  # {"pixels", "agent_pos"}: see image_observation.py
+            return validate_image_observation(self.config, obs, history, self.device, ObservationError)
         if not isinstance(obs, Mapping):
             raise ObservationError(
                 f"observation must be a mapping with key {OBS_KEY!r}, got {type(obs).__name__}"
@@ -370,9 +390,9 @@ class DiffusionPolicy(nn.Module):
                 (B, H, Da) and (K, B, H, Da), or ``x0_guess`` is not a finite (B, H, Da) tensor.
         """
         cfg = self.config
-        x_obs = self.validate_observation(obs, history=True)  # (B, To, Do)
-        B = x_obs.shape[0]
-        cond = self.normalizer.normalize(OBS_KEY, x_obs).reshape(B, -1)  # (B, To*Do)
+        x_obs = self.validate_observation(obs, history=True)  # (B, To, Do), or a dict for images
+        B = batch_size(x_obs)
+        cond = self.condition(x_obs)  # (B, To*C)
         shape = (B, cfg.horizon, cfg.action_dim)
         checked = self._check_sampler_inputs(noise, x0_guess, shape)
         if checked is None:
@@ -409,21 +429,24 @@ class DiffusionPolicy(nn.Module):
         Returns:
             (B, Da) action (B = 1 for an unbatched observation).
         """
-        x = self.validate_observation(obs, history=False)  # (B, Do)
-        if self._obs_history and self._obs_history[-1].shape[0] != x.shape[0]:
+        x = self.validate_observation(obs, history=False)  # (B, Do), or a dict for images
+        if self._obs_history and batch_size(self._obs_history[-1]) != batch_size(x):
             raise ObservationError(
-                f"observation batch size changed from {self._obs_history[-1].shape[0]} to {x.shape[0]} in "
-                "the middle of an episode; call reset() before starting episodes with another batch size"
+                f"observation batch size changed from {batch_size(self._obs_history[-1])} to {batch_size(x)} "
+                "in the middle of an episode; call reset() before starting episodes with another batch size"
             )
         if not self._obs_history:
             self._obs_history.extend([x] * self.config.n_obs_steps)  # the first obs is repeated
         else:
             self._obs_history.append(x)
         if not self._action_queue:
-            history = torch.stack(list(self._obs_history), dim=1)  # (B, To, Do)
-            noise, guess = self.warm_start_inputs(self._previous, history.shape[0], generator)
+            history = stack_steps(list(self._obs_history))  # (B, To, Do), or a dict for images
+            noise, guess = self.warm_start_inputs(self._previous, batch_size(history), generator)
             pred = self.predict_action_chunk(
-                {OBS_KEY: history}, noise=noise, generator=generator, x0_guess=guess
+                history if isinstance(history, dict) else {OBS_KEY: history},
+                noise=noise,
+                generator=generator,
+                x0_guess=guess,
             )
             self._previous = pred
             self._action_queue.extend(pred.action.unbind(dim=1))  # Ta tensors of (B, Da)
