@@ -149,7 +149,9 @@ def test_picard_parity_and_the_encoder_runs_once_per_chunk(image_policy):
     try:
         obs = observations(2, seed=3)
         seq = image_policy.predict_action_chunk(obs, generator=torch.Generator().manual_seed(0))
-        image_policy.set_sampler(SamplerConfig(num_inference_steps=10, algorithm="picard", window=4, tol=1e-3))
+        image_policy.set_sampler(
+            SamplerConfig(num_inference_steps=10, algorithm="picard", window=4, tol=1e-3)
+        )
         par = image_policy.predict_action_chunk(obs, noise=(seq.x_T, seq.noise))
         assert len(calls) == 2  # one encoder call per chunk, not per denoising step or Picard iteration
         assert par.result.iterations > 1
