@@ -21,6 +21,7 @@ from parapolicy.policy.model.checkpoint import (
     read_tensors,
     save_pretrained,
 )
+from parapolicy.policy.model.lerobot_format import is_lerobot_checkpoint, load_lerobot_policy
 from parapolicy.policy.model.policy import DiffusionPolicy
 
 
@@ -54,7 +55,8 @@ def load_policy(
     """Load a policy from a checkpoint directory, strictly; nothing is returned half-loaded.
 
     Args:
-        path: the checkpoint directory (``config.json``, ``model.safetensors``, ``normalizer.safetensors``).
+        path: the checkpoint directory (``config.json``, ``model.safetensors``, ``normalizer.safetensors``),
+            or a LeRobot diffusion directory in the 0.3.x or 0.4+ layout (`lerobot_format.py`).
         device: where to put the policy.
         sampler: optional inference sampler replacing the one saved in the config. ``window="auto"``
             is refused: choosing the window times the network, which is a job's step (load, then
@@ -69,6 +71,14 @@ def load_policy(
     """
     check_device(str(device))
     root = Path(path)
+    loader = load_lerobot_policy if is_lerobot_checkpoint(root) else _load_parapolicy  # lerobot_format.py
+    policy = loader(root).to(device).eval()
+    if sampler is not None:
+        policy.set_sampler(sampler)  # raises on an unresolved window="auto"
+    return policy
+
+
+def _load_parapolicy(root: Path) -> DiffusionPolicy:
     config_dict = read_config(root)
     try:
         config = PolicyConfig.from_dict(config_dict)
@@ -84,9 +94,6 @@ def load_policy(
     check_finite(stats, f"{root / NORMALIZER_FILE}")
     policy.network.load_state_dict(weights, strict=True)
     policy.normalizer.load_state_dict(stats, strict=True)
-    policy = policy.to(device).eval()
-    if sampler is not None:
-        policy.set_sampler(sampler)  # raises on an unresolved window="auto"
     return policy
 
 

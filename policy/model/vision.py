@@ -216,7 +216,7 @@ class VisionUnet(nn.Module):
     """The denoiser of an image policy: ``unet`` plus the observation encoder ``rgb_encoder``.
 
     ``forward(x, t, cond)`` is the U-Net alone; `encode` turns observations into ``cond``. The image
-    statistics (``image_mean``, ``image_std``, (C, 1, 1)) are persistent buffers, saved with the weights.
+    statistics (``image_mean``, ``image_std``, (C, 1, 1)) come from the config (non-persistent buffers).
     """
 
     def __init__(self, config: PolicyConfig) -> None:
@@ -224,8 +224,9 @@ class VisionUnet(nn.Module):
         v = config.vision
         self.unet = _make_unet(config)
         self.rgb_encoder = RgbEncoder(v)
-        self.register_buffer("image_mean", torch.tensor(v.image_mean).view(-1, 1, 1))
-        self.register_buffer("image_std", torch.tensor(v.image_std).view(-1, 1, 1))
+        # derived from the config (its one source), so not saved with the weights
+        self.register_buffer("image_mean", torch.tensor(v.image_mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(v.image_std).view(-1, 1, 1), persistent=False)
         self.down_dims = self.unet.down_dims
 
     def forward(self, sample: Tensor, timestep: Tensor, global_cond: Tensor) -> Tensor:
