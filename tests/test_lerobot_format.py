@@ -1,0 +1,419 @@
+"""LeRobot diffusion checkpoints: export -> import round trips, hand-built 0.3.x and 0.4+ directories with
+LeRobot's key names, refusals of bad or unrepresentable checkpoints."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from lerobot_mirror import LeRobotUnet, lerobot_config
+from safetensors.torch import load_file, save_file
+
+from parapolicy.policy.config import PolicyConfig, SamplerConfig, UNetConfig, VisionConfig
+from parapolicy.policy.model.checkpoint import CheckpointError
+from parapolicy.policy.model.lerobot_format import save_lerobot_policy
+from parapolicy.policy.model.policy import DiffusionPolicy
+from parapolicy.policy.model.pretrained import load_policy
+from parapolicy.policy.model.vision import RgbEncoder
+
+SMALL = UNetConfig(down_dims=(16, 32), diffusion_step_embed_dim=16)
+
+
+def make_policy(obs_type: str, seed: int = 0) -> DiffusionPolicy:
+    image = obs_type == "pixels_agent_pos"
+    cfg = PolicyConfig(
+        obs_dim=2 if image else 20,
+        obs_type=obs_type,
+        unet=SMALL,
+        sampler=SamplerConfig(num_inference_steps=10, kind="ddim"),
+    )
+    torch.manual_seed(seed)
+    policy = DiffusionPolicy(cfg)
+    gen = torch.Generator().manual_seed(seed + 1)
+    data = {
+        "obs": torch.rand(100, cfg.obs_dim, generator=gen) * 512,
+        "action": torch.rand(100, 2, generator=gen) * 512,
+    }
+    policy.normalizer.fit(data)
+    return policy.eval()
+
+
+def observation(policy: DiffusionPolicy, B: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    if policy.config.obs_type == "state":
+        return {"obs": torch.rand(B, 2, 20, generator=gen) * 512}
+    return {
+        "pixels": torch.randint(0, 256, (B, 2, 96, 96, 3), dtype=torch.uint8, generator=gen),
+        "agent_pos": torch.rand(B, 2, 2, generator=gen) * 512,
+    }
+
+
+@pytest.fixture(scope="module", params=["state", "pixels_agent_pos"])
+def exported(request, tmp_path_factory):
+    policy = make_policy(request.param)
+    path = save_lerobot_policy(policy, tmp_path_factory.mktemp("lerobot") / "out")
+    return policy, path
+
+
+def test_export_writes_the_lerobot_0_4_layout(exported):
+    policy, path = exported
+    assert sorted(p.name for p in path.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "policy_postprocessor.json",
+        "policy_postprocessor_step_0_unnormalizer_processor.safetensors",
+        "policy_preprocessor.json",
+        "policy_preprocessor_step_3_normalizer_processor.safetensors",
+    ]
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["type"] == "diffusion" and cfg["n_groups"] == 8 and cfg["noise_scheduler_type"] == "DDIM"
+    keys = load_file(path / "model.safetensors").keys()
+    assert "diffusion.unet.down_modules.0.0.conv1.block.0.weight" in keys
+    assert "diffusion.unet.down_modules.0.2.weight" in keys  # the bare downsampling conv
+    assert "diffusion.unet.up_modules.0.2.bias" in keys
+    assert "diffusion.unet.final_conv.1.weight" in keys
+    pre = json.loads((path / "policy_preprocessor.json").read_text())
+    assert [s["registry_name"] for s in pre["steps"]] == [
+        "rename_observations_processor",
+        "to_batch_processor",
+        "device_processor",
+        "normalizer_processor",
+    ]
+    stats = load_file(path / "policy_preprocessor_step_3_normalizer_processor.safetensors")
+    if policy.config.obs_type == "state":
+        assert stats["observation.environment_state.min"].shape == (18,)
+        assert cfg["input_features"]["observation.environment_state"] == {"type": "ENV", "shape": [18]}
+    else:
+        assert "diffusion.rgb_encoder.pool.pos_grid" in keys
+        assert stats["observation.image.mean"].shape == (3, 1, 1)
+    assert stats["observation.state.min"].shape == (2,)
+
+
+def test_round_trip_is_bit_identical(exported):
+    policy, path = exported
+    loaded = load_policy(path)
+    assert loaded.config == policy.config
+    ours, theirs = policy.network.state_dict(), loaded.network.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    n0, n1 = policy.normalizer.state_dict(), loaded.normalizer.state_dict()
+    assert all(torch.equal(n0[k], n1[k]) for k in n0)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 16, 2, generator=gen)
+    t = torch.tensor([0, 5, 50, 99])
+    cond = torch.randn(4, policy.config.global_cond_dim, generator=gen)
+    with torch.no_grad():
+        assert torch.equal(policy.denoise(x, t, cond), loaded.denoise(x, t, cond))
+    obs = observation(policy)
+    a = policy.predict_action_chunk(obs, generator=torch.Generator().manual_seed(9))
+    b = loaded.predict_action_chunk(obs, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(a.plan, b.plan)
+    # and the re-export of the import is the same directory, byte for byte in its tensors
+    again = save_lerobot_policy(loaded, path.parent / "again")
+    for name in ("model.safetensors", "policy_preprocessor_step_3_normalizer_processor.safetensors"):
+        first, second = load_file(path / name), load_file(again / name)
+        assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+# ------------------------------------------------------------------------------------------------
+# hand-built LeRobot directories
+
+
+def hand_built(
+    tmp: Path, layout: str, image: bool, seed: int = 0
+) -> tuple[Path, LeRobotUnet, RgbEncoder | None, dict]:
+    """A LeRobot diffusion directory written from the mirror module tree (LeRobot's names) and JSON as
+    LeRobot writes it; low-dim ones condition on [state (2), environment_state (16)]."""
+    torch.manual_seed(seed)
+    if image:
+        cfg = lerobot_config()
+        cond = 2 * (2 + 64)
+    else:
+        cfg = lerobot_config(
+            input_features={
+                "observation.state": {"type": "STATE", "shape": [2]},
+                "observation.environment_state": {"type": "ENV", "shape": [16]},
+            },
+            normalization_mapping={
+                "VISUAL": "MEAN_STD",
+                "STATE": "MIN_MAX",
+                "ENV": "MIN_MAX",
+                "ACTION": "MIN_MAX",
+            },
+        )
+        cond = 2 * (2 + 16)
+    unet = LeRobotUnet(2, cond, 16, (16, 32)).eval()
+    for p in unet.parameters():  # GroupNorm affine and biases away from their init, so a swap shows
+        torch.nn.init.normal_(p, std=0.2)
+    tensors = {f"diffusion.unet.{k}": v for k, v in unet.state_dict().items()}
+    encoder = None
+    if image:
+        encoder = RgbEncoder(VisionConfig()).eval()  # its names are LeRobot's (checked in test_vision)
+        tensors.update({f"diffusion.rgb_encoder.{k}": v for k, v in encoder.state_dict().items()})
+    gen = torch.Generator().manual_seed(seed)
+    stats = {
+        "observation.state": {
+            "min": torch.rand(2, generator=gen) * 50,
+            "max": 400 + torch.rand(2, generator=gen) * 100,
+        },
+        "action": {"min": torch.rand(2, generator=gen) * 20, "max": 480 + torch.rand(2, generator=gen) * 30},
+    }
+    if image:
+        stats["observation.image"] = {"mean": torch.full((3, 1, 1), 0.5), "std": torch.full((3, 1, 1), 0.5)}
+    else:
+        stats["observation.environment_state"] = {
+            "min": torch.rand(16, generator=gen) * 10,
+            "max": 500 + torch.rand(16, generator=gen) * 10,
+        }
+    root = tmp / f"{layout}-{'image' if image else 'lowdim'}-{seed}"
+    root.mkdir()
+    (root / "config.json").write_text(json.dumps(cfg, indent=4))
+    if layout == "0.3":
+        for prefix, names in (
+            ("normalize_inputs", [k for k in stats if k != "action"]),
+            ("normalize_targets", ["action"]),
+            ("unnormalize_outputs", ["action"]),
+        ):
+            for name in names:
+                for stat, value in stats[name].items():
+                    tensors[f"{prefix}.buffer_{name.replace('.', '_')}.{stat}"] = value.clone()
+        save_file(tensors, str(root / "model.safetensors"))
+    else:
+        save_file(tensors, str(root / "model.safetensors"))
+        features = {**cfg["input_features"], **cfg["output_features"]}
+        norm = {"eps": 1e-08, "features": features, "norm_map": cfg["normalization_mapping"]}
+        pre_state = "policy_preprocessor_step_3_normalizer_processor.safetensors"
+        post_state = "policy_postprocessor_step_0_unnormalizer_processor.safetensors"
+        pre = {
+            "name": "policy_preprocessor",
+            "steps": [
+                {"registry_name": "rename_observations_processor", "config": {"rename_map": {}}},
+                {"registry_name": "to_batch_processor", "config": {}},
+                {"registry_name": "device_processor", "config": {"device": "cuda", "float_dtype": None}},
+                {"registry_name": "normalizer_processor", "config": norm, "state_file": pre_state},
+            ],
+        }
+        post = {
+            "name": "policy_postprocessor",
+            "steps": [
+                {
+                    "registry_name": "unnormalizer_processor",
+                    "config": {**norm, "features": cfg["output_features"]},
+                    "state_file": post_state,
+                },
+                {"registry_name": "device_processor", "config": {"device": "cpu", "float_dtype": None}},
+            ],
+        }
+        (root / "policy_preprocessor.json").write_text(json.dumps(pre, indent=2))
+        (root / "policy_postprocessor.json").write_text(json.dumps(post, indent=2))
+        flat = {f"{f}.{s}": v for f, sub in stats.items() for s, v in sub.items()}
+        flat["observation.state.mean"] = torch.zeros(
+            2
+        )  # dataset stats carry every statistic; unused ones are fine
+        flat["observation.state.count"] = torch.tensor([100])
+        save_file(flat, str(root / pre_state))
+        save_file({f"action.{s}": v for s, v in stats["action"].items()}, str(root / post_state))
+    return root, unet, encoder, stats
+
+
+@pytest.mark.parametrize("layout", ["0.3", "0.4"])
+@pytest.mark.parametrize("image", [False, True])
+def test_hand_built_lerobot_directory_loads_and_matches_lerobots_forward(tmp_path, layout, image):
+    root, unet, encoder, stats = hand_built(tmp_path, layout, image)
+    policy = load_policy(root)
+    cfg = policy.config
+    assert cfg.obs_type == ("pixels_agent_pos" if image else "state")
+    assert (
+        cfg.obs_dim == (2 if image else 18) and cfg.horizon == 16 and cfg.sampler.num_inference_steps == 100
+    )
+    lo, hi = stats["observation.state"]["min"], stats["observation.state"]["max"]
+    gen = torch.Generator().manual_seed(1)
+    agent = lo + (hi - lo) * torch.rand(3, 2, 2, generator=gen)  # (B, To, 2)
+    # LeRobot's normalisation of the state (0.4: 2 (x - min) / (max - min) - 1; 0.3 adds 1e-8 to the span)
+    span = hi - lo + (1e-8 if layout == "0.3" else 0.0)
+    n_state = 2 * (agent - lo) / span - 1
+    x = torch.randn(3, 16, 2, generator=gen)
+    t = torch.tensor([3, 40, 99])
+    with torch.no_grad():
+        if image:
+            pixels = torch.randint(0, 256, (3, 2, 96, 96, 3), dtype=torch.uint8, generator=gen)
+            images = (pixels.flatten(0, 1).permute(0, 3, 1, 2).float() / 255.0 - 0.5) / (0.5 + 1e-8)
+            feats = encoder(images).view(3, 2, 64)
+            their_cond = torch.cat([n_state, feats], dim=-1).flatten(1)
+            ours_cond = policy.condition(
+                policy.validate_observation({"pixels": pixels, "agent_pos": agent}, True)
+            )
+        else:
+            env = torch.rand(3, 2, 16, generator=gen) * 500
+            e_lo, e_hi = (
+                stats["observation.environment_state"]["min"],
+                stats["observation.environment_state"]["max"],
+            )
+            e_span = e_hi - e_lo + (1e-8 if layout == "0.3" else 0.0)
+            n_env = 2 * (env - e_lo) / e_span - 1
+            their_cond = torch.cat([n_state, n_env], dim=-1).flatten(1)  # LeRobot: [state, env] per step
+            obs = torch.cat([env, agent], dim=-1)  # ours: [env, state]
+            ours_cond = policy.condition(policy.validate_observation({"obs": obs}, True))
+        their_out = unet(x, t, their_cond)
+        ours_out = policy.denoise(x, t, ours_cond)
+    torch.testing.assert_close(ours_out, their_out, rtol=0, atol=1e-5)
+    act = policy.normalizer.unnormalize("action", torch.tensor([[-1.0, -1.0], [1.0, 1.0]]))
+    torch.testing.assert_close(
+        act, torch.stack([stats["action"]["min"], stats["action"]["max"]]), rtol=1e-6, atol=1e-4
+    )
+
+
+def test_one_separate_camera_encoder_is_accepted(tmp_path):
+    root, *_ = hand_built(tmp_path, "0.4", image=True)
+    cfg = json.loads((root / "config.json").read_text())
+    cfg["use_separate_rgb_encoder_per_camera"] = True
+    (root / "config.json").write_text(json.dumps(cfg))
+    tensors = load_file(root / "model.safetensors")
+    renamed = {k.replace("diffusion.rgb_encoder.", "diffusion.rgb_encoder.0."): v for k, v in tensors.items()}
+    save_file(renamed, str(root / "model.safetensors"))
+    policy = load_policy(root)
+    assert torch.equal(policy.network.rgb_encoder.out.weight, tensors["diffusion.rgb_encoder.out.weight"])
+
+
+# ------------------------------------------------------------------------------------------------
+# refusals
+
+
+def edit_config(root: Path, **changes) -> None:
+    cfg = json.loads((root / "config.json").read_text())
+    cfg.update(changes)
+    (root / "config.json").write_text(json.dumps(cfg))
+
+
+def edit_tensors(root: Path, edit) -> None:
+    tensors = load_file(root / "model.safetensors")
+    edit(tensors)
+    save_file(tensors, str(root / "model.safetensors"))
+
+
+@pytest.fixture
+def good_dir(tmp_path) -> Path:
+    root, *_ = hand_built(tmp_path, "0.4", image=False)
+    return root
+
+
+def test_missing_extra_and_misshaped_tensors_are_refused(good_dir, tmp_path):
+    missing = tmp_path / "missing"
+    shutil.copytree(good_dir, missing)
+    edit_tensors(missing, lambda t: t.pop("diffusion.unet.mid_modules.1.conv2.block.1.bias"))
+    with pytest.raises(CheckpointError, match=r"missing keys \['mid_modules.1.blocks.1.block.1.bias'\]"):
+        load_policy(missing)
+    extra = tmp_path / "extra"
+    shutil.copytree(good_dir, extra)
+    edit_tensors(extra, lambda t: t.update({"diffusion.unet.extra.weight": torch.zeros(2)}))
+    with pytest.raises(CheckpointError, match=r"unexpected keys \['extra.weight'\]"):
+        load_policy(extra)
+    stray = tmp_path / "stray"
+    shutil.copytree(good_dir, stray)
+    edit_tensors(stray, lambda t: t.update({"diffusion.rgb_encoder.out.weight": torch.zeros(2)}))
+    with pytest.raises(CheckpointError, match="tensors this policy does not use"):
+        load_policy(stray)
+    shape = tmp_path / "shape"
+    shutil.copytree(good_dir, shape)
+    edit_tensors(shape, lambda t: t.update({"diffusion.unet.final_conv.1.bias": torch.zeros(3)}))
+    with pytest.raises(CheckpointError, match=r"final_conv.1.bias: checkpoint \(3,\)"):
+        load_policy(shape)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"type": "act"}, "policy type 'act' is not supported"),
+        ({"n_groups": 4}, "n_groups=4"),
+        ({"noise_scheduler_type": "DPMSolver"}, "noise_scheduler_type 'DPMSolver'"),
+        ({"resize_shape": [128, 128]}, "resize_shape"),
+        ({"horizon": 15}, "horizon=15 must be divisible"),
+        ({"output_features": {}}, "no output_features"),
+    ],
+)
+def test_unrepresentable_configs_are_refused(good_dir, changes, message):
+    edit_config(good_dir, **changes)
+    with pytest.raises(CheckpointError, match=message):
+        load_policy(good_dir)
+
+
+def test_image_checkpoints_with_unsupported_encoders_are_refused(tmp_path):
+    root, *_ = hand_built(tmp_path, "0.4", image=True)
+    edit_config(root, vision_backbone="resnet34")
+    with pytest.raises(CheckpointError, match="vision_backbone 'resnet34' is unknown"):
+        load_policy(root)
+    edit_config(
+        root,
+        vision_backbone="resnet18",
+        input_features={
+            "observation.images.top": {"type": "VISUAL", "shape": [3, 96, 96]},
+            "observation.images.side": {"type": "VISUAL", "shape": [3, 96, 96]},
+            "observation.state": {"type": "STATE", "shape": [2]},
+        },
+    )
+    with pytest.raises(CheckpointError, match="2 cameras"):
+        load_policy(root)
+
+
+def test_bad_statistics_and_processors_are_refused(good_dir, tmp_path):
+    no_stats = tmp_path / "no_stats"
+    shutil.copytree(good_dir, no_stats)
+    (no_stats / "policy_preprocessor.json").unlink()
+    (no_stats / "policy_postprocessor.json").unlink()
+    with pytest.raises(CheckpointError, match="has no normalisation statistics"):
+        load_policy(no_stats)
+    missing_stat = tmp_path / "missing_stat"
+    shutil.copytree(good_dir, missing_stat)
+    state = missing_stat / "policy_preprocessor_step_3_normalizer_processor.safetensors"
+    tensors = load_file(state)
+    del tensors["observation.environment_state.max"]
+    save_file(tensors, str(state))
+    with pytest.raises(CheckpointError, match="'observation.environment_state.max' is missing"):
+        load_policy(missing_stat)
+    odd_step = tmp_path / "odd_step"
+    shutil.copytree(good_dir, odd_step)
+    pre = json.loads((odd_step / "policy_preprocessor.json").read_text())
+    pre["steps"].insert(0, {"class": "my_package.MyStep", "config": {}})
+    (odd_step / "policy_preprocessor.json").write_text(json.dumps(pre))
+    with pytest.raises(CheckpointError, match="processor step 'my_package.MyStep'"):
+        load_policy(odd_step)
+    escape = tmp_path / "escape"
+    shutil.copytree(good_dir, escape)
+    pre = json.loads((escape / "policy_preprocessor.json").read_text())
+    pre["steps"][-1]["state_file"] = "../elsewhere.safetensors"
+    (escape / "policy_preprocessor.json").write_text(json.dumps(pre))
+    with pytest.raises(CheckpointError, match="must be a file name in the directory"):
+        load_policy(escape)
+
+
+def test_pickles_and_unknown_formats_are_refused(good_dir, tmp_path):
+    with open(good_dir / "model.safetensors", "wb") as f:
+        pickle.dump({"diffusion.unet.x": [1.0]}, f)
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_policy(good_dir)
+    unknown = tmp_path / "unknown"
+    unknown.mkdir()
+    (unknown / "config.json").write_text(json.dumps({"model_type": "something"}))
+    with pytest.raises(CheckpointError, match="is not a parapolicy-diffusion-policy config"):
+        load_policy(unknown)
+
+
+def test_export_refuses_what_lerobot_cannot_represent(tmp_path):
+    policy = make_policy("state")
+    policy.set_sampler(SamplerConfig(num_inference_steps=10, kind="dpmsolver++"))
+    policy.config.sampler = policy.sampler
+    with pytest.raises(ValueError, match="DDPM or DDIM"):
+        save_lerobot_policy(policy, tmp_path / "a")
+    cfg = PolicyConfig(unet=UNetConfig(down_dims=(16, 32), diffusion_step_embed_dim=16, n_groups=4))
+    with pytest.raises(ValueError, match="n_groups=4"):
+        save_lerobot_policy(DiffusionPolicy(cfg), tmp_path / "b")
+    flat = make_policy("state")
+    data = {"obs": torch.rand(10, 20) * 512, "action": torch.rand(10, 2)}
+    data["obs"][:, 3] = 7.0
+    flat.normalizer.fit(data)
+    with pytest.raises(ValueError, match=r"constant dimension\(s\) \[3\]"):
+        save_lerobot_policy(flat, tmp_path / "c")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
