@@ -94,12 +94,37 @@ def batch_size(x_obs: Any) -> int:
     return int(x_obs.shape[0])
 
 
-def env_observation(config: PolicyConfig, env_obs: Any) -> dict[str, Any]:
-    """The policy observation of one environment observation (what a controller passes per step).
+# ------------------------------------------------------------------------------------------------
+# what a controller calls (the policy side of a rollout)
 
-    ``state`` policies take ``{"obs": vector}`` (the keypoint env's observation); ``pixels_agent_pos``
-    policies take the env's ``{"pixels", "agent_pos"}`` dict as it is.
+
+def env_obs_type(config: PolicyConfig) -> str:
+    """The `PushTEnv` ``obs_type`` that feeds this policy: ``keypoints`` or ``pixels_agent_pos``."""
+    return "pixels_agent_pos" if config.obs_type == "pixels_agent_pos" else "keypoints"
+
+
+def env_observation(config: PolicyConfig, env_obs: Any) -> dict[str, Any]:
+    """The policy observation of one environment observation (what a controller keeps per step).
+
+    ``state`` policies take ``{"obs": (Do,) float32}`` (the keypoint env's observation);
+    ``pixels_agent_pos`` policies take the env's ``{"pixels": (H, W, C) uint8, "agent_pos": (Do,)}``.
     """
     if config.obs_type == "pixels_agent_pos":
-        return {PIXELS_KEY: env_obs[PIXELS_KEY], STATE_KEY: np.asarray(env_obs[STATE_KEY], dtype=np.float32)}
+        return {
+            PIXELS_KEY: np.asarray(env_obs[PIXELS_KEY]),
+            STATE_KEY: np.asarray(env_obs[STATE_KEY], np.float32),
+        }
     return {"obs": np.asarray(env_obs, dtype=np.float32)}
+
+
+def history_observation(steps: list[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """The To-step history observation of per-step observations (oldest first): each key (To, ...)."""
+    return {k: np.stack([np.asarray(s[k]) for s in steps]) for k in steps[0]}
+
+
+def batch_observations(histories: list[Any]) -> dict[str, Tensor]:
+    """One batched observation from validated histories (`DiffusionPolicy.validate_observation` output,
+    each with a leading batch axis): concatenated along the batch axis, ready for `predict_action_chunk`."""
+    if isinstance(histories[0], Mapping):
+        return {k: torch.cat([h[k] for h in histories]) for k in histories[0]}
+    return {"obs": torch.cat(histories)}
