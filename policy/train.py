@@ -39,6 +39,7 @@ from parapolicy.policy.config import PolicyConfig, SamplerConfig
 from parapolicy.policy.control.evaluation import EvalConfig
 from parapolicy.policy.control.rollout import evaluate_policy
 from parapolicy.policy.data.dataset import PushTLowdimDataset
+from parapolicy.policy.data.image_dataset import make_dataset
 from parapolicy.policy.errors import NoRunToResumeError
 from parapolicy.policy.model.checkpoint import CheckpointError, read_metadata, write_atomic_dir
 from parapolicy.policy.model.ema import EMA
@@ -291,15 +292,9 @@ def train(cfg: TrainConfig, out: Path) -> Path:
         torch.set_num_threads(cfg.num_threads)
     out.mkdir(parents=True, exist_ok=True)
     p = cfg.policy
-    train_set = PushTLowdimDataset(
-        cfg.dataset_path,
-        p.horizon,
-        p.n_obs_steps,
-        p.n_action_steps,
-        cfg.val_ratio,
-        cfg.max_train_episodes,
-        cfg.seed,
-        split="train",
+    # keypoint windows, or image windows for pixels_agent_pos policies (data/image_dataset.py)
+    train_set = make_dataset(
+        p, cfg.dataset_path, cfg.val_ratio, cfg.max_train_episodes, cfg.seed, split="train"
     )
     val_set = train_set.get_validation_dataset()
     data = train_set.fingerprint()
