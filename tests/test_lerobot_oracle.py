@@ -128,3 +128,97 @@ def test_lerobot_checkpoint_samples_match(tmp_path, image):
     pred = ours.predict_action_chunk(our_obs, noise=(x_T, step_noise))
     torch.testing.assert_close(pred.result.sample, their_sample, rtol=0, atol=1e-5)
     torch.testing.assert_close(pred.plan, their_actions, rtol=1e-5, atol=512 * 1e-5)
+
+
+@pytest.mark.parametrize("obs_type", ["state", "pixels_agent_pos"])
+def test_exported_directory_runs_in_lerobot(tmp_path, obs_type):
+    """The other direction: `save_lerobot_policy` output parsed, loaded strictly and sampled by LeRobot."""
+    import lerobot.policies.diffusion.configuration_diffusion  # noqa: F401 - registers type "diffusion"
+    from lerobot.configs.policies import PreTrainedConfig
+    from safetensors.torch import load_file
+
+    from parapolicy.policy.config import PolicyConfig, SamplerConfig, UNetConfig
+    from parapolicy.policy.model.lerobot_format import save_lerobot_policy
+    from parapolicy.policy.model.policy import DiffusionPolicy
+
+    image = obs_type == "pixels_agent_pos"
+    cfg = PolicyConfig(
+        obs_dim=2 if image else 20,
+        obs_type=obs_type,
+        unet=UNetConfig(down_dims=(32, 64), diffusion_step_embed_dim=32),
+        sampler=SamplerConfig(kind="ddim", num_inference_steps=10),
+    )
+    torch.manual_seed(0)
+    ours = DiffusionPolicy(cfg)
+    gen = torch.Generator().manual_seed(1)
+    ours.normalizer.fit(
+        {
+            "obs": 5 + torch.rand(100, cfg.obs_dim, generator=gen) * 500,
+            "action": torch.rand(100, 2, generator=gen) * 512,
+        }
+    )
+    ours.eval()
+    path = save_lerobot_policy(ours, tmp_path / "exported")
+
+    lr_cfg = PreTrainedConfig.from_pretrained(path)
+    lr_cfg.device = "cpu"
+    model = load_file(path / "model.safetensors")
+    pre_stats = load_file(path / "policy_preprocessor_step_3_normalizer_processor.safetensors")
+    if make_diffusion_pre_post_processors is None:  # 0.3.x: statistics go into the policy's buffers
+        stats: dict[str, dict[str, torch.Tensor]] = {}
+        for key, value in pre_stats.items():
+            feature, stat = key.rsplit(".", 1)
+            stats.setdefault(feature, {})[stat] = value
+        for sub in stats.values():  # 0.3.x builds every statistic; the unused ones only need to be finite
+            shape = next(iter(sub.values())).shape
+            for stat in ("mean", "std", "min", "max"):
+                sub.setdefault(stat, torch.ones(shape))
+        theirs = LeRobotDiffusionPolicy(lr_cfg, dataset_stats=stats)
+        missing, unexpected = theirs.load_state_dict(model, strict=False)
+        assert unexpected == [] and all(
+            k.split(".")[0].endswith(("normalize_inputs", "normalize_targets", "unnormalize_outputs"))
+            for k in missing
+        )
+        pre = post = None
+    else:
+        from lerobot.processor import PolicyProcessorPipeline
+        from lerobot.processor.converters import policy_action_to_transition, transition_to_policy_action
+
+        theirs = LeRobotDiffusionPolicy.from_pretrained(path, strict=True)
+        pre = PolicyProcessorPipeline.from_pretrained(path, config_filename="policy_preprocessor.json")
+        post = PolicyProcessorPipeline.from_pretrained(
+            path,
+            config_filename="policy_postprocessor.json",
+            to_transition=policy_action_to_transition,
+            to_output=transition_to_policy_action,
+        )
+    theirs.eval()
+
+    gen = torch.Generator().manual_seed(2)
+    state = 20 + torch.rand(B, 2, 2, generator=gen) * 460
+    raw = {"observation.state": state}
+    if image:
+        pixels = torch.randint(0, 256, (B, 2, 96, 96, 3), dtype=torch.uint8, generator=gen)
+        raw["observation.image"] = pixels.permute(0, 1, 4, 2, 3).float() / 255.0
+        our_obs = {"pixels": pixels, "agent_pos": state}
+    else:
+        env = 10 + torch.rand(B, 2, 18, generator=gen) * 480
+        raw["observation.environment_state"] = env
+        our_obs = {"obs": torch.cat([env, state], dim=-1)}
+    with torch.no_grad():
+        batch = pre(dict(raw)) if pre is not None else theirs.normalize_inputs(dict(raw))
+        if image:
+            batch["observation.images"] = torch.stack([batch["observation.image"]], dim=-4)
+        global_cond = theirs.diffusion._prepare_global_conditioning(batch)
+        their_sample = theirs.diffusion.conditional_sample(
+            B, global_cond=global_cond, generator=torch.Generator().manual_seed(7)
+        )
+        if post is not None:
+            their_actions = post(their_sample)
+        else:
+            their_actions = theirs.unnormalize_outputs({"action": their_sample})["action"]
+    x_T = torch.randn((B, 16, 2), generator=torch.Generator().manual_seed(7))
+    _, step_noise = draw_noise(ours.table, (B, 16, 2), torch.Generator().manual_seed(0))
+    pred = ours.predict_action_chunk(our_obs, noise=(x_T, step_noise))
+    torch.testing.assert_close(pred.result.sample, their_sample, rtol=0, atol=1e-5)
+    torch.testing.assert_close(pred.plan, their_actions, rtol=1e-5, atol=512 * 1e-5)
