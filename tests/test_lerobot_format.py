@@ -417,3 +417,19 @@ def test_export_refuses_what_lerobot_cannot_represent(tmp_path):
     with pytest.raises(ValueError, match=r"constant dimension\(s\) \[3\]"):
         save_lerobot_policy(flat, tmp_path / "c")
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+def test_the_hub_pusht_config_builds_lerobots_network_size(tmp_path):
+    """`lerobot/diffusion_pusht`'s config (0.3-era): the U-Net has LeRobot's 148 tensors / 251,511,938
+    parameters (shared/reference/lerobot.md), so its weights can load strictly."""
+    from parapolicy.policy.model.lerobot_format import LeRobotLayout, policy_config_from_lerobot
+    from parapolicy.policy.model.vision import build_network
+
+    cfg = lerobot_config(down_dims=[512, 1024, 2048], diffusion_step_embed_dim=128)
+    config = policy_config_from_lerobot(tmp_path, cfg, LeRobotLayout(tmp_path, cfg))
+    assert config.global_cond_dim == 132 and config.vision.crop_shape == (84, 84)
+    with torch.device("meta"):
+        network = build_network(config)
+    unet = network.unet.state_dict()
+    assert len(unet) == 148 and sum(v.numel() for v in unet.values()) == 251_511_938
+    assert network.rgb_encoder.backbone(torch.empty(1, 3, 84, 84, device="meta")).shape == (1, 512, 3, 3)
