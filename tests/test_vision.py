@@ -226,3 +226,14 @@ def test_vision_config_rules():
         PolicyConfig(obs_type="pixels")
     cfg = image_config()
     assert PolicyConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_traced_denoiser_serves_image_policies(image_policy):
+    obs = observations(2, seed=6)
+    eager = image_policy.predict_action_chunk(obs, generator=torch.Generator().manual_seed(0))
+    try:
+        image_policy.set_compile("trace")  # traces the U-Net only; the encoder stays eager, once per chunk
+        traced = image_policy.predict_action_chunk(obs, generator=torch.Generator().manual_seed(0))
+    finally:
+        image_policy.set_compile("none")
+    torch.testing.assert_close(traced.plan, eager.plan, rtol=0, atol=1e-4)
