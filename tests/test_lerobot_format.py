@@ -433,3 +433,18 @@ def test_the_hub_pusht_config_builds_lerobots_network_size(tmp_path):
     unet = network.unet.state_dict()
     assert len(unet) == 148 and sum(v.numel() for v in unet.values()) == 251_511_938
     assert network.rgb_encoder.backbone(torch.empty(1, 3, 84, 84, device="meta")).shape == (1, 512, 3, 3)
+
+
+def test_normalize_observation_keys_leave_other_observations_unnormalised(tmp_path):
+    """LeRobot 0.6's normaliser option: only the listed observation keys are normalised."""
+    root, *_ = hand_built(tmp_path, "0.4", image=True)
+    pre = json.loads((root / "policy_preprocessor.json").read_text())
+    pre["steps"][-1]["config"]["normalize_observation_keys"] = ["observation.state"]
+    (root / "policy_preprocessor.json").write_text(json.dumps(pre))
+    policy = load_policy(root)
+    assert policy.config.vision.image_mean == (0.0, 0.0, 0.0) and policy.config.vision.image_std == (
+        1.0,
+        1.0,
+        1.0,
+    )
+    assert not torch.equal(policy.normalizer.get_stats("obs")["scale"], torch.ones(2))  # the state still is

@@ -466,9 +466,9 @@ def _read_processor(
 
 def _stats_and_modes(
     root: Path, cfg: Mapping[str, Any], model: dict[str, torch.Tensor]
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, str], bool]:
-    """(input stats, output stats, feature type -> mode, legacy) from either layout; removes the 0.3.x
-    normaliser buffers from ``model``."""
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, str], bool, set[str] | None]:
+    """(input stats, output stats, feature type -> mode, legacy, normalised observation keys or None
+    for all) from either layout; removes the 0.3.x normaliser buffers from ``model``."""
     legacy_keys = [
         k
         for k in model
@@ -492,7 +492,7 @@ def _stats_and_modes(
         outputs = unpack("unnormalize_outputs")
         for k in legacy_keys:
             del model[k]
-        return inputs, outputs, modes, True
+        return inputs, outputs, modes, True, None
     if not has_processors:
         raise _refuse(
             root,
@@ -506,7 +506,8 @@ def _stats_and_modes(
             modes.update(step_cfg["norm_map"])
         if float(step_cfg.get("eps", LEROBOT_EPS)) != LEROBOT_EPS:
             raise _refuse(root, f"normaliser eps {step_cfg['eps']} is not supported (only {LEROBOT_EPS})")
-    return inputs, outputs, modes, False
+    only = pre_cfg.get("normalize_observation_keys")  # 0.6: observations outside it pass unnormalised
+    return inputs, outputs, modes, False, (set(only) if only is not None else None)
 
 
 def _legacy_name(feature: str) -> str:
@@ -535,7 +536,7 @@ def load_lerobot_policy(path: str | Path) -> DiffusionPolicy:
         raise _refuse(root, f"policy type {cfg.get('type')!r} is not supported; only {LEROBOT_TYPE!r}")
     config = policy_config_from_lerobot(root, cfg, layout)
     model = read_tensors(root / MODEL_FILE)
-    inputs, outputs, modes, legacy = _stats_and_modes(root, cfg, model)
+    inputs, outputs, modes, legacy, only = _stats_and_modes(root, cfg, model)
     if legacy:  # 0.3.x names buffers by the feature name with dots replaced
         inputs = {_restore(k, layout): v for k, v in inputs.items()}
         outputs = {_restore(k, layout): v for k, v in outputs.items()}
@@ -554,13 +555,21 @@ def load_lerobot_policy(path: str | Path) -> DiffusionPolicy:
     state_dim = layout.state[1]
     weights = _permute_film(weights, _film_permutation(config, state_dim, to_ours=True))
 
-    mode_of = lambda kind: str(modes.get(kind, "IDENTITY"))  # noqa: E731
-    obs_parts = [_affine(root, inputs, layout.state[0], mode_of("STATE"), state_dim, legacy)]
+    def mode_of(feature: str, kind: str) -> str:
+        if only is not None and kind != "ACTION" and feature not in only:
+            return "IDENTITY"
+        return str(modes.get(kind, "IDENTITY"))
+
+    name, dim = layout.state
+    obs_parts = [_affine(root, inputs, name, mode_of(name, "STATE"), dim, legacy)]
     if layout.env is not None:  # our observation: [env, state]
-        obs_parts.insert(0, _affine(root, inputs, layout.env[0], mode_of("ENV"), layout.env[1], legacy))
-    act = _affine(root, outputs, layout.action[0], mode_of("ACTION"), layout.action[1], legacy)
+        name, dim = layout.env
+        obs_parts.insert(0, _affine(root, inputs, name, mode_of(name, "ENV"), dim, legacy))
+    name, dim = layout.action
+    act = _affine(root, outputs, name, mode_of(name, "ACTION"), dim, legacy)
     if image:
-        mean, std = _image_stats(root, inputs, layout.image[0], mode_of("VISUAL"), layout.image[1][0])
+        name, shape = layout.image
+        mean, std = _image_stats(root, inputs, name, mode_of(name, "VISUAL"), shape[0])
         config.vision.image_mean, config.vision.image_std = mean, std
 
     policy = DiffusionPolicy(config)
