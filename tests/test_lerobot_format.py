@@ -422,7 +422,7 @@ def test_export_refuses_what_lerobot_cannot_represent(tmp_path):
 def test_the_hub_pusht_config_builds_lerobots_network_size(tmp_path):
     """`lerobot/diffusion_pusht`'s config (0.3-era): the U-Net has LeRobot's 148 tensors / 251,511,938
     parameters (shared/reference/lerobot.md), so its weights can load strictly."""
-    from parapolicy.policy.model.lerobot_format import LeRobotLayout, policy_config_from_lerobot
+    from parapolicy.policy.model.lerobot_config import LeRobotLayout, policy_config_from_lerobot
     from parapolicy.policy.model.vision import build_network
 
     cfg = lerobot_config(down_dims=[512, 1024, 2048], diffusion_step_embed_dim=128)
