@@ -44,3 +44,30 @@ def test_cli_refuses_unknown_formats_and_bad_inputs(tmp_path):
     with pytest.raises(Exception, match="does not exist"):
         run_export(ExportConfig(policy_path=str(tmp_path / "nope"), output_path=str(tmp_path / "y")))
     assert not (tmp_path / "y").exists()
+
+
+def test_compare_runs_a_lerobot_directory(tiny_policy, tmp_path):
+    """A LeRobot (low-dim) directory runs in parapolicy-compare like a parapolicy checkpoint."""
+    from parapolicy.policy.compare import CompareConfig, SamplerEntry, run_compare
+    from parapolicy.policy.config import SamplerConfig
+    from parapolicy.policy.control.evaluation import EvalConfig
+    from parapolicy.policy.model.lerobot_format import save_lerobot_policy
+
+    path = save_lerobot_policy(tiny_policy, tmp_path / "lerobot")
+    samplers = {
+        "sequential": SamplerEntry(SamplerConfig(num_inference_steps=10)),
+        "paraddpm": SamplerEntry(
+            SamplerConfig(num_inference_steps=10, algorithm="picard", window=4, tol=1e-6)
+        ),
+    }
+    cfg = CompareConfig(
+        policy_path=str(path),
+        samplers=samplers,
+        modes=["frozen"],
+        realtime_episodes=0,
+        eval=EvalConfig(n_episodes=2, batch_size=2, max_steps=16, max_videos=0, progress=False),
+    )
+    data = run_compare(cfg, tmp_path / "run")
+    check = data["checks"]["frozen_score_within_tolerance"]
+    assert check["ok"] and abs(check["diff_vs_baseline"]["paraddpm"]) < 1e-4
+    assert (tmp_path / "run" / "compare.json").exists()
