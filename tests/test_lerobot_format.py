@@ -448,3 +448,41 @@ def test_normalize_observation_keys_leave_other_observations_unnormalised(tmp_pa
         1.0,
     )
     assert not torch.equal(policy.normalizer.get_stats("obs")["scale"], torch.ones(2))  # the state still is
+
+
+def test_a_bad_full_size_checkpoint_is_refused_before_the_policy_is_built(tmp_path, monkeypatch):
+    """Names and shapes are checked on the meta device: nothing is allocated or run for a bad file."""
+    import parapolicy.policy.model.lerobot_format as fmt
+
+    root = tmp_path / "big"
+    root.mkdir()
+    (root / "config.json").write_text(
+        json.dumps(lerobot_config(down_dims=[512, 1024, 2048], diffusion_step_embed_dim=128))
+    )
+    save_file({"diffusion.unet.final_conv.1.bias": torch.zeros(2)}, str(root / "model.safetensors"))
+    shutil.copy(Path(__file__).parent / "lerobot_mirror.py", root / "unrelated.py")  # other files are ignored
+    stats = {"observation.state.min": torch.zeros(2), "observation.state.max": torch.ones(2) * 500}
+    stats |= {"action.min": torch.zeros(2), "action.max": torch.ones(2) * 500}
+    stats |= {
+        "observation.image.mean": torch.full((3, 1, 1), 0.5),
+        "observation.image.std": torch.full((3, 1, 1), 0.5),
+    }
+    save_file(stats, str(root / "pre.safetensors"))
+    save_file(
+        {"action.min": torch.zeros(2), "action.max": torch.ones(2) * 500}, str(root / "post.safetensors")
+    )
+    step = {"registry_name": "normalizer_processor", "config": {}, "state_file": "pre.safetensors"}
+    (root / "policy_preprocessor.json").write_text(
+        json.dumps({"name": "policy_preprocessor", "steps": [step]})
+    )
+    post = {**step, "registry_name": "unnormalizer_processor", "state_file": "post.safetensors"}
+    (root / "policy_postprocessor.json").write_text(
+        json.dumps({"name": "policy_postprocessor", "steps": [post]})
+    )
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the policy was built for a bad checkpoint")
+
+    monkeypatch.setattr(fmt, "DiffusionPolicy", no_build)
+    with pytest.raises(CheckpointError, match=r"missing keys \['rgb_encoder.backbone.0.weight'"):
+        load_policy(root)

@@ -73,6 +73,7 @@ from parapolicy.policy.model.lerobot_stats import (
     stats_and_modes,
 )
 from parapolicy.policy.model.policy import OBS_KEY, DiffusionPolicy
+from parapolicy.policy.model.vision import build_network
 
 __all__ = ["is_lerobot_checkpoint", "lerobot_tensors", "load_lerobot_policy", "save_lerobot_policy"]
 
@@ -134,8 +135,10 @@ def load_lerobot_policy(path: str | Path) -> DiffusionPolicy:
         mean, std = image_stats(root, inputs, name, mode_of(name, "VISUAL"), shape[0])
         config.vision.image_mean, config.vision.image_std = mean, std
 
+    with torch.device("meta"):  # names and shapes checked before anything is allocated or computed
+        expected = build_network(config).state_dict()
+    check_state_dict(expected, weights, f"{root / MODEL_FILE} (LeRobot names mapped)")
     policy = DiffusionPolicy(config)
-    check_state_dict(policy.network.state_dict(), weights, f"{root / MODEL_FILE} (LeRobot names mapped)")
     policy.network.load_state_dict(weights, strict=True)
     stats = {**normalizer_state(OBS_KEY, obs_parts), **normalizer_state("action", [act])}
     try:
