@@ -60,6 +60,7 @@ def validate_image_observation(
     batch = None
     for key, tail in tails.items():
         x = _as_tensor(obs[key])
+        given = tuple(x.shape)
         if key == PIXELS_KEY and x.dtype != torch.uint8:
             raise error(f"observation {key!r} must be uint8 (H, W, C) images, got dtype {x.dtype}")
         if key == STATE_KEY and not x.is_floating_point():
@@ -68,7 +69,7 @@ def validate_image_observation(
             x = x.unsqueeze(0)
         if x.dim() != len(tail) + 1 or tuple(x.shape[1:]) != tail or x.shape[0] < 1:
             want = f"{tail} or (B, {', '.join(map(str, tail))})"
-            raise error(f"observation {key!r} must have shape {want}, got {tuple(obs[key].shape)}")
+            raise error(f"observation {key!r} must have shape {want}, got {given}")
         if batch is not None and x.shape[0] != batch:
             raise error(f"observation {key!r} has batch size {x.shape[0]}, {PIXELS_KEY!r} has {batch}")
         batch = x.shape[0]
