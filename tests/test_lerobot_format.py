@@ -330,7 +330,7 @@ def test_missing_extra_and_misshaped_tensors_are_refused(good_dir, tmp_path):
         ({"n_groups": 4}, "n_groups=4"),
         ({"noise_scheduler_type": "DPMSolver"}, "noise_scheduler_type 'DPMSolver'"),
         ({"resize_shape": [128, 128]}, "resize_shape"),
-        ({"horizon": 15}, "horizon=15 must be divisible"),
+        ({"horizon": 15}, r"config cannot be represented: horizon=15 must be a positive multiple"),
         ({"output_features": {}}, "no output_features"),
     ],
 )

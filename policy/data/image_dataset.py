@@ -26,7 +26,6 @@ import torch
 from parapolicy.policy.config import PolicyConfig
 from parapolicy.policy.data.dataset import LOWDIM_KEYS, PushTLowdimDataset
 from parapolicy.policy.data.replay_store import DatasetError, ReplayStore
-from parapolicy.policy.model.normalizer import MinMaxNormalizer
 
 IMAGE_KEY = "img"
 
@@ -73,18 +72,16 @@ class PushTImageDataset(PushTLowdimDataset):
                 f"got {pixels.dtype} {pixels.shape[1:]}"
             )
         self._pixels = pixels  # (N, H, W, C) uint8
-        self._agent = np.ascontiguousarray(state[:, :2], dtype=np.float32)  # (N, 2)
-
-    def get_normalizer(self) -> MinMaxNormalizer:
-        """Min-max normaliser for ``obs`` (the agent position, 2) and ``action`` (2), on every row."""
-        return MinMaxNormalizer.from_data({"obs": self._agent, "action": self._action})
+        # the low-dim observation of an image policy is the agent position: the inherited
+        # get_normalizer fits ``obs`` (2) and ``action`` (2) on it
+        self._obs = np.ascontiguousarray(state[:, :2], dtype=np.float32)  # (N, 2)
 
     def get_batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
         """Windows ``idx``: ``pixels`` (B, To, H, W, C) uint8, ``agent_pos`` / ``action`` (B, H, 2)."""
         rows = self.indices[np.asarray(idx, dtype=np.int64)]  # (B, H)
         return {
             "pixels": torch.from_numpy(self._pixels[rows[:, : self.n_obs_steps]]),
-            "agent_pos": torch.from_numpy(self._agent[rows]),
+            "agent_pos": torch.from_numpy(self._obs[rows]),
             "action": torch.from_numpy(self._action[rows]),
         }
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from parapolicy.policy.config import PolicyConfig, VisionConfig
+from parapolicy.policy.model.checkpoint import check_state_dict, read_tensors
 from parapolicy.policy.model.networks import ConditionalUnet1d
 
 __all__ = [
@@ -164,8 +165,6 @@ _TORCHVISION_CHILDREN = {"conv1": "0", "bn1": "1", "layer1": "4", "layer2": "5",
 def _load_backbone_weights(trunk: nn.Module, path: Path) -> None:
     """Load torchvision-named ResNet weights (``conv1.weight``, ``layer1.0.bn1.running_mean``, ...; ``fc.*``
     ignored) from a local safetensors file, strictly (never a pickle)."""
-    from parapolicy.policy.model.checkpoint import check_state_dict, read_tensors
-
     tensors = {}
     for name, value in read_tensors(path).items():
         head, _, rest = name.partition(".")
