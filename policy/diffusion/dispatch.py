@@ -11,6 +11,7 @@ from typing import Protocol
 from torch import Tensor
 
 from parapolicy.policy.diffusion.denoiser import Denoiser
+from parapolicy.policy.diffusion.inpaint import Inpaint
 from parapolicy.policy.diffusion.picard import sample_picard
 from parapolicy.policy.diffusion.sequential import SampleResult, sample_sequential
 from parapolicy.policy.diffusion.step_table import StepTable
@@ -45,6 +46,7 @@ def run_sampler(
     *,
     x0_guess: Tensor | None = None,
     return_trajectory: bool = False,
+    inpaint: Inpaint | None = None,
 ) -> SampleResult:
     """Sample in the execution order ``sampler.is_parallel`` says (the update rule comes from ``table``).
 
@@ -58,9 +60,12 @@ def run_sampler(
         x0_guess: Picard guess of the sample (B, H, D) (warm start); ignored by the sequential sampler.
         return_trajectory: the sequential sampler also returns its (K+1, B, H, D) trajectory (Picard
             always does).
+        inpaint: known rows of the sample (see `inpaint`), or None.
     """
     if not sampler.is_parallel:
-        return sample_sequential(denoise, x_T, table, noise, cond, return_trajectory=return_trajectory)
+        return sample_sequential(
+            denoise, x_T, table, noise, cond, return_trajectory=return_trajectory, inpaint=inpaint
+        )
     if not isinstance(sampler.window, int):
         raise ValueError(f"sampler.window must be resolved to an integer first, got {sampler.window!r}")
     return sample_picard(
@@ -77,4 +82,5 @@ def run_sampler(
         x0_guess=x0_guess,
         refill=sampler.refill,
         update=sampler.update,
+        inpaint=inpaint,
     )

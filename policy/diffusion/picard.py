@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from parapolicy.policy.diffusion.denoiser import Denoiser
+from parapolicy.policy.diffusion.inpaint import Inpaint, inpaint_start, prepare_inpaint
 from parapolicy.policy.diffusion.options import ON_MAX_ITERS, REFILL_RULES, UPDATE_RULES
 from parapolicy.policy.diffusion.sequential import SampleResult, check_inputs, finish_timing
 from parapolicy.policy.diffusion.step import held_x0_affine, predict_x0, step
@@ -37,9 +38,16 @@ __all__ = ["sample_picard"]
 
 class _Trajectory:
     """The guess buffer X (K+1 slots x B samples) with flat row access (row = slot·B + sample), the
-    step noise in the same row order, and the x̂₀ cache of multistep rules."""
+    step noise in the same row order, the x̂₀ cache of multistep rules and the known rows (inpainting)."""
 
-    def __init__(self, table: StepTable, x_T: Tensor, noise: Tensor | None, init: Tensor | None) -> None:
+    def __init__(
+        self,
+        table: StepTable,
+        x_T: Tensor,
+        noise: Tensor | None,
+        init: Tensor | None,
+        inpaint: Inpaint | None = None,
+    ) -> None:
         K, B = table.num_steps, x_T.shape[0]
         self.table, self.K, self.B, self.rest = table, K, B, tuple(x_T.shape[1:])
         self.device = x_T.device
@@ -53,6 +61,13 @@ class _Trajectory:
         self.x0_cache = None  # multistep rules: x̂₀ of each slot's last evaluation, row = step·B + sample
         if table.uses_history:
             self.x0_cache = torch.zeros((K * B, *self.rest), dtype=x_T.dtype, device=x_T.device)
+        self.inpaint = inpaint
+
+    def known(self, samples: Tensor) -> Inpaint | None:
+        """The known rows of each entry's sample ((E,) sample indices); one sample's broadcast as is."""
+        if self.inpaint is None or self.B == 1:
+            return self.inpaint
+        return self.inpaint.rows(samples)
 
     def index(self, rows: np.ndarray) -> Tensor:
         """Host int64 rows -> device index tensor."""
@@ -111,6 +126,7 @@ def sample_picard(
     x0_guess: Tensor | None = None,
     refill: str = "x0_rollout",
     update: str = "picard",
+    inpaint: Inpaint | None = None,
 ) -> SampleResult:
     """Sample with sliding-window Picard iteration (ParaDDPM / ParaDDIM / ParaDPMSolver++ by table kind).
 
@@ -187,6 +203,9 @@ def sample_picard(
         update: "picard" (ParaDiGMS: a slot's change carries to the next slot with slope 1) or
             "parareal" (scaled by the held-x̂₀ slope of the step; see step 3). The fixed point is the
             same; docs/benchmarks.md records the iteration counts of both.
+        inpaint: known rows of the sample (see `inpaint`): imposed on x_T and inside the shared step of
+            every row, so the fixed point is the sequential inpainted sample. The held x̂₀ of the
+            roll-outs (first window and refill) is pulled onto the known rows too (a better guess only).
 
     Returns:
         `SampleResult` with the sample (B, H, D), the converged trajectory (K+1, B, H, D) and statistics
@@ -200,10 +219,15 @@ def sample_picard(
         raise ValueError(f"update must be one of {UPDATE_RULES}, got {update!r}")
     K, B = table.num_steps, x_T.shape[0]
     p = min(window, K)
-    traj = _Trajectory(table, x_T, noise, init)
+    if inpaint is not None:
+        inpaint = prepare_inpaint(inpaint, x_T)
+        x_T = inpaint_start(table, x_T, inpaint)
+    traj = _Trajectory(table, x_T, noise, init, inpaint)
     refill = "none" if init is not None else refill  # the caller's guesses are kept
     if init is None and (x0_guess is not None or refill == "x0_rollout"):  # the first window
         guess = torch.zeros_like(x_T) if x0_guess is None else x0_guess.to(x_T)
+        if inpaint is not None:
+            guess = inpaint.pull(guess)
         traj.roll_out(np.arange(B), np.zeros(B, dtype=np.int64), np.full(B, p), x_T, guess)
     test = _ConvergenceTest(table, tol, abs_floor, x_T.dtype)
     slopes = _PararealSlopes(table, p) if update == "parareal" else None
@@ -330,7 +354,7 @@ def _step_rows(traj: _Trajectory, w: _Window, x_r: Tensor, out: Tensor) -> tuple
         prev_x0 = torch.where(starts, cached, x0_pre.roll(1, dims=0))
         traj.x0_cache.index_copy_(0, w.flat_t, x0_pre)
     z_r = None if traj.noise is None else traj.noise.index_select(0, w.flat_t)  # (R, H, D)
-    res = step(table, rows, x_r, out, z_r, prev_x0=prev_x0)
+    res = step(table, rows, x_r, out, z_r, prev_x0=prev_x0, inpaint=traj.known(w.s_t))
     return res.prev_sample, res.x0_hat
 
 
@@ -448,7 +472,10 @@ def _slide(
         src = np.broadcast_to(np.arange(w.A)[None, :], keep.shape)[keep]
         traj.flat.index_copy_(0, traj.index(dest), new.index_select(0, last).index_select(0, traj.index(src)))
     elif refill == "x0_rollout":  # roll forward from X[e], holding the window's last x̂₀ fixed
-        traj.roll_out(act, ends, counts, new.index_select(0, last), x0_r.index_select(0, last))
+        x0_last = x0_r.index_select(0, last)  # (A, H, D)
+        if traj.inpaint is not None:  # onto the known rows: the inpainted step with x̂₀ held
+            x0_last = traj.known(traj.index(act)).pull(x0_last)
+        traj.roll_out(act, ends, counts, new.index_select(0, last), x0_last)
 
 
 def _finish_sequential(
@@ -473,7 +500,7 @@ def _finish_sequential(
         out = denoise(x, table.timesteps[i].expand(n), cond[sel] if cond is not None else None)
         prev = X0_steps[i - 1, sel] if X0_steps is not None and i > 0 else None
         z = noise_steps[i, sel] if noise_steps is not None else None
-        res = step(table, i, x, out, z, prev_x0=prev)
+        res = step(table, i, x, out, z, prev_x0=prev, inpaint=traj.known(sel))
         X[i + 1, sel] = res.prev_sample
         if X0_steps is not None:
             X0_steps[i, sel] = res.x0_hat

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from parapolicy.policy.diffusion.denoiser import Denoiser
+from parapolicy.policy.diffusion.inpaint import Inpaint, inpaint_start, prepare_inpaint
 from parapolicy.policy.diffusion.step import step
 from parapolicy.policy.diffusion.step_table import StepTable
 
@@ -140,6 +141,7 @@ def sample_sequential(
     cond: Tensor | None,
     *,
     return_trajectory: bool = False,
+    inpaint: Inpaint | None = None,
 ) -> SampleResult:
     """Sample by applying `step` K times in order (ancestral DDPM, DDIM η=0 or DPM-Solver++(2M)).
 
@@ -155,6 +157,7 @@ def sample_sequential(
             ignore it and accept None).
         cond: (B, C) conditioning, or None.
         return_trajectory: also return every intermediate sample as a (K+1, B, H, D) tensor.
+        inpaint: known rows of the sample (see `inpaint`), imposed on x_T and in every step; None: none.
 
     Returns:
         `SampleResult` with iterations = model_calls = sequential_passes = K and rows_evaluated = K·B.
@@ -162,6 +165,9 @@ def sample_sequential(
     start = time.perf_counter()
     check_inputs(x_T, table, noise, cond)
     K, B = table.num_steps, x_T.shape[0]
+    if inpaint is not None:
+        inpaint = prepare_inpaint(inpaint, x_T)
+        x_T = inpaint_start(table, x_T, inpaint)
     traj = None
     if return_trajectory:
         traj = torch.empty((K + 1, *x_T.shape), dtype=x_T.dtype, device=x_T.device)  # (K+1, B, H, D)
@@ -171,7 +177,7 @@ def sample_sequential(
     for i in range(K):
         t = table.timesteps[i].expand(B)  # (B,) device view, no host copy
         out = denoise(x, t, cond)  # (B, H, D)
-        res = step(table, i, x, out, None if noise is None else noise[i], prev_x0=prev_x0)
+        res = step(table, i, x, out, None if noise is None else noise[i], prev_x0=prev_x0, inpaint=inpaint)
         x, prev_x0 = res.prev_sample, res.x0_hat
         if traj is not None:
             traj[i + 1] = x

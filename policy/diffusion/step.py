@@ -24,6 +24,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
+from parapolicy.policy.diffusion.inpaint import Inpaint
 from parapolicy.policy.diffusion.options import PREDICTION_TYPES
 from parapolicy.policy.diffusion.step_table import StepRows, StepTable
 
@@ -147,6 +148,7 @@ def step(
     noise: Tensor | None = None,
     *,
     prev_x0: Tensor | None = None,
+    inpaint: Inpaint | None = None,
 ) -> StepOutput:
     """One reverse step x_{τ_i} -> x_{τ_{i+1}} for every row, by the table's update rule.
 
@@ -161,9 +163,13 @@ def step(
             for DDPM).
         prev_x0: multistep rules only (DPM-Solver++): x̂₀ of step i-1 for each row (same shape as
             `x_t`). Required for second-order steps; may be None when every row in `idx` is first order.
+        inpaint: known rows (see `inpaint`), entry r for leading row r of `x_t` (or broadcastable):
+            after the update each row is pulled with its weight toward the update with x̂₀ held at its
+            known value (the same `noise`). None: the plain step.
 
     Returns:
-        `StepOutput(prev_sample, x0_hat)`.
+        `StepOutput(prev_sample, x0_hat)`; ``x0_hat`` is the model's x̂₀ (never the known values), so
+        the DPM-Solver++ history is the same in every sampler.
     """
     nd = x_t.dim()
     rule = table.rule
@@ -179,6 +185,10 @@ def step(
         noise if rule.is_stochastic else None,
         prev_x0 if rule.uses_history else None,
     )
+    if inpaint is not None:
+        # 4. Inpainting (see `inpaint`): x' <- x' + w·(a·x_t + b·x_known + σ·z - x'), x̂₀ held at x_known.
+        a, c = held_x0_affine(table, idx, inpaint.target, noise)
+        prev = torch.lerp(prev, torch.addcmul(c, a, x_t), inpaint.weight)
     return StepOutput(prev_sample=prev, x0_hat=x0)
 
 
