@@ -23,7 +23,8 @@ from parapolicy.policy.control.evaluation import EvalConfig, aggregate, episode_
 from parapolicy.policy.control.latency import ChunkLog, SectionTimer, StepLog, latency_summary
 from parapolicy.policy.control.planner import Planner
 from parapolicy.policy.control.records import TOTAL_COUNTERS, EpisodeRecord, RolloutResult
-from parapolicy.policy.control.settings import ControlConfig
+from parapolicy.policy.control.settings import ControlConfig, LatencyModel
+from parapolicy.policy.control.smoothness import smoothness
 from parapolicy.policy.control.task import Task
 from parapolicy.policy.control.timeline import Timeline
 from parapolicy.policy.model.policy import DiffusionPolicy
@@ -76,7 +77,7 @@ class Controller:
         planner = Planner(self.policy, control, self.n_rows, logs[2])
         timeline = Timeline(planner, control, self.task, self.Ta, ec.max_steps, logs, on_steps)
         start, cpu_start = time.perf_counter(), time.process_time()
-        batch = ec.batch_size if control.mode == "frozen" else 1
+        batch = ec.batch_size if _lockstep(control) else 1
         pool = ThreadPoolExecutor(1, thread_name_prefix="planner") if control.mode == "wallclock" else None
         try:
             with timed_denoiser(self.policy) as timer:
@@ -87,8 +88,10 @@ class Controller:
             if pool is not None:
                 pool.shutdown(wait=True)
         agg = _aggregate(records, time.perf_counter() - start, time.process_time() - cpu_start)
+        agg["smoothness"] = smoothness(logs[0])
         lat = latency_summary(logs[0], logs[1], control.effective_budget_ms, warmup_ms, logs[2])
         lat.update(mode=control.mode, hz=control.hz, latency_model=control.latency_model, batch_size=batch)
+        lat.update(stitch=control.stitch, request=control.request)
         return RolloutResult(
             mode=control.mode,
             per_episode=records,
@@ -122,6 +125,7 @@ class Controller:
             else:
                 timeline.run_ticks(episodes)
             for e in episodes:
+                e.record.set_smoothness(smoothness(timeline.steps, e.ix))
                 rec = self._finish_episode(e, video_dir, video_prefix, timeline.on_steps)
                 records.append(rec)
                 if on_episode is not None:
@@ -177,7 +181,16 @@ def _aggregate(records: list[dict[str, Any]], wall_s: float, cpu_s: float) -> di
     agg["cpu_s"] = cpu_s  # all threads; with 1 thread ~ wall time when idle
     agg["n_stopped"] = int(sum(r["stopped"] for r in records))
     agg["mean_ticks_lost"] = float(np.mean([r["ticks_lost"] for r in records]))
+    agg["mean_plans"] = float(np.mean([r["n_chunks"] for r in records]))
     return agg
+
+
+def _lockstep(control: ControlConfig) -> bool:
+    """Whether episodes run in lockstep batches of ``eval.batch_size``: in ``frozen`` mode, and in
+    ``realtime_sim`` with a fixed latency model (the simulated timeline then does not depend on compute
+    time, so the results are those of one episode at a time up to float rounding)."""
+    fixed = LatencyModel.parse(control.latency_model).kind == "fixed"
+    return control.mode == "frozen" or (control.mode == "realtime_sim" and fixed)
 
 
 def check_policy_settings(

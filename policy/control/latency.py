@@ -111,6 +111,7 @@ STEP_COLUMNS: tuple[tuple[str, Any], ...] = (
     ("ticks_late", np.int32),
     ("env_ms", np.float32),
     ("batch_rows", np.int16),
+    ("action_change", np.float32),  # ‖action - previous action‖ (NaN on an episode's first step)
 )
 
 CHUNK_COLUMNS: tuple[tuple[str, Any], ...] = (
@@ -134,6 +135,9 @@ CHUNK_COLUMNS: tuple[tuple[str, Any], ...] = (
     ("final_residual", np.float32),
     ("warm_started", np.bool_),
     ("fault", np.int8),  # faults.Fault: 0 none, 1 non-finite output, 2 exception, 3 bad observation
+    ("expected_delay", np.int32),  # ticks the controller expected the plan to take (-1: frozen)
+    ("expected_latency_ms", np.float64),  # the latency estimate behind it
+    ("inpainted_rows", np.int16),  # rows the plan was sampled to continue (weight 1), 0 with stitch=drop
 )
 
 
@@ -265,12 +269,40 @@ def latency_summary(
         "mean_picard_iters": float(chunks.column("picard_iters")[ok].mean()) if ok.any() else None,
         "converged_rate": float((chunks.column("converged")[ok] == 1).mean()) if ok.any() else None,
         "mean_ticks_late": float(chunks.column("ticks_late")[ok].mean()) if ok.any() else None,
+        "delay": delay_accuracy(chunks),
     }
     out["warmup"] = {"n": len(warmup_ms), "latency_ms": [float(x) for x in warmup_ms]}
     out["drift"] = drift(steps)
     if sections is not None:
         out["sections"] = sections.summary(n)
     return out
+
+
+def delay_accuracy(chunks: ChunkLog) -> dict[str, float | int | None]:
+    """Expected against realised delay (ticks) over the plans that had an expectation (not frozen).
+
+    Returns ``{n, mean_expected, mean_realised, underestimated, overestimated}`` (the last two as
+    shares of those plans).
+    """
+    exp = chunks.column("expected_delay")
+    keep = (exp >= 0) & (chunks.column("fault") == 0)
+    real = chunks.column("ticks_late")[keep]
+    exp = exp[keep]
+    if not keep.any():
+        return {
+            "n": 0,
+            "mean_expected": None,
+            "mean_realised": None,
+            "underestimated": None,
+            "overestimated": None,
+        }
+    return {
+        "n": int(keep.sum()),
+        "mean_expected": float(exp.mean()),
+        "mean_realised": float(real.mean()),
+        "underestimated": float((real > exp).mean()),
+        "overestimated": float((real < exp).mean()),
+    }
 
 
 def drift(steps: StepLog) -> dict[str, float | None]:

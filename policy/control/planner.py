@@ -24,6 +24,8 @@ from parapolicy.policy.control.faults import Fault
 from parapolicy.policy.control.latency import SectionTimer
 from parapolicy.policy.control.records import Plan, PlanStats
 from parapolicy.policy.control.settings import ControlConfig, LatencyModel
+from parapolicy.policy.control.stitching import Expectation
+from parapolicy.policy.diffusion.inpaint import Inpaint
 from parapolicy.policy.diffusion.sequential import draw_noise
 from parapolicy.policy.diffusion.warm_start import PreviousChunk, next_chunk_inputs
 from parapolicy.policy.model.policy import OBS_KEY, ChunkPrediction, DiffusionPolicy, ObservationError
@@ -87,10 +89,19 @@ class Planner:
         return out
 
     def plan(
-        self, eps: Sequence[Episode], ticks: Sequence[int], histories: Sequence[np.ndarray]
+        self,
+        eps: Sequence[Episode],
+        ticks: Sequence[int],
+        histories: Sequence[np.ndarray],
+        expect: Sequence[Expectation] | None = None,
     ) -> list[Plan]:
-        """Plan for ``eps`` (histories (To, Do) each) in one batched call; faults become fault plans."""
+        """Plan for ``eps`` (histories (To, Do) each) in one batched call; faults become fault plans.
+
+        ``expect`` (one per episode, see `stitching`) gives each plan's expected delay and the rows it
+        must continue (``stitch=inpaint``); None: no expectation (the world waits).
+        """
         t_start = time.perf_counter_ns()
+        expect = list(expect) if expect is not None else [Expectation()] * len(eps)
         plans: list[Plan | None] = [None] * len(eps)
         ok_idx, ok_hist = [], []
         for b, h in enumerate(histories):
@@ -102,19 +113,26 @@ class Planner:
                 plans[b] = self.fault_plan(eps[b], ticks[b], Fault.OBSERVATION, t_start)
         if ok_idx:
             sub = [eps[b] for b in ok_idx]
-            made = self._plan_valid(sub, [ticks[b] for b in ok_idx], torch.cat(ok_hist, dim=0), t_start)
+            sub_expect = [expect[b] for b in ok_idx]
+            made = self._plan_valid(
+                sub, [ticks[b] for b in ok_idx], torch.cat(ok_hist, dim=0), t_start, sub_expect
+            )
             for b, p in zip(ok_idx, made, strict=True):
                 plans[b] = p
         return plans  # type: ignore[return-value]
 
-    def _plan_valid(self, eps: list[Episode], ticks: list[int], history: Tensor, t_start: int) -> list[Plan]:
+    def _plan_valid(
+        self, eps: list[Episode], ticks: list[int], history: Tensor, t_start: int, expect: list[Expectation]
+    ) -> list[Plan]:
         """One batched sample for episodes whose observations passed; history (B, To, Do)."""
         t_obs_done = time.perf_counter_ns()
         start_row = self.policy.config.action_start
         self._reset_timer()
         try:
             x_T, noise, x0_guess, warm = self._noise_and_guess(eps, ticks)
-            pred = self.policy.predict_action_chunk({OBS_KEY: history}, noise=(x_T, noise), x0_guess=x0_guess)
+            pred = self.policy.predict_action_chunk(
+                {OBS_KEY: history}, noise=(x_T, noise), x0_guess=x0_guess, inpaint=self._inpaint(expect)
+            )
             rows = pred.plan[:, start_row : start_row + self.n_rows].detach().cpu().numpy()  # (B, n, Da)
         except Exception as exc:  # the guard: a raising denoiser must not end the rollout
             self.log_fault_once("planning raised", exc)
@@ -125,10 +143,31 @@ class Planner:
         self.sections.add("denoiser", den_ns)
         self.sections.add("sampler", max(0, t_end - t_obs_done - den_ns))
         times = (t_start, t_obs_done, t_end, den_ns)
-        return [
+        plans = [
             self._episode_plan(e, t, j, pred, rows, warm[j], times)
             for j, (e, t) in enumerate(zip(eps, ticks, strict=True))
         ]
+        for p, x in zip(plans, expect, strict=True):
+            p.expected_delay, p.expected_latency_ms, p.inpainted_rows = (
+                x.ticks,
+                x.latency_ms,
+                x.inpainted_rows,
+            )
+        return plans
+
+    def _inpaint(self, expect: Sequence[Expectation]) -> Inpaint | None:
+        """The known rows of a batch of plans in normalised units (`diffusion.inpaint`), or None if none."""
+        if all(x.known is None for x in expect):
+            return None
+        policy = self.policy
+        H, Da = policy.config.horizon, policy.config.action_dim
+        target = torch.zeros((len(expect), H, Da))  # (B, H, Da) normalised
+        weight = torch.zeros((len(expect), H, 1))  # (B, H, 1)
+        for j, x in enumerate(expect):
+            if x.known is not None:
+                target[j] = policy.normalizer.normalize("action", torch.from_numpy(x.known.actions).float())
+                weight[j, :, 0] = torch.from_numpy(x.known.weight)
+        return Inpaint(target.to(policy.device), weight.to(policy.device))
 
     def _episode_plan(
         self,

@@ -53,6 +53,9 @@ class Plan:
     t_ready_ns: int
     batch_rows: int
     stats: PlanStats = field(default_factory=PlanStats)
+    expected_delay: int = -1  # ticks the controller expected it to take (-1: none; see `stitching`)
+    expected_latency_ms: float = float("nan")
+    inpainted_rows: int = 0  # rows it was sampled to continue with weight 1 (stitch=inpaint)
     arrival: int = 0
     next_row: int = 0
     used: bool = False
@@ -81,6 +84,9 @@ class Plan:
             "final_residual": st.final_residual,
             "warm_started": st.warm_started,
             "fault": int(self.fault),
+            "expected_delay": self.expected_delay,
+            "expected_latency_ms": self.expected_latency_ms,
+            "inpainted_rows": self.inpainted_rows,
         }
 
 
@@ -125,6 +131,10 @@ class EpisodeRecord:
     stop_reason: str | None = None
     stop_step: int | None = None
     video_path: str | None = None
+    mean_change: float | None = None  # per-tick action change (`smoothness`): mean and max
+    max_change: float | None = None
+    boundary_mean_change: float | None = None  # the same at chunk boundaries only
+    boundary_max_change: float | None = None
 
     def count_source(self, source: str) -> None:
         """Count one step whose action came from ``source`` (``fresh``/``queued``/``held``/``fallback``)."""
@@ -154,6 +164,11 @@ class EpisodeRecord:
     def stop(self, reason: str, step: int) -> None:
         """Mark the episode stopped by the controller at ``step``."""
         self.stopped, self.stop_reason, self.stop_step = True, reason, step
+
+    def set_smoothness(self, summary: dict[str, Any]) -> None:
+        """Copy the episode's `smoothness.smoothness` summary into the record."""
+        for key in ("mean_change", "max_change", "boundary_mean_change", "boundary_max_change"):
+            setattr(self, key, summary[key])
 
     def as_dict(self) -> dict[str, Any]:
         """The ``per_episode`` entry of ``eval_info.json``."""

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 MODES = ("frozen", "realtime_sim", "wallclock")
 ON_MISS = ("hold", "fallback", "stop")
+STITCH_RULES = ("drop", "inpaint")
+REQUEST_RULES = ("every_ta", "in_time")
 LATENCY_MODEL_HELP = "'measured', 'fixed:<ms>' or 'per_call:<ms>[,<ms_per_row>]'"
 
 
@@ -86,6 +88,21 @@ class ControlConfig:
     """Choose the Picard window and iteration cap for ``budget_ms`` from the measured cost curve."""
     budget_margin: float = 0.9
     """Fraction of the budget the automatic choice plans to use (the rest absorbs jitter)."""
+    stitch: str = "drop"
+    """``realtime_sim``/``wallclock``: how a late plan joins the one being executed. ``drop``: rows for
+    ticks already past are dropped (DiffusionPolicy's rule); ``inpaint``: the plan is also sampled to
+    continue the current one (its rows for the expected delay imposed, then a decaying overlap; see
+    `stitching`). ``frozen`` ignores it (nothing executes while the world waits)."""
+    request: str = "every_ta"
+    """``realtime_sim``/``wallclock``: when the next plan is requested. ``every_ta``: Ta ticks after the
+    previous request; ``in_time``: when the current plan's remaining rows fall to the expected delay plus
+    ``request_margin``."""
+    request_margin: int = 1
+    """Ticks of slack of ``request=in_time``."""
+    delay_percentile: float = 90.0
+    """The expected delay is this percentile of recent plan latencies (exact for ``fixed`` models)."""
+    delay_window: int = 20
+    """How many recent plans the expected delay is estimated over."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -106,6 +123,16 @@ class ControlConfig:
             raise ValueError(f"control.n_action_steps must be >= 1 or null, got {self.n_action_steps}")
         if not 0 < self.budget_margin <= 1:
             raise ValueError(f"control.budget_margin must be in (0, 1], got {self.budget_margin}")
+        if self.stitch not in STITCH_RULES:
+            raise ValueError(f"control.stitch must be one of {STITCH_RULES}, got {self.stitch!r}")
+        if self.request not in REQUEST_RULES:
+            raise ValueError(f"control.request must be one of {REQUEST_RULES}, got {self.request!r}")
+        if self.request_margin < 0:
+            raise ValueError(f"control.request_margin must be >= 0, got {self.request_margin}")
+        if not 0 <= self.delay_percentile <= 100:
+            raise ValueError(f"control.delay_percentile must be in [0, 100], got {self.delay_percentile}")
+        if self.delay_window < 1:
+            raise ValueError(f"control.delay_window must be >= 1, got {self.delay_window}")
         model = LatencyModel.parse(self.latency_model)
         if self.mode == "wallclock" and model.kind != "measured":
             raise ValueError("control.latency_model must be 'measured' in wallclock mode (time is real)")

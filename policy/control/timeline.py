@@ -4,8 +4,10 @@
 ``realtime_sim``: a plan requested at tick s arrives at ``s + ceil(latency / period)``).
 `Timeline.run_wallclock` paces one episode by the real clock and plans on a background thread. Every
 tick chooses the action (the current plan's next row, else hold/fallback/stop per ``on_miss``), steps
-the env through the `Task`, and appends the step row and the episode counters. Semantics:
-``docs/control_modes.md``.
+the env through the `Task`, and appends the step row and the episode counters. Each request carries
+the plan's `stitching.Expectation` (expected delay; with ``stitch=inpaint`` the rows it must
+continue); ``request=in_time`` moves the next request to when the current plan's rows run low.
+Semantics: ``docs/control_modes.md``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from parapolicy.policy.control.latency import SOURCE_CODE, ChunkLog, SectionTime
 from parapolicy.policy.control.planner import Planner
 from parapolicy.policy.control.records import Plan
 from parapolicy.policy.control.settings import ControlConfig
+from parapolicy.policy.control.smoothness import action_change
+from parapolicy.policy.control.stitching import DelayEstimator, Expectation, expectation, in_time_request
 from parapolicy.policy.control.task import Task
 
 
@@ -69,6 +73,9 @@ class Timeline:
         self.period_ms = control.period_ms
         self.period_ns = int(round(control.period_ms * 1e6))
         self.budget_ms = control.effective_budget_ms
+        model = planner.model
+        fixed = model.ms if model.kind == "fixed" else None
+        self.delay = DelayEstimator(self.period_ms, control.delay_percentile, control.delay_window, fixed)
 
     # ---------------------------------------------------------------------------------------------
     # plans
@@ -77,6 +84,15 @@ class Timeline:
         if self.control.mode == "frozen" or (first_plan and self.control.wait_first_plan):
             return 0
         return max(0, math.ceil(plan.latency_ms / self.period_ms - 1e-9))
+
+    def expectation(self, e: Episode) -> Expectation:
+        """What a plan requested now should expect (on the ticking thread; wallclock snapshots it)."""
+        if self.control.mode == "frozen" or (e.n_chunks == 0 and self.control.wait_first_plan):
+            return Expectation()  # the world waits for this plan
+        cfg = self.planner.policy.config
+        current = None if e.plan is None else (e.plan.actions, e.plan.request)
+        inpaint = self.control.stitch == "inpaint"
+        return expectation(self.delay, inpaint, current, e.tick, cfg.horizon, cfg.action_start, e.last_target)
 
     def install(self, e: Episode, p: Plan, tick: int) -> None:
         """Make ``p`` the episode's current plan at ``tick`` (stale rows skipped) or register its fault."""
@@ -88,6 +104,7 @@ class Timeline:
             e.fault_now = p.fault
             e.next_request = tick + 1  # replan from the next observation
             return
+        self.delay.observe(p.latency_ms)
         skip = tick - p.request
         if skip >= len(p.actions):
             skip = len(p.actions) - 1  # every action is in the past: execute the last one now
@@ -95,6 +112,9 @@ class Timeline:
         p.next_row = skip
         p.arrival = tick
         e.plan = p
+        if self.control.request == "in_time" and self.control.mode != "frozen":
+            d, margin = self.delay.ticks(), self.control.request_margin
+            e.next_request = in_time_request(p.request, len(p.actions), d, margin)
 
     # ---------------------------------------------------------------------------------------------
     # one control step
@@ -129,6 +149,7 @@ class Timeline:
             return
         if not np.isfinite(c.action).all():  # belt and braces: nothing non-finite reaches the env
             c = _Choice(self.task.safe_action(e.obs, e.info), "fallback", True)
+        change = action_change(e.last_target, c.action)
         t_ready = time.perf_counter_ns()
         self.sections.add("controller", t_ready - t0)
         t_env = time.perf_counter_ns()
@@ -140,10 +161,12 @@ class Timeline:
         e.history.append(self.task.observation(obs, info))
         self.sections.add("observation", time.perf_counter_ns() - t_hist)
         e.last_target = np.asarray(c.action, dtype=np.float64)
-        self._record_step(e, c, (t0, t_ready, tick_ns, env_ns), sim)
+        self._record_step(e, c, (t0, t_ready, tick_ns, env_ns), sim, change)
         self._count_step(e, c, reward, info, bool(terminated))
 
-    def _record_step(self, e: Episode, c: _Choice, times: tuple[int, int, int, int], sim: bool) -> None:
+    def _record_step(
+        self, e: Episode, c: _Choice, times: tuple[int, int, int, int], sim: bool, change: float
+    ) -> None:
         """Append the step row (see `latency` for the columns)."""
         t0, t_ready, tick_ns, env_ns = times
         p = c.plan
@@ -180,6 +203,7 @@ class Timeline:
             ticks_late=ticks_late,
             env_ms=env_ns / 1e6,
             batch_rows=p.batch_rows if p is not None else 0,
+            action_change=change,
         )
 
     def _count_step(self, e: Episode, c: _Choice, reward: float, info: dict, terminated: bool) -> None:
@@ -233,7 +257,8 @@ class Timeline:
         hist_ns = time.perf_counter_ns()
         histories = [np.stack(e.history) for e in need]  # (To, Do) each
         self.sections.add("observation", time.perf_counter_ns() - hist_ns)
-        plans = self.planner.plan(need, [e.tick for e in need], histories)
+        expect = [self.expectation(e) for e in need]
+        plans = self.planner.plan(need, [e.tick for e in need], histories, expect)
         for e, plan in zip(need, plans, strict=True):
             plan.arrival = e.tick + self.ticks_late(plan, plan.chunk == 0)
             e.next_request = e.tick + self.Ta
@@ -248,9 +273,10 @@ class Timeline:
         tick = e.tick
         t_req = time.perf_counter_ns()
         history = np.stack(e.history)  # snapshot: the main thread keeps appending
+        expect = self.expectation(e)
 
         def job() -> Plan:
-            plan = self.planner.plan([e], [tick], [history])[0]
+            plan = self.planner.plan([e], [tick], [history], [expect])[0]
             plan.t_obs_ns = t_req  # latency counts from the request, queueing included
             if self.planner.model.kind == "measured":
                 plan.latency_ms = (plan.t_ready_ns - t_req) / 1e6

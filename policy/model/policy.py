@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from parapolicy.policy.config import PolicyConfig, SamplerConfig
 from parapolicy.policy.diffusion.dispatch import run_sampler
+from parapolicy.policy.diffusion.inpaint import Inpaint
 from parapolicy.policy.diffusion.schedules import (
     StepTable,
     make_alphas_cumprod,
@@ -372,6 +373,7 @@ class DiffusionPolicy(nn.Module):
         noise: tuple[Tensor, Tensor] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         x0_guess: Tensor | None = None,
+        inpaint: Inpaint | None = None,
     ) -> ChunkPrediction:
         """Sample one plan per observation history.
 
@@ -381,6 +383,8 @@ class DiffusionPolicy(nn.Module):
                 ``generator`` (CPU) when omitted.
             generator: CPU generator(s) for the noise (one per sample for batch-independent noise).
             x0_guess: optional Picard guess of the sample (B, H, Da) in normalised units (warm start).
+            inpaint: optional known rows of the plans (normalised units; see `diffusion.inpaint`), e.g.
+                the actions a robot executes while this plan is computed.
 
         Returns:
             `ChunkPrediction` with the executed chunk rows [To-1, To-1+Ta) and the full plan.
@@ -400,7 +404,9 @@ class DiffusionPolicy(nn.Module):
             x_T, step_noise = draw_noise(self.table, shape, generator, device=self.device)
         else:
             x_T, step_noise = checked
-        result = run_sampler(self.sampler, self.denoise, x_T, self.table, step_noise, cond, x0_guess=x0_guess)
+        result = run_sampler(
+            self.sampler, self.denoise, x_T, self.table, step_noise, cond, x0_guess=x0_guess, inpaint=inpaint
+        )
         plan = self.normalizer.unnormalize("action", result.sample)  # (B, H, Da)
         start = cfg.action_start
         return ChunkPrediction(

@@ -1,0 +1,168 @@
+"""Delay-aware stitching of plans: what the next plan must continue, the expected delay, when to request.
+
+While a plan requested at tick s is computed (d ticks), the robot keeps executing the current plan, so
+the next plan's rows for ticks s .. s+d-1 are known before it is sampled (the *committed* rows), and
+the rest of the current plan is what the robot would continue with. With ``control.stitch=inpaint``
+the controller samples the next plan conditioned on them (`diffusion.inpaint`): weight 1 on the
+committed rows and on the row of tick s-1 (the action just sent), then the exponential decay of
+real-time chunking (Black et al. 2025) over the current plan's remaining rows, then 0. With
+``stitch=drop`` (DiffusionPolicy's rule) nothing is known to the sampler; either way the rows for ticks
+already past are dropped when the plan arrives.
+
+The expected delay d comes from `DelayEstimator`: exact for a ``fixed`` latency model, otherwise a
+high percentile of the latencies of recent plans (``control.delay_percentile`` over the last
+``control.delay_window`` plans). With ``control.request=in_time`` the next plan is requested when the
+current plan's remaining rows fall to d + ``control.request_margin`` instead of every Ta ticks.
+
+The rows are numpy in environment units; the planner normalises them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from parapolicy.policy.diffusion.inpaint import soft_prefix_weights
+
+__all__ = ["DelayEstimator", "Expectation", "KnownRows", "expectation", "in_time_request", "known_rows"]
+
+
+@dataclass(frozen=True)
+class KnownRows:
+    """The known rows of a plan to be sampled, in environment units.
+
+    Attributes:
+        actions: (H, Da) known values (rows of weight 0 hold zeros).
+        weight: (H,) weights in [0, 1].
+        committed: rows that will be executed before the plan can arrive (weight 1 after ``start``).
+    """
+
+    actions: np.ndarray
+    weight: np.ndarray
+    committed: int
+
+
+def known_rows(
+    current: np.ndarray,
+    current_request: int,
+    request: int,
+    delay: int,
+    horizon: int,
+    start: int,
+    last_action: np.ndarray | None = None,
+) -> KnownRows | None:
+    """What the plan requested at ``request`` must continue, from the plan being executed.
+
+    Row r of the new plan is meant for tick ``request - start + r`` (``start`` = To - 1, the row of the
+    observation's tick); row j of the current plan for tick ``current_request + j``.
+
+    Args:
+        current: (n, Da) the current plan's executable rows.
+        current_request: the tick the current plan was requested at.
+        request: the new plan's request tick.
+        delay: expected delay d in ticks: ticks ``request .. request+d-1`` execute the current plan.
+        horizon: H, rows of the new plan.
+        start: row of the request tick in the new plan (To - 1).
+        last_action: (Da,) the action sent at tick ``request - 1`` (weight 1 on row ``start - 1``), or None.
+
+    Returns:
+        `KnownRows`, or None when nothing is known (the current plan has no rows left and no last action).
+    """
+    if delay < 0 or not 0 <= start < horizon:
+        raise ValueError(f"need delay >= 0 and 0 <= start < horizon, got {delay}, {start}, {horizon}")
+    offset = request - current_request  # current plan's row of the request tick
+    left = max(0, min(len(current) - offset, horizon - start))  # its rows from the request tick on
+    weight = soft_prefix_weights(
+        horizon, min(delay, left), left, start=start, dtype=torch.float64
+    ).numpy()  # (H,)
+    actions = np.zeros((horizon, current.shape[-1]))
+    if left:
+        actions[start : start + left] = current[offset : offset + left]
+    if last_action is not None and start >= 1:
+        actions[start - 1], weight[start - 1] = last_action, 1.0
+    if not weight.any():
+        return None
+    return KnownRows(actions, weight, min(delay, left))
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What the controller expects of a plan it requests: its delay and the rows it must continue."""
+
+    ticks: int = -1  # expected delay in ticks (-1: none, the world waits for this plan)
+    latency_ms: float = float("nan")
+    known: KnownRows | None = None
+
+    @property
+    def inpainted_rows(self) -> int:
+        """Rows imposed with weight 1 (0 without known rows)."""
+        return 0 if self.known is None else int((self.known.weight == 1).sum())
+
+
+def expectation(
+    estimator: DelayEstimator,
+    inpaint: bool,
+    current: tuple[np.ndarray, int] | None,
+    request: int,
+    horizon: int,
+    start: int,
+    last_action: np.ndarray | None,
+) -> Expectation:
+    """The `Expectation` of a plan requested at tick ``request`` while the world does not wait.
+
+    Args:
+        estimator: the run's delay estimate.
+        inpaint: ``stitch=inpaint``: also work out the known rows.
+        current: the current plan's executable rows (n, Da) and its request tick, or None.
+        request, horizon, start, last_action: as for `known_rows`.
+    """
+    d = estimator.ticks()
+    known = None
+    if inpaint and current is not None:
+        known = known_rows(current[0], current[1], request, d, horizon, start, last_action)
+    return Expectation(d, estimator.latency_ms(), known)
+
+
+def in_time_request(current_request: int, n_rows: int, delay: int, margin: int) -> int:
+    """The tick at which the current plan's remaining rows fall to ``delay + margin`` (request then)."""
+    return current_request + n_rows - delay - margin
+
+
+class DelayEstimator:
+    """Expected plan delay in ticks: exact for a fixed latency, else a high percentile of recent plans.
+
+    Args:
+        period_ms: control period.
+        percentile: the percentile of recent latencies (0-100).
+        window: how many recent plans it is taken over.
+        fixed_ms: a known, constant plan latency (``fixed`` latency model), or None.
+    """
+
+    def __init__(
+        self, period_ms: float, percentile: float, window: int, fixed_ms: float | None = None
+    ) -> None:
+        if not 0 <= percentile <= 100 or window < 1:
+            raise ValueError(f"need 0 <= percentile <= 100 and window >= 1, got {percentile}, {window}")
+        self.period_ms, self.percentile, self.fixed_ms = period_ms, percentile, fixed_ms
+        self.recent: deque[float] = deque(maxlen=window)
+
+    def observe(self, latency_ms: float) -> None:
+        """Add one plan's latency (ms)."""
+        if math.isfinite(latency_ms):
+            self.recent.append(float(latency_ms))
+
+    def latency_ms(self) -> float:
+        """The expected latency: the fixed one, else the percentile of recent plans (0 before any)."""
+        if self.fixed_ms is not None:
+            return self.fixed_ms
+        if not self.recent:
+            return 0.0
+        return float(np.percentile(np.fromiter(self.recent, float), self.percentile))
+
+    def ticks(self) -> int:
+        """The expected delay d = ceil(latency / period) (the timeline's rule for a plan's arrival)."""
+        return max(0, math.ceil(self.latency_ms() / self.period_ms - 1e-9))
