@@ -168,8 +168,8 @@ def encode_plans(policy):
     real = policy.predict_action_chunk
     calls = {"k": 0}
 
-    def fake(obs, noise=None, generator=None, x0_guess=None):
-        pred = real(obs, noise=noise, generator=generator, x0_guess=x0_guess)
+    def fake(obs, noise=None, generator=None, x0_guess=None, inpaint=None):
+        pred = real(obs, noise=noise, generator=generator, x0_guess=x0_guess, inpaint=inpaint)
         k = calls["k"]
         calls["k"] += 1
         plan = torch.zeros_like(pred.plan)

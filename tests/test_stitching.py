@@ -1,0 +1,230 @@
+"""Delay-aware stitching: known rows, expected delay, in-time requests, smoothness, and the controller."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from parapolicy.policy.config import SamplerConfig
+from parapolicy.policy.control.evaluation import EvalConfig
+from parapolicy.policy.control.latency import SOURCE_CODE, StepLog
+from parapolicy.policy.control.rollout import ControlConfig, run_rollouts
+from parapolicy.policy.control.smoothness import smoothness
+from parapolicy.policy.control.stitching import DelayEstimator, in_time_request, known_rows
+
+SEQ10 = SamplerConfig(num_inference_steps=10)
+PIC10 = SamplerConfig(num_inference_steps=10, algorithm="picard", window=4, tol=1e-6)
+
+
+def ec(n=1, steps=30, batch=1) -> EvalConfig:
+    return EvalConfig(n_episodes=n, batch_size=batch, max_steps=steps, max_videos=0, progress=False)
+
+
+def rtc(i: int, committed: int, end: int) -> float:
+    c = (end - i) / (end - committed + 1)
+    return c * math.expm1(c) / math.expm1(1)
+
+
+# --------------------------------------------------------------------------------------------------
+# known rows
+def test_known_rows_hand_checked():
+    """Plan requested at 0 (15 rows, row j = tick j); new request at 8 with d = 3; H = 16, To = 2."""
+    current = np.stack([np.arange(15.0), np.full(15, 7.0)], axis=1)  # (15, 2)
+    k = known_rows(current, 0, 8, 3, horizon=16, start=1, last_action=np.array([-1.0, -2.0]))
+    assert k is not None and k.committed == 3
+    # row 0 = tick 7 (the action sent), rows 1-3 = ticks 8-10 (committed), rows 4-7 = ticks 11-14 (overlap)
+    assert np.array_equal(k.actions[0], [-1.0, -2.0])
+    assert np.array_equal(k.actions[1:8, 0], np.arange(8.0, 15.0)) and not k.actions[8:].any()
+    want = [1.0, 1.0, 1.0, 1.0] + [rtc(i, 3, 7) for i in range(3, 7)] + [0.0] * 8
+    np.testing.assert_allclose(k.weight, want, rtol=1e-6)
+    assert 0 < k.weight[7] < k.weight[4] < 1
+
+
+def test_known_rows_when_the_current_plan_runs_out():
+    current = np.zeros((15, 2))
+    k = known_rows(current, 0, 13, 4, horizon=16, start=1)  # rows for ticks 13, 14 only
+    assert k is not None and k.committed == 2 and k.weight.tolist() == [0, 1, 1] + [0] * 13
+    assert known_rows(current, 0, 15, 4, horizon=16, start=1) is None  # nothing left, no last action
+    with pytest.raises(ValueError, match="delay >= 0"):
+        known_rows(current, 0, 8, -1, horizon=16, start=1)
+
+
+def test_in_time_request():
+    assert in_time_request(0, 15, 3, 1) == 11
+    assert in_time_request(20, 15, 0, 0) == 35
+
+
+# --------------------------------------------------------------------------------------------------
+# expected delay
+def test_delay_estimator_fixed_and_percentile():
+    fixed = DelayEstimator(100.0, 90, 5, fixed_ms=250.0)
+    fixed.observe(900.0)
+    assert fixed.ticks() == 3 and fixed.latency_ms() == 250.0
+    assert DelayEstimator(100.0, 90, 5, fixed_ms=300.0).ticks() == 3  # exactly 3 periods: arrives at s + 3
+    est = DelayEstimator(100.0, 90, 5)
+    assert est.ticks() == 0 and est.latency_ms() == 0.0
+    for ms in (1000.0, 120.0, 130.0, 140.0, 150.0, 160.0, float("nan")):  # 1000 leaves the window of 5
+        est.observe(ms)
+    assert est.latency_ms() == pytest.approx(np.percentile([120, 130, 140, 150, 160], 90))
+    assert est.ticks() == 2
+    with pytest.raises(ValueError, match="percentile"):
+        DelayEstimator(100.0, 101, 5)
+
+
+def test_control_settings_validation():
+    with pytest.raises(ValueError, match="control.stitch must be one of"):
+        ControlConfig(stitch="blend")
+    with pytest.raises(ValueError, match="control.request must be one of"):
+        ControlConfig(request="sometimes")
+    with pytest.raises(ValueError, match="control.request_margin"):
+        ControlConfig(request_margin=-1)
+    with pytest.raises(ValueError, match="control.delay_percentile"):
+        ControlConfig(delay_percentile=120)
+    with pytest.raises(ValueError, match="control.delay_window"):
+        ControlConfig(delay_window=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# smoothness
+def test_smoothness_hand_checked():
+    log = StepLog()
+    rows = [  # (episode, source, change)
+        (0, "fresh", float("nan")),
+        (0, "queued", 1.0),
+        (0, "queued", 3.0),
+        (0, "fresh", 10.0),
+        (0, "held", 0.0),
+        (1, "fresh", float("nan")),
+        (1, "queued", 2.0),
+        (1, "fresh", 4.0),
+    ]
+    for i, (ep, src, ch) in enumerate(rows):
+        cols = dict.fromkeys(log.names, 0)
+        cols.update(episode=ep, step=i, action_source=SOURCE_CODE[src], action_change=ch)
+        log.append(**cols)
+    s = smoothness(log)
+    assert s["mean_change"] == pytest.approx(20 / 6) and s["max_change"] == 10.0
+    assert s["boundary_mean_change"] == 7.0 and s["boundary_max_change"] == 10.0 and s["n_boundaries"] == 2
+    assert s["inchunk_mean_change"] == 2.0 and s["boundary_ratio"] == 3.5
+    s0 = smoothness(log, episode=0)
+    assert s0["boundary_mean_change"] == 10.0 and s0["inchunk_mean_change"] == 2.0 and s0["n_boundaries"] == 1
+    empty = smoothness(StepLog())
+    assert empty["mean_change"] is None and empty["boundary_ratio"] is None
+
+
+# --------------------------------------------------------------------------------------------------
+# the controller
+def spy_plans(policy):
+    """Record every call's inpaint and sampled plan (environment units)."""
+    real = policy.predict_action_chunk
+    calls = []
+
+    def spy(obs, noise=None, generator=None, x0_guess=None, inpaint=None):
+        pred = real(obs, noise=noise, generator=generator, x0_guess=x0_guess, inpaint=inpaint)
+        calls.append((inpaint, pred.plan.detach().clone()))
+        return pred
+
+    policy.__dict__["predict_action_chunk"] = spy
+    return calls
+
+
+@pytest.mark.parametrize("sampler", [SEQ10, PIC10], ids=["sequential", "picard"])
+def test_realtime_sim_inpaint_continues_the_executed_rows(tiny_policy, sampler):
+    """fixed:250 -> d = 3: each later plan's rows for the 3 committed ticks (and the tick before) equal
+    the current plan's, and the plan's executed rows are recorded with expected = realised delay."""
+    tiny_policy.set_sampler(sampler)
+    calls = spy_plans(tiny_policy)
+    control = ControlConfig(mode="realtime_sim", latency_model="fixed:250", warmup_plans=0, stitch="inpaint")
+    r = run_rollouts(tiny_policy, ec(steps=30), control)
+    start = tiny_policy.config.action_start
+    assert calls[0][0] is None  # the first plan: the world waits, nothing to continue
+    req = r.chunks.column("request_step")
+    assert len(calls) == len(req) == 4
+    for k in range(1, 4):
+        (ip, plan), prev = calls[k], calls[k - 1][1]
+        hard = ip.weight[0, :, 0] == 1  # (H,)
+        assert hard.sum() == 4 and hard[start - 1 : start + 3].all()
+        off = req[k] - req[k - 1]  # the previous plan's row of the request tick is start + off
+        torch.testing.assert_close(
+            plan[0, start : start + 3], prev[0, start + off : start + off + 3], rtol=0, atol=2e-3
+        )
+    assert list(r.chunks.column("expected_delay")) == [-1, 3, 3, 3]
+    assert list(r.chunks.column("ticks_late")[1:]) == [3, 3, 3]
+    assert list(r.chunks.column("inpainted_rows")) == [0, 4, 4, 4]
+    assert list(r.chunks.column("expected_latency_ms")[1:]) == [250.0] * 3
+    delay = r.latency["chunk"]["delay"]
+    assert delay["n"] == 3 and delay["underestimated"] == 0 and delay["overestimated"] == 0
+    drop = run_rollouts(tiny_policy, ec(steps=30), dataclasses.replace(control, stitch="drop"))
+    assert list(drop.chunks.column("inpainted_rows")) == [0, 0, 0, 0]
+    assert drop.per_episode != r.per_episode  # the stitching changed what the robot did
+
+
+def test_frozen_mode_ignores_stitching(tiny_policy):
+    tiny_policy.set_sampler(SEQ10)
+    a = run_rollouts(tiny_policy, ec(n=2, steps=20, batch=2), ControlConfig(warmup_plans=0))
+    b = run_rollouts(tiny_policy, ec(n=2, steps=20, batch=2), ControlConfig(warmup_plans=0, stitch="inpaint"))
+    for ra, rb in zip(a.per_episode, b.per_episode, strict=True):  # misses depend on measured time
+        assert {k: v for k, v in ra.items() if k != "deadline_misses"} == {
+            k: v for k, v in rb.items() if k != "deadline_misses"
+        }
+    assert (b.chunks.column("expected_delay") == -1).all() and not b.chunks.column("inpainted_rows").any()
+
+
+def test_realtime_sim_in_time_requests(tiny_policy):
+    """d = 3, margin 1, 15 rows: request 11 ticks after the current plan's request (not every Ta = 8)."""
+    tiny_policy.set_sampler(SEQ10)
+    control = ControlConfig(mode="realtime_sim", latency_model="fixed:250", warmup_plans=0, request="in_time")
+    r = run_rollouts(tiny_policy, ec(steps=30), control)
+    assert list(r.chunks.column("request_step")) == [0, 11, 22]
+    assert list(r.chunks.column("ready_step")) == [0, 14, 25]
+    assert r.per_episode[0]["n_chunks"] == 3 and r.aggregated["mean_plans"] == 3
+    assert r.per_episode[0]["held_steps"] == 0  # the robot never ran out of rows
+    every = run_rollouts(tiny_policy, ec(steps=30), dataclasses.replace(control, request="every_ta"))
+    assert list(every.chunks.column("request_step")) == [0, 8, 16, 24]
+
+
+def test_realtime_sim_records_smoothness(tiny_policy):
+    tiny_policy.set_sampler(SEQ10)
+    control = ControlConfig(mode="realtime_sim", latency_model="fixed:250", warmup_plans=0)
+    r = run_rollouts(tiny_policy, ec(n=2, steps=30), control)
+    change = r.steps.column("action_change")
+    first = r.steps.column("step") == 0
+    assert np.isnan(change[first]).all() and np.isfinite(change[~first]).all()
+    sm = r.aggregated["smoothness"]
+    assert sm["n_boundaries"] == 2 * 3 and sm["max_change"] == pytest.approx(float(change[~first].max()))
+    for rec in r.per_episode:
+        assert rec["boundary_max_change"] <= rec["max_change"]
+
+
+def slow_denoiser(policy, ms: float):
+    inner = policy.denoise
+
+    def denoise(x, t, cond):
+        time.sleep(ms / 1000)
+        return inner(x, t, cond)
+
+    policy.__dict__["denoise"] = denoise
+
+
+@pytest.mark.parametrize("request_rule", ["every_ta", "in_time"])
+def test_wallclock_inpaint_with_real_threads(tiny_policy, request_rule):
+    """50 Hz, 4-step plans of >= 4 x 15 ms (>= 3 ticks): the running estimate sets d; plans continue."""
+    tiny_policy.set_sampler(SamplerConfig(num_inference_steps=4, window=4))
+    slow_denoiser(tiny_policy, 15)
+    calls = spy_plans(tiny_policy)
+    control = ControlConfig(
+        mode="wallclock", hz=50, warmup_plans=1, stitch="inpaint", request=request_rule, delay_percentile=100
+    )
+    r = run_rollouts(tiny_policy, ec(steps=40), control)
+    ep = r.per_episode[0]
+    assert ep["n_steps"] == 40 and not ep["stopped"] and ep["n_chunks"] >= 3
+    exp, late = r.chunks.column("expected_delay"), r.chunks.column("ticks_late")
+    assert exp[0] == -1 and (exp[1:] >= 3).all() and (late[1:] >= 3).all()
+    assert (r.chunks.column("expected_latency_ms")[1:] >= 60).all()
+    assert (r.chunks.column("inpainted_rows")[1:] >= 2).all()
+    assert all(ip is not None for ip, _ in calls[2:])  # calls[0] is the warm-up, calls[1] the first plan
