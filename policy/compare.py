@@ -34,7 +34,7 @@ from parapolicy.policy.control.latency import write_csv
 from parapolicy.policy.control.records import RolloutResult
 from parapolicy.policy.control.rollout import check_policy_settings, run_rollouts
 from parapolicy.policy.control.run_support import fmt, open_policy, progress_bar, run_block
-from parapolicy.policy.control.settings import MODES, ControlConfig, LatencyModel
+from parapolicy.policy.control.settings import MODES, STITCH_RULES, ControlConfig, LatencyModel
 from parapolicy.policy.control.tasks import check_task_name, make_task
 from parapolicy.policy.model.policy import DiffusionPolicy
 from parapolicy.policy.run_dir import claim_run_dir
@@ -112,9 +112,32 @@ class CompareConfig:
     """Write PNG plots under ``plots/``."""
     num_threads: int | None = None
     """torch intra-op threads (None: torch's default)."""
+    latency_sweep: list[str] = field(default_factory=list)
+    """``realtime_sim`` latency models to run each sampler under, one run each (e.g.
+    ``[fixed:150,fixed:250,fixed:350,fixed:550]``); they replace the samplers' own models. Empty: one
+    run with the sampler's model."""
+    stitch_sweep: list[str] = field(default_factory=list)
+    """Stitching rules (``drop``, ``inpaint``) to run every time-aware mode with, one run each; empty:
+    ``control.stitch`` only."""
+    realtime_batch: int = 1
+    """Episodes stepped in lockstep (planned in one batched call) in ``realtime_sim`` runs whose latency
+    model is ``fixed``: the simulated timeline does not depend on compute time, so the results are
+    those of one episode at a time up to float rounding, for a fraction of the CPU time; the measured
+    compute times (and the speedup column) are then those of batched calls. Other runs use 1."""
 
     def __post_init__(self) -> None:
         check_task_name(self.task)
+        for text in self.latency_sweep:
+            LatencyModel.parse(text)
+        if len(set(self.latency_sweep)) != len(self.latency_sweep):
+            raise ValueError(f"latency_sweep must not repeat a model, got {list(self.latency_sweep)}")
+        bad_stitch = [r for r in self.stitch_sweep if r not in STITCH_RULES]
+        if bad_stitch or len(set(self.stitch_sweep)) != len(self.stitch_sweep):
+            raise ValueError(
+                f"stitch_sweep must be distinct values from {STITCH_RULES}, got {list(self.stitch_sweep)}"
+            )
+        if self.realtime_batch < 1:
+            raise ValueError(f"realtime_batch must be >= 1, got {self.realtime_batch}")
         unknown = [n for n in self.run if n not in self.samplers]
         if not self.run or unknown or len(set(self.run)) != len(self.run):
             raise ValueError(
@@ -163,17 +186,36 @@ def _table_row(name: str, mode: str, result: RolloutResult) -> dict[str, Any]:
         "held_steps": agg["total_held_steps"],
         "fallback_steps": agg["total_fallback_steps"],
         "miss_rate": lat["miss_rate"],
+        "latency_model": lat.get("latency_model"),
+        "stitch": lat.get("stitch") if lat.get("mode") != "frozen" else None,
+        "delay_ms": _modelled_delay_ms(lat),
+        "expected_delay_ticks": ch["delay"]["mean_expected"],
+        "plans_per_episode": agg["mean_plans"],
+        **{f"action_{k}": v for k, v in agg["smoothness"].items()},
         "eval_s": agg["eval_s"],
         "cpu_s": agg["cpu_s"],
     }
 
 
+def _modelled_delay_ms(lat: dict[str, Any]) -> float | None:
+    """The plan latency of a fixed latency model in realtime_sim (the x axis of the delay sweep)."""
+    if lat.get("mode") != "realtime_sim":
+        return None
+    model = LatencyModel.parse(lat.get("latency_model", "measured"))
+    return model.ms if model.kind == "fixed" else None
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """The side-by-side table printed by `parapolicy-compare` (plain text, one line per run)."""
+    """The side-by-side table printed by `parapolicy-compare` (plain text, one line per run).
+
+    ``Δ mean/bnd/max`` is the executed action's per-tick change (mean over all ticks, mean at chunk
+    boundaries, max; environment units) and ``bnd/in`` the boundary mean over the in-chunk mean.
+    """
+    w = max([12, *(len(r["mode"]) for r in rows)])
     head = (
-        f"{'sampler':<12} {'mode':<12} {'B':>3} {'eps':>4} {'score':>6} {'success % [95% CI]':>20} "
+        f"{'sampler':<12} {'mode':<{w}} {'B':>3} {'eps':>4} {'score':>6} {'success % [95% CI]':>20} "
         f"{'step p50/p90/p99/max ms':>28} {'chunk p50/p99 ms':>17} {'calls':>6} {'iters':>6} "
-        f"{'lost/ep':>7} {'miss%':>6} {'speedup':>7}"
+        f"{'lost/ep':>7} {'miss%':>6} {'plans':>5} {'Δ mean/bnd/max':>16} {'bnd/in':>6} {'speedup':>7}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -184,12 +226,16 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         )
         chunk = f"{fmt(r['chunk_p50_ms'], '.0f')}/{fmt(r['chunk_p99_ms'], '.0f')}"
         success = f"{r['pc_success']:.0f} [{lo:.0f}, {hi:.0f}]"
+        change = "/".join(
+            fmt(r.get(f"action_{k}"), ".1f") for k in ("mean_change", "boundary_mean_change", "max_change")
+        )
         lines.append(
-            f"{r['sampler']:<12} {r['mode']:<12} {r['batch_size']:>3} {r['n_episodes']:>4} "
+            f"{r['sampler']:<12} {r['mode']:<{w}} {r['batch_size']:>3} {r['n_episodes']:>4} "
             f"{r['mean_score']:>6.3f} {success:>20} {step:>28} "
             f"{chunk:>17} {fmt(r['model_calls_per_chunk']):>6} {fmt(r['iters_per_chunk']):>6} "
             f"{fmt(r['ticks_lost_per_episode']):>7} {100 * r['miss_rate']:>6.1f} "
-            f"{fmt(r.get('speedup'), '.2f'):>7}"
+            f"{fmt(r.get('plans_per_episode')):>5} {change:>16} "
+            f"{fmt(r.get('action_boundary_ratio'), '.2f'):>6} {fmt(r.get('speedup'), '.2f'):>7}"
         )
     return "\n".join(lines)
 
@@ -213,9 +259,42 @@ def _noise_notes(cfg: CompareConfig) -> list[str]:
     return notes
 
 
+def run_cells(cfg: CompareConfig) -> list[tuple[str, str, str | None, str | None]]:
+    """The runs of every sampler: ``(label, mode, latency model or None, stitch rule or None)``.
+
+    Without sweeps the label is the mode. A time-aware mode runs once per stitching rule of
+    ``stitch_sweep``, and ``realtime_sim`` once per latency model of ``latency_sweep``; their labels
+    name what was swept (``realtime_sim@fixed:350/inpaint``).
+    """
+    cells = []
+    for mode in cfg.modes:
+        if mode == "frozen":
+            cells.append((mode, mode, None, None))
+            continue
+        sweep = mode == "realtime_sim" and cfg.latency_sweep
+        lats: list[str | None] = list(cfg.latency_sweep) if sweep else [None]
+        stitches: list[str | None] = list(cfg.stitch_sweep) or [None]
+        for lat in lats:
+            for st in stitches:
+                label = mode + (f"@{lat}" if lat else "") + (f"/{st}" if st else "")
+                cells.append((label, mode, lat, st))
+    return cells
+
+
+def run_labels(cfg: CompareConfig) -> list[str]:
+    """The labels of `run_cells`, in order (the keys of each sampler's results)."""
+    return [c[0] for c in run_cells(cfg)]
+
+
+def file_label(label: str) -> str:
+    """A run label as a file-name part: ``realtime_sim@fixed:350/inpaint`` gives
+    ``realtime_sim_fixed-350_inpaint``."""
+    return label.replace("@", "_").replace(":", "-").replace("/", "_")
+
+
 # --------------------------------------------------------------------------------------------------
 # compare
-Results = dict[str, dict[str, RolloutResult]]  # sampler name -> mode -> result
+Results = dict[str, dict[str, RolloutResult]]  # sampler name -> run label -> result
 
 
 def run_compare(cfg: CompareConfig, out: Path) -> dict[str, Any]:
@@ -256,15 +335,18 @@ def run_compare(cfg: CompareConfig, out: Path) -> dict[str, Any]:
         for block in per.values():
             block.pop("per_episode")  # per-episode records live in <sampler>/eval_info.json
     if cfg.plots:
-        summary["plots"] = [str(p) for p in compare_plots(cfg, results, out / "plots")]
+        paths = compare_plots(cfg, results, out / "plots")
+        if cfg.latency_sweep:
+            paths.append(plots.delay_sweep(rows, out / "plots" / "delay_sweep.png"))
+        summary["plots"] = [str(p) for p in paths]
     (out / "compare.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
 def _runs(cfg: CompareConfig) -> list[tuple[str, str, EvalConfig, ControlConfig]]:
-    """(mode, sampler name, episodes, controller settings) of every run, in order."""
+    """(run label, sampler name, episodes, controller settings) of every run, in order."""
     runs = []
-    for mode in cfg.modes:
+    for label, mode, latency, stitch in run_cells(cfg):
         if mode == "frozen":
             ec = cfg.eval
         else:
@@ -273,10 +355,22 @@ def _runs(cfg: CompareConfig) -> list[tuple[str, str, EvalConfig, ControlConfig]
         for name in cfg.run:
             entry = cfg.samplers[name]
             model = cfg.control.latency_model if entry.latency_model is None else entry.latency_model
+            model = latency or model
+            lockstep = mode == "realtime_sim" and LatencyModel.parse(model).kind == "fixed"
             control = dataclasses.replace(
-                cfg.control, mode=mode, latency_model=model if mode == "realtime_sim" else "measured"
+                cfg.control,
+                mode=mode,
+                latency_model=model if mode == "realtime_sim" else "measured",
+                stitch=stitch or cfg.control.stitch,
             )
-            runs.append((mode, name, ec, control))
+            runs.append(
+                (
+                    label,
+                    name,
+                    dataclasses.replace(ec, batch_size=cfg.realtime_batch) if lockstep else ec,
+                    control,
+                )
+            )
     return runs
 
 
@@ -291,15 +385,15 @@ def _run_all(
     )
     results: Results = {n: {} for n in cfg.run}
     try:
-        for mode, name, ec, control in runs:
-            bar.set_description(f"compare {name}/{mode}")
+        for label, name, ec, control in runs:
+            bar.set_description(f"compare {name}/{label}")
             policy.set_sampler(samplers[name])
-            results[name][mode] = run_rollouts(
+            results[name][label] = run_rollouts(
                 policy,
                 dataclasses.replace(ec, progress=False),
                 control,
                 video_dir=video_dir,
-                video_prefix=f"{name}_{mode}_episode_",
+                video_prefix=f"{name}_{file_label(label)}_episode_",
                 on_steps=bar.update,
                 task=task,
             )
@@ -309,9 +403,9 @@ def _run_all(
 
 
 def _table_rows(cfg: CompareConfig, results: Results) -> list[dict[str, Any]]:
-    """One table row per (mode, sampler), with the speedup and score difference to the baseline."""
+    """One table row per (run, sampler), with the speedup and score difference to the baseline."""
     rows = []
-    for mode in cfg.modes:
+    for mode in run_labels(cfg):
         base = results[cfg.baseline][mode]
         base_ms = base.latency["chunk"]["compute"]["p50_ms"]
         for name in cfg.run:
@@ -325,11 +419,12 @@ def _table_rows(cfg: CompareConfig, results: Results) -> list[dict[str, Any]]:
 
 
 def _write_sampler_outputs(cfg: CompareConfig, results: Results, out: Path) -> None:
-    """``<sampler>/eval_info.json`` (first mode, others under ``by_mode``) and the latency CSVs."""
+    """``<sampler>/eval_info.json`` (first run, others under ``by_mode``) and the latency CSVs."""
+    labels = run_labels(cfg)
     for name in cfg.run:
         sdir = out / name
-        by_mode = {mode: run_block(results[name][mode]) for mode in cfg.modes}
-        first = cfg.modes[0]
+        by_mode = {label: run_block(results[name][label]) for label in labels}
+        first = labels[0]
         info = {
             **by_mode[first],
             "by_mode": {m: b for m, b in by_mode.items() if m != first},
@@ -342,10 +437,10 @@ def _write_sampler_outputs(cfg: CompareConfig, results: Results, out: Path) -> N
         }
         sdir.mkdir(parents=True, exist_ok=True)
         (sdir / "eval_info.json").write_text(json.dumps(info, indent=2))
-        for mode in cfg.modes:
-            r = results[name][mode]
-            write_csv(r.steps, sdir / "latency" / f"steps_{mode}.csv", {"sampler": name, "mode": mode})
-            write_csv(r.chunks, sdir / "latency" / f"chunks_{mode}.csv", {"sampler": name, "mode": mode})
+        for label in labels:
+            r, fl, extra = results[name][label], file_label(label), {"sampler": name, "mode": label}
+            write_csv(r.steps, sdir / "latency" / f"steps_{fl}.csv", extra)
+            write_csv(r.chunks, sdir / "latency" / f"chunks_{fl}.csv", extra)
 
 
 def _notes(cfg: CompareConfig) -> list[str]:
@@ -368,7 +463,7 @@ def _checks(cfg: CompareConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
             "diff_vs_baseline": diffs,
             "ok": all(abs(d) <= SCORE_TOLERANCE for d in diffs.values()),
         }
-    for mode in (m for m in cfg.modes if m != "frozen"):
+    for mode in (m for m in run_labels(cfg) if m != "frozen"):
         diffs = {r["sampler"]: r["score_diff_vs_baseline"] for r in rows if r["mode"] == mode}
         checks[f"{mode}_score_not_below_baseline"] = {
             "diff_vs_baseline": diffs,
@@ -398,8 +493,9 @@ def format_report(summary: dict[str, Any], out: Path) -> str:
 
 def compare_plots(cfg: CompareConfig, results: dict[str, dict[str, RolloutResult]], pdir: Path) -> list[Path]:
     """The comparison's PNGs; latency plots use the last time-aware mode (else the first mode)."""
-    timed = [m for m in cfg.modes if m != "frozen"]
-    lmode = timed[-1] if timed else cfg.modes[0]
+    labels = run_labels(cfg)
+    timed = [m for m in labels if m != "frozen"]
+    lmode = timed[-1] if timed else labels[0]
     budget = cfg.control.effective_budget_ms
     step_ms = {n: results[n][lmode].steps.column("latency_ms") for n in cfg.run}
     ok = {n: results[n][lmode].chunks.column("fault") == 0 for n in cfg.run}
@@ -421,10 +517,10 @@ def compare_plots(cfg: CompareConfig, results: dict[str, dict[str, RolloutResult
         plots.latency_timeline(timeline, pdir / "latency_timeline.png", budget, f"first episode, {lmode}")
     )
     rewards = {
-        f"{n}/{m}": [e["max_reward"] for e in results[n][m].per_episode] for m in cfg.modes for n in cfg.run
+        f"{n}/{m}": [e["max_reward"] for e in results[n][m].per_episode] for m in labels for n in cfg.run
     }
     paths.append(plots.episode_rewards(rewards, pdir / "episode_reward.png"))
-    for m in cfg.modes:
+    for m in labels:
         base = [e["max_reward"] for e in results[cfg.baseline][m].per_episode]
         others = {
             n: [e["max_reward"] for e in results[n][m].per_episode] for n in cfg.run if n != cfg.baseline
@@ -432,7 +528,11 @@ def compare_plots(cfg: CompareConfig, results: dict[str, dict[str, RolloutResult
         if others:
             paths.append(
                 plots.sequential_vs_parallel(
-                    base, others, pdir / f"seq_vs_parallel_{m}.png", cfg.baseline, f"per-episode reward, {m}"
+                    base,
+                    others,
+                    pdir / f"seq_vs_parallel_{file_label(m)}.png",
+                    cfg.baseline,
+                    f"per-episode reward, {m}",
                 )
             )
     return paths

@@ -314,3 +314,47 @@ def test_window_auto_is_resolved_before_the_rollouts(checkpoint, tmp_path, monke
     )
     result = run_profile(prof, tmp_path / "profile")
     assert result["window_choice"]["window"] == result["sampler"]["window"] == choice["window"]
+
+
+def test_compare_sweeps_latency_models_and_stitching(checkpoint, tmp_path):
+    cfg = small_compare(
+        checkpoint,
+        run=["paraddpm"],
+        baseline="paraddpm",
+        latency_sweep=["fixed:150", "fixed:350"],
+        stitch_sweep=["drop", "inpaint"],
+        eval=EvalConfig(n_episodes=2, batch_size=2, max_steps=24, max_videos=0, progress=False),
+    )
+    out = tmp_path / "sweep"
+    summary = run_compare(cfg, out)
+    rows = {r["mode"]: r for r in summary["table"]}
+    labels = [f"realtime_sim@fixed:{ms}/{st}" for ms in (150, 350) for st in ("drop", "inpaint")]
+    assert list(rows) == ["frozen", *labels]
+    for ms in (150, 350):
+        for st in ("drop", "inpaint"):
+            r = rows[f"realtime_sim@fixed:{ms}/{st}"]
+            assert r["delay_ms"] == ms and r["stitch"] == st and r["chunk_p50_ms"] == ms
+            assert r["expected_delay_ticks"] == ms // 100 + (ms % 100 > 0)
+            assert r["action_boundary_mean_change"] is not None and r["plans_per_episode"] > 1
+    assert rows["frozen"]["delay_ms"] is None and rows["frozen"]["stitch"] is None
+    chunks = out / "paraddpm" / "latency" / "chunks_realtime_sim_fixed-350_inpaint.csv"
+    with chunks.open() as fh:
+        table = list(csv.DictReader(fh))
+    later = [r["inpainted_rows"] for r in table if r["chunk"] != "0"]  # first plans: the world waited
+    assert set(later) == {"5"} and len(later) >= 2  # 4 committed ticks + the tick before
+    assert (out / "plots" / "delay_sweep.png").read_bytes()[:4] == PNG
+    text = format_table(summary["table"])
+    assert "realtime_sim@fixed:350/inpaint" in text and "bnd/in" in text
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"latency_sweep": ["fixed:x"]}, "control.latency_model must be"),
+        ({"latency_sweep": ["fixed:1", "fixed:1"]}, "latency_sweep must not repeat"),
+        ({"stitch_sweep": ["blend"]}, "stitch_sweep must be distinct values"),
+    ],
+)
+def test_compare_sweep_settings_fail_at_start(checkpoint, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        small_compare(checkpoint, **kwargs)

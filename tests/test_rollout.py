@@ -466,6 +466,7 @@ def test_step_log_grows_and_writes_csv(tmp_path):
             ticks_late=0,
             env_ms=0.1,
             batch_rows=0,
+            action_change=float("nan"),
         )
     assert len(log) == 5 and list(log.column("step")) == [0, 1, 2, 3, 4]
     path = write_csv(log, tmp_path / "s.csv", {"sampler": "x"})

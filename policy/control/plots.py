@@ -154,3 +154,43 @@ def sequential_vs_parallel(
     ax.legend(fontsize=8)
     ax.set_title(title or "per-episode reward, same seeds and noise")
     return _save(fig, path)
+
+
+def delay_sweep(rows: Sequence[Mapping], path: str | Path, title: str = "") -> Path:
+    """Mean score (left) and success rate (right) against the plan delay, one line per sampler x stitching.
+
+    Args:
+        rows: table rows (``parapolicy-compare``'s ``table``): ``sampler``, ``mode``, ``stitch``,
+            ``delay_ms`` (the fixed latency of a ``realtime_sim`` run, None otherwise), ``mean_score``,
+            ``pc_success``, ``pc_success_ci95``. ``frozen`` rows are drawn as dashed horizontal lines.
+        path: the PNG to write.
+        title: figure title.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    lines: dict[str, list[Mapping]] = {}
+    for r in rows:
+        if r.get("delay_ms") is not None:
+            lines.setdefault(f"{r['sampler']} / {r.get('stitch') or 'drop'}", []).append(r)
+    for ax, key, what in ((axes[0], "mean_score", "mean score"), (axes[1], "pc_success", "success (%)")):
+        for label, pts in lines.items():
+            pts = sorted(pts, key=lambda r: r["delay_ms"])
+            x = [r["delay_ms"] for r in pts]
+            y = [r[key] for r in pts]
+            if key == "pc_success":
+                lo = [r[key] - r["pc_success_ci95"][0] for r in pts]
+                hi = [r["pc_success_ci95"][1] - r[key] for r in pts]
+                ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3, label=label)
+            else:
+                ax.plot(x, y, marker="o", label=label)
+        for r in rows:
+            if r["mode"] == "frozen":
+                ax.axhline(r[key], ls="--", lw=1, color="grey")
+                ax.annotate(
+                    f"{r['sampler']} frozen", (0.01, r[key]), xycoords=("axes fraction", "data"), fontsize=7
+                )
+        ax.set_xlabel("plan latency (ms), fixed latency model")
+        ax.set_ylabel(what)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title or "closed-loop quality against plan delay")
+    return _save(fig, path)
