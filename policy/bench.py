@@ -29,7 +29,9 @@ from torch import Tensor
 
 from parapolicy.envs import PushTEnv, reference_initial_state
 from parapolicy.policy.config import SamplerConfig
+from parapolicy.policy.control.stitching import known_rows
 from parapolicy.policy.diffusion.dispatch import run_sampler
+from parapolicy.policy.diffusion.inpaint import Inpaint
 from parapolicy.policy.diffusion.sequential import SampleResult, draw_noise
 from parapolicy.policy.diffusion.warm_start import warm_start_guess
 from parapolicy.policy.model.policy import OBS_KEY, DiffusionPolicy
@@ -63,6 +65,9 @@ class SamplerBenchConfig:
     """Rows at which the denoiser's cost is measured."""
     compile: str = "none"
     """Denoiser compilation for every sampler alike: ``none``, ``trace`` or ``cuda_graph`` (CUDA only)."""
+    inpaint_delay: int | None = None
+    """Measure instead what inpainting adds to the chunk latency (`run_inpaint_overhead`): each chunk
+    sampled with and without continuing the previous chunk over this expected delay (ticks)."""
 
     def __post_init__(self) -> None:
         if self.n_chunks < 1 or self.repeats < 1 or self.num_inference_steps < 1:
@@ -199,6 +204,93 @@ def run_sampler_benchmark(policy: DiffusionPolicy, cfg: SamplerBenchConfig) -> d
         "denoiser_ms_per_call": {str(k): v for k, v in curve.items()},
         "n_chunks": len(chunks),
     }
+
+
+def _continuation(policy: DiffusionPolicy, previous: Tensor, delay: int) -> Inpaint:
+    """The `Inpaint` of a plan requested Ta ticks after ``previous`` (B, H, Da, environment units)."""
+    cfg, Ta, start = policy.config, policy.config.n_action_steps, policy.config.action_start
+    rows = previous[0, start:].cpu().numpy()  # (H - start, Da) executable rows
+    k = known_rows(rows, 0, Ta, delay, cfg.horizon, start, last_action=rows[Ta - 1])
+    assert k is not None
+    target = policy.normalizer.normalize("action", torch.from_numpy(k.actions).float())[None]  # (1, H, Da)
+    weight = torch.from_numpy(k.weight).float().view(1, -1, 1)  # (1, H, 1)
+    return Inpaint(target.to(policy.device), weight.to(policy.device))
+
+
+@torch.no_grad()
+def run_inpaint_overhead(policy: DiffusionPolicy, cfg: SamplerBenchConfig) -> dict[str, Any]:
+    """Chunk latency with and without inpainting, for the sequential sampler and each Picard setting.
+
+    Chunk k >= 1 is sampled from its recorded observation and noise twice: plainly and continuing chunk
+    k-1's reference plan as the controller would with ``stitch=inpaint`` at delay ``cfg.inpaint_delay``
+    (plan requested Ta ticks after the previous one). The two are timed back to back, in alternating
+    order per repeat, so machine load hits them alike; medians over every chunk and repeat.
+    """
+    assert cfg.inpaint_delay is not None
+    policy.eval()
+    policy.set_compile(cfg.compile)
+    seq = SamplerConfig(kind=cfg.kind, num_inference_steps=cfg.num_inference_steps)
+    policy.set_sampler(seq)
+    chunks = record_chunks(policy, cfg)
+    if len(chunks) < 2:
+        raise ValueError("the inpainting overhead needs n_chunks >= 2")
+    known = [_continuation(policy, prev["reference"], cfg.inpaint_delay) for prev in chunks[:-1]]
+    configs: dict[str, SamplerConfig] = {"sequential": seq}
+    for w in cfg.windows:
+        for tol in cfg.tols:
+            configs[f"picard w={w} tol={tol:g}"] = dataclasses.replace(
+                seq, algorithm="picard", window=w, tol=tol
+            )
+
+    def once(
+        sampler: SamplerConfig, chunk: dict[str, Tensor], ip: Inpaint | None
+    ) -> tuple[float, SampleResult]:
+        seconds, res = timed_call(
+            lambda: run_sampler(
+                sampler, policy.denoise, chunk["x_T"], policy.table, chunk["noise"], chunk["cond"], inpaint=ip
+            ),
+            policy.device,
+        )
+        return 1e3 * seconds, res
+
+    once(seq, chunks[1], known[0])  # warm-up
+    rows = []
+    for name, sampler in configs.items():
+        ms: dict[bool, list[float]] = {False: [], True: []}
+        iters: dict[bool, list[int]] = {False: [], True: []}
+        for rep in range(cfg.repeats):
+            for chunk, ip in zip(chunks[1:], known, strict=True):
+                for use in (False, True) if rep % 2 == 0 else (True, False):
+                    t, res = once(sampler, chunk, ip if use else None)
+                    ms[use].append(t)
+                    iters[use].append(res.iterations)
+        plain, inp = statistics.median(ms[False]), statistics.median(ms[True])
+        rows.append(
+            {
+                "name": name,
+                "ms_plain": _spread(ms[False]),
+                "ms_inpaint": _spread(ms[True]),
+                "overhead_pct": 100.0 * (inp / plain - 1.0),
+                "iterations_plain": float(np.mean(iters[False])),
+                "iterations_inpaint": float(np.mean(iters[True])),
+            }
+        )
+    return {"inpaint_rows": rows, "delay": cfg.inpaint_delay, "n_chunks": len(known)}
+
+
+def format_inpaint_overhead(result: dict[str, Any]) -> str:
+    """A plain-text table of `run_inpaint_overhead`'s result."""
+    head = (
+        f"{'sampler':<22} {'ms plain':>9} {'ms inpaint':>10} {'overhead %':>10} {'iters plain/inpaint':>20}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in result["inpaint_rows"]:
+        its = f"{r['iterations_plain']:.1f}/{r['iterations_inpaint']:.1f}"
+        lines.append(
+            f"{r['name']:<22} {r['ms_plain']['median']:>9.1f} {r['ms_inpaint']['median']:>10.1f} "
+            f"{r['overhead_pct']:>10.1f} {its:>20}"
+        )
+    return "\n".join(lines)
 
 
 def format_sampler_benchmark(result: dict[str, Any]) -> str:

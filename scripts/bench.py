@@ -10,7 +10,13 @@ import json
 
 import hydra
 
-from parapolicy.policy.bench import BenchJobConfig, format_sampler_benchmark, run_sampler_benchmark
+from parapolicy.policy.bench import (
+    BenchJobConfig,
+    format_inpaint_overhead,
+    format_sampler_benchmark,
+    run_inpaint_overhead,
+    run_sampler_benchmark,
+)
 from parapolicy.policy.model.pretrained import load_policy
 from parapolicy.policy.run_info import run_info
 
@@ -25,13 +31,14 @@ def main(cfg) -> None:
     """Print the table and write ``bench.json`` in the run folder."""
     app: BenchJobConfig = to_dataclass(cfg)
     policy = load_policy(app.policy_path, device=app.device)
-    result = run_sampler_benchmark(policy, app.bench)
+    inpaint = app.bench.inpaint_delay is not None
+    result = (run_inpaint_overhead if inpaint else run_sampler_benchmark)(policy, app.bench)
     result["run"] = {
         **run_info(app.device),
         "policy_path": app.policy_path,
         "bench": dataclasses.asdict(app.bench),
     }
-    print(format_sampler_benchmark(result))
+    print((format_inpaint_overhead if inpaint else format_sampler_benchmark)(result))
     out = run_dir() / "bench.json"
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")

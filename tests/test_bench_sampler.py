@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 from conftest import console_script
 
-from parapolicy.policy.bench import SamplerBenchConfig, run_sampler_benchmark
+from parapolicy.policy.bench import (
+    SamplerBenchConfig,
+    format_inpaint_overhead,
+    run_inpaint_overhead,
+    run_sampler_benchmark,
+)
 
 GOLDEN = Path(__file__).parent / "artifacts" / "golden_tiny"
 
@@ -27,6 +32,21 @@ def test_benchmark_rows(tiny_policy):
     assert rows["sequential"]["model_rows"] == 20
     assert rows["picard w=4 tol=1e-06"]["max_abs_diff_px"] < 1e-2  # px, near-exact at a tiny tolerance
     assert set(result["denoiser_ms_per_call"]) == {"1", "4"}
+
+
+def test_inpaint_overhead_rows(tiny_policy):
+    cfg = SamplerBenchConfig(
+        num_inference_steps=10, windows=(4,), tols=(0.1,), n_chunks=3, repeats=2, inpaint_delay=4
+    )
+    result = run_inpaint_overhead(tiny_policy, cfg)
+    assert [r["name"] for r in result["inpaint_rows"]] == ["sequential", "picard w=4 tol=0.1"]
+    assert result["n_chunks"] == 2 and result["delay"] == 4
+    seq = result["inpaint_rows"][0]
+    assert seq["iterations_plain"] == seq["iterations_inpaint"] == 10
+    assert all(r["ms_plain"]["median"] > 0 and r["ms_inpaint"]["median"] > 0 for r in result["inpaint_rows"])
+    assert "overhead %" in format_inpaint_overhead(result)
+    with pytest.raises(ValueError, match="n_chunks >= 2"):
+        run_inpaint_overhead(tiny_policy, SamplerBenchConfig(n_chunks=1, inpaint_delay=4))
 
 
 def test_bad_bench_settings():
