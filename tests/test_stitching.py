@@ -228,3 +228,24 @@ def test_wallclock_inpaint_with_real_threads(tiny_policy, request_rule):
     assert (r.chunks.column("expected_latency_ms")[1:] >= 60).all()
     assert (r.chunks.column("inpainted_rows")[1:] >= 2).all()
     assert all(ip is not None for ip, _ in calls[2:])  # calls[0] is the warm-up, calls[1] the first plan
+
+
+@pytest.mark.parametrize("sampler", [SEQ10, PIC10], ids=["sequential", "picard"])
+def test_realtime_sim_with_a_fixed_model_runs_batched_with_the_same_results(tiny_policy, sampler):
+    tiny_policy.set_sampler(sampler)
+    control = ControlConfig(mode="realtime_sim", latency_model="fixed:350", warmup_plans=0, stitch="inpaint")
+    one = run_rollouts(tiny_policy, ec(n=3, steps=30, batch=1), control)
+    three = run_rollouts(tiny_policy, ec(n=3, steps=30, batch=3), control)
+    assert one.latency["batch_size"] == 1 and three.latency["batch_size"] == 3
+    assert set(three.chunks.column("batch_rows")) == {3}
+    for a, b in zip(one.per_episode, three.per_episode, strict=True):
+        assert a["n_chunks"] == b["n_chunks"] and a["ticks_lost"] == b["ticks_lost"]
+        assert a["sum_reward"] == pytest.approx(b["sum_reward"], abs=1e-4)
+    order = [np.lexsort((r.steps.column("step"), r.steps.column("episode"))) for r in (one, three)]
+    np.testing.assert_allclose(  # the batched run interleaves the episodes' steps: order by (episode, step)
+        one.steps.column("action_change")[order[0]], three.steps.column("action_change")[order[1]], atol=1e-2
+    )
+    measured = run_rollouts(
+        tiny_policy, ec(n=2, steps=10, batch=2), dataclasses.replace(control, latency_model="measured")
+    )
+    assert measured.latency["batch_size"] == 1  # measured latency: one plan at a time
