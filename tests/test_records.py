@@ -15,6 +15,8 @@ EPISODE_KEYS = [
     "deadline_misses", "held_steps", "fallback_steps", "fresh_steps", "queued_steps", "tail_steps",
     "ticks_lost", "n_chunks", "nan_chunks", "denoiser_errors", "observation_errors", "pacing_overruns",
     "stopped", "stop_reason", "stop_step", "video_path",
+    # added with the smoothness metrics (policy/control/smoothness.py)
+    "mean_change", "max_change", "boundary_mean_change", "boundary_max_change",
 ]  # fmt: skip
 
 
@@ -39,6 +41,15 @@ def test_episode_record_keeps_the_eval_info_schema():
     )
     with pytest.raises(ValueError, match="unknown action source"):
         rec.count_source("late")
+    rec.set_smoothness(
+        {"mean_change": 1.5, "max_change": 4.0, "boundary_mean_change": 2.0, "boundary_max_change": 3.0}
+    )
+    assert (rec.mean_change, rec.max_change, rec.boundary_mean_change, rec.boundary_max_change) == (
+        1.5,
+        4.0,
+        2.0,
+        3.0,
+    )
 
 
 def test_fault_codes_labels_and_counters():
@@ -60,4 +71,6 @@ def test_a_plan_fills_every_chunk_column_and_the_csv_names_its_fault(tmp_path):
     log.append(**row)
     assert row["over_budget"] and row["ticks_late"] == 2 and np.isnan(row["final_residual"])
     text = write_csv(log, tmp_path / "chunks.csv").read_text().splitlines()
-    assert text[1].split(",")[-1] == "error"
+    header, cells = text[0].split(","), text[1].split(",")
+    assert cells[header.index("fault")] == "error"
+    assert cells[header.index("expected_delay")] == "-1" and cells[header.index("inpainted_rows")] == "0"

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from parapolicy.policy.diffusion.step_table import StepTable
 
-__all__ = ["Inpaint", "inpaint_start", "prepare_inpaint", "soft_prefix_weights"]
+__all__ = ["Inpaint", "inpaint_start", "prepare_inpaint", "soft_prefix_weights", "start_inpainting"]
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,14 @@ def inpaint_start(table: StepTable, x_T: Tensor, inpaint: Inpaint) -> Tensor:
     """
     noised = table.sqrt_alpha_bar[0] * inpaint.target + table.sqrt_one_minus_alpha_bar[0] * x_T  # (B, H, D)
     return torch.lerp(x_T, noised, inpaint.weight.to(x_T))
+
+
+def start_inpainting(table: StepTable, x_T: Tensor, inpaint: Inpaint | None) -> tuple[Tensor, Inpaint | None]:
+    """What every sampler does first: validate ``inpaint`` and impose it on x_T (None: both unchanged)."""
+    if inpaint is None:
+        return x_T, None
+    inpaint = prepare_inpaint(inpaint, x_T)
+    return inpaint_start(table, x_T, inpaint), inpaint
 
 
 def soft_prefix_weights(

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from parapolicy.policy.diffusion.denoiser import Denoiser
-from parapolicy.policy.diffusion.inpaint import Inpaint, inpaint_start, prepare_inpaint
+from parapolicy.policy.diffusion.inpaint import Inpaint, start_inpainting
 from parapolicy.policy.diffusion.options import ON_MAX_ITERS, REFILL_RULES, UPDATE_RULES
 from parapolicy.policy.diffusion.sequential import SampleResult, check_inputs, finish_timing
 from parapolicy.policy.diffusion.step import held_x0_affine, predict_x0, step
@@ -219,9 +219,7 @@ def sample_picard(
         raise ValueError(f"update must be one of {UPDATE_RULES}, got {update!r}")
     K, B = table.num_steps, x_T.shape[0]
     p = min(window, K)
-    if inpaint is not None:
-        inpaint = prepare_inpaint(inpaint, x_T)
-        x_T = inpaint_start(table, x_T, inpaint)
+    x_T, inpaint = start_inpainting(table, x_T, inpaint)
     traj = _Trajectory(table, x_T, noise, init, inpaint)
     refill = "none" if init is not None else refill  # the caller's guesses are kept
     if init is None and (x0_guess is not None or refill == "x0_rollout"):  # the first window

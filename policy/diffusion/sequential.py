@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from parapolicy.policy.diffusion.denoiser import Denoiser
-from parapolicy.policy.diffusion.inpaint import Inpaint, inpaint_start, prepare_inpaint
+from parapolicy.policy.diffusion.inpaint import Inpaint, start_inpainting
 from parapolicy.policy.diffusion.step import step
 from parapolicy.policy.diffusion.step_table import StepTable
 
@@ -165,9 +165,7 @@ def sample_sequential(
     start = time.perf_counter()
     check_inputs(x_T, table, noise, cond)
     K, B = table.num_steps, x_T.shape[0]
-    if inpaint is not None:
-        inpaint = prepare_inpaint(inpaint, x_T)
-        x_T = inpaint_start(table, x_T, inpaint)
+    x_T, inpaint = start_inpainting(table, x_T, inpaint)
     traj = None
     if return_trajectory:
         traj = torch.empty((K + 1, *x_T.shape), dtype=x_T.dtype, device=x_T.device)  # (K+1, B, H, D)
