@@ -45,6 +45,13 @@ def test_known_rows_hand_checked():
     assert 0 < k.weight[7] < k.weight[4] < 1
 
 
+def test_known_rows_without_the_overlap():
+    current = np.stack([np.arange(15.0), np.full(15, 7.0)], axis=1)  # (15, 2)
+    k = known_rows(current, 0, 8, 3, horizon=16, start=1, last_action=np.array([-1.0, -2.0]), overlap=False)
+    assert k is not None and k.committed == 3 and k.weight.tolist() == [1.0] * 4 + [0.0] * 12
+    assert np.array_equal(k.actions[1:4, 0], [8.0, 9.0, 10.0])
+
+
 def test_known_rows_when_the_current_plan_runs_out():
     current = np.zeros((15, 2))
     k = known_rows(current, 0, 13, 4, horizon=16, start=1)  # rows for ticks 13, 14 only
@@ -79,6 +86,8 @@ def test_delay_estimator_fixed_and_percentile():
 def test_control_settings_validation():
     with pytest.raises(ValueError, match="control.stitch must be one of"):
         ControlConfig(stitch="blend")
+    with pytest.raises(ValueError, match="control.stitch_overlap must be one of"):
+        ControlConfig(stitch_overlap="linear")
     with pytest.raises(ValueError, match="control.request must be one of"):
         ControlConfig(request="sometimes")
     with pytest.raises(ValueError, match="control.request_margin"):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 MODES = ("frozen", "realtime_sim", "wallclock")
 ON_MISS = ("hold", "fallback", "stop")
 STITCH_RULES = ("drop", "inpaint")
+STITCH_OVERLAPS = ("exp", "none")
 REQUEST_RULES = ("every_ta", "in_time")
 LATENCY_MODEL_HELP = "'measured', 'fixed:<ms>' or 'per_call:<ms>[,<ms_per_row>]'"
 
@@ -93,6 +94,9 @@ class ControlConfig:
     ticks already past are dropped (DiffusionPolicy's rule); ``inpaint``: the plan is also sampled to
     continue the current one (its rows for the expected delay imposed, then a decaying overlap; see
     `stitching`). ``frozen`` ignores it (nothing executes while the world waits)."""
+    stitch_overlap: str = "exp"
+    """``stitch=inpaint``: the weights of the current plan's rows after the committed ones: ``exp``
+    (real-time chunking's exponential decay) or ``none`` (only the committed rows are imposed)."""
     request: str = "every_ta"
     """``realtime_sim``/``wallclock``: when the next plan is requested. ``every_ta``: Ta ticks after the
     previous request; ``in_time``: when the current plan's remaining rows fall to the expected delay plus
@@ -125,6 +129,10 @@ class ControlConfig:
             raise ValueError(f"control.budget_margin must be in (0, 1], got {self.budget_margin}")
         if self.stitch not in STITCH_RULES:
             raise ValueError(f"control.stitch must be one of {STITCH_RULES}, got {self.stitch!r}")
+        if self.stitch_overlap not in STITCH_OVERLAPS:
+            raise ValueError(
+                f"control.stitch_overlap must be one of {STITCH_OVERLAPS}, got {self.stitch_overlap!r}"
+            )
         if self.request not in REQUEST_RULES:
             raise ValueError(f"control.request must be one of {REQUEST_RULES}, got {self.request!r}")
         if self.request_margin < 0:

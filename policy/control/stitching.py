@@ -54,6 +54,7 @@ def known_rows(
     horizon: int,
     start: int,
     last_action: np.ndarray | None = None,
+    overlap: bool = True,
 ) -> KnownRows | None:
     """What the plan requested at ``request`` must continue, from the plan being executed.
 
@@ -68,6 +69,8 @@ def known_rows(
         horizon: H, rows of the new plan.
         start: row of the request tick in the new plan (To - 1).
         last_action: (Da,) the action sent at tick ``request - 1`` (weight 1 on row ``start - 1``), or None.
+        overlap: also pull the rows after the committed ones toward the rest of the current plan
+            (the decaying weights); False: only the committed rows (and the last action) are known.
 
     Returns:
         `KnownRows`, or None when nothing is known (the current plan has no rows left and no last action).
@@ -76,9 +79,9 @@ def known_rows(
         raise ValueError(f"need delay >= 0 and 0 <= start < horizon, got {delay}, {start}, {horizon}")
     offset = request - current_request  # current plan's row of the request tick
     left = max(0, min(len(current) - offset, horizon - start))  # its rows from the request tick on
-    weight = soft_prefix_weights(
-        horizon, min(delay, left), left, start=start, dtype=torch.float64
-    ).numpy()  # (H,)
+    committed = min(delay, left)
+    end = left if overlap else committed
+    weight = soft_prefix_weights(horizon, committed, end, start=start, dtype=torch.float64).numpy()  # (H,)
     actions = np.zeros((horizon, current.shape[-1]))
     if left:
         actions[start : start + left] = current[offset : offset + left]
@@ -111,6 +114,7 @@ def expectation(
     horizon: int,
     start: int,
     last_action: np.ndarray | None,
+    overlap: bool = True,
 ) -> Expectation:
     """The `Expectation` of a plan requested at tick ``request`` while the world does not wait.
 
@@ -118,12 +122,12 @@ def expectation(
         estimator: the run's delay estimate.
         inpaint: ``stitch=inpaint``: also work out the known rows.
         current: the current plan's executable rows (n, Da) and its request tick, or None.
-        request, horizon, start, last_action: as for `known_rows`.
+        request, horizon, start, last_action, overlap: as for `known_rows`.
     """
     d = estimator.ticks()
     known = None
     if inpaint and current is not None:
-        known = known_rows(current[0], current[1], request, d, horizon, start, last_action)
+        known = known_rows(current[0], current[1], request, d, horizon, start, last_action, overlap)
     return Expectation(d, estimator.latency_ms(), known)
 
 

@@ -91,8 +91,11 @@ class Timeline:
             return Expectation()  # the world waits for this plan
         cfg = self.planner.policy.config
         current = None if e.plan is None else (e.plan.actions, e.plan.request)
-        inpaint = self.control.stitch == "inpaint"
-        return expectation(self.delay, inpaint, current, e.tick, cfg.horizon, cfg.action_start, e.last_target)
+        c = self.control
+        inpaint, overlap = c.stitch == "inpaint", c.stitch_overlap == "exp"
+        return expectation(
+            self.delay, inpaint, current, e.tick, cfg.horizon, cfg.action_start, e.last_target, overlap
+        )
 
     def install(self, e: Episode, p: Plan, tick: int) -> None:
         """Make ``p`` the episode's current plan at ``tick`` (stale rows skipped) or register its fault."""
