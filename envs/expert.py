@@ -36,6 +36,7 @@ import numpy as np
 import pymunk
 
 from . import ENV_ID
+from .expert_multimodal import EpisodeStrategy, MultimodalConfig
 from .expert_paths import Point, make_contacts, quantise
 from .expert_search import MacroSearch, pose_error
 from .geometry import coverage, keypoints_world
@@ -47,6 +48,7 @@ RECORD_KEYS = ("state", "keypoint", "action", "n_contacts", "img")
 DEFAULT_RECORD_KEYS = ("state", "keypoint", "action", "n_contacts")
 _ROW_SHAPES = {"state": (5,), "keypoint": (9, 2), "action": (2,), "n_contacts": (1,), "img": (96, 96, 3)}
 MAX_TARGET_JUMP = 50.0  # px per step: the hard limit on |a_t - a_{t-1}| the speeds must respect
+EXPERT_MODES = ("planner", "multimodal")
 
 
 @dataclass
@@ -104,8 +106,20 @@ class ExpertConfig:
     """Pose error below which a simulated state is checked for success with the exact coverage."""
     beam_width: int = 5
     """Macros expanded a second time in fine mode (0: one-macro lookahead only)."""
+    mode: str = "planner"
+    """``planner``: deterministic, one way of solving each start state (the shipped dataset).
+    ``multimodal``: each episode draws a pushing side, macro choices, speeds, detours and pauses from
+    its strategy seed (`envs/expert_multimodal.py`)."""
+    multimodal: MultimodalConfig = field(default_factory=MultimodalConfig)
+    """Settings of the multimodal mode."""
 
     def __post_init__(self) -> None:
+        if self.mode not in EXPERT_MODES:
+            raise ValueError(f"mode must be one of {EXPERT_MODES}, got {self.mode!r}")
+        if isinstance(self.multimodal, dict):  # e.g. a plain mapping from a config file
+            self.multimodal = MultimodalConfig(**self.multimodal)
+        if not isinstance(self.multimodal, MultimodalConfig):
+            raise ValueError(f"multimodal must be a MultimodalConfig, got {type(self.multimodal).__name__}")
         positive = (
             "contact_spacing",
             "detour_radius",
@@ -214,6 +228,8 @@ class PushTExpert:
         self._last: Point | None = None
         self._expected: PhysicsSnapshot | None = None
         self._replica: _ResetReplica | None = None
+        self.strategy: EpisodeStrategy | None = None
+        """The episode's random choices (multimodal mode only)."""
         self.n_plans = 0
         self.max_prediction_error = 0.0
 
@@ -222,12 +238,19 @@ class PushTExpert:
         state["_search"] = None  # pymunk spaces with callbacks do not pickle; rebuilt on reset
         return state
 
-    def reset(self, world_or_env: Any, reset_state: np.ndarray | None = None, legacy: bool = True) -> None:
+    def reset(
+        self,
+        world_or_env: Any,
+        reset_state: np.ndarray | None = None,
+        legacy: bool = True,
+        strategy_seed: int = 0,
+    ) -> None:
         """Start an episode from the world's current state.
 
         ``reset_state``/``legacy``: the ``reset_to_state`` options the env was just reset with (optional).
         With them the first plan is exact even when the pusher starts inside the block, which depends on
         pymunk's contact cache (not part of a snapshot); without them it may be off by a few px.
+        ``strategy_seed``: seeds the episode's strategy in multimodal mode (ignored by the planner mode).
         """
         world = _world_of(world_or_env)
         params = (tuple(world.block.center_of_gravity), world.space.damping)
@@ -241,6 +264,9 @@ class PushTExpert:
         self._last = (float(ax), float(ay))
         self._queue = []
         self._expected = None
+        self.strategy = None
+        if self.cfg.mode == "multimodal":
+            self.strategy = EpisodeStrategy(self.cfg.multimodal, strategy_seed)
         self.n_plans = 0
         self.max_prediction_error = 0.0
 
@@ -267,7 +293,15 @@ class PushTExpert:
             self.max_prediction_error = max(self.max_prediction_error, math.hypot(ex - rx, ey - ry))
         (x, y), th = world.block.position, world.block.angle
         error = pose_error(x, y, th)
-        macro = self._search.choose(snap, self._last, error, self._replica)
+        strategy = self.strategy
+        if strategy is None:
+            macro = self._search.choose(snap, self._last, error, self._replica)
+        else:
+            self._search.cfg, pause = strategy.decision(self.cfg)
+            opening = strategy.opening_left > 0 and error >= self.cfg.fine_threshold
+            allow = strategy.allow if opening else None
+            macro = self._search.choose(snap, self._last, error, self._replica, allow, pause, strategy.pick)
+            strategy.opening_left -= opening
         self._replica = None  # valid for the reset state only
         self._queue = list(macro.targets) or [quantise(*self._last)]
         self._expected = macro.end
@@ -296,6 +330,9 @@ class EpisodeRecord:
     sim_steps: int = 0
     max_prediction_error: float = 0.0
     """Largest gap (px) between the planner's predicted and the real block position at a macro's end."""
+    strategy_seed: int = 0
+    side: str = ""
+    """Multimodal mode: the pushing side the episode drew (``left``/``right``); empty for the planner."""
 
     def action_stats(self) -> dict[str, float]:
         """Target jumps (from the start position of the agent on) and direction reversals."""
@@ -323,11 +360,14 @@ def run_expert_episode(
     max_steps: int = 300,
     record_keys: tuple[str, ...] = DEFAULT_RECORD_KEYS,
     expert: PushTExpert | None = None,
+    strategy_seed: int | None = None,
 ) -> EpisodeRecord:
     """Run the expert closed loop in the real env from ``reference_initial_state(seed)``.
 
     The episode ends at success (the env terminates) or after ``max_steps``. ``action`` is always recorded;
     ``record_keys`` picks the rest from `RECORD_KEYS`. Pass ``expert`` to reuse one (its config wins).
+    ``strategy_seed`` (multimodal mode): seeds the strategy; default ``seed``, so a collection is
+    deterministic per seed; vary it to run several strategies from one start state.
     """
     unknown = set(record_keys) - set(RECORD_KEYS)
     if unknown:
@@ -342,7 +382,8 @@ def run_expert_episode(
         reset_state = reference_initial_state(seed)
         _, info = env.reset(options={"reset_to_state": reset_state})
         world = env.unwrapped.world
-        expert.reset(world, reset_state)
+        strategy_seed = int(seed if strategy_seed is None else strategy_seed)
+        expert.reset(world, reset_state, strategy_seed=strategy_seed)
         initial = np.concatenate([info["pos_agent"], info["block_pose"]])
         rows: dict[str, list] = {k: [] for k in keys}
         success = False
@@ -382,4 +423,6 @@ def run_expert_episode(
         n_plans=expert.n_plans,
         sim_steps=expert.sim_steps,
         max_prediction_error=expert.max_prediction_error,
+        strategy_seed=strategy_seed,
+        side="" if expert.strategy is None else expert.strategy.side,
     )

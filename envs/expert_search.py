@@ -118,13 +118,21 @@ class MacroSearch:
 
     # ------------------------------------------------------------------------------------------
     def expand(
-        self, snap: PhysicsSnapshot, p0: Point, fine: bool, fresh: Callable[[], PushTWorld] | None = None
+        self,
+        snap: PhysicsSnapshot,
+        p0: Point,
+        fine: bool,
+        fresh: Callable[[], PushTWorld] | None = None,
+        allow: Callable[[Contact], bool] | None = None,
+        pause: int = 0,
     ) -> list[Macro]:
         """All (contact, depth) macros from state ``snap`` with the last target at ``p0``.
 
         ``fresh``: a factory of worlds equal to the real one including pymunk's cached contacts, used for
         the rollouts that start at ``snap`` (at an episode's start the pusher may sit inside the block,
         and how pymunk resolves that depends on the contact cache, which no snapshot holds).
+        ``allow``: only contacts it accepts (default all). ``pause``: steps the target holds at ``p0``
+        before an approach (not before pushing on from ``p0``).
         """
         cfg = self.cfg
         r = AGENT_RADIUS
@@ -140,6 +148,8 @@ class MacroSearch:
         p0_clear = clearance(p0[0], p0[1], pose)
         out: list[Macro] = []
         for contact in self.contacts:
+            if allow is not None and not allow(contact):
+                continue
             cx, cy, nx, ny = contact_world(contact, pose)
             start = self._continuation(p0, p0_clear, cx, cy, nx, ny, gap)
             if start is None:
@@ -153,6 +163,8 @@ class MacroSearch:
                 else:
                     path = approach_path(p0, entry, pose, cog, cfg.detour_radius, need)
                 approach = profile([*path, q], cfg.approach_speed, cfg.accel, 0.0, v_push)
+                if pause:
+                    approach = [quantise(*p0)] * pause + approach
                 start_depth = -gap
                 world = self._begin(snap, fresh)
                 self._run(world, approach, check=False)
@@ -197,18 +209,34 @@ class MacroSearch:
 
     # ------------------------------------------------------------------------------------------
     def choose(
-        self, snap: PhysicsSnapshot, p0: Point, error: float, fresh: Callable[[], PushTWorld] | None = None
+        self,
+        snap: PhysicsSnapshot,
+        p0: Point,
+        error: float,
+        fresh: Callable[[], PushTWorld] | None = None,
+        allow: Callable[[Contact], bool] | None = None,
+        pause: int = 0,
+        pick: Callable[[list[Macro], float, float], Macro] | None = None,
     ) -> Macro:
-        """The first macro of the best one- or two-macro plan from ``snap`` (``fresh``: see `expand`)."""
+        """The first macro of the best one- or two-macro plan from ``snap`` (``fresh``: see `expand`).
+
+        Multimodal hooks (`envs/expert_multimodal.py`), all off by default: ``allow`` restricts the
+        contacts (when some allowed macro makes progress), ``pause`` delays approaches, and in coarse
+        mode ``pick(ranked, error, coarse_rate_offset)`` chooses among the ranked macros.
+        """
         cfg = self.cfg
         fine = error < cfg.fine_threshold
-        cands = self.expand(snap, p0, fine, fresh)
+        cands = self.expand(snap, p0, fine, fresh, allow, pause)
+        if allow is not None and not any(m.success or m.error < error for m in cands):
+            cands = self.expand(snap, p0, fine, fresh, None, pause)
         for m in cands:
             m.score = self._score(m, len(m.targets))
             if not fine and not m.success and cfg.coarse_rate_offset > 0:  # progress per step
                 m.score = -(error - m.error) / (len(m.targets) + cfg.coarse_rate_offset)
         cands.sort(key=lambda m: m.score)
         best, best_score = cands[0], cands[0].score
+        if pick is not None and not fine:
+            return pick(cands, error, cfg.coarse_rate_offset)
         if best.success or cfg.beam_width == 0 or not fine:
             return best
         for m in cands[: cfg.beam_width]:
