@@ -94,6 +94,10 @@ class TrainConfig:
     """Closed-loop evaluation settings (periodic evaluation)."""
     eval_sampler: SamplerConfig = field(default_factory=SamplerConfig)
     """Sampler of the periodic evaluation."""
+    init_policy: str = ""
+    """Fine-tuning: start from this pretrained policy directory's (EMA) network weights instead of a
+    random initialisation (same architecture; the normalizer is still fitted on ``dataset_path``).
+    Empty (default): random initialisation, the reference recipe."""
     resume: bool = False
     """Continue the run in the output folder from its last checkpoint (from step 0 if it has none)."""
     allow_data_change: bool = False
@@ -300,6 +304,8 @@ def train(cfg: TrainConfig, out: Path) -> Path:
     data = train_set.fingerprint()
     torch.manual_seed(cfg.seed)
     policy = DiffusionPolicy(p, train_set.get_normalizer())
+    if cfg.init_policy:
+        policy.network.load_state_dict(load_policy(cfg.init_policy).network.state_dict(), strict=True)
     ema = EMA(copy.deepcopy(policy), power=cfg.ema_power, max_decay=cfg.ema_max_decay)
     optimizer = torch.optim.AdamW(
         policy.network.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay

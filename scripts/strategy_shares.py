@@ -2,8 +2,9 @@
 
 For each of ``--starts`` reference start states, run the expert ``--strategies`` times with different
 strategy seeds, label every episode with `parapolicy.envs.strategy.first_push` and report: success
-rate, pooled label shares, and per start state how many distinct first-push sides occur and the share
-of its most common side (1.0 = one strategy per start state, as the deterministic planner has).
+rate (within ``--max-steps``), pooled label shares, and per start state how many distinct first-push
+sides occur and the share of its most common side (1.0 = one strategy per start state, as the
+deterministic planner has).
 
     python scripts/strategy_shares.py --starts 40 --strategies 5 --workers 2 --out shares.json
 """
@@ -20,10 +21,10 @@ from parapolicy.envs.expert import ExpertConfig, run_expert_episode
 from parapolicy.envs.strategy import first_push, shares
 
 
-def _run(args: tuple[int, int, str]) -> dict:
-    seed, strategy_seed, mode = args
+def _run(args: tuple[int, int, str, int]) -> dict:
+    seed, strategy_seed, mode, max_steps = args
     rec = run_expert_episode(
-        seed, ExpertConfig(mode=mode), record_keys=("state",), strategy_seed=strategy_seed
+        seed, ExpertConfig(mode=mode), max_steps, record_keys=("state",), strategy_seed=strategy_seed
     )
     push = first_push(rec.data["state"])
     return {
@@ -72,13 +73,16 @@ def main() -> None:
     parser.add_argument("--start-seed", type=int, default=100000, help="first reference seed")
     parser.add_argument("--strategies", type=int, default=5, help="strategy seeds per start state")
     parser.add_argument("--mode", default="multimodal", help="expert mode (planner: the deterministic one)")
+    parser.add_argument(
+        "--max-steps", type=int, default=300, help="cut episodes here (the label needs only the first push)"
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default="", help="write rows and summary to this JSON file")
     args = parser.parse_args()
     if args.starts < 1 or args.strategies < 1 or args.workers < 1:
         parser.error("--starts, --strategies and --workers must be >= 1")
     jobs = [
-        (seed, k, args.mode)
+        (seed, k, args.mode, args.max_steps)
         for seed in range(args.start_seed, args.start_seed + args.starts)
         for k in range(args.strategies)
     ]
