@@ -85,3 +85,36 @@ def shares(labels: Iterable[str]) -> dict[str, float]:
     if unknown:
         raise ValueError(f"unknown label(s) {sorted(unknown)}; allowed: {LABELS}")
     return {label: counts[label] / total for label in LABELS}
+
+
+def matched_start_summary(rows: list[dict]) -> dict:
+    """Summary of episodes run from matched start states.
+
+    ``rows``: one dict per episode with ``seed`` (the start state), ``side`` and ``part`` (`first_push`),
+    ``success``, ``n_steps`` and optionally ``drawn_side`` (the side a multimodal expert drew). Returns
+    success rate, pooled side (and side-part) shares, the fraction of start states showing both ``left``
+    and ``right``, the mean share of each start state's most common side (1.0: one strategy per start
+    state) and how often the label equals the drawn side.
+    """
+    by_start: dict[int, list[str]] = {}
+    for r in rows:
+        by_start.setdefault(r["seed"], []).append(r["side"])
+    majority = [Counter(sides).most_common(1)[0][1] / len(sides) for sides in by_start.values()]
+    both = [("left" in s and "right" in s) for s in by_start.values()]
+    drawn = [r for r in rows if r.get("drawn_side")]
+    return {
+        "episodes": len(rows),
+        "start_states": len(by_start),
+        "success_rate": sum(r["success"] for r in rows) / len(rows),
+        "mean_steps": sum(r["n_steps"] for r in rows) / len(rows),
+        "side_shares": shares(r["side"] for r in rows),
+        "side_part_shares": {
+            f"{k[0]}-{k[1]}": v / len(rows)
+            for k, v in sorted(Counter((r["side"], r["part"]) for r in rows).items())
+        },
+        "starts_with_both_sides": sum(both) / len(both),
+        "mean_majority_share": sum(majority) / len(majority),
+        "label_matches_drawn_side": (
+            sum(r["side"] == r["drawn_side"] for r in drawn) / len(drawn) if drawn else None
+        ),
+    }

@@ -15,10 +15,9 @@ import argparse
 import json
 import multiprocessing as mp
 import time
-from collections import Counter
 
 from parapolicy.envs.expert import ExpertConfig, run_expert_episode
-from parapolicy.envs.strategy import first_push, shares
+from parapolicy.envs.strategy import first_push, matched_start_summary
 
 
 def _run(args: tuple[int, int, str, int]) -> dict:
@@ -36,32 +35,6 @@ def _run(args: tuple[int, int, str, int]) -> dict:
         "side": push.side,
         "part": push.part,
         "first_push_step": push.step,
-    }
-
-
-def summarise(rows: list[dict]) -> dict:
-    """Success rate, pooled shares and per-start spread of the first-push side."""
-    by_start: dict[int, list[str]] = {}
-    for r in rows:
-        by_start.setdefault(r["seed"], []).append(r["side"])
-    majority = [Counter(sides).most_common(1)[0][1] / len(sides) for sides in by_start.values()]
-    both = [("left" in s and "right" in s) for s in by_start.values()]
-    drawn = [r for r in rows if r["drawn_side"]]
-    return {
-        "episodes": len(rows),
-        "start_states": len(by_start),
-        "success_rate": sum(r["success"] for r in rows) / len(rows),
-        "mean_steps": sum(r["n_steps"] for r in rows) / len(rows),
-        "side_shares": shares(r["side"] for r in rows),
-        "side_part_shares": {
-            f"{k[0]}-{k[1]}": v / len(rows)
-            for k, v in sorted(Counter((r["side"], r["part"]) for r in rows).items())
-        },
-        "starts_with_both_sides": sum(both) / len(both),
-        "mean_majority_share": sum(majority) / len(majority),
-        "label_matches_drawn_side": (
-            sum(r["side"] == r["drawn_side"] for r in drawn) / len(drawn) if drawn else None
-        ),
     }
 
 
@@ -89,7 +62,7 @@ def main() -> None:
     start = time.perf_counter()
     with mp.get_context("spawn").Pool(args.workers) as pool:
         rows = pool.map(_run, jobs, chunksize=1)
-    summary = summarise(rows)
+    summary = matched_start_summary(rows)
     summary["wall_time_s"] = time.perf_counter() - start
     summary["command"] = vars(args)
     print(json.dumps(summary, indent=2))
