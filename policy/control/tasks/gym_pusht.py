@@ -19,16 +19,14 @@ gym-pusht 0.1.8 shares the reference physics and reward. Adapter choices, from i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from parapolicy.envs import coverage, reference_initial_state
 from parapolicy.envs.geometry import keypoints_world
-from parapolicy.envs.video import check_video_output, write_mp4
 from parapolicy.policy.control.task import StepScore
+from parapolicy.policy.control.tasks.pusht import PushTTask
 
 MIN_VIDEO_SIZE = 96  # gym-pusht's action marker has zero thickness below this and OpenCV refuses it
 
@@ -44,11 +42,17 @@ def _gym_pusht_env_class() -> type:
     return PushTEnv
 
 
-class GymPushTTask:
-    """gym-pusht's PushT-v0 driven with the reference starts and keypoints; see the module docstring."""
+class GymPushTTask(PushTTask):
+    """gym-pusht's PushT-v0 driven with the reference starts and keypoints; see the module docstring.
+
+    The safe action and the video writing are PushT-v0's (the same pusher and frames).
+    """
 
     name = "gym_pusht"
     render_fps = 10
+
+    def __init__(self) -> None:
+        super().__init__(env_factory=None)
 
     def make_env(self, video_size: int) -> Any:
         """A gym-pusht env with the state observation, rendering at ``max(video_size, 96)``."""
@@ -73,15 +77,3 @@ class GymPushTTask:
         if cov is None:
             cov = coverage(np.asarray(info["block_pose"], dtype=np.float64))
         return StepScore(float(reward), float(cov), bool(info.get("is_success", False)))
-
-    def safe_action(self, obs: Any, info: dict[str, Any]) -> np.ndarray:
-        """Target the pusher's current position."""
-        return np.asarray(info["pos_agent"], dtype=np.float64).copy()
-
-    def check_video_output(self, directory: Path) -> None:
-        """Fail fast when MP4s could not be written into ``directory`` (`parapolicy.envs.video`)."""
-        check_video_output(directory)
-
-    def write_video(self, path: Path, frames: Sequence[np.ndarray]) -> Path:
-        """Encode the frames as an MP4 at the env's control rate."""
-        return write_mp4(path, frames, fps=self.render_fps)
