@@ -1,18 +1,23 @@
-"""Sampler benchmark: sequential DDPM against ParaDDPM on the same observations and noise (no hydra).
+"""Sampler benchmark: DDPM-100, ParaDDPM and few-step solvers on the same observations and noise (no hydra).
 
 One run measures, on the same device and settings:
 
 * the denoiser's cost against batch rows;
-* sequential sampling (the baseline: same compilation as ParaDDPM, batch-1 path);
-* ParaDDPM over a grid of windows and tolerances, cold and warm-started across control steps.
+* the baseline, sequential DDPM-K (same compilation as every other sampler, batch-1 path);
+* ParaDDPM over a grid of windows, Picard corrections (``picard``, ``parareal``), tolerances and warm
+  starts;
+* the few-step solvers users deploy (DPM-Solver++(2M), DDIM), each sequential and as Picard over its
+  whole chain.
 
 Observations are the consecutive observation histories of one closed-loop episode (from a reference
-seed) driven by the sequential sampler, so a warm start sees real consecutive control steps. Every
-configuration samples every chunk from the same pre-drawn noise, and the sample is compared with the
-sequential one (max |difference| in environment pixels). Timings are medians over repeats, with the
-configurations interleaved inside each repeat so that machine noise hits them alike; the spread is the
-[min, max] of the repeats. Separate instrumented passes (one per repeat, median reported) measure the
-share of wall time spent outside the denoiser.
+seed) driven by the baseline, so a warm start sees real consecutive control steps. Every sampler starts
+each chunk from the same pre-drawn x_T (and the first K of the same step noises); its sample is
+compared with its own rule's sequential sample and with the baseline's (max |difference| in environment
+pixels). Timings are medians over rounds; each round runs every sampler once, in the same order
+(interleaved, ABAB), so that machine noise hits them alike; the spread is the [min, max] over rounds.
+Each round also runs one instrumented pass per sampler for the share of wall time outside the
+denoiser, and a `LoadProbe` records the machine's load so a loaded run is flagged.
+Speedups are given against the baseline and against the fastest sequential sampler of the run.
 """
 
 from __future__ import annotations
@@ -33,9 +38,11 @@ from parapolicy.policy.control.stitching import known_rows
 from parapolicy.policy.diffusion.dispatch import run_sampler
 from parapolicy.policy.diffusion.inpaint import Inpaint
 from parapolicy.policy.diffusion.sequential import SampleResult, draw_noise
+from parapolicy.policy.diffusion.step_table import StepTable
 from parapolicy.policy.diffusion.warm_start import warm_start_guess
-from parapolicy.policy.model.policy import OBS_KEY, DiffusionPolicy
+from parapolicy.policy.model.policy import OBS_KEY, DiffusionPolicy, build_step_table
 from parapolicy.policy.runtime.auto_window import denoiser_cost_curve
+from parapolicy.policy.runtime.load_probe import LoadProbe, machine_info
 from parapolicy.policy.runtime.timing import TimedDenoiser, timed_call
 
 
@@ -44,23 +51,27 @@ class SamplerBenchConfig:
     """Settings of `run_sampler_benchmark`."""
 
     kind: str = "ddpm"
-    """Update rule (``ddpm``: ParaDDPM against DDPM)."""
+    """Update rule of the baseline and of the ParaDDPM grid (``ddpm``: ParaDDPM against DDPM)."""
     num_inference_steps: int = 100
-    """K."""
-    windows: tuple[int, ...] = (4, 8, 16, 32)
-    """Picard windows to measure."""
-    tols: tuple[float, ...] = (0.1, 0.01)
-    """Picard tolerances to measure."""
-    warm_starts: tuple[bool, ...] = (False, True)
-    """Cold and/or warm start."""
+    """K of the baseline and of the ParaDDPM grid."""
+    windows: tuple[int, ...] = (8, 16, 24, 32)
+    """Picard windows of the grid."""
+    tols: tuple[float, ...] = (0.1,)
+    """Picard tolerances of the grid; the first one is also the few-step solvers' Picard tolerance."""
+    updates: tuple[str, ...] = ("picard", "parareal")
+    """Picard corrections (`SamplerConfig.update`) of the grid and of the few-step Picard samplers."""
+    warm_starts: tuple[bool, ...] = (False,)
+    """Cold and/or warm start of the grid."""
+    few_step: tuple[str, ...] = ("dpmsolver++:5", "dpmsolver++:10", "ddim:8", "ddim:16")
+    """Few-step solvers as ``kind:K``: each sequential and, per update, Picard with window K."""
     n_chunks: int = 6
-    """Consecutive control steps (chunks) sampled per repeat."""
+    """Consecutive control steps (chunks) sampled per round."""
     episode_seed: int = 100000
     """Reference seed of the episode giving the observations."""
     noise_seed: int = 0
     """Seed of the per-chunk noise."""
     repeats: int = 5
-    """Repeats (medians and [min, max] are reported)."""
+    """Rounds; each round runs every sampler once, in the same order (medians, [min, max] reported)."""
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     """Rows at which the denoiser's cost is measured."""
     compile: str = "none"
@@ -76,6 +87,57 @@ class SamplerBenchConfig:
             raise ValueError(f"windows must lie in [1, num_inference_steps], got {self.windows}")
         if not self.tols or any(t <= 0 for t in self.tols):
             raise ValueError(f"tols must be > 0, got {self.tols}")
+        if not self.updates:
+            raise ValueError("updates must name at least one Picard correction, got ()")
+        for update in self.updates:
+            SamplerConfig(update=update)  # raises naming the bad rule
+        for spec in self.few_step:
+            _, K = parse_solver(spec)
+            if self.num_inference_steps < K:
+                raise ValueError(
+                    f"few_step {spec!r}: K must be <= num_inference_steps={self.num_inference_steps} "
+                    "(its noise is the baseline's first K step noises)"
+                )
+
+
+def parse_solver(spec: str) -> tuple[str, int]:
+    """``"kind:K"`` -> (kind, K), e.g. ``"dpmsolver++:5"``; raises ValueError naming a bad spec."""
+    kind, sep, steps = str(spec).partition(":")
+    if not sep or not steps.strip().isdigit() or int(steps) < 1:
+        raise ValueError(f"few_step entries are 'kind:K' with K >= 1 (e.g. 'ddim:8'), got {spec!r}")
+    SamplerConfig(kind=kind.strip())  # raises naming the bad kind
+    return kind.strip(), int(steps)
+
+
+def sampler_name(sampler: SamplerConfig) -> str:
+    """A short row name: ``ddpm-100``, ``ddim-8 picard w=8 tol=0.1``, ``ddpm-100 parareal w=16 tol=0.1``."""
+    name = f"{sampler.kind}-{sampler.num_inference_steps}"
+    if sampler.is_parallel:
+        name += f" {sampler.update} w={sampler.window} tol={sampler.tol:g}"
+        name += " warm" if sampler.warm_start else ""
+    return name
+
+
+def bench_samplers(cfg: SamplerBenchConfig) -> list[SamplerConfig]:
+    """Every sampler `run_sampler_benchmark` measures, the baseline (sequential ``kind``-K) first."""
+    base = SamplerConfig(kind=cfg.kind, num_inference_steps=cfg.num_inference_steps)
+    out = [base]
+    for w in cfg.windows:
+        for update in cfg.updates:
+            for tol in cfg.tols:
+                for warm in cfg.warm_starts:
+                    out.append(
+                        dataclasses.replace(
+                            base, algorithm="picard", window=w, tol=tol, warm_start=warm, update=update
+                        )
+                    )
+    for spec in cfg.few_step:
+        kind, K = parse_solver(spec)
+        seq = SamplerConfig(kind=kind, num_inference_steps=K)
+        out.append(seq)
+        for update in cfg.updates:
+            out.append(dataclasses.replace(seq, algorithm="picard", window=K, tol=cfg.tols[0], update=update))
+    return out
 
 
 @dataclass
@@ -116,17 +178,26 @@ def record_chunks(policy: DiffusionPolicy, cfg: SamplerBenchConfig) -> list[dict
 
 
 def _run_config(
-    policy: DiffusionPolicy, sampler: SamplerConfig, chunks: list[dict[str, Tensor]], denoise: Any
-):
-    """Sample every chunk in order (warm-starting from the previous one if asked); per-chunk results."""
+    policy: DiffusionPolicy,
+    sampler: SamplerConfig,
+    table: StepTable,
+    chunks: list[dict[str, Tensor]],
+    denoise: Any,
+) -> list[tuple[float, SampleResult]]:
+    """Sample every chunk in order (warm-starting from the previous one if asked); per-chunk results.
+
+    Every sampler starts from the chunk's x_T and takes the first K of its step noises (the
+    deterministic kinds ignore them).
+    """
     Ta = policy.config.n_action_steps
+    K = table.num_steps
     out: list[tuple[float, SampleResult]] = []
     previous = None
     for chunk in chunks:
         guess = warm_start_guess(previous, Ta) if (sampler.warm_start and previous is not None) else None
         seconds, res = timed_call(
             lambda chunk=chunk, guess=guess: run_sampler(
-                sampler, denoise, chunk["x_T"], policy.table, chunk["noise"], chunk["cond"], x0_guess=guess
+                sampler, denoise, chunk["x_T"], table, chunk["noise"][:K], chunk["cond"], x0_guess=guess
             ),
             policy.device,
         )
@@ -139,70 +210,113 @@ def _spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+def _load_summary(rounds: list[dict[str, Any]], usable_cpus: int | None) -> dict[str, Any]:
+    """Spread of the per-round load probes and a verdict: quiet when others kept < 10% of the CPUs busy."""
+    foreign = [r["foreign_busy_cpus"] for r in rounds if r["foreign_busy_cpus"] is not None]
+    out: dict[str, Any] = {
+        "cpu_per_wall": _spread([r["cpu_per_wall"] for r in rounds]),
+        "loadavg": _spread([v for r in rounds for v in (r["loadavg_before"], r["loadavg_after"])]),
+        "foreign_busy_cpus": _spread(foreign) if foreign else None,
+    }
+    if foreign and usable_cpus:
+        out["quiet"] = max(foreign) < 0.1 * usable_cpus
+    else:
+        out["quiet"] = None
+    return out
+
+
 @torch.no_grad()
 def run_sampler_benchmark(policy: DiffusionPolicy, cfg: SamplerBenchConfig) -> dict[str, Any]:
-    """Measure every configuration; returns the rows of the table and the cost curve."""
+    """Measure every sampler of `bench_samplers`; returns the rows, the load probes and the cost curve.
+
+    Rounds interleave the samplers (ABAB...): each round times every sampler once, then runs one
+    instrumented pass of each (`TimedDenoiser`) for the share of time outside the denoiser.
+    """
     policy.eval()
     policy.set_compile(cfg.compile)
-    seq = SamplerConfig(kind=cfg.kind, num_inference_steps=cfg.num_inference_steps)
-    policy.set_sampler(seq)
+    samplers = bench_samplers(cfg)
+    policy.set_sampler(samplers[0])
     chunks = record_chunks(policy, cfg)
-    configs: dict[str, SamplerConfig] = {"sequential": seq}
-    for w in cfg.windows:
-        for tol in cfg.tols:
-            for warm in cfg.warm_starts:
-                name = f"picard w={w} tol={tol:g}{' warm' if warm else ''}"
-                configs[name] = dataclasses.replace(
-                    seq, algorithm="picard", window=w, tol=tol, warm_start=warm
-                )
-    _run_config(policy, seq, chunks[:1], policy.denoise)  # warm-up (allocator, trace, caches)
-    times: dict[str, list[float]] = {name: [] for name in configs}
-    results: dict[str, list[SampleResult]] = {}
+    tables = []
+    for sampler in samplers:
+        policy.config.check_sampler(sampler)
+        tables.append(build_step_table(policy.config, sampler, policy.device))
+    names = [sampler_name(s) for s in samplers]
+    for sampler, table in zip(samplers, tables, strict=True):  # warm-up (allocator, trace, caches)
+        _run_config(policy, sampler, table, chunks[:1], policy.denoise)
+    times: list[list[float]] = [[] for _ in samplers]
+    outside: list[list[float]] = [[] for _ in samplers]
+    results: list[list[SampleResult]] = [[] for _ in samplers]
+    probes = []
     for _ in range(cfg.repeats):
-        for name, sampler in configs.items():
-            runs = _run_config(policy, sampler, chunks, policy.denoise)
-            times[name].append(1e3 * sum(t for t, _ in runs) / len(runs))  # ms per chunk, this repeat
-            results[name] = [r for _, r in runs]
-    rows = []
-    seq_ms = statistics.median(times["sequential"])
-    for name, sampler in configs.items():
-        outside = []  # share of wall time outside the denoiser, one instrumented pass per repeat
-        for _ in range(cfg.repeats):
+        with LoadProbe() as probe:
+            for i, (sampler, table) in enumerate(zip(samplers, tables, strict=True)):
+                runs = _run_config(policy, sampler, table, chunks, policy.denoise)
+                times[i].append(1e3 * sum(t for t, _ in runs) / len(runs))  # ms per chunk, this round
+                results[i] = [r for _, r in runs]
+        probes.append(probe.result)
+        for i, (sampler, table) in enumerate(zip(samplers, tables, strict=True)):
             timed = TimedDenoiser(policy.denoise, policy.device)
             wall, _ = timed_call(
-                lambda sampler=sampler, timed=timed: _run_config(policy, sampler, chunks, timed),
+                lambda sampler=sampler, table=table, timed=timed: _run_config(
+                    policy, sampler, table, chunks, timed
+                ),
                 policy.device,
             )
-            outside.append(100.0 * max(0.0, 1.0 - timed.seconds / wall))
-        res = results[name]
-        diffs = [
-            float((policy.normalizer.unnormalize("action", r.sample) - c["reference"]).abs().max())
-            for r, c in zip(res, chunks, strict=True)
-        ]
-        ms = _spread(times[name])
+            outside[i].append(100.0 * max(0.0, 1.0 - timed.seconds / wall))
+    base_ms = statistics.median(times[0])
+    seq_ms = {
+        n: statistics.median(t) for n, s, t in zip(names, samplers, times, strict=True) if not s.is_parallel
+    }
+    fastest_seq = min(seq_ms, key=seq_ms.get)
+    own_seq = {(s.kind, s.num_inference_steps): i for i, s in enumerate(samplers) if not s.is_parallel}
+    rows = []
+    for i, sampler in enumerate(samplers):
+        res = results[i]
+        ref = results[own_seq[(sampler.kind, sampler.num_inference_steps)]]
+        plans = [policy.normalizer.unnormalize("action", r.sample) for r in res]
+        own_diff = max(
+            float((p - policy.normalizer.unnormalize("action", q.sample)).abs().max())
+            for p, q in zip(plans, ref, strict=True)
+        )
+        base_diff = max(float((p - c["reference"]).abs().max()) for p, c in zip(plans, chunks, strict=True))
+        ms = _spread(times[i])
         rows.append(
             {
-                "name": name,
+                "name": names[i],
+                "kind": sampler.kind,
+                "num_inference_steps": sampler.num_inference_steps,
                 "algorithm": sampler.algorithm,
+                "update": sampler.update if sampler.is_parallel else None,
                 "window": sampler.window if sampler.is_parallel else None,
                 "tol": sampler.tol if sampler.is_parallel else None,
                 "warm_start": sampler.warm_start,
                 "ms_per_chunk": ms,
-                "speedup": seq_ms / ms["median"],
+                "ms_per_chunk_rounds": times[i],
+                "speedup": base_ms / ms["median"],
+                "speedup_vs_fastest_sequential": seq_ms[fastest_seq] / ms["median"],
                 "iterations": float(np.mean([r.iterations for r in res])),
                 "model_calls": float(np.mean([r.model_calls for r in res])),
                 "model_rows": float(np.mean([r.rows_evaluated for r in res])),
                 "converged": all(r.all_converged for r in res),
-                "max_abs_diff_px": max(diffs),
-                "outside_denoiser_pct": statistics.median(outside),
-                "outside_denoiser_pct_range": [min(outside), max(outside)],
+                "max_abs_diff_px": own_diff,
+                "max_abs_diff_to_baseline_px": base_diff,
+                # share of wall time outside the denoiser: Picard bookkeeping (sequential: the step math)
+                "outside_denoiser_pct": statistics.median(outside[i]),
+                "outside_denoiser_pct_range": [min(outside[i]), max(outside[i])],
             }
         )
     curve = denoiser_cost_curve(policy, tuple(cfg.batch_sizes), use_cache=False)
+    machine = machine_info(torch.get_num_threads())
     return {
         "rows": rows,
+        "baseline": names[0],
+        "fastest_sequential": fastest_seq,
         "denoiser_ms_per_call": {str(k): v for k, v in curve.items()},
         "n_chunks": len(chunks),
+        "rounds": cfg.repeats,
+        "machine": machine,
+        "load": {"rounds": probes, **_load_summary(probes, machine["usable_cpus"])},
     }
 
 
@@ -294,22 +408,43 @@ def format_inpaint_overhead(result: dict[str, Any]) -> str:
 
 
 def format_sampler_benchmark(result: dict[str, Any]) -> str:
-    """A plain-text table of `run_sampler_benchmark`'s result."""
+    """A plain-text table of `run_sampler_benchmark`'s result, with the machine and its load."""
     head = (
-        f"{'sampler':<28} {'ms/chunk median [min, max]':<30} {'speedup':>7} {'iters':>6} {'calls':>6} "
-        f"{'rows':>7} {'max|diff| px':>12} {'outside %':>9}"
+        f"{'sampler':<36} {'ms/chunk median [min, max]':<28} {'x base':>6} {'x fast':>6} {'iters':>6} "
+        f"{'calls':>6} {'rows':>7} {'|d| own':>8} {'|d| base':>8} {'outside%':>8}"
     )
     lines = [head, "-" * len(head)]
     for r in result["rows"]:
         ms = r["ms_per_chunk"]
         timing = f"{ms['median']:>8.1f} [{ms['min']:.1f}, {ms['max']:.1f}]"
         lines.append(
-            f"{r['name']:<28} {timing:<30} {r['speedup']:>7.2f} {r['iterations']:>6.1f} "
-            f"{r['model_calls']:>6.1f} {r['model_rows']:>7.1f} {r['max_abs_diff_px']:>12.4f} "
-            f"{r['outside_denoiser_pct']:>9.1f}"
+            f"{r['name']:<36} {timing:<28} {r['speedup']:>6.2f} {r['speedup_vs_fastest_sequential']:>6.2f} "
+            f"{r['iterations']:>6.1f} {r['model_calls']:>6.1f} {r['model_rows']:>7.1f} "
+            f"{r['max_abs_diff_px']:>8.4f} {r['max_abs_diff_to_baseline_px']:>8.3f} "
+            f"{r['outside_denoiser_pct']:>8.1f}"
         )
+    lines.append(
+        f"x base: speedup over {result['baseline']}; x fast: over the fastest sequential sampler here "
+        f"({result['fastest_sequential']}; compare scores with parapolicy-eval before picking one). "
+        "|d| own / base: max |difference| in px to the same rule's sequential sample / to the baseline's."
+    )
     curve = result["denoiser_ms_per_call"]
     lines.append(
         "denoiser ms per call by batch rows: " + ", ".join(f"{b}: {ms:.2f}" for b, ms in curve.items())
+    )
+    m, load = result["machine"], result["load"]
+    lines.append(
+        f"machine: {m['cpu_model']}, {m['usable_cpus']} usable CPUs, torch threads {m['torch_threads']}; "
+        f"{result['rounds']} interleaved rounds of {result['n_chunks']} chunks"
+    )
+    foreign = load["foreign_busy_cpus"]
+    foreign_txt = (
+        "n/a" if foreign is None else f"{foreign['median']:.2f} [{foreign['min']:.2f}, {foreign['max']:.2f}]"
+    )
+    verdict = {True: "quiet", False: "LOADED: timings are not comparable with a quiet run", None: "unknown"}
+    lines.append(
+        f"load: 1-min loadavg {load['loadavg']['min']:.1f}-{load['loadavg']['max']:.1f}, CPUs busy with "
+        f"other processes {foreign_txt}, this process's CPU/wall {load['cpu_per_wall']['median']:.2f} "
+        f"-> {verdict[load['quiet']]}"
     )
     return "\n".join(lines)

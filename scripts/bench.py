@@ -1,4 +1,4 @@
-"""`parapolicy-bench`: sequential DDPM vs ParaDDPM on the same observations and noise.
+"""`parapolicy-bench`: DDPM-100, ParaDDPM and few-step solvers (sequential and Picard), same noise.
 
 Settings: `parapolicy.policy.bench.BenchJobConfig`; the measurement: `run_sampler_benchmark`.
 """

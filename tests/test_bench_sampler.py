@@ -12,26 +12,63 @@ from conftest import console_script
 from parapolicy.policy.bench import (
     SamplerBenchConfig,
     format_inpaint_overhead,
+    format_sampler_benchmark,
     run_inpaint_overhead,
     run_sampler_benchmark,
 )
+from parapolicy.policy.runtime.load_probe import LoadProbe, machine_info
 
 GOLDEN = Path(__file__).parent / "artifacts" / "golden_tiny"
 
 
 def test_benchmark_rows(tiny_policy):
     cfg = SamplerBenchConfig(
-        num_inference_steps=20, windows=(4,), tols=(0.1, 1e-6), n_chunks=2, repeats=1, batch_sizes=(1, 4)
+        num_inference_steps=20,
+        windows=(4,),
+        tols=(0.1, 1e-6),
+        updates=("picard", "parareal"),
+        few_step=("ddim:5",),
+        n_chunks=2,
+        repeats=2,
+        batch_sizes=(1, 4),
     )
     result = run_sampler_benchmark(tiny_policy, cfg)
     names = [r["name"] for r in result["rows"]]
-    assert names[0] == "sequential" and len(names) == 1 + 2 * 2
+    assert names == [
+        "ddpm-20",
+        "ddpm-20 picard w=4 tol=0.1",
+        "ddpm-20 picard w=4 tol=1e-06",
+        "ddpm-20 parareal w=4 tol=0.1",
+        "ddpm-20 parareal w=4 tol=1e-06",
+        "ddim-5",
+        "ddim-5 picard w=5 tol=0.1",
+        "ddim-5 parareal w=5 tol=0.1",
+    ]
+    assert result["baseline"] == "ddpm-20"
     rows = {r["name"]: r for r in result["rows"]}
     # sequential K=20 on one sample: 20 iterations, 20 network calls of one row each
-    assert rows["sequential"]["iterations"] == 20 and rows["sequential"]["model_calls"] == 20
-    assert rows["sequential"]["model_rows"] == 20
-    assert rows["picard w=4 tol=1e-06"]["max_abs_diff_px"] < 1e-2  # px, near-exact at a tiny tolerance
+    assert rows["ddpm-20"]["iterations"] == 20 and rows["ddpm-20"]["model_calls"] == 20
+    assert rows["ddpm-20"]["model_rows"] == 20 and rows["ddim-5"]["model_calls"] == 5
+    assert rows["ddpm-20"]["max_abs_diff_to_baseline_px"] == 0.0  # reproduces the recorded plans
+    assert rows["ddim-5"]["max_abs_diff_to_baseline_px"] > 0  # another rule, another sample
+    for update in ("picard", "parareal"):  # near-exact at a tiny tolerance, against its own rule
+        assert rows[f"ddpm-20 {update} w=4 tol=1e-06"]["max_abs_diff_px"] < 1e-2
+    assert rows["ddim-5 picard w=5 tol=0.1"]["window"] == 5
+    assert rows["ddim-5 parareal w=5 tol=0.1"]["converged"]
+    seq_ms = {n: rows[n]["ms_per_chunk"]["median"] for n in ("ddpm-20", "ddim-5")}
+    assert result["fastest_sequential"] == min(seq_ms, key=seq_ms.get)
+    for r in result["rows"]:  # speedups recomputed from the rows' medians
+        ms = r["ms_per_chunk"]["median"]
+        assert r["speedup"] == pytest.approx(seq_ms["ddpm-20"] / ms)
+        assert r["speedup_vs_fastest_sequential"] == pytest.approx(min(seq_ms.values()) / ms)
+        first, second = r["ms_per_chunk_rounds"]  # one figure per round; the median of two is their mean
+        assert ms == pytest.approx((first + second) / 2) and r["ms_per_chunk"]["min"] == min(first, second)
     assert set(result["denoiser_ms_per_call"]) == {"1", "4"}
+    assert result["machine"]["torch_threads"] >= 1 and result["machine"]["cpu_model"]
+    assert len(result["load"]["rounds"]) == 2
+    assert all(p["process_cpu_s"] > 0 and p["wall_s"] > 0 for p in result["load"]["rounds"])
+    text = format_sampler_benchmark(result)
+    assert "ddim-5 parareal w=5 tol=0.1" in text and "machine:" in text and "load:" in text
 
 
 def test_inpaint_overhead_rows(tiny_policy):
@@ -54,6 +91,26 @@ def test_bad_bench_settings():
         SamplerBenchConfig(windows=(0,))
     with pytest.raises(ValueError, match="tols"):
         SamplerBenchConfig(tols=(0.0,))
+    with pytest.raises(ValueError, match="sampler.update"):
+        SamplerBenchConfig(updates=("anderson",))
+    with pytest.raises(ValueError, match="updates"):
+        SamplerBenchConfig(updates=())
+    with pytest.raises(ValueError, match="'kind:K'"):
+        SamplerBenchConfig(few_step=("ddim",))
+    with pytest.raises(ValueError, match="sampler.kind"):
+        SamplerBenchConfig(few_step=("euler:5",))
+    with pytest.raises(ValueError, match="K must be <= num_inference_steps=10"):
+        SamplerBenchConfig(num_inference_steps=10, windows=(4,), few_step=("ddim:16",))
+
+
+def test_load_probe_counts_own_cpu():
+    with LoadProbe() as probe:
+        total = sum(i * i for i in range(200_000))  # busy the CPU for a few ms
+    assert total > 0
+    r = probe.result
+    assert r["wall_s"] > 0 and r["process_cpu_s"] > 0 and r["loadavg_before"] >= 0
+    assert r["foreign_busy_cpus"] is None or r["foreign_busy_cpus"] >= 0
+    assert machine_info(3)["torch_threads"] == 3
 
 
 def test_bench_command(tmp_path):
@@ -65,6 +122,8 @@ def test_bench_command(tmp_path):
             "bench.num_inference_steps=10",
             "bench.windows=[4]",
             "bench.tols=[0.1]",
+            "bench.updates=[parareal]",
+            "bench.few_step=[dpmsolver++:5]",
             "bench.warm_starts=[true]",
             "bench.n_chunks=2",
             "bench.repeats=1",
@@ -77,5 +136,12 @@ def test_bench_command(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "picard w=4 tol=0.1 warm" in proc.stdout
-    assert len(json.loads((out / "bench.json").read_text())["rows"]) == 2
+    assert "ddpm-10 parareal w=4 tol=0.1 warm" in proc.stdout and "dpmsolver++-5 parareal w=5" in proc.stdout
+    data = json.loads((out / "bench.json").read_text())
+    assert [r["name"] for r in data["rows"]] == [
+        "ddpm-10",
+        "ddpm-10 parareal w=4 tol=0.1 warm",
+        "dpmsolver++-5",
+        "dpmsolver++-5 parareal w=5 tol=0.1",
+    ]
+    assert data["machine"]["cpu_model"] and data["load"]["rounds"]
