@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+import sys
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +80,8 @@ class SamplerBenchConfig:
     inpaint_delay: int | None = None
     """Measure instead what inpainting adds to the chunk latency (`run_inpaint_overhead`): each chunk
     sampled with and without continuing the previous chunk over this expected delay (ticks)."""
+    progress: bool = True
+    """Print a line to stderr after each round (its wall time and the machine's load)."""
 
     def __post_init__(self) -> None:
         if self.n_chunks < 1 or self.repeats < 1 or self.num_inference_steps < 1:
@@ -248,7 +251,7 @@ def run_sampler_benchmark(policy: DiffusionPolicy, cfg: SamplerBenchConfig) -> d
     outside: list[list[float]] = [[] for _ in samplers]
     results: list[list[SampleResult]] = [[] for _ in samplers]
     probes = []
-    for _ in range(cfg.repeats):
+    for round_index in range(cfg.repeats):
         with LoadProbe() as probe:
             for i, (sampler, table) in enumerate(zip(samplers, tables, strict=True)):
                 runs = _run_config(policy, sampler, table, chunks, policy.denoise)
@@ -264,6 +267,15 @@ def run_sampler_benchmark(policy: DiffusionPolicy, cfg: SamplerBenchConfig) -> d
                 policy.device,
             )
             outside[i].append(100.0 * max(0.0, 1.0 - timed.seconds / wall))
+        if cfg.progress:
+            p = probe.result
+            foreign = "n/a" if p["foreign_busy_cpus"] is None else f"{p['foreign_busy_cpus']:.2f}"
+            print(
+                f"bench round {round_index + 1}/{cfg.repeats}: {len(samplers)} samplers timed in "
+                f"{p['wall_s']:.1f} s, loadavg {p['loadavg_after']:.1f}, CPUs busy with others {foreign}",
+                file=sys.stderr,
+                flush=True,
+            )
     base_ms = statistics.median(times[0])
     seq_ms = {
         n: statistics.median(t) for n, s, t in zip(names, samplers, times, strict=True) if not s.is_parallel
