@@ -1,16 +1,19 @@
 """The comparison job (`parapolicy-compare`): samplers side by side on the same seeds and noise; no hydra.
 
-`run_compare` runs every configured sampler (default: sequential DDPM-100 and ParaDDPM) in every
-configured control mode (default: ``frozen`` for sample quality over the 50 reference test seeds,
-batched, then ``realtime_sim`` at 10 Hz over the first ``realtime_episodes`` (6) of those seeds, one
-plan at a time) on the same seeds and the same per-episode noise, and writes into the run folder:
+`run_compare` runs every configured sampler (default: sequential DDPM-100, ParaDDPM, and the few-step
+solvers DPM-Solver++(2M)-5/-10 and DDIM-8/-16 each sequential and as Picard) in every configured control
+mode (default: ``frozen`` for sample quality over the 50 reference test seeds, batched, then
+``realtime_sim`` at 10 Hz over the first ``realtime_episodes`` (2) of those seeds, one plan at a time)
+on the same seeds and the same per-episode noise, prints a line per run, and writes into the run folder:
 
 - ``compare.json``: the side-by-side table, every run's aggregated metrics and latency summary, the
-  differences to the baseline, notes (e.g. when the samplers did not draw identical noise), provenance;
+  differences to the baseline, the score-latency frontier (`control.frontier`: frozen score against
+  batch-1 chunk latency, which sampler wins at which latency budget), notes (e.g. when the samplers
+  did not draw identical noise), provenance;
 - ``<sampler>/eval_info.json``: lerobot-compatible per-episode records of the first mode, with every
   mode's block under ``by_mode``; ``<sampler>/latency/steps_<mode>.csv`` and ``chunks_<mode>.csv``;
 - ``plots/*.png`` (latency CDF and histogram, per-step timeline, per-episode reward, baseline vs
-  parallel) and ``videos/<sampler>_<mode>_episode_<i>.mp4``.
+  parallel, ``frontier.png``) and ``videos/<sampler>_<mode>_episode_<i>.mp4``.
 
 The environment is a controller `Task` chosen by name (``task=pusht``, the default, or
 ``task=gym_pusht``). The profiling job is `profile.py`.
@@ -20,7 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +36,12 @@ import torch
 from parapolicy.policy.config import SamplerConfig
 from parapolicy.policy.control import plots
 from parapolicy.policy.control.evaluation import EvalConfig
+from parapolicy.policy.control.frontier import (
+    FrontierPoint,
+    budget_winners,
+    format_frontier,
+    frontier_plot,
+)
 from parapolicy.policy.control.latency import write_csv
 from parapolicy.policy.control.records import RolloutResult
 from parapolicy.policy.control.rollout import check_policy_settings, run_rollouts
@@ -58,28 +70,55 @@ class SamplerEntry:
             LatencyModel.parse(self.latency_model)
 
 
+# --- frontier2: the default samplers (few-step solvers beside DDPM-100) and the frontier -------------
+PARADDPM = SamplerConfig(algorithm="picard", window=16, update="parareal")
+"""ParaDDPM as `parapolicy-compare` runs it: DDPM-100 by Picard iteration, tol 0.1, the window and update
+with the fewest milliseconds per chunk in `parapolicy-bench` on 2 CPU cores (docs/benchmarks.md)."""
+FEW_STEP_SOLVERS = {
+    "dpmsolver5": ("dpmsolver++", 5),
+    "dpmsolver10": ("dpmsolver++", 10),
+    "ddim8": ("ddim", 8),
+    "ddim16": ("ddim", 16),
+}
+"""The few-step solvers users deploy, by name: (kind, K). Each also runs as Picard over its whole chain
+(``para<name>``: window K, tol 0.1)."""
+
+
 def default_samplers() -> dict[str, SamplerEntry]:
     """The named samplers `CompareConfig.run` picks from.
 
     ``sequential``: DDPM-100, the reference. ``paraddpm``: the same DDPM-100 solved by Picard iteration
-    (window 8, tol 0.1, model-free x̂₀ roll-out refill), drawing exactly the sequential sampler's noise.
-    ``paraddpm_warm``: the same with the first window rolled out from the previous chunk's sample
-    (shifted along the horizon) instead of x̂₀ = 0. ``paraddpm_crn``: warm start with common random
-    numbers (different noise). ``ddim``: DDIM with 16 steps, the usual fast baseline.
+    (`PARADDPM`), drawing exactly the sequential sampler's noise. ``paraddpm_warm``: the same with the
+    first window rolled out from the previous chunk's sample (shifted along the horizon) instead of
+    x̂₀ = 0. ``paraddpm_crn``: warm start with common random numbers (different noise). The few-step
+    solvers of `FEW_STEP_SOLVERS` (``dpmsolver5``, ``dpmsolver10``, ``ddim8``, ``ddim16``) and their
+    Picard versions (``paradpmsolver5``, ...; window K, tol 0.1).
     """
-    return {
+    out = {
         "sequential": SamplerEntry(SamplerConfig()),
-        "paraddpm": SamplerEntry(SamplerConfig(algorithm="picard", window=8)),
-        "paraddpm_warm": SamplerEntry(SamplerConfig(algorithm="picard", window=8, warm_start=True)),
+        "paraddpm": SamplerEntry(PARADDPM),
+        "paraddpm_warm": SamplerEntry(dataclasses.replace(PARADDPM, warm_start=True)),
         "paraddpm_crn": SamplerEntry(
-            SamplerConfig(algorithm="picard", window=8, warm_start=True, common_random_numbers=True)
+            dataclasses.replace(PARADDPM, warm_start=True, common_random_numbers=True)
         ),
-        "ddim": SamplerEntry(SamplerConfig(kind="ddim", num_inference_steps=16)),
     }
+    for name, (kind, K) in FEW_STEP_SOLVERS.items():
+        seq = SamplerConfig(kind=kind, num_inference_steps=K)
+        out[name] = SamplerEntry(seq)
+        out[f"para{name}"] = SamplerEntry(dataclasses.replace(seq, algorithm="picard", window=K))
+    return out
+
+
+def default_run() -> list[str]:
+    """The default comparison: DDPM-100, ParaDDPM, and each few-step solver then its Picard version."""
+    return ["sequential", "paraddpm", *(n for name in FEW_STEP_SOLVERS for n in (name, f"para{name}"))]
+
+
+# --- end frontier2 ---------------------------------------------------------------------------------
 
 
 def _compare_eval() -> EvalConfig:
-    return EvalConfig(n_episodes=50, batch_size=50, max_videos=2)
+    return EvalConfig(n_episodes=50, batch_size=50, max_videos=0)
 
 
 @dataclass
@@ -95,17 +134,22 @@ class CompareConfig:
     same reference starts; `control.tasks.gym_pusht`)."""
     samplers: dict[str, SamplerEntry] = field(default_factory=default_samplers)
     """Named samplers (edit one with ``samplers.<name>.sampler.window=16``; add new names in a YAML)."""
-    run: list[str] = field(default_factory=lambda: ["sequential", "paraddpm"])
-    """The samplers to compare, in order (names from ``samplers``)."""
+    run: list[str] = field(default_factory=default_run)
+    """The samplers to compare, in order (names from ``samplers``; default: `default_run`)."""
     baseline: str = "sequential"
     """The sampler the others are compared with (speedup, score difference)."""
     modes: list[str] = field(default_factory=lambda: ["frozen", "realtime_sim"])
     """Control modes to run, in order (``frozen``, ``realtime_sim``, ``wallclock``)."""
     eval: EvalConfig = field(default_factory=_compare_eval)
-    """Episodes, seeds, batching (frozen), videos (per sampler and mode), noise seed."""
-    realtime_episodes: int = 6
-    """Episodes (the first seeds) of the time-aware modes, run one plan at a time; 0: all. The default
-    keeps the whole default run under 10 minutes on 2 CPU cores (docs/control_modes.md)."""
+    """Episodes, seeds, batching (frozen), videos (per sampler and mode; default none: add them with
+    ``eval.max_videos=2``), noise seed."""
+    realtime_episodes: int = 2
+    """Episodes (the first seeds) of the time-aware modes, run one plan at a time; 0: all. They give the
+    batch-1 chunk latency of the frontier; scores come from the frozen 50 seeds. The default keeps the
+    whole default run near 5 minutes on 2 CPU cores (docs/benchmarks.md)."""
+    frontier_score_tol: float = 0.01
+    """Score-latency frontier: a slower sampler wins a latency budget only if its mean score is more than
+    this above every faster sampler's (`control.frontier`)."""
     control: ControlConfig = field(default_factory=ControlConfig)
     """Controller settings (its ``mode`` is set per run from ``modes``)."""
     plots: bool = True
@@ -155,6 +199,8 @@ class CompareConfig:
             )
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1 or null, got {self.num_threads}")
+        if self.frontier_score_tol < 0:
+            raise ValueError(f"frontier_score_tol must be >= 0, got {self.frontier_score_tol}")
         for name in self.samplers:
             if not name or any(c in name for c in "/\\ ") or name.startswith("."):
                 raise ValueError(f"sampler name {name!r} must be a plain folder name")
@@ -326,6 +372,7 @@ def run_compare(cfg: CompareConfig, out: Path) -> dict[str, Any]:
         "baseline": cfg.baseline,
         "notes": _notes(cfg),
         "checks": _checks(cfg, rows),
+        "frontier": frontier_summary(cfg, results),  # frontier2
         "window_choice": window_choice,
         "runs": {n: {m: run_block(r) for m, r in per.items()} for n, per in results.items()},
         "config": dataclasses.asdict(cfg),
@@ -339,6 +386,17 @@ def run_compare(cfg: CompareConfig, out: Path) -> dict[str, Any]:
         if cfg.latency_sweep:
             paths.append(plots.delay_sweep(rows, out / "plots" / "delay_sweep.png"))
         summary["plots"] = [str(p) for p in paths]
+        if summary["frontier"] is not None:  # frontier2
+            summary["plots"].append(
+                str(
+                    frontier_plot(
+                        _points(summary["frontier"]),
+                        out / "plots" / "frontier.png",
+                        cfg.frontier_score_tol,
+                        "mean score (frozen) vs chunk latency (batch 1)",
+                    )
+                )
+            )
     (out / "compare.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -385,9 +443,10 @@ def _run_all(
     )
     results: Results = {n: {} for n in cfg.run}
     try:
-        for label, name, ec, control in runs:
+        for i, (label, name, ec, control) in enumerate(runs):
             bar.set_description(f"compare {name}/{label}")
             policy.set_sampler(samplers[name])
+            started = time.perf_counter()
             results[name][label] = run_rollouts(
                 policy,
                 dataclasses.replace(ec, progress=False),
@@ -397,6 +456,15 @@ def _run_all(
                 on_steps=bar.update,
                 task=task,
             )
+            if cfg.eval.progress:  # frontier2: one line per run, also where stderr is not a terminal
+                agg, chunk = results[name][label].aggregated, results[name][label].latency["chunk"]
+                print(
+                    f"compare [{i + 1}/{len(runs)}] {label} {name}: score {agg['mean_score']:.3f} over "
+                    f"{agg['n_episodes']} episodes, chunk p50 {fmt(chunk['p50_ms'])} ms, "
+                    f"{time.perf_counter() - started:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
         bar.close()
     return results
@@ -473,6 +541,45 @@ def _checks(cfg: CompareConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return checks
 
 
+# --- frontier2: the score-latency frontier -----------------------------------------------------------
+def frontier_summary(cfg: CompareConfig, results: Results) -> dict[str, Any] | None:
+    """Each sampler's mean score (frozen mode if run, else the first mode) against its batch-1 chunk latency
+    (median compute time in the first time-aware mode), the frontier and the winner per latency budget;
+    None without a time-aware mode (frozen latencies are those of batched calls)."""
+    timed = [m for m in cfg.modes if m != "frozen"]
+    if not timed:
+        return None
+    score_mode = "frozen" if "frozen" in cfg.modes else cfg.modes[0]
+    points = [
+        FrontierPoint(
+            n,
+            results[n][score_mode].aggregated["mean_score"],
+            results[n][timed[0]].latency["chunk"]["compute"]["p50_ms"],
+        )
+        for n in cfg.run
+    ]
+    winners = budget_winners(points, cfg.frontier_score_tol)
+    return {
+        "score_mode": score_mode,
+        "latency_mode": timed[0],
+        "score_tol": cfg.frontier_score_tol,
+        "points": [dataclasses.asdict(p) for p in points],
+        "frontier": [p.name for _, _, p in winners],
+        "winners": [
+            {"from_ms": lo, "to_ms": None if math.isinf(hi) else hi, "sampler": p.name}
+            for lo, hi, p in winners
+        ],
+        "text": format_frontier(points, cfg.frontier_score_tol),
+    }
+
+
+def _points(frontier: dict[str, Any]) -> list[FrontierPoint]:
+    return [FrontierPoint(**p) for p in frontier["points"]]
+
+
+# --- end frontier2 ---------------------------------------------------------------------------------
+
+
 def format_report(summary: dict[str, Any], out: Path) -> str:
     """What `parapolicy-compare` prints: the table, the notes, the checks and the machine load."""
     lines = [format_table(summary["table"])]
@@ -483,6 +590,12 @@ def format_report(summary: dict[str, Any], out: Path) -> str:
         mode = name.split("_score")[0]
         rule = f"within +-{check['tolerance']}" if "tolerance" in check else "not below"
         lines.append(f"{mode} mean score vs {baseline}: {diffs} ({'ok' if check['ok'] else 'NOT'} {rule})")
+    if summary.get("frontier") is not None:  # frontier2
+        fr = summary["frontier"]
+        lines.append(
+            f"scores: {fr['score_mode']} mode; latencies: median batch-1 chunk compute, {fr['latency_mode']}"
+        )
+        lines.append(fr["text"])
     run = summary["run"]
     lines.append(
         f"load average {run['load_avg_1m_start']:.1f} -> {run['load_avg_1m_end']:.1f} "

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from parapolicy.policy.compare import CompareConfig, SamplerEntry, format_table, run_compare
+from parapolicy.policy.compare import PARADDPM, CompareConfig, SamplerEntry, format_table, run_compare
 from parapolicy.policy.config import PolicyConfig, SamplerConfig, UNetConfig
 from parapolicy.policy.control.evaluation import EvalConfig
 from parapolicy.policy.control.rollout import ControlConfig
@@ -63,6 +63,7 @@ def small_compare(checkpoint, **kw) -> CompareConfig:
     base = {
         "policy_path": str(checkpoint),
         "samplers": samplers,
+        "run": ["sequential", "paraddpm"],
         "eval": EvalConfig(n_episodes=3, batch_size=3, max_steps=16, max_videos=1, progress=False),
         "realtime_episodes": 2,
         "control": ControlConfig(warmup_plans=1),
@@ -96,6 +97,16 @@ def test_compare_writes_table_json_eval_info_csvs_plots_videos(checkpoint, tmp_p
     assert rows[("paraddpm", "frozen")]["iters_per_chunk"] > 0
     assert "frozen_score_within_tolerance" in data["checks"]
     assert data["runs"]["paraddpm"]["realtime_sim"]["latency"]["warmup"]["n"] == 1
+    # the frontier: frozen scores against measured batch-1 compute latencies of realtime_sim
+    fr = data["frontier"]
+    assert fr["score_mode"] == "frozen" and fr["latency_mode"] == "realtime_sim" and fr["score_tol"] == 0.01
+    points = {p["name"]: p for p in fr["points"]}
+    assert points["paraddpm"]["score"] == rows[("paraddpm", "frozen")]["mean_score"]
+    assert points["sequential"]["latency_ms"] == rows[("sequential", "realtime_sim")]["chunk_compute_p50_ms"]
+    fastest = min(points.values(), key=lambda p: p["latency_ms"])
+    assert fr["frontier"][0] == fastest["name"] and fr["winners"][0]["from_ms"] == fastest["latency_ms"]
+    assert fr["winners"][-1]["to_ms"] is None and "score-latency frontier" in fr["text"]
+    assert (out / "plots" / "frontier.png").read_bytes()[:4] == PNG
 
     for name in ("sequential", "paraddpm"):
         info = json.loads((out / name / "eval_info.json").read_text())
@@ -170,6 +181,34 @@ def test_compare_refuses_to_overwrite_a_run(checkpoint, tmp_path):
         run_compare(small_compare(checkpoint), out)
 
 
+def test_default_run_has_the_few_step_solvers_and_their_picard_versions():
+    cfg = CompareConfig()
+    assert cfg.run == [
+        "sequential",
+        "paraddpm",
+        "dpmsolver5",
+        "paradpmsolver5",
+        "dpmsolver10",
+        "paradpmsolver10",
+        "ddim8",
+        "paraddim8",
+        "ddim16",
+        "paraddim16",
+    ]
+    s = {n: cfg.samplers[n].sampler for n in cfg.run}
+    assert (s["dpmsolver5"].kind, s["dpmsolver5"].num_inference_steps, s["dpmsolver5"].algorithm) == (
+        "dpmsolver++",
+        5,
+        "sequential",
+    )
+    assert (s["paraddim16"].kind, s["paraddim16"].window, s["paraddim16"].algorithm) == ("ddim", 16, "picard")
+    assert s["paraddpm"] == PARADDPM and s["paraddpm"].num_inference_steps == 100
+    assert cfg.samplers["paraddpm_warm"].sampler.update == PARADDPM.update
+    assert cfg.eval.n_episodes == 50  # the 50 reference seeds stay frozen
+    with pytest.raises(ValueError, match="frontier_score_tol"):
+        CompareConfig(frontier_score_tol=-1.0)
+
+
 def test_compare_missing_checkpoint_fails_clearly(tmp_path):
     cfg = small_compare(tmp_path / "nowhere")
     with pytest.raises(CheckpointError, match=r"cannot load policy_path=.*nowhere.*does not exist"):
@@ -231,11 +270,10 @@ def test_compare_and_profile_entry_points(checkpoint, tmp_path):
         f"policy_path={checkpoint}",
         "eval.max_steps=8",
         "eval.max_videos=0",
-        "eval.progress=false",
         "control.warmup_plans=0",
         "num_threads=1",
     ]
-    proc = cli(
+    proc = cli(  # progress on: one plain line per run on stderr (no bar: stderr is not a terminal)
         "parapolicy.scripts.compare",
         *common,
         "eval.n_episodes=2",
@@ -245,12 +283,15 @@ def test_compare_and_profile_entry_points(checkpoint, tmp_path):
         "samplers.sequential.sampler.window=1",
         "samplers.paraddpm.sampler.num_inference_steps=5",
         "samplers.paraddpm.sampler.window=4",
+        "run=[sequential,paraddpm]",
         "plots=false",
         f"hydra.run.dir={tmp_path / 'cmp'}",
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     assert "step p50/p90/p99/max ms" in proc.stdout and "frozen mean score vs sequential" in proc.stdout
+    assert "score-latency frontier" in proc.stdout and "ms <= budget" in proc.stdout
+    assert "compare [4/4] realtime_sim paraddpm: score" in proc.stderr  # one progress line per run
     assert (tmp_path / "cmp" / "compare.json").exists() and (
         tmp_path / "cmp" / ".hydra" / "config.yaml"
     ).exists()
@@ -258,6 +299,7 @@ def test_compare_and_profile_entry_points(checkpoint, tmp_path):
     proc = cli(
         "parapolicy.scripts.profile",
         *common,
+        "eval.progress=false",
         "eval.n_episodes=1",
         "sampler.num_inference_steps=5",
         "sampler.window=4",
