@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from parapolicy.policy.control import plots  # matplotlib with the Agg backend
+
 __all__ = ["FrontierPoint", "budget_winners", "format_frontier", "frontier_plot", "pareto_frontier"]
 
 
@@ -83,8 +85,6 @@ def frontier_plot(
     points: Sequence[FrontierPoint], path: str | Path, score_tol: float = 0.0, title: str = ""
 ) -> Path:
     """Mean score against chunk latency (log x), one labelled point per sampler, frontier as a step line."""
-    from parapolicy.policy.control import plots  # matplotlib (Agg) is set up there
-
     plt = plots.plt
     front = pareto_frontier(points, score_tol)
     on = {p.name for p in front}
