@@ -81,7 +81,11 @@ FEW_STEP_SOLVERS = {
     "ddim16": ("ddim", 16),
 }
 """The few-step solvers users deploy, by name: (kind, K). Each also runs as Picard over its whole chain
-(``para<name>``: window K, tol 0.1)."""
+(``para<name>``: window K, parareal update, tol `FEW_STEP_TOL`)."""
+FEW_STEP_TOL = 0.01
+"""Picard tolerance of the few-step solvers: their steps are wide, so the DDPM-equivalent variance the
+tolerance is scaled by is large: tol 0.1 accepts plans far from the solver's own sample, 0.01 keeps
+them close (figures in docs/benchmarks.md, "Few-step solvers as Picard")."""
 
 
 def default_samplers() -> dict[str, SamplerEntry]:
@@ -92,7 +96,7 @@ def default_samplers() -> dict[str, SamplerEntry]:
     first window rolled out from the previous chunk's sample (shifted along the horizon) instead of
     x̂₀ = 0. ``paraddpm_crn``: warm start with common random numbers (different noise). The few-step
     solvers of `FEW_STEP_SOLVERS` (``dpmsolver5``, ``dpmsolver10``, ``ddim8``, ``ddim16``) and their
-    Picard versions (``paradpmsolver5``, ...; window K, tol 0.1).
+    Picard versions (``paradpmsolver5``, ...; window K, parareal update, tol `FEW_STEP_TOL`).
     """
     out = {
         "sequential": SamplerEntry(SamplerConfig()),
@@ -105,7 +109,9 @@ def default_samplers() -> dict[str, SamplerEntry]:
     for name, (kind, K) in FEW_STEP_SOLVERS.items():
         seq = SamplerConfig(kind=kind, num_inference_steps=K)
         out[name] = SamplerEntry(seq)
-        out[f"para{name}"] = SamplerEntry(dataclasses.replace(seq, algorithm="picard", window=K))
+        out[f"para{name}"] = SamplerEntry(
+            dataclasses.replace(seq, algorithm="picard", window=K, tol=FEW_STEP_TOL, update="parareal")
+        )
     return out
 
 
