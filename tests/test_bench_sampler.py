@@ -73,7 +73,7 @@ def test_benchmark_rows(tiny_policy):
 
 def test_inpaint_overhead_rows(tiny_policy):
     cfg = SamplerBenchConfig(
-        num_inference_steps=10, windows=(4,), tols=(0.1,), n_chunks=3, repeats=2, inpaint_delay=4
+        num_inference_steps=10, windows=(4,), tols=(0.1,), n_chunks=3, repeats=2, inpaint_delay=4, few_step=()
     )
     result = run_inpaint_overhead(tiny_policy, cfg)
     assert [r["name"] for r in result["inpaint_rows"]] == ["sequential", "picard w=4 tol=0.1"]
