@@ -552,10 +552,11 @@ def frontier_summary(cfg: CompareConfig, results: Results) -> dict[str, Any] | N
     """Each sampler's mean score (frozen mode if run, else the first mode) against its batch-1 chunk latency
     (median compute time in the first time-aware mode), the frontier and the winner per latency budget;
     None without a time-aware mode (frozen latencies are those of batched calls)."""
-    timed = [m for m in cfg.modes if m != "frozen"]
+    labels = run_labels(cfg)  # modes, or `<mode>@<latency>/<stitch>` under sweeps
+    timed = [label for label in labels if label != "frozen"]
     if not timed:
         return None
-    score_mode = "frozen" if "frozen" in cfg.modes else cfg.modes[0]
+    score_mode = "frozen" if "frozen" in labels else labels[0]
     points = [
         FrontierPoint(
             n,
