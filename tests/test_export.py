@@ -63,6 +63,7 @@ def test_compare_runs_a_lerobot_directory(tiny_policy, tmp_path):
     cfg = CompareConfig(
         policy_path=str(path),
         samplers=samplers,
+        run=["sequential", "paraddpm"],
         modes=["frozen"],
         realtime_episodes=0,
         eval=EvalConfig(n_episodes=2, batch_size=2, max_steps=16, max_videos=0, progress=False),
