@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from parapolicy.policy.compare import PARADDPM
 from parapolicy.policy.config import SamplerConfig
 from parapolicy.policy.control import plots
 from parapolicy.policy.control.evaluation import EvalConfig
@@ -39,8 +40,8 @@ class ProfileConfig:
     """Torch device."""
     task: str = "pusht"
     """Environment: ``pusht`` (PushT-v0 of this repository) or ``gym_pusht`` (HuggingFace's gym-pusht)."""
-    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(algorithm="picard", window=8))
-    """The sampler to profile (default: ParaDDPM, window 8, as `parapolicy-compare`'s ``paraddpm``)."""
+    sampler: SamplerConfig = field(default_factory=lambda: dataclasses.replace(PARADDPM))
+    """The sampler to profile (default: `compare.PARADDPM`, as `parapolicy-compare`'s ``paraddpm``)."""
     control: ControlConfig = field(default_factory=lambda: ControlConfig(mode="realtime_sim"))
     """Controller settings (default: realtime_sim at 10 Hz, measured latency)."""
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(n_episodes=3, batch_size=1, max_videos=0))
