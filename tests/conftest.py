@@ -63,3 +63,17 @@ def console_script(name: str) -> str:
     exe = shutil.which(name, path=os.path.dirname(sys.executable)) or shutil.which(name)
     assert exe is not None, f"console script {name} is not installed (pip install -e .)"
     return exe
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny random policy saved with `save_policy`, once per test module (for the job tests)."""
+    from parapolicy.policy.model.pretrained import save_policy
+
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(PolicyConfig(unet=UNetConfig(down_dims=(16, 32), diffusion_step_embed_dim=16)))
+    gen = torch.Generator().manual_seed(1)
+    policy.normalizer.fit(
+        {"obs": torch.rand(200, 20, generator=gen) * 512, "action": torch.rand(200, 2, generator=gen) * 512}
+    )
+    return save_policy(policy, tmp_path_factory.mktemp("ckpt") / "tiny")

@@ -9,15 +9,12 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from parapolicy.policy.compare import PARADDPM, CompareConfig, SamplerEntry, format_table, run_compare
-from parapolicy.policy.config import PolicyConfig, SamplerConfig, UNetConfig
+from parapolicy.policy.config import SamplerConfig
 from parapolicy.policy.control.evaluation import EvalConfig
 from parapolicy.policy.control.rollout import ControlConfig
 from parapolicy.policy.model.checkpoint import CheckpointError
-from parapolicy.policy.model.policy import DiffusionPolicy
-from parapolicy.policy.model.pretrained import save_policy
 from parapolicy.policy.profile import ProfileConfig, format_profile, run_profile
 
 PNG = b"\x89PNG"
@@ -38,18 +35,6 @@ STEP_COLUMNS = [
     "converged",
     "final_residual",
 ]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A tiny random policy saved with `save_policy` (the shipped checkpoint is not in the repo yet)."""
-    torch.manual_seed(0)
-    policy = DiffusionPolicy(PolicyConfig(unet=UNetConfig(down_dims=(16, 32), diffusion_step_embed_dim=16)))
-    gen = torch.Generator().manual_seed(1)
-    policy.normalizer.fit(
-        {"obs": torch.rand(200, 20, generator=gen) * 512, "action": torch.rand(200, 2, generator=gen) * 512}
-    )
-    return save_policy(policy, tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
 def small_compare(checkpoint, **kw) -> CompareConfig:

@@ -7,24 +7,10 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
-from parapolicy.policy.config import PolicyConfig, SamplerConfig, UNetConfig
+from parapolicy.policy.config import SamplerConfig
 from parapolicy.policy.control.evaluation import EvalConfig
 from parapolicy.policy.eval import EvalJobConfig, format_eval, run_eval
-from parapolicy.policy.model.policy import DiffusionPolicy
-from parapolicy.policy.model.pretrained import save_policy
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    policy = DiffusionPolicy(PolicyConfig(unet=UNetConfig(down_dims=(16, 32), diffusion_step_embed_dim=16)))
-    gen = torch.Generator().manual_seed(1)
-    policy.normalizer.fit(
-        {"obs": torch.rand(200, 20, generator=gen) * 512, "action": torch.rand(200, 2, generator=gen) * 512}
-    )
-    return save_policy(policy, tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
 def job(checkpoint, task: str) -> EvalJobConfig:
