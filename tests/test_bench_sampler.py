@@ -76,12 +76,13 @@ def test_inpaint_overhead_rows(tiny_policy):
         num_inference_steps=10, windows=(4,), tols=(0.1,), n_chunks=3, repeats=2, inpaint_delay=4, few_step=()
     )
     result = run_inpaint_overhead(tiny_policy, cfg)
-    assert [r["name"] for r in result["inpaint_rows"]] == ["sequential", "picard w=4 tol=0.1"]
+    names = ["sequential", "picard w=4 tol=0.1", "parareal w=4 tol=0.1"]  # every update of the grid
+    assert [r["name"] for r in result["inpaint_rows"]] == names
     assert result["n_chunks"] == 2 and result["delay"] == 4
     seq = result["inpaint_rows"][0]
     assert seq["iterations_plain"] == seq["iterations_inpaint"] == 10
     assert all(r["ms_plain"]["median"] > 0 and r["ms_inpaint"]["median"] > 0 for r in result["inpaint_rows"])
-    assert "overhead %" in format_inpaint_overhead(result)
+    assert "overhead %" in format_inpaint_overhead(result) and "per row %" in format_inpaint_overhead(result)
     with pytest.raises(ValueError, match="n_chunks >= 2"):
         run_inpaint_overhead(tiny_policy, SamplerBenchConfig(n_chunks=1, inpaint_delay=4))
 
