@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -68,6 +70,12 @@ def test_image_windows_follow_the_lowdim_windows(image_store):
     assert item["pixels"].shape == (2, 96, 96, 3)
     assert isinstance(make_dataset(image_policy_config(), image_store), PushTImageDataset)
     assert type(make_dataset(PolicyConfig(), image_store)) is PushTLowdimDataset
+
+
+def test_make_dataset_refuses_an_obs_dim_the_store_does_not_have(image_store):
+    wrong = dataclasses.replace(image_policy_config(), obs_dim=20)  # the keypoint width, not agent_pos's
+    with pytest.raises(DatasetError, match=r"policy.obs_dim=20 .* 2-d .* set policy.obs_dim=2"):
+        make_dataset(wrong, image_store)
 
 
 def test_a_store_without_images_is_refused(tiny_store):

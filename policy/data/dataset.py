@@ -290,6 +290,11 @@ class PushTLowdimDataset(Dataset):
         """Every action row of the store, (N, 2) float32."""
         return torch.from_numpy(self._action.copy())
 
+    @property
+    def obs_dim(self) -> int:
+        """Width Do of one observation step of this dataset's windows."""
+        return int(self._obs.shape[1])
+
     def __len__(self) -> int:
         return int(self.indices.shape[0])
 

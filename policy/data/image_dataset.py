@@ -99,7 +99,12 @@ def make_dataset(
     split: Literal["train", "val"] = "train",
 ) -> PushTLowdimDataset:
     """The training dataset of ``policy``: keypoint windows for ``state``, image windows for
-    ``pixels_agent_pos``."""
+    ``pixels_agent_pos``.
+
+    Raises:
+        DatasetError: the store lacks what the policy needs, or its observations are not
+            ``policy.obs_dim`` wide (an image policy takes the 2-d agent_pos, a low-dim one 20-d).
+    """
     args = (
         policy.horizon,
         policy.n_obs_steps,
@@ -111,5 +116,14 @@ def make_dataset(
     )
     if policy.obs_type == "pixels_agent_pos":
         C, H, W = policy.vision.image_shape
-        return PushTImageDataset(store_or_path, *args, image_shape=(H, W, C))
-    return PushTLowdimDataset(store_or_path, *args)
+        dataset: PushTLowdimDataset = PushTImageDataset(store_or_path, *args, image_shape=(H, W, C))
+    else:
+        dataset = PushTLowdimDataset(store_or_path, *args)
+    data_dim = dataset.obs_dim
+    if data_dim != policy.obs_dim:
+        what = "agent_pos" if policy.obs_type == "pixels_agent_pos" else "keypoints + agent_pos"
+        raise DatasetError(
+            f"policy.obs_dim={policy.obs_dim} but the {policy.obs_type!r} observations of this store are "
+            f"{data_dim}-d ({what}): set policy.obs_dim={data_dim}"
+        )
+    return dataset
