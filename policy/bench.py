@@ -26,6 +26,7 @@ import dataclasses
 import statistics
 import sys
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -381,33 +382,42 @@ def run_inpaint_overhead(policy: DiffusionPolicy, cfg: SamplerBenchConfig) -> di
         return 1e3 * seconds, res
 
     once(seq, chunks[1], known[0])  # warm-up
-    rows = []
-    for name, sampler in configs.items():
-        ms: dict[bool, list[float]] = {False: [], True: []}
-        iters: dict[bool, list[int]] = {False: [], True: []}
-        per_row: dict[bool, list[float]] = {False: [], True: []}  # ms per model row evaluated
-        for rep in range(cfg.repeats):
-            for chunk, ip in zip(chunks[1:], known, strict=True):
-                for use in (False, True) if rep % 2 == 0 else (True, False):
-                    t, res = once(sampler, chunk, ip if use else None)
-                    ms[use].append(t)
-                    iters[use].append(res.iterations)
-                    per_row[use].append(t / res.rows_evaluated)
-        plain, inp = statistics.median(ms[False]), statistics.median(ms[True])
-        row_plain, row_inp = statistics.median(per_row[False]), statistics.median(per_row[True])
-        rows.append(
-            {
-                "name": name,
-                "ms_plain": _spread(ms[False]),
-                "ms_inpaint": _spread(ms[True]),
-                "overhead_pct": 100.0 * (inp / plain - 1.0),
-                # the imposition's own cost, apart from any change in the iteration count
-                "overhead_per_row_pct": 100.0 * (row_inp / row_plain - 1.0),
-                "iterations_plain": float(np.mean(iters[False])),
-                "iterations_inpaint": float(np.mean(iters[True])),
-            }
-        )
+    rows = [_inpaint_row(name, smp, once, chunks[1:], known, cfg.repeats) for name, smp in configs.items()]
     return {"inpaint_rows": rows, "delay": cfg.inpaint_delay, "n_chunks": len(known)}
+
+
+def _inpaint_row(
+    name: str,
+    sampler: SamplerConfig,
+    once: Callable[[SamplerConfig, dict[str, Tensor], Inpaint | None], tuple[float, SampleResult]],
+    chunks: list[dict[str, Tensor]],
+    known: list[Inpaint],
+    repeats: int,
+) -> dict[str, Any]:
+    """One sampler's row of `run_inpaint_overhead`: each chunk plain and inpainted back to back, in
+    alternating order per repeat; medians of the chunk time and of the time per model row."""
+    ms: dict[bool, list[float]] = {False: [], True: []}
+    iters: dict[bool, list[int]] = {False: [], True: []}
+    per_row: dict[bool, list[float]] = {False: [], True: []}  # ms per model row evaluated
+    for rep in range(repeats):
+        for chunk, ip in zip(chunks, known, strict=True):
+            for use in (False, True) if rep % 2 == 0 else (True, False):
+                t, res = once(sampler, chunk, ip if use else None)
+                ms[use].append(t)
+                iters[use].append(res.iterations)
+                per_row[use].append(t / res.rows_evaluated)
+    plain, inp = statistics.median(ms[False]), statistics.median(ms[True])
+    row_plain, row_inp = statistics.median(per_row[False]), statistics.median(per_row[True])
+    return {
+        "name": name,
+        "ms_plain": _spread(ms[False]),
+        "ms_inpaint": _spread(ms[True]),
+        "overhead_pct": 100.0 * (inp / plain - 1.0),
+        # the imposition's own cost, apart from any change in the iteration count
+        "overhead_per_row_pct": 100.0 * (row_inp / row_plain - 1.0),
+        "iterations_plain": float(np.mean(iters[False])),
+        "iterations_inpaint": float(np.mean(iters[True])),
+    }
 
 
 def format_inpaint_overhead(result: dict[str, Any]) -> str:
