@@ -47,7 +47,7 @@ from parapolicy.policy.control.records import RolloutResult
 from parapolicy.policy.control.rollout import check_policy_settings, run_rollouts
 from parapolicy.policy.control.run_support import fmt, open_policy, progress_bar, run_block
 from parapolicy.policy.control.settings import MODES, STITCH_RULES, ControlConfig, LatencyModel
-from parapolicy.policy.control.tasks import check_task_name, make_task
+from parapolicy.policy.control.tasks import check_task_name, task_for_policy
 from parapolicy.policy.model.policy import DiffusionPolicy
 from parapolicy.policy.run_dir import claim_run_dir
 from parapolicy.policy.run_info import run_info
@@ -443,7 +443,7 @@ def _run_all(
 ) -> Results:
     """Run every sampler in every mode on the task, with one progress bar over all control steps."""
     runs = _runs(cfg)
-    task = make_task(cfg.task)
+    task = task_for_policy(cfg.task, policy.config)  # the policy's observations (state or images)
     bar = progress_bar(
         sum(ec.n_episodes * ec.max_steps for _, _, ec, _ in runs), cfg.eval.progress, "compare"
     )

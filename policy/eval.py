@@ -16,7 +16,7 @@ from typing import Any
 from parapolicy.policy.config import SamplerConfig
 from parapolicy.policy.control.evaluation import EvalConfig
 from parapolicy.policy.control.rollout import evaluate_policy
-from parapolicy.policy.control.tasks import check_task_name, make_task
+from parapolicy.policy.control.tasks import check_task_name, task_for_policy
 from parapolicy.policy.model.pretrained import load_policy
 from parapolicy.policy.run_health import DEFAULT_MAX_REJECTED_SHARE
 from parapolicy.policy.run_info import run_info
@@ -53,7 +53,9 @@ def run_eval(cfg: EvalJobConfig, out: Path) -> dict[str, Any]:
     sampler, auto_window = resolve_sampler(policy, cfg.sampler)  # window="auto": measured here
     policy.set_sampler(sampler)
     video_dir = out / "videos" if cfg.eval.max_videos else None
-    result = evaluate_policy(policy, cfg.eval, video_dir=video_dir, task=make_task(cfg.task))
+    result = evaluate_policy(
+        policy, cfg.eval, video_dir=video_dir, task=task_for_policy(cfg.task, policy.config)
+    )
     result["run"] = {
         **run_info(cfg.device),
         "policy_path": cfg.policy_path,

@@ -24,7 +24,7 @@ from parapolicy.policy.control.records import RolloutResult
 from parapolicy.policy.control.rollout import check_policy_settings, run_rollouts
 from parapolicy.policy.control.run_support import fmt, open_policy, progress_bar, run_block
 from parapolicy.policy.control.settings import ControlConfig
-from parapolicy.policy.control.tasks import check_task_name, make_task
+from parapolicy.policy.control.tasks import check_task_name, task_for_policy
 from parapolicy.policy.run_dir import claim_run_dir
 from parapolicy.policy.run_info import run_info
 from parapolicy.policy.runtime.auto_window import resolve_sampler
@@ -81,7 +81,7 @@ def run_profile(cfg: ProfileConfig, out: Path) -> dict[str, Any]:
             cfg.control,
             video_dir=out / "videos" if ec.max_videos else None,
             on_steps=bar.update,
-            task=make_task(cfg.task),
+            task=task_for_policy(cfg.task, policy.config),
         )
     finally:
         bar.close()

@@ -25,7 +25,7 @@ from parapolicy.policy.control.planner import Planner
 from parapolicy.policy.control.records import TOTAL_COUNTERS, EpisodeRecord, RolloutResult
 from parapolicy.policy.control.settings import ControlConfig, LatencyModel
 from parapolicy.policy.control.smoothness import smoothness
-from parapolicy.policy.control.task import Task
+from parapolicy.policy.control.task import Task, check_task_serves
 from parapolicy.policy.control.timeline import Timeline
 from parapolicy.policy.model.policy import DiffusionPolicy
 from parapolicy.policy.runtime.timing import timed_denoiser
@@ -40,13 +40,14 @@ class Controller:
         policy: the policy (its current sampler is used).
         control: the controller settings.
         eval_cfg: episodes, seeds, batching (``frozen`` only), videos, noise seed.
-        task: the environment (`tasks.make_task`).
+        task: the environment, serving the policy's observations (`tasks.task_for_policy`).
     """
 
     def __init__(
         self, policy: DiffusionPolicy, control: ControlConfig, eval_cfg: EvalConfig, task: Task
     ) -> None:
         check_policy_settings(policy, control, [policy.sampler])
+        check_task_serves(task, policy.config)
         cfg = policy.config
         self.policy, self.control, self.eval_cfg, self.task = policy, control, eval_cfg, task
         self.To = cfg.n_obs_steps

@@ -22,7 +22,8 @@ class Episode:
         ix, seed: episode index and start seed.
         env: the environment (made by the `Task`).
         gen: the CPU generator of this episode's sampling noise.
-        history: the last To policy observations, each (Do,).
+        history: the last To task observations (`Task.observation`), each (Do,) or, for image
+            policies, ``{"pixels", "agent_pos"}``.
         obs, info: the env's latest observation and info (the task derives the safe action from them).
         record: the outcome and counters.
         frames: video frames, or None when not recorded.

@@ -1,6 +1,7 @@
 """Planning and latency: request plans from the policy for a batch of episodes, time them, guard them.
 
-`Planner.plan` validates each episode's observation history, draws its noise and warm start (the one
+`Planner.plan` validates each episode's observation history (low-dim or images: one path,
+`image_observation.history_observation` / `batch_observations`), draws its noise and warm start (the one
 warm-start function, `diffusion.warm_start.next_chunk_inputs`), runs one batched
 `predict_action_chunk`, and returns one `records.Plan` per episode with its latency under the
 `settings.LatencyModel`. Faults (rejected observation, raising sampler, non-finite plan) become fault
@@ -12,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +30,8 @@ from parapolicy.policy.control.stitching import Expectation
 from parapolicy.policy.diffusion.inpaint import Inpaint
 from parapolicy.policy.diffusion.sequential import draw_noise
 from parapolicy.policy.diffusion.warm_start import PreviousChunk, next_chunk_inputs
-from parapolicy.policy.model.policy import OBS_KEY, ChunkPrediction, DiffusionPolicy, ObservationError
+from parapolicy.policy.model.image_observation import batch_observations, history_observation
+from parapolicy.policy.model.policy import ChunkPrediction, DiffusionPolicy, ObservationError
 from parapolicy.policy.runtime.timing import TimedDenoiser
 
 log = logging.getLogger(__name__)
@@ -65,22 +68,23 @@ class Planner:
 
     # ---------------------------------------------------------------------------------------------
     def warmup(
-        self, observation: np.ndarray, rows: int, n_plans: int, pool: ThreadPoolExecutor | None
+        self, observation: Any, rows: int, n_plans: int, pool: ThreadPoolExecutor | None
     ) -> list[float]:
-        """Time ``n_plans`` plans of ``rows`` copies of one observation (To-repeated, throwaway noise)."""
+        """Time ``n_plans`` plans of ``rows`` copies of one task observation (To-repeated, throwaway
+        noise)."""
         To = self.policy.config.n_obs_steps
-        history = torch.as_tensor(np.stack([observation] * To), dtype=torch.float32)  # (To, Do)
-        history = history.unsqueeze(0).expand(rows, -1, -1).contiguous()  # (B, To, Do)
 
         def one(k: int) -> float:
             gens = [torch.Generator().manual_seed(WARMUP_SEED + k * 1000 + b) for b in range(rows)]
             t0 = time.perf_counter_ns()
-            pred = self.policy.predict_action_chunk({OBS_KEY: history}, generator=gens)
+            pred = self.policy.predict_action_chunk(batch, generator=gens)
             pred.plan.cpu()
             return (time.perf_counter_ns() - t0) / 1e6
 
         out = []
         try:
+            history = self.policy.validate_observation(history_observation([observation] * To), history=True)
+            batch = batch_observations([history] * rows)  # (B, To, ...) per key
             for k in range(n_plans):
                 out.append(pool.submit(one, k).result() if pool is not None else one(k))
         except Exception as exc:  # a policy that fails here fails in the episodes too, where it is guarded
@@ -92,10 +96,13 @@ class Planner:
         self,
         eps: Sequence[Episode],
         ticks: Sequence[int],
-        histories: Sequence[np.ndarray],
+        histories: Sequence[Mapping[str, np.ndarray]],
         expect: Sequence[Expectation] | None = None,
     ) -> list[Plan]:
-        """Plan for ``eps`` (histories (To, Do) each) in one batched call; faults become fault plans.
+        """Plan for ``eps`` in one batched call; faults become fault plans.
+
+        ``histories``: one To-step policy observation per episode (`image_observation.history_observation`:
+        ``{"obs": (To, Do)}``, or ``{"pixels": (To, S, S, 3), "agent_pos": (To, Do)}`` for images).
 
         ``expect`` (one per episode, see `stitching`) gives each plan's expected delay and the rows it
         must continue (``stitch=inpaint``); None: no expectation (the world waits).
@@ -106,7 +113,7 @@ class Planner:
         ok_idx, ok_hist = [], []
         for b, h in enumerate(histories):
             try:
-                ok_hist.append(self.policy.validate_observation({OBS_KEY: h}, history=True))  # (1, To, Do)
+                ok_hist.append(self.policy.validate_observation(h, history=True))  # (1, To, ...) per key
                 ok_idx.append(b)
             except ObservationError as exc:
                 self.log_fault_once("observation rejected", exc)
@@ -115,23 +122,28 @@ class Planner:
             sub = [eps[b] for b in ok_idx]
             sub_expect = [expect[b] for b in ok_idx]
             made = self._plan_valid(
-                sub, [ticks[b] for b in ok_idx], torch.cat(ok_hist, dim=0), t_start, sub_expect
+                sub, [ticks[b] for b in ok_idx], batch_observations(ok_hist), t_start, sub_expect
             )
             for b, p in zip(ok_idx, made, strict=True):
                 plans[b] = p
         return plans  # type: ignore[return-value]
 
     def _plan_valid(
-        self, eps: list[Episode], ticks: list[int], history: Tensor, t_start: int, expect: list[Expectation]
+        self,
+        eps: list[Episode],
+        ticks: list[int],
+        history: dict[str, Tensor],
+        t_start: int,
+        expect: list[Expectation],
     ) -> list[Plan]:
-        """One batched sample for episodes whose observations passed; history (B, To, Do)."""
+        """One batched sample for episodes whose observations passed; history (B, To, ...) per key."""
         t_obs_done = time.perf_counter_ns()
         start_row = self.policy.config.action_start
         self._reset_timer()
         try:
             x_T, noise, x0_guess, warm = self._noise_and_guess(eps, ticks)
             pred = self.policy.predict_action_chunk(
-                {OBS_KEY: history}, noise=(x_T, noise), x0_guess=x0_guess, inpaint=self._inpaint(expect)
+                history, noise=(x_T, noise), x0_guess=x0_guess, inpaint=self._inpaint(expect)
             )
             rows = pred.plan[:, start_row : start_row + self.n_rows].detach().cpu().numpy()  # (B, n, Da)
         except Exception as exc:  # the guard: a raising denoiser must not end the rollout

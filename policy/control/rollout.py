@@ -22,7 +22,8 @@ so samplers with the same number of steps consume identical noise. The output gu
 with a non-finite action, a denoiser exception or an invalid observation by the task's safe action
 (PushT: hold the pusher where it is), counted; nothing non-finite ever reaches ``env.step``.
 
-The environment is a `task.Task` (default: PushT-v0, ``tasks.make_task("pusht")``); the controller
+The environment is a `task.Task` (default: PushT-v0 serving the policy's observation type, low-dim or
+images, ``tasks.task_for_policy("pusht", policy.config)``); the controller
 itself (`controller.Controller`, split into `planner`, `timeline` and `records`) knows no task.
 """
 
@@ -41,7 +42,7 @@ from parapolicy.policy.control.evaluation import EvalConfig
 from parapolicy.policy.control.records import RolloutResult
 from parapolicy.policy.control.settings import MODES, ON_MISS, ControlConfig, LatencyModel
 from parapolicy.policy.control.task import Task
-from parapolicy.policy.control.tasks import make_task
+from parapolicy.policy.control.tasks import task_for_policy
 from parapolicy.policy.model.policy import DiffusionPolicy
 
 
@@ -118,13 +119,14 @@ def run_rollouts(
 
     With ``control.auto_budget`` the sampler's window and iteration cap are first chosen for the budget
     (`plan_for_budget`); the policy's own sampler is restored afterwards. The environment is ``task``
-    (default PushT-v0); ``env_factory`` replaces PushT-v0's env (tests pass instrumented envs).
+    (default PushT-v0 with the policy's observations, `tasks.task_for_policy`); ``env_factory`` replaces
+    PushT-v0's env (tests pass instrumented envs).
 
     Raises:
         ValueError: on settings this policy cannot run (e.g. ``control.n_action_steps`` too large).
     """
     if task is None:
-        task = make_task("pusht", env_factory=env_factory)
+        task = task_for_policy("pusht", policy.config, env_factory=env_factory)
     elif env_factory is not None:
         raise ValueError("pass either task or env_factory, not both")
     original = policy.sampler

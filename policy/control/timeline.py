@@ -29,6 +29,7 @@ from parapolicy.policy.control.settings import ControlConfig
 from parapolicy.policy.control.smoothness import action_change
 from parapolicy.policy.control.stitching import DelayEstimator, Expectation, expectation, in_time_request
 from parapolicy.policy.control.task import Task
+from parapolicy.policy.model.image_observation import history_observation
 
 
 @dataclass
@@ -258,7 +259,7 @@ class Timeline:
     def _request(self, need: list[Episode]) -> None:
         """Plan for ``need`` at their current ticks; install the plans that arrive at once."""
         hist_ns = time.perf_counter_ns()
-        histories = [np.stack(e.history) for e in need]  # (To, Do) each
+        histories = [history_observation(e.history) for e in need]  # (To, ...) per key, each
         self.sections.add("observation", time.perf_counter_ns() - hist_ns)
         expect = [self.expectation(e) for e in need]
         plans = self.planner.plan(need, [e.tick for e in need], histories, expect)
@@ -275,7 +276,7 @@ class Timeline:
     def _submit(self, pool: ThreadPoolExecutor, e: Episode) -> Future:
         tick = e.tick
         t_req = time.perf_counter_ns()
-        history = np.stack(e.history)  # snapshot: the main thread keeps appending
+        history = history_observation(e.history)  # a copy: the main thread keeps appending
         expect = self.expectation(e)
 
         def job() -> Plan:

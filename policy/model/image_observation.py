@@ -11,7 +11,7 @@ dict can be passed unchanged. No hydra imports.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -111,15 +111,27 @@ def env_observation(config: PolicyConfig, env_obs: Any) -> dict[str, Any]:
     ``pixels_agent_pos`` policies take the env's ``{"pixels": (H, W, C) uint8, "agent_pos": (Do,)}``.
     """
     if config.obs_type == "pixels_agent_pos":
-        return {
-            PIXELS_KEY: np.asarray(env_obs[PIXELS_KEY]),
-            STATE_KEY: np.asarray(env_obs[STATE_KEY], np.float32),
-        }
+        return image_env_observation(env_obs)
     return {"obs": np.asarray(env_obs, dtype=np.float32)}
 
 
-def history_observation(steps: list[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-    """The To-step history observation of per-step observations (oldest first): each key (To, ...)."""
+def image_env_observation(env_obs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """``{"pixels": (H, W, C) uint8, "agent_pos": (Do,) float32}`` of a ``pixels_agent_pos`` env observation
+    (PushT-v0's or gym-pusht's; the arrays are the env's own, the agent state cast to float32)."""
+    return {
+        PIXELS_KEY: np.asarray(env_obs[PIXELS_KEY]),
+        STATE_KEY: np.asarray(env_obs[STATE_KEY], np.float32),
+    }
+
+
+def history_observation(steps: Sequence[Any]) -> dict[str, np.ndarray]:
+    """The To-step history observation of per-step observations (oldest first): each key (To, ...).
+
+    A step is a policy observation mapping (``{"pixels", "agent_pos"}`` or ``{"obs"}``) or a bare
+    low-dim (Do,) array (a `Task`'s ``state`` observation), which becomes ``{"obs": (To, Do)}``.
+    """
+    if not isinstance(steps[0], Mapping):
+        return {"obs": np.stack([np.asarray(s) for s in steps])}
     return {k: np.stack([np.asarray(s[k]) for s in steps]) for k in steps[0]}
 
 

@@ -23,16 +23,17 @@ import math
 import os
 import platform
 import statistics
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from parapolicy.policy.config import SamplerConfig
 from parapolicy.policy.diffusion.dispatch import run_sampler
 from parapolicy.policy.diffusion.sequential import draw_noise
+from parapolicy.policy.model.image_observation import batch_size
 from parapolicy.policy.model.policy import OBS_KEY, DiffusionPolicy
 from parapolicy.policy.runtime.timing import TimedDenoiser
 
@@ -149,23 +150,41 @@ def interpolate_cost(curve: dict[int, float], rows: int) -> float:
     return float(np.interp(rows, sizes, [curve[s] for s in sizes]))
 
 
-def calibration_observations(policy: DiffusionPolicy, n: int = 4, seed: int = 0) -> Tensor:
-    """(n, To, Do) observation histories drawn uniformly inside the normaliser's observed range."""
+def calibration_observations(policy: DiffusionPolicy, n: int = 4, seed: int = 0) -> Any:
+    """``n`` observation histories drawn uniformly inside the normaliser's observed range.
+
+    Low-dim policies: (n, To, Do). Image policies: ``{"pixels": (n, To, H, W, C) uint8 (uniform noise
+    images), "agent_pos": (n, To, Do)}`` (the window choice only needs conditions the encoder makes).
+    """
+    cfg = policy.config
     stats = policy.normalizer.get_stats(OBS_KEY)
     gen = torch.Generator().manual_seed(seed)
-    u = torch.rand(n, 1, policy.config.obs_dim, generator=gen)
+    u = torch.rand(n, 1, cfg.obs_dim, generator=gen)
     obs = stats["min"] + u * (stats["max"] - stats["min"])  # (n, 1, Do)
-    return obs.expand(n, policy.config.n_obs_steps, policy.config.obs_dim).contiguous()
+    obs = obs.expand(n, cfg.n_obs_steps, cfg.obs_dim).contiguous()  # (n, To, Do)
+    if cfg.obs_type != "pixels_agent_pos":
+        return obs
+    C, H, W = cfg.vision.image_shape
+    pixels = torch.randint(0, 256, (n, 1, H, W, C), generator=gen, dtype=torch.uint8)  # (n, 1, H, W, C)
+    return {"pixels": pixels.expand(n, cfg.n_obs_steps, H, W, C).contiguous(), "agent_pos": obs}
+
+
+def _select(obs: Any, i: int) -> Any:
+    """Row ``i`` of a calibration batch (a tensor or a dict of tensors), keeping the batch axis."""
+    if isinstance(obs, Mapping):
+        return {k: v[i : i + 1] for k, v in obs.items()}
+    return obs[i : i + 1]
 
 
 @torch.no_grad()
 def picard_rows_per_call(
-    policy: DiffusionPolicy, sampler: SamplerConfig, obs: Tensor, seed: int = 0
+    policy: DiffusionPolicy, sampler: SamplerConfig, obs: Any, seed: int = 0
 ) -> tuple[int, ...]:
-    """Rows of every denoiser call of one Picard solve for the batch ``obs`` (B, To, Do)."""
-    obs = policy.validate_observation({OBS_KEY: obs}, history=True)
-    B = obs.shape[0]
-    cond = policy.normalizer.normalize(OBS_KEY, obs).reshape(B, -1)  # (B, To*Do)
+    """Rows of every denoiser call of one Picard solve for the batch ``obs`` (B, To, Do), or a dict of
+    image histories (`calibration_observations`)."""
+    x_obs = policy.validate_observation(obs if isinstance(obs, Mapping) else {OBS_KEY: obs}, history=True)
+    B = batch_size(x_obs)
+    cond = policy.condition(x_obs)  # (B, To*C): the encoder runs here for images
     shape = (B, policy.config.horizon, policy.config.action_dim)
     x_T, noise = draw_noise(policy.table, shape, torch.Generator().manual_seed(seed), device=policy.device)
     return run_sampler(sampler, policy.denoise, x_T, policy.table, noise, cond).rows_per_call
@@ -174,7 +193,7 @@ def picard_rows_per_call(
 def choose_window(
     policy: DiffusionPolicy,
     sampler: SamplerConfig,
-    obs: Tensor | None = None,
+    obs: Any = None,
     candidates: tuple[int, ...] = DEFAULT_CANDIDATES,
     per_sample: bool = True,
 ) -> tuple[int, dict[str, Any]]:
@@ -183,7 +202,8 @@ def choose_window(
     Args:
         policy: the policy (its current step table is used).
         sampler: the Picard settings (tolerance, cap); its ``window`` is ignored.
-        obs: (B, To, Do) calibration observation histories; by default 4 drawn inside the normaliser range.
+        obs: (B, To, Do) calibration observation histories (a dict for images); by default 4 drawn by
+            `calibration_observations`.
         candidates: windows to consider (capped at K).
         per_sample: estimate the latency of planning one sample at a time (each calibration observation
             solved alone, latencies averaged), as a controller does; otherwise of the whole batch at once.
@@ -192,7 +212,7 @@ def choose_window(
         obs = calibration_observations(policy)
     K = policy.table.num_steps
     windows = sorted({min(int(w), K) for w in candidates if int(w) >= 1})
-    batches = [obs[i : i + 1] for i in range(obs.shape[0])] if per_sample else [obs]
+    batches = [_select(obs, i) for i in range(batch_size(obs))] if per_sample else [obs]
     calls = {
         w: [picard_rows_per_call(policy, dataclasses.replace(sampler, window=w), b) for b in batches]
         for w in windows

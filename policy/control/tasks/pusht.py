@@ -1,8 +1,11 @@
 """PushT-v0 of this repository (`parapolicy.envs.PushTEnv`) as a controller `Task`.
 
 Starts: the reference initial state of each seed (`reference_initial_state`, legacy set order), so
-seeds 100000... are the reference test set. Observation: the env's ``keypoints`` vector (20,). Safe
-action: target the pusher's current position (it stops where it is).
+seeds 100000... are the reference test set. Observation, by the policy's ``obs_type``: ``state``, the
+env's ``keypoints`` vector (20,); ``pixels_agent_pos``, the env's ``pixels_agent_pos`` observation
+``{"pixels": (S, S, 3) uint8, "agent_pos": (2,)}`` rendered at ``image_size`` (96 as the reference),
+while ``render()`` draws the video frames at the video size. Safe action: target the pusher's current
+position (it stops where it is).
 """
 
 from __future__ import annotations
@@ -15,35 +18,55 @@ import numpy as np
 
 from parapolicy.envs import PushTEnv, reference_initial_state
 from parapolicy.envs.video import check_video_output, write_mp4
-from parapolicy.policy.control.task import StepScore
+from parapolicy.policy.control.task import StepScore, check_obs_type
+from parapolicy.policy.model.image_observation import image_env_observation
+
+ENV_OBS_TYPE = {"state": "keypoints", "pixels_agent_pos": "pixels_agent_pos"}
+"""PushT-v0's ``obs_type`` for each policy ``obs_type`` (`config.OBS_TYPES`)."""
 
 
 class PushTTask:
-    """PushT-v0, keypoints observation; see the module docstring.
+    """PushT-v0 with the observation the policy takes; see the module docstring.
 
     Args:
-        env_factory: builds one env (tests pass instrumented envs); default a keypoints `PushTEnv`
-            rendering at the requested video size.
+        env_factory: builds one env (tests pass instrumented envs); default a `PushTEnv` with the
+            observation of ``obs_type``, rendering videos at the requested video size.
+        obs_type: the policy's observation type (`config.OBS_TYPES`).
+        image_size: side of the observed images in pixels (``pixels_agent_pos`` only).
     """
 
     name = "pusht"
     render_fps = int(PushTEnv.metadata["render_fps"])
 
-    def __init__(self, env_factory: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self, env_factory: Callable[[], Any] | None = None, obs_type: str = "state", image_size: int = 96
+    ) -> None:
+        check_obs_type(self.name, obs_type, image_size)
         self.env_factory = env_factory
+        self.obs_type = obs_type
+        self.image_size = int(image_size)
 
     def make_env(self, video_size: int) -> Any:
-        """A keypoints `PushTEnv` (or ``env_factory()``)."""
+        """A `PushTEnv` with this task's observation (or ``env_factory()``)."""
         if self.env_factory is not None:
             return self.env_factory()
-        return PushTEnv(obs_type="keypoints", visualization_width=video_size, visualization_height=video_size)
+        size = self.image_size
+        return PushTEnv(
+            obs_type=ENV_OBS_TYPE[self.obs_type],
+            observation_width=size,
+            observation_height=size,
+            visualization_width=video_size,
+            visualization_height=video_size,
+        )
 
     def reset(self, env: Any, seed: int) -> tuple[Any, dict[str, Any]]:
         """Reset to the reference initial state of ``seed``."""
         return env.reset(options={"reset_to_state": reference_initial_state(seed)})
 
-    def observation(self, obs: Any, info: dict[str, Any]) -> np.ndarray:
-        """The env's keypoints observation (20,)."""
+    def observation(self, obs: Any, info: dict[str, Any]) -> Any:
+        """The env's keypoints (20,), or its ``{"pixels", "agent_pos"}`` for an image policy."""
+        if self.obs_type == "pixels_agent_pos":
+            return image_env_observation(obs)
         return np.asarray(obs)
 
     def score(self, reward: float, info: dict[str, Any]) -> StepScore:
