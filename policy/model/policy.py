@@ -81,6 +81,27 @@ class ChunkPrediction:
     noise: Tensor
 
 
+@dataclass(frozen=True)
+class TrainingNoise:
+    """The random draws of one training batch (`DiffusionPolicy.draw_training_noise`), on the CPU.
+
+    Attributes:
+        eps: (B, H, Da) the Gaussian noise added to the normalised actions.
+        t: (B,) int64 diffusion timesteps.
+        crops: (B*To, 2) training crop offsets of an image policy (sample-major), else None.
+    """
+
+    eps: Tensor
+    t: Tensor
+    crops: Tensor | None = None
+
+    def rows(self, start: int, stop: int) -> TrainingNoise:
+        """The draws of windows ``start .. stop - 1`` (one rank's slice of a global batch)."""
+        per = None if self.crops is None else self.crops.shape[0] // self.eps.shape[0]  # To
+        crops = None if per is None else self.crops[start * per : stop * per]
+        return TrainingNoise(self.eps[start:stop], self.t[start:stop], crops)
+
+
 def build_step_table(config: PolicyConfig, sampler: SamplerConfig, device: torch.device | str) -> StepTable:
     """The step table of ``sampler`` for the policy's training schedule."""
     sched = config.schedule
@@ -225,19 +246,42 @@ class DiffusionPolicy(nn.Module):
 
     # ----------------------------------------------------------------------------------------------
     # training
-    def compute_loss(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+    def draw_training_noise(
+        self, shape: tuple[int, int, int], generator: torch.Generator | None = None
+    ) -> TrainingNoise:
+        """The random draws `compute_loss` makes for a (B, H, Da) action batch, in its order: the
+        training crops (image policies in training mode), eps, then t, all on the CPU."""
+        B = shape[0]
+        crops = None
+        if self.config.obs_type == "pixels_agent_pos":
+            crops = self.network.rgb_encoder.draw_crops(B * self.config.n_obs_steps, generator)
+        eps = torch.randn(shape, generator=generator, device="cpu")  # (B, H, Da)
+        T = self.config.schedule.num_train_timesteps
+        t = torch.randint(0, T, (B,), generator=generator, device="cpu")  # (B,)
+        return TrainingNoise(eps, t, crops)
+
+    def compute_loss(
+        self,
+        batch: Mapping[str, Tensor],
+        generator: torch.Generator | None = None,
+        noise: TrainingNoise | None = None,
+    ) -> Tensor:
         """Denoising loss of a batch ``{"obs": (B, H, Do), "action": (B, H, Da)}`` (reference recipe).
 
         The network sees x_t = sqrt(abar_t) a + sqrt(1 - abar_t) eps with t ~ U{0..T-1} per sample and is
-        trained to predict eps (or a / v, per ``prediction_type``) on all H action rows.
+        trained to predict eps (or a / v, per ``prediction_type``) on all H action rows. The draws come
+        from ``noise`` when given (e.g. one rank's rows of a global batch's draws), else from
+        ``generator`` (`draw_training_noise`).
         """
         cfg = self.config
         nact = self.normalizer.normalize("action", batch["action"])  # (B, H, Da)
         B = nact.shape[0]
-        cond = self.condition(self._observation_window(batch), generator)  # (B, To*C)
-        eps = torch.randn(nact.shape, generator=generator, device="cpu").to(nact)
-        t = torch.randint(0, cfg.schedule.num_train_timesteps, (B,), generator=generator, device="cpu")
-        t = t.to(nact.device)
+        if noise is None:
+            noise = self.draw_training_noise(tuple(nact.shape), generator)
+        elif noise.eps.shape != nact.shape:
+            raise ValueError(f"noise.eps has shape {tuple(noise.eps.shape)}, the actions {tuple(nact.shape)}")
+        cond = self.condition(self._observation_window(batch), noise.crops)  # (B, To*C)
+        eps, t = noise.eps.to(nact), noise.t.to(nact.device)
         x_t = add_noise(self.alphas_cumprod, nact, eps, t)
         pred = self.network(x_t, t, cond)
         kind = cfg.schedule.prediction_type
@@ -259,15 +303,16 @@ class DiffusionPolicy(nn.Module):
             return {k: batch[k][:, :To] for k in ("pixels", "agent_pos")}
         return batch[OBS_KEY][:, :To]
 
-    def condition(self, x_obs: Any, generator: torch.Generator | None = None) -> Tensor:
+    def condition(self, x_obs: Any, crops: Tensor | None = None) -> Tensor:
         """The FiLM condition (B, To*C) of validated observation histories (`validate_observation`).
 
         Low-dim: the normalised (B, To, Do) flattened. Images: the encoder runs here, once per chunk,
-        on (B, To) images and the normalised agent state (`vision.VisionUnet.encode`).
+        on (B, To) images and the normalised agent state (`vision.VisionUnet.encode`; ``crops``: its
+        training crop offsets).
         """
         if isinstance(x_obs, Mapping):
             state = self.normalizer.normalize(OBS_KEY, x_obs["agent_pos"])  # (B, To, Do)
-            return self.network.encode(x_obs["pixels"], state, generator)  # (B, To*(Do + 2K))
+            return self.network.encode(x_obs["pixels"], state, crops=crops)  # (B, To*(Do + 2K))
         return self.normalizer.normalize(OBS_KEY, x_obs).flatten(1)  # (B, To*Do)
 
     # ----------------------------------------------------------------------------------------------

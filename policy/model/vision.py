@@ -39,6 +39,7 @@ __all__ = [
     "VisionUnet",
     "build_network",
     "center_crop",
+    "draw_crop_offsets",
     "random_crop",
 ]
 
@@ -51,12 +52,29 @@ def center_crop(x: Tensor, size: tuple[int, int]) -> Tensor:
     return x[..., top : top + h, left : left + w]
 
 
-def random_crop(x: Tensor, size: tuple[int, int], generator: torch.Generator | None = None) -> Tensor:
-    """An independent uniformly placed (h, w) crop of every image of (N, C, H, W) -> (N, C, h, w)."""
+def draw_crop_offsets(
+    n: int, image_hw: tuple[int, int], size: tuple[int, int], generator: torch.Generator | None = None
+) -> Tensor:
+    """(n, 2) uniformly drawn (top, left) offsets of (h, w) crops of (H, W) images (tops drawn first)."""
+    (H, W), (h, w) = image_hw, size
+    top = torch.randint(0, H - h + 1, (n,), generator=generator)  # (n,)
+    left = torch.randint(0, W - w + 1, (n,), generator=generator)  # (n,)
+    return torch.stack((top, left), dim=1)  # (n, 2)
+
+
+def random_crop(
+    x: Tensor, size: tuple[int, int], generator: torch.Generator | None = None, offsets: Tensor | None = None
+) -> Tensor:
+    """An independent uniformly placed (h, w) crop of every image of (N, C, H, W) -> (N, C, h, w).
+
+    ``offsets`` (N, 2) gives the (top, left) corners (`draw_crop_offsets`); by default they are drawn
+    from ``generator``.
+    """
     N, _, H, W = x.shape
     h, w = size
-    top = torch.randint(0, H - h + 1, (N,), generator=generator).to(x.device)  # (N,)
-    left = torch.randint(0, W - w + 1, (N,), generator=generator).to(x.device)  # (N,)
+    if offsets is None:
+        offsets = draw_crop_offsets(N, (H, W), size, generator)
+    top, left = offsets.to(x.device).unbind(1)  # (N,), (N,)
     rows = top[:, None] + torch.arange(h, device=x.device)  # (N, h)
     cols = left[:, None] + torch.arange(w, device=x.device)  # (N, w)
     n = torch.arange(N, device=x.device)[:, None, None]  # (N, 1, 1)
@@ -186,6 +204,7 @@ class RgbEncoder(nn.Module):
         super().__init__()
         self.crop_shape = cfg.crop_shape
         self.crop_is_random = cfg.crop_is_random
+        self.image_hw = tuple(cfg.image_shape[1:])
         self.backbone = resnet_trunk(cfg)
         h, w = cfg.crop_shape or cfg.image_shape[1:]
         with torch.no_grad():
@@ -196,17 +215,28 @@ class RgbEncoder(nn.Module):
         self.out = nn.Linear(cfg.feature_dim, cfg.feature_dim)
         self.feature_dim = cfg.feature_dim
 
-    def crop(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """(N, C, H, W) -> (N, C, h, w): random per image in training, centred in evaluation."""
+    def draw_crops(self, n: int, generator: torch.Generator | None = None) -> Tensor | None:
+        """The (n, 2) random crop offsets `crop` would draw for n images now (None: it draws none)."""
+        if self.crop_shape is None or not (self.training and self.crop_is_random):
+            return None
+        return draw_crop_offsets(n, self.image_hw, self.crop_shape, generator)
+
+    def crop(
+        self, x: Tensor, generator: torch.Generator | None = None, offsets: Tensor | None = None
+    ) -> Tensor:
+        """(N, C, H, W) -> (N, C, h, w): random per image in training (at ``offsets`` when given,
+        else drawn from ``generator``), centred in evaluation."""
         if self.crop_shape is None:
             return x
         if self.training and self.crop_is_random:
-            return random_crop(x, self.crop_shape, generator)
+            return random_crop(x, self.crop_shape, generator, offsets)
         return center_crop(x, self.crop_shape)
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """(N, C, H, W) normalised images -> (N, 2K) features."""
-        x = self.crop(x, generator)  # (N, C, h, w)
+    def forward(
+        self, x: Tensor, generator: torch.Generator | None = None, offsets: Tensor | None = None
+    ) -> Tensor:
+        """(N, C, H, W) normalised images -> (N, 2K) features (``offsets``: see `crop`)."""
+        x = self.crop(x, generator, offsets)  # (N, C, h, w)
         keypoints = self.pool(self.backbone(x))  # (N, K, 2)
         return F.relu(self.out(keypoints.flatten(1)))  # (N, 2K)
 
@@ -236,13 +266,21 @@ class VisionUnet(nn.Module):
         """Total number of parameters (U-Net and encoder)."""
         return sum(p.numel() for p in self.parameters())
 
-    def encode(self, pixels: Tensor, state: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def encode(
+        self,
+        pixels: Tensor,
+        state: Tensor,
+        generator: torch.Generator | None = None,
+        crops: Tensor | None = None,
+    ) -> Tensor:
         """The FiLM condition of a batch of observation histories.
 
         Args:
             pixels: (B, To, H, W, C) uint8 images (as the environment renders them).
             state: (B, To, Ds) normalised agent state.
             generator: optional generator for the training crops.
+            crops: (B*To, 2) training crop offsets (`RgbEncoder.draw_crops`; sample-major, as
+                ``pixels.flatten(0, 1)``) instead of drawing them.
 
         Returns:
             (B, To * (Ds + 2K)): per step [state, image features] (LeRobot's order), steps in order.
@@ -250,7 +288,7 @@ class VisionUnet(nn.Module):
         B, To = pixels.shape[:2]
         images = pixels.flatten(0, 1).permute(0, 3, 1, 2).float() / 255.0  # (B*To, C, H, W) in [0, 1]
         images = (images - self.image_mean) / self.image_std  # (B*To, C, H, W)
-        features = self.rgb_encoder(images, generator).view(B, To, -1)  # (B, To, 2K)
+        features = self.rgb_encoder(images, generator, crops).view(B, To, -1)  # (B, To, 2K)
         return torch.cat((state, features), dim=-1).flatten(1)  # (B, To*(Ds + 2K))
 
 

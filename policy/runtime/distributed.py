@@ -53,12 +53,14 @@ from parapolicy.policy.runtime.timing import TimedDenoiser
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
+    "MIXED_BACKEND",
     "DistInfo",
     "DistributedDenoiser",
     "DistributedDenoiserError",
     "init_distributed",
     "main",
     "shutdown_distributed",
+    "split_sizes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -66,7 +68,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 60.0
 """Default process-group timeout: the longest any rank waits for a peer inside a collective."""
 
-Backend = Literal["auto", "gloo", "nccl"]
+Backend = Literal["auto", "gloo", "nccl", "cpu:gloo,cuda:nccl"]
+MIXED_BACKEND = "cpu:gloo,cuda:nccl"
+"""gloo for CPU tensors and NCCL for CUDA tensors in one group (the torchrun jobs' choice on GPU machines)."""
 DenoiseFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 
 # Header layout (int64): tag, command, N, x dtype, t dtype, cond dtype (-1 = None), x ndim, cond ndim
@@ -138,13 +142,13 @@ def _check_timeout(timeout_s: float) -> float:
 def _resolve_backend(backend: str) -> str:
     if backend == "auto":
         return "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
-    if backend not in ("gloo", "nccl"):
-        raise ValueError(f"backend must be 'auto', 'gloo' or 'nccl', got {backend!r}")
+    if backend not in ("gloo", "nccl", MIXED_BACKEND):
+        raise ValueError(f"backend must be 'auto', 'gloo', 'nccl' or {MIXED_BACKEND!r}, got {backend!r}")
     return backend
 
 
 def _backend_device(backend: str, local_rank: int) -> torch.device:
-    if backend == "nccl":
+    if "nccl" in backend:
         return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
     return torch.device("cpu")
 
@@ -157,12 +161,13 @@ def init_distributed(backend: Backend = "auto", timeout_s: float = DEFAULT_TIMEO
     timeout. If the default group already exists it is reused as it is (its own timeout applies).
 
     Args:
-        backend: "nccl" when CUDA is available and "gloo" otherwise ("auto"), or a fixed choice.
+        backend: "nccl" when CUDA is available and "gloo" otherwise ("auto"), or a fixed choice;
+            `MIXED_BACKEND` routes CPU tensors through gloo and CUDA tensors through NCCL.
         timeout_s: process-group timeout in seconds; with gloo every collective fails after waiting this
             long for a peer. It also bounds the rendezvous.
 
     Returns:
-        The `DistInfo` of this process. With NCCL the current CUDA device is set to `device`.
+        The `DistInfo` of this process. With NCCL (also mixed) the current CUDA device is set to `device`.
 
     Raises:
         ValueError: on a malformed environment or argument.
@@ -189,7 +194,7 @@ def init_distributed(backend: Backend = "auto", timeout_s: float = DEFAULT_TIMEO
     missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
     if missing:
         raise ValueError(f"WORLD_SIZE={world_size} but {', '.join(missing)} is not set; launch with torchrun")
-    if resolved == "nccl":
+    if "nccl" in resolved:
         torch.cuda.set_device(device)
     try:
         dist.init_process_group(
@@ -213,7 +218,7 @@ def shutdown_distributed() -> None:
         logger.warning("destroy_process_group failed: %s", exc)
 
 
-def _split_sizes(n: int, parts: int) -> list[int]:
+def split_sizes(n: int, parts: int) -> list[int]:
     """Row counts of `tensor_split(rows, parts)`: the first n mod parts chunks get one row more."""
     q, r = divmod(n, parts)
     return [q + (k < r) for k in range(parts)]
@@ -450,7 +455,7 @@ class DistributedDenoiser:
         self._broadcast(t_c)
         if c_c is not None:
             self._broadcast(c_c)
-        sizes = _split_sizes(header.n, self._world)
+        sizes = split_sizes(header.n, self._world)
         mine = self._evaluate_slice(header, sizes, x_c, t_c, c_c)  # (m, H, D) padded
         parts = [torch.empty_like(mine) for _ in range(self._world)]
         dist.gather(mine, parts, dst=self._src, group=self._group)
@@ -568,7 +573,7 @@ class DistributedDenoiser:
                 if header.c_rest is not None and header.c_dtype is not None:
                     cond = torch.empty((header.n, *header.c_rest), dtype=header.c_dtype, device=comm)
                     self._broadcast(cond)
-                mine = self._evaluate_slice(header, _split_sizes(header.n, self._world), x, t, cond)
+                mine = self._evaluate_slice(header, split_sizes(header.n, self._world), x, t, cond)
                 dist.gather(mine, None, dst=self._src, group=self._group)
                 self.calls += 1
         except Exception as exc:
