@@ -27,26 +27,36 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from parapolicy.policy.config import PolicyConfig, SamplerConfig
 from parapolicy.policy.control.evaluation import EvalConfig
-from parapolicy.policy.control.rollout import evaluate_policy
 from parapolicy.policy.data.dataset import PushTLowdimDataset
 from parapolicy.policy.data.image_dataset import make_dataset
-from parapolicy.policy.errors import NoRunToResumeError
+from parapolicy.policy.errors import ConfigError, NoRunToResumeError
+from parapolicy.policy.eval import evaluate_across_ranks
 from parapolicy.policy.model.checkpoint import CheckpointError, read_metadata, write_atomic_dir
 from parapolicy.policy.model.ema import EMA
-from parapolicy.policy.model.policy import DiffusionPolicy
+from parapolicy.policy.model.policy import DiffusionPolicy, TrainingNoise
 from parapolicy.policy.model.pretrained import load_policy, load_raw_weights, save_policy
 from parapolicy.policy.model.training_state import load_training_state, save_training_state
 from parapolicy.policy.run_dir import claim_run_dir
+from parapolicy.policy.runtime.distributed import DistInfo
+from parapolicy.policy.runtime.ranks import (
+    broadcast_int,
+    check_same_on_all_ranks,
+    current_ranks,
+    mean_over_ranks,
+    run_on_rank0,
+)
 
 LAST_LINK = "last"
 _OWN_FILES = ("train_config.json", "metrics.jsonl", "checkpoints")
@@ -63,7 +73,7 @@ class TrainConfig:
     num_steps: int = 20000
     """Optimizer steps."""
     batch_size: int = 256
-    """Windows per batch."""
+    """Windows per batch: the global batch, split evenly over the processes of a torchrun job."""
     lr: float = 1e-4
     """Peak learning rate."""
     betas: tuple[float, float] = (0.95, 0.999)
@@ -104,6 +114,8 @@ class TrainConfig:
     """Resume even though the demonstration store differs from the one the checkpoint was trained on."""
     num_threads: int = 0
     """torch CPU threads (0: torch's default)."""
+    device: str = "cpu"
+    """Torch device to train on; under torchrun ``cuda`` means each rank's own GPU (``cuda:LOCAL_RANK``)."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -216,7 +228,7 @@ def _check_run_dir(out: Path, resume: bool) -> None:
 
 
 # may differ between a run and its resumption
-_RUN_CONTROL_FIELDS = ("resume", "progress", "num_threads", "allow_data_change")
+_RUN_CONTROL_FIELDS = ("resume", "progress", "num_threads", "allow_data_change", "device")
 
 
 def _config_json(cfg: TrainConfig) -> str:
@@ -276,113 +288,253 @@ def validation_loss(
     losses, weights = [], []
     for k, first in enumerate(range(0, len(dataset), batch_size)):
         batch = dataset.get_batch(np.arange(first, min(first + batch_size, len(dataset))))
+        batch = {k: v.to(policy.device) for k, v in batch.items()}
         losses.append(float(policy.compute_loss(batch, generator=_seeded(seed, 20_000_000 + k))))
         weights.append(len(batch["action"]))
     return float(np.average(losses, weights=weights))
 
 
+@dataclass
+class _Run:
+    """The state one training run carries from setup into the loop (the same on every rank)."""
+
+    cfg: TrainConfig
+    out: Path
+    ranks: DistInfo
+    device: torch.device
+    train_set: PushTLowdimDataset
+    val_set: PushTLowdimDataset
+    data: dict[str, Any]
+    policy: DiffusionPolicy
+    ema: EMA
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    step: int = 0
+
+
+def _training_device(cfg: TrainConfig, ranks: DistInfo) -> torch.device:
+    """``cfg.device``; under torchrun, ``cuda`` means this rank's GPU (``cuda:LOCAL_RANK``)."""
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and ranks.world_size > 1 and device.index is None:
+        device = torch.device("cuda", ranks.local_rank)
+    return device
+
+
+def _check_batch_split(cfg: TrainConfig, n_windows: int, world_size: int) -> None:
+    """The global batch must split evenly over the ranks (each rank takes an equal slice)."""
+    global_batch = min(cfg.batch_size, n_windows)
+    if global_batch % world_size:
+        clipped = f" (batch_size={cfg.batch_size} clipped to the {n_windows} training windows)"
+        raise ConfigError(
+            f"batch_size={global_batch}{clipped if global_batch != cfg.batch_size else ''} does not split "
+            f"evenly over {world_size} processes: batch_size is the global batch, choose a multiple of "
+            f"{world_size}"
+        )
+
+
+def _setup(cfg: TrainConfig, out: Path) -> _Run:
+    """Claim the run folder (rank 0), load the data (every rank; checked equal) and build the model."""
+    ranks = current_ranks()
+
+    def claim() -> None:
+        _check_run_dir(out, cfg.resume)
+        out.mkdir(parents=True, exist_ok=True)
+
+    run_on_rank0(ranks, claim, "checked the run folder")
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    p = cfg.policy
+    # keypoint windows, or image windows for pixels_agent_pos policies (data/image_dataset.py)
+    train_set = make_dataset(
+        p, cfg.dataset_path, cfg.val_ratio, cfg.max_train_episodes, cfg.seed, split="train"
+    )
+    data = train_set.fingerprint()
+    check_same_on_all_ranks(json.dumps(data, sort_keys=True), ranks, "the demonstration store")
+    _check_batch_split(cfg, len(train_set), ranks.world_size)
+    device = _training_device(cfg, ranks)
+    torch.manual_seed(cfg.seed)
+    policy = DiffusionPolicy(p, train_set.get_normalizer())
+    if cfg.init_policy:
+        policy.network.load_state_dict(load_policy(cfg.init_policy).network.state_dict(), strict=True)
+    policy.to(device)
+    ema = EMA(copy.deepcopy(policy), power=cfg.ema_power, max_decay=cfg.ema_max_decay)
+    optimizer = torch.optim.AdamW(
+        policy.network.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, cfg.num_steps))
+    val_set = train_set.get_validation_dataset()
+    return _Run(cfg, out, ranks, device, train_set, val_set, data, policy, ema, optimizer, scheduler)
+
+
+def _resume_point(run: _Run) -> int:
+    """Rank 0: check the run folder for a resume and return the checkpoint step to load (-1: none),
+    or write ``train_config.json`` of a new run (returns -1)."""
+    cfg, out = run.cfg, run.out
+    if not cfg.resume:
+        (out / "train_config.json").write_text(_config_json(cfg))
+        return -1
+    saved = (out / "train_config.json").read_text()
+    if saved != _config_json(cfg):
+        raise CheckpointError(
+            f"resume=true but the config differs from {out / 'train_config.json'} "
+            f"(only {', '.join(_RUN_CONTROL_FIELDS)} may change when resuming)"
+        )
+    last = find_resume_checkpoint(out)
+    if last is None:
+        warnings.warn(
+            f"{out} has no complete checkpoint (the run stopped before its first save): restarting it "
+            "from step 0 in place",
+            stacklevel=2,
+        )
+        (out / "checkpoints" / LAST_LINK).unlink(missing_ok=True)
+        _truncate_metrics(out / "metrics.jsonl", 0)
+        return -1
+    _check_data_unchanged(last, run.data, cfg.allow_data_change)
+    step = int(last.name)
+    _truncate_metrics(out / "metrics.jsonl", step)
+    return step
+
+
+def _load_checkpoint(run: _Run, ckpt: Path) -> None:
+    """Every rank: continue from ``ckpt`` (EMA and raw weights, optimizer, schedule, RNG, step)."""
+    run.ema.shadow = load_policy(ckpt / "pretrained_model", device=run.device)
+    run.ema.shadow.requires_grad_(False)
+    run.policy.network.load_state_dict(load_raw_weights(ckpt / "pretrained_model"), strict=True)
+    run.step, run.ema.optimization_step = load_training_state(
+        ckpt / "training_state", run.optimizer, run.scheduler
+    )
+
+
+class _Loss(nn.Module):
+    """``forward`` = `DiffusionPolicy.compute_loss`, so that DistributedDataParallel can wrap it."""
+
+    def __init__(self, policy: DiffusionPolicy) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, batch: dict[str, torch.Tensor], noise: TrainingNoise) -> torch.Tensor:
+        return self.policy.compute_loss(batch, noise=noise)
+
+
+def _loss_fn(run: _Run) -> nn.Module:
+    """The loss module: plain in one process, under DistributedDataParallel across ranks (gradients
+    averaged over the ranks; parameters and buffers broadcast from rank 0 when it is built)."""
+    loss = _Loss(run.policy)
+    if run.ranks.world_size == 1:
+        return loss
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [run.device.index] if run.device.type == "cuda" else None
+    return DistributedDataParallel(loss, device_ids=ids)
+
+
+def _step_batch(run: _Run, batches: _Batches) -> tuple[dict[str, torch.Tensor], TrainingNoise]:
+    """This rank's slice of step ``run.step``'s global batch and of its noise draws."""
+    idx = batches.indices(run.step)  # the global batch: the same on every rank
+    per_rank = len(idx) // run.ranks.world_size
+    lo, hi = run.ranks.rank * per_rank, (run.ranks.rank + 1) * per_rank
+    batch = {k: v.to(run.device) for k, v in run.train_set.get_batch(idx[lo:hi]).items()}
+    shape = (len(idx), *batch["action"].shape[1:])  # (B, H, Da) of the global batch
+    noise = run.policy.draw_training_noise(shape, _seeded(run.cfg.seed, run.step)).rows(lo, hi)
+    return batch, noise
+
+
 def train(cfg: TrainConfig, out: Path) -> Path:
     """Train a policy into run folder ``out``; returns the final checkpoint directory.
+
+    Under torchrun (a default process group exists, `runtime.ranks.current_ranks`), every rank calls
+    this: ``cfg.batch_size`` is the global batch, each rank trains on its equal slice of it with
+    DistributedDataParallel, and rank 0 alone writes the run folder (docs/distributed.md).
 
     Raises:
         RunFolderError: if ``out`` already holds a run and ``cfg.resume`` is false.
         NoRunToResumeError: if ``cfg.resume`` is true and ``out`` holds no run.
         CheckpointError: if resuming with a different config, a broken checkpoint, or (unless
             ``cfg.allow_data_change``) a demonstration store that differs from the checkpoint's.
+        ConfigError: if the global batch does not split evenly over the ranks.
+        PeerRankError: on ranks > 0, when rank 0 failed in a step only it runs.
     """
-    out = Path(out)
-    _check_run_dir(out, cfg.resume)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    out.mkdir(parents=True, exist_ok=True)
-    p = cfg.policy
-    # keypoint windows, or image windows for pixels_agent_pos policies (data/image_dataset.py)
-    train_set = make_dataset(
-        p, cfg.dataset_path, cfg.val_ratio, cfg.max_train_episodes, cfg.seed, split="train"
-    )
-    val_set = train_set.get_validation_dataset()
-    data = train_set.fingerprint()
-    torch.manual_seed(cfg.seed)
-    policy = DiffusionPolicy(p, train_set.get_normalizer())
-    if cfg.init_policy:
-        policy.network.load_state_dict(load_policy(cfg.init_policy).network.state_dict(), strict=True)
-    ema = EMA(copy.deepcopy(policy), power=cfg.ema_power, max_decay=cfg.ema_max_decay)
-    optimizer = torch.optim.AdamW(
-        policy.network.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, cfg.num_steps))
-    step = 0
-    if cfg.resume:
-        saved = (out / "train_config.json").read_text()
-        if saved != _config_json(cfg):
-            raise CheckpointError(
-                f"resume=true but the config differs from {out / 'train_config.json'} "
-                f"(only {', '.join(_RUN_CONTROL_FIELDS)} may change when resuming)"
-            )
-        last = find_resume_checkpoint(out)
-        if last is None:
-            warnings.warn(
-                f"{out} has no complete checkpoint (the run stopped before its first save): restarting it "
-                "from step 0 in place",
-                stacklevel=2,
-            )
-            (out / "checkpoints" / LAST_LINK).unlink(missing_ok=True)
-        else:
-            _check_data_unchanged(last, data, cfg.allow_data_change)
-            ema.shadow = load_policy(last / "pretrained_model")
-            ema.shadow.requires_grad_(False)
-            policy.network.load_state_dict(load_raw_weights(last / "pretrained_model"), strict=True)
-            step, ema.optimization_step = load_training_state(last / "training_state", optimizer, scheduler)
-        _truncate_metrics(out / "metrics.jsonl", step)
-    else:
-        (out / "train_config.json").write_text(_config_json(cfg))
+    run = _setup(cfg, Path(out))
+    step = run_on_rank0(run.ranks, lambda: _resume_point(run), "checked the run to resume")
+    step = broadcast_int(step if step is not None else -1, run.ranks)
+    if step >= 0:
+        _load_checkpoint(run, run.out / "checkpoints" / f"{step:06d}")
+    return _loop(run)
 
-    batches = _Batches(len(train_set), cfg.batch_size, cfg.seed)
-    metrics = open(out / "metrics.jsonl", "a")  # noqa: SIM115 - closed in finally
-    bar = tqdm(total=cfg.num_steps, initial=step, desc="train", disable=not cfg.progress)
+
+def _log_row(run: _Run, window_loss: list[float], decay: float, elapsed: float) -> dict[str, Any]:
+    """The metrics row of a log step; the loss is the mean over the window's global batches."""
+    losses = mean_over_ranks(window_loss, run.ranks)  # each step's global-batch loss
+    return {
+        "step": run.step,
+        "loss": float(np.mean(losses)),
+        "lr": run.scheduler.get_last_lr()[0],
+        "ema_decay": decay,
+        "steps_per_s": len(window_loss) / max(elapsed, 1e-9),
+    }
+
+
+def _loop(run: _Run) -> Path:
+    cfg, out, main = run.cfg, run.out, run.ranks.is_main
+    batches = _Batches(len(run.train_set), cfg.batch_size, cfg.seed)
+    loss_fn = _loss_fn(run)
+    metrics = open(out / "metrics.jsonl", "a") if main else None  # noqa: SIM115 - closed in finally
+    bar = tqdm(total=cfg.num_steps, initial=run.step, desc="train", disable=not (cfg.progress and main))
     window_loss, window_start = [], time.perf_counter()
-    last_ckpt = None
+
+    def write(row: dict[str, Any]) -> None:
+        metrics.write(json.dumps(row) + "\n")
+
     try:
-        policy.train()
-        while step < cfg.num_steps:
-            batch = train_set.get_batch(batches.indices(step))
-            loss = policy.compute_loss(batch, generator=_seeded(cfg.seed, step))
-            optimizer.zero_grad(set_to_none=True)
+        run.policy.train()
+        while run.step < cfg.num_steps:
+            loss = loss_fn(*_step_batch(run, batches))
+            run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
-            scheduler.step()
-            decay = ema.update(policy)
-            step += 1
+            run.optimizer.step()
+            run.scheduler.step()
+            decay = run.ema.update(run.policy)
+            run.step += 1
             window_loss.append(float(loss.detach()))
             bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.num_steps:
-                elapsed = time.perf_counter() - window_start
-                row = {
-                    "step": step,
-                    "loss": float(np.mean(window_loss)),
-                    "lr": scheduler.get_last_lr()[0],
-                    "ema_decay": decay,
-                    "steps_per_s": len(window_loss) / max(elapsed, 1e-9),
-                }
-                bar.set_postfix(loss=f"{row['loss']:.4f}")
-                metrics.write(json.dumps(row) + "\n")
+            if run.step % cfg.log_every == 0 or run.step == cfg.num_steps:
+                row = _log_row(run, window_loss, decay, time.perf_counter() - window_start)
+                if main:
+                    bar.set_postfix(loss=f"{row['loss']:.4f}")
+                    write(row)
                 window_loss, window_start = [], time.perf_counter()
-            if cfg.val_every and (step % cfg.val_every == 0 or step == cfg.num_steps):
-                ema.shadow.eval()
-                row = {
-                    "step": step,
-                    "val_loss": validation_loss(ema.shadow, val_set, cfg.batch_size, cfg.seed),
-                }
-                metrics.write(json.dumps(row) + "\n")
-            if cfg.eval_every and step % cfg.eval_every == 0:
-                ema.shadow.eval()
-                ema.shadow.set_sampler(cfg.eval_sampler)
-                agg = evaluate_policy(ema.shadow, cfg.eval)["aggregated"]
-                metrics.write(json.dumps({"step": step, "eval": agg}) + "\n")
-            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.num_steps:
-                last_ckpt = _save_checkpoint(out, policy, ema, optimizer, scheduler, step, data)
-            metrics.flush()
+            _periodic(run, write)
+            if metrics is not None:
+                metrics.flush()
     finally:
         bar.close()
-        metrics.close()
-    return last_ckpt if last_ckpt is not None else (out / "checkpoints" / LAST_LINK).resolve()
+        if metrics is not None:
+            metrics.close()
+    return (out / "checkpoints" / LAST_LINK).resolve()
+
+
+def _periodic(run: _Run, write: Callable[[dict[str, Any]], None]) -> None:
+    """Validation loss and checkpoints (rank 0 while the others wait), closed-loop evaluation (seeds
+    split over the ranks) when their step comes."""
+    cfg, step, ema = run.cfg, run.step, run.ema
+    if cfg.val_every and (step % cfg.val_every == 0 or step == cfg.num_steps):
+
+        def validate() -> None:
+            ema.shadow.eval()
+            write(
+                {"step": step, "val_loss": validation_loss(ema.shadow, run.val_set, cfg.batch_size, cfg.seed)}
+            )
+
+        run_on_rank0(run.ranks, validate, "measured the validation loss")
+    if cfg.eval_every and step % cfg.eval_every == 0:
+        ema.shadow.eval()
+        ema.shadow.set_sampler(cfg.eval_sampler)
+        result = evaluate_across_ranks(ema.shadow, cfg.eval, run.ranks)
+        if result is not None:
+            write({"step": step, "eval": result["aggregated"]})
+    if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.num_steps:
+        run_on_rank0(
+            run.ranks,
+            lambda: _save_checkpoint(run.out, run.policy, ema, run.optimizer, run.scheduler, step, run.data),
+            f"saved the checkpoint of step {step}",
+        )

@@ -27,7 +27,6 @@ KNOWN_EXCEPTIONS: set[str] = {
     "model/networks.py:__init__",
     "runtime/distributed.py:DistributedDenoiser",
     "runtime/distributed.py:main",
-    "train.py:train",
 }
 
 

@@ -88,7 +88,7 @@ class Controller:
         finally:
             if pool is not None:
                 pool.shutdown(wait=True)
-        agg = _aggregate(records, time.perf_counter() - start, time.process_time() - cpu_start)
+        agg = aggregate_episodes(records, time.perf_counter() - start, time.process_time() - cpu_start)
         agg["smoothness"] = smoothness(logs[0])
         lat = latency_summary(logs[0], logs[1], control.effective_budget_ms, warmup_ms, logs[2])
         lat.update(mode=control.mode, hz=control.hz, latency_model=control.latency_model, batch_size=batch)
@@ -174,7 +174,7 @@ class Controller:
         return e.record.as_dict()
 
 
-def _aggregate(records: list[dict[str, Any]], wall_s: float, cpu_s: float) -> dict[str, Any]:
+def aggregate_episodes(records: list[dict[str, Any]], wall_s: float, cpu_s: float) -> dict[str, Any]:
     """`evaluation.aggregate` plus the controller's totals."""
     agg = aggregate(records, wall_s)
     for key in TOTAL_COUNTERS:

@@ -144,6 +144,11 @@ def run_rollouts(
     return result
 
 
+def reference_control() -> ControlConfig:
+    """The control settings of the reference evaluation protocol (`evaluate_policy`)."""
+    return ControlConfig(mode="frozen", warmup_plans=0)
+
+
 def evaluate_policy(
     policy: DiffusionPolicy,
     cfg: EvalConfig,
@@ -183,7 +188,7 @@ def evaluate_policy(
         result = run_rollouts(
             policy,
             cfg,
-            ControlConfig(mode="frozen", warmup_plans=0),
+            reference_control(),
             video_dir=video_dir,
             on_episode=finished,
             task=task,
@@ -203,5 +208,6 @@ __all__ = [
     "check_policy_settings",
     "evaluate_policy",
     "plan_for_budget",
+    "reference_control",
     "run_rollouts",
 ]

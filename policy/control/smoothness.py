@@ -10,6 +10,7 @@ change / mean in-chunk change (1 = boundaries are invisible).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -52,7 +53,8 @@ def smoothness(steps: StepLog, episode: int | None = None) -> dict[str, Any]:
     inchunk = keep & (src == SOURCE_CODE["queued"])
 
     def mean(mask: np.ndarray) -> float | None:
-        return float(change[mask].mean()) if mask.any() else None
+        # exact sum: the same value whatever the row order (e.g. episodes split over torchrun ranks)
+        return math.fsum(change[mask].tolist()) / int(mask.sum()) if mask.any() else None
 
     def top(mask: np.ndarray) -> float | None:
         return float(change[mask].max()) if mask.any() else None
