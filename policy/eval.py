@@ -4,18 +4,23 @@
 rollouts from the reference initial states of seeds ``eval.start_seed ..``) on the chosen task and
 writes ``eval_info.json`` (+ videos) into the run folder.
 
-Under torchrun (`evaluate_across_ranks`) the seeds are split over the ranks in contiguous blocks (rank r
-takes the r-th block; the first ``n mod W`` ranks one seed more), every rank runs its block, and rank 0
-gathers the per-episode records and writes the one ``eval_info.json``: the same records in seed order and
-the same aggregates as one process, except the measured times (``aggregated.eval_s``, ``eval_ep_s``:
-rank 0's wall time of the whole run; ``cpu_s``: summed over the ranks) and ``run.world_size``. Videos
-of the first ``eval.max_videos`` episodes are written by the ranks that run them, under the same names.
+Under torchrun (`evaluate_across_ranks`) the seeds are split over the ranks in contiguous blocks of
+whole lockstep batches: the episodes form batches of ``eval.batch_size`` as in one process, and rank r
+takes the r-th contiguous block of batches (the first ``n_batches mod W`` ranks one batch more). So every
+planning call sees the same episodes as in one process, and the results are identical bit for bit (the
+U-Net's float rounding depends on the batch it runs in). Choose ``eval.batch_size <= n_episodes / W`` to
+keep every rank busy. Rank 0 gathers the per-episode records and writes the one ``eval_info.json``: the
+same records in seed order and the same aggregates as one process, except the measured times
+(``aggregated.eval_s``, ``eval_ep_s``: rank 0's wall time of the whole run; ``cpu_s``: summed over the
+ranks) and ``run.world_size``. Videos of the first ``eval.max_videos`` episodes are written by the
+ranks that run them, under the one-process names.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +42,8 @@ from parapolicy.policy.run_info import run_info
 from parapolicy.policy.runtime.auto_window import resolve_sampler
 from parapolicy.policy.runtime.distributed import DistInfo
 from parapolicy.policy.runtime.ranks import broadcast_int, contiguous_block, current_ranks, gather_json
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -122,7 +129,19 @@ def evaluate_across_ranks(
     if ranks.world_size == 1:
         return evaluate_policy(policy, cfg, video_dir=video_dir, task=task)
     start = time.perf_counter()
-    offset, count = contiguous_block(cfg.n_episodes, ranks)
+    n_batches = -(-cfg.n_episodes // cfg.batch_size)
+    if n_batches < ranks.world_size and ranks.is_main:
+        logger.warning(
+            "eval.batch_size=%d makes %d lockstep batch(es) for %d processes, so some stay idle; choose "
+            "eval.batch_size <= %d",
+            cfg.batch_size,
+            n_batches,
+            ranks.world_size,
+            max(1, cfg.n_episodes // ranks.world_size),
+        )
+    first, n_mine = contiguous_block(n_batches, ranks)
+    offset = first * cfg.batch_size
+    count = min(cfg.n_episodes, (first + n_mine) * cfg.batch_size) - offset
     mine: dict[str, Any] = {"per_episode": [], "cpu_s": 0.0, "change": [], "source": [], "episode": []}
     if count:
         block = dataclasses.replace(

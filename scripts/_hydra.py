@@ -7,7 +7,9 @@ Only `scripts/` imports Hydra; library code receives plain dataclasses.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
+import os
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -23,6 +25,57 @@ from parapolicy.policy.run_dir import claim_run_dir
 
 CONFIG_PATH = "../configs"  # relative to this package: the repository's (or the wheel's) configs/
 VERSION_BASE = "1.3"
+DIST_TIMEOUT_ENV = "PARAPOLICY_DIST_TIMEOUT_S"
+DEFAULT_DIST_TIMEOUT_S = 1800.0  # torch's own default for gloo; a rank waits this long for a peer
+# overrides of ranks > 0 under torchrun: they write nothing into the run folder
+_QUIET_RANK_OVERRIDES = (
+    "hydra.output_subdir=null",
+    "hydra/job_logging=disabled",
+    "hydra/hydra_logging=disabled",
+)
+_launch_time: datetime.datetime | None = None
+
+
+def _launch_time_resolver(pattern: str) -> str:
+    """``${launch_time:<strftime pattern>}``: the job's start, the same on every torchrun rank."""
+    global _launch_time
+    if _launch_time is None:
+        _launch_time = datetime.datetime.now()
+    return _launch_time.strftime(pattern)
+
+
+OmegaConf.register_new_resolver("launch_time", _launch_time_resolver, replace=True)
+
+
+def torchrun_main(hydra_main: Callable[[], None]) -> None:
+    """Run a Hydra entry point once per torchrun rank (or once, without torchrun).
+
+    With ``WORLD_SIZE > 1`` the default process group is created before Hydra starts (gloo for CPU
+    tensors, plus NCCL for CUDA tensors when CUDA is available; timeout ``$PARAPOLICY_DIST_TIMEOUT_S``,
+    default 1800 s), rank 0's start time is shared so that every rank resolves the same default run
+    folder, and ranks > 0 run Hydra without its ``.hydra/`` files and log file. The group is destroyed
+    when the job ends.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        hydra_main()
+        return
+    from parapolicy.policy.runtime.distributed import MIXED_BACKEND, init_distributed, shutdown_distributed
+    from parapolicy.policy.runtime.ranks import broadcast_int
+
+    global _launch_time
+    timeout_s = float(os.environ.get(DIST_TIMEOUT_ENV, DEFAULT_DIST_TIMEOUT_S))
+    import torch
+
+    backend = MIXED_BACKEND if torch.cuda.is_available() else "gloo"
+    info = init_distributed(backend, timeout_s)
+    try:
+        now_us = broadcast_int(int(datetime.datetime.now().timestamp() * 1e6), info)
+        _launch_time = datetime.datetime.fromtimestamp(now_us / 1e6)
+        if not info.is_main:
+            sys.argv.extend(_QUIET_RANK_OVERRIDES)
+        hydra_main()
+    finally:
+        shutdown_distributed()
 
 
 def register_schema(name: str, node: type) -> None:
@@ -74,8 +127,9 @@ def command(name: str, outputs: Iterable[str] = ()) -> Callable[[Callable[[DictC
     """Wrap a Hydra task function: claim its run folder, print known refusals as one line.
 
     Put it under ``@hydra.main``. Before the body runs, the run folder is refused if it already holds
-    any of ``outputs`` (`parapolicy.policy.run_dir.claim_run_dir`; commands whose library function
-    claims its own folder pass none). A `ParapolicyError` raised by the body prints
+    any of ``outputs`` (`parapolicy.policy.run_dir.claim_run_dir`, on rank 0 only under torchrun;
+    commands whose library function claims its own folder pass none). A `ParapolicyError` raised by the
+    body prints
     ``<name>: error: <message>`` on stderr and exits with the error's ``exit_code`` (see
     `parapolicy.policy.errors`); any other exception keeps Hydra's traceback.
     """
@@ -86,7 +140,7 @@ def command(name: str, outputs: Iterable[str] = ()) -> Callable[[Callable[[DictC
         def task(cfg: DictConfig) -> None:
             try:
                 if names:
-                    claim_run_dir(run_dir(), names, name)
+                    _claim_on_rank0(run_dir(), names, name)
                 fn(cfg)
             except ParapolicyError as exc:
                 print(f"{name}: error: {exc}", file=sys.stderr, flush=True)
@@ -95,3 +149,15 @@ def command(name: str, outputs: Iterable[str] = ()) -> Callable[[Callable[[DictC
         return task
 
     return wrap
+
+
+def _claim_on_rank0(out: Path, names: tuple[str, ...], command_name: str) -> None:
+    """`claim_run_dir` on rank 0 (the only rank that writes); the other ranks wait for its verdict."""
+    from parapolicy.policy.runtime.ranks import current_ranks, run_on_rank0
+
+    run_on_rank0(current_ranks(), lambda: claim_run_dir(out, names, command_name), "claimed the run folder")
+
+
+def is_main_rank() -> bool:
+    """Whether this process prints the command's summary (rank 0, or the only process)."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
