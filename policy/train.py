@@ -9,6 +9,10 @@ seeded with (seed, e), and the diffusion noise and timesteps of step s come from
 with (seed, s). Everything is a function of the step number, so resuming from a checkpoint replays
 exactly what an uninterrupted run would have done.
 
+Across processes (torchrun; docs/distributed.md): ``batch_size`` is the global batch; every rank draws
+the same indices and noise and trains on its equal slice under DistributedDataParallel, so N processes
+follow the one-process run to float rounding. Rank 0 alone writes the run folder.
+
 Run folder layout::
 
     train_config.json      the full TrainConfig of the run
