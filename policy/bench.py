@@ -337,7 +337,7 @@ def _continuation(policy: DiffusionPolicy, previous: Tensor, delay: int) -> Inpa
     """The `Inpaint` of a plan requested Ta ticks after ``previous`` (B, H, Da, environment units)."""
     cfg, Ta, start = policy.config, policy.config.n_action_steps, policy.config.action_start
     rows = previous[0, start:].cpu().numpy()  # (H - start, Da) executable rows
-    k = known_rows(rows, 0, Ta, delay, cfg.horizon, start, last_action=rows[Ta - 1])
+    k = known_rows(rows, Ta, delay, cfg.horizon, start, last_action=rows[Ta - 1])
     assert k is not None
     target = policy.normalizer.normalize("action", torch.from_numpy(k.actions).float())[None]  # (1, H, Da)
     weight = torch.from_numpy(k.weight).float().view(1, -1, 1)  # (1, H, 1)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from parapolicy.envs import PushTEnv
 from parapolicy.policy.config import SamplerConfig
 from parapolicy.policy.control.evaluation import EvalConfig
 from parapolicy.policy.control.latency import SOURCE_CODE, StepLog
@@ -35,7 +36,7 @@ def rtc(i: int, committed: int, end: int) -> float:
 def test_known_rows_hand_checked():
     """Plan requested at 0 (15 rows, row j = tick j); new request at 8 with d = 3; H = 16, To = 2."""
     current = np.stack([np.arange(15.0), np.full(15, 7.0)], axis=1)  # (15, 2)
-    k = known_rows(current, 0, 8, 3, horizon=16, start=1, last_action=np.array([-1.0, -2.0]))
+    k = known_rows(current, 8, 3, horizon=16, start=1, last_action=np.array([-1.0, -2.0]))
     assert k is not None and k.committed == 3
     # row 0 = tick 7 (the action sent), rows 1-3 = ticks 8-10 (committed), rows 4-7 = ticks 11-14 (overlap)
     assert np.array_equal(k.actions[0], [-1.0, -2.0])
@@ -47,18 +48,29 @@ def test_known_rows_hand_checked():
 
 def test_known_rows_without_the_overlap():
     current = np.stack([np.arange(15.0), np.full(15, 7.0)], axis=1)  # (15, 2)
-    k = known_rows(current, 0, 8, 3, horizon=16, start=1, last_action=np.array([-1.0, -2.0]), overlap=False)
+    k = known_rows(current, 8, 3, horizon=16, start=1, last_action=np.array([-1.0, -2.0]), overlap=False)
     assert k is not None and k.committed == 3 and k.weight.tolist() == [1.0] * 4 + [0.0] * 12
     assert np.array_equal(k.actions[1:4, 0], [8.0, 9.0, 10.0])
 
 
 def test_known_rows_when_the_current_plan_runs_out():
     current = np.zeros((15, 2))
-    k = known_rows(current, 0, 13, 4, horizon=16, start=1)  # rows for ticks 13, 14 only
+    k = known_rows(current, 13, 4, horizon=16, start=1)  # rows for ticks 13, 14 only
     assert k is not None and k.committed == 2 and k.weight.tolist() == [0, 1, 1] + [0] * 13
-    assert known_rows(current, 0, 15, 4, horizon=16, start=1) is None  # nothing left, no last action
+    assert known_rows(current, 15, 4, horizon=16, start=1) is None  # nothing left, no last action
     with pytest.raises(ValueError, match="delay >= 0"):
-        known_rows(current, 0, 8, -1, horizon=16, start=1)
+        known_rows(current, 8, -1, horizon=16, start=1)
+
+
+def test_known_rows_hold_the_last_action_after_the_current_plan_runs_out():
+    """on_miss=hold: 2 rows left for d = 4, then the robot re-sends the last row (none left: last action)."""
+    current = np.stack([np.arange(15.0), np.full(15, 7.0)], axis=1)  # (15, 2)
+    k = known_rows(current, 13, 4, horizon=16, start=1, last_action=np.array([-1.0, -2.0]), hold=True)
+    assert k is not None and k.committed == 4 and k.weight.tolist() == [1.0] * 5 + [0.0] * 11
+    assert k.actions[:5, 0].tolist() == [-1.0, 13.0, 14.0, 14.0, 14.0]
+    k = known_rows(current, 15, 3, horizon=16, start=1, last_action=np.array([-1.0, -2.0]), hold=True)
+    assert k is not None and k.committed == 3 and k.actions[:4, 0].tolist() == [-1.0] * 4
+    assert known_rows(current, 15, 3, horizon=16, start=1, hold=True) is None  # nothing to hold
 
 
 def test_in_time_request():
@@ -258,3 +270,63 @@ def test_realtime_sim_with_a_fixed_model_runs_batched_with_the_same_results(tiny
         tiny_policy, ec(n=2, steps=10, batch=2), dataclasses.replace(control, latency_model="measured")
     )
     assert measured.latency["batch_size"] == 1  # measured latency: one plan at a time
+
+
+class ActionLog(PushTEnv):
+    """PushT (keypoints) that records every action it executes, by tick."""
+
+    def __init__(self) -> None:
+        super().__init__(obs_type="keypoints", visualization_width=64, visualization_height=64)
+        self.actions: list[np.ndarray] = []
+
+    def step(self, action):
+        self.actions.append(np.asarray(action, dtype=np.float64).copy())
+        return super().step(action)
+
+
+@pytest.mark.parametrize(
+    ("ta", "request_rule", "tail"),
+    [(8, "every_ta", True), (4, "every_ta", True), (8, "in_time", True), (4, "every_ta", False)],
+    ids=["ta8", "ta4-always-in-flight", "in-time", "ta4-no-tail"],
+)
+def test_imposed_rows_are_the_actions_executed_at_their_ticks(tiny_policy, ta, request_rule, tail):
+    """d = 4 (fixed:350, 10 Hz), To = 2: the plan requested at tick s is sampled with its rows To-1 ..
+    To-1+3 imposed (weight 1, normalised with the action normaliser) at exactly the actions the env
+    executes at ticks s .. s+3, and row To-2 at the action of tick s-1; the overlap rows hold what the
+    current plan would execute at their ticks. Checked against the env's own record of its actions."""
+    tiny_policy.set_sampler(PIC10)
+    calls = spy_plans(tiny_policy)
+    envs: list[ActionLog] = []
+
+    def make() -> ActionLog:
+        envs.append(ActionLog())
+        return envs[-1]
+
+    control = ControlConfig(
+        mode="realtime_sim",
+        latency_model="fixed:350",
+        warmup_plans=0,
+        stitch="inpaint",
+        n_action_steps=ta,
+        request=request_rule,
+        use_plan_tail=tail,
+    )
+    r = run_rollouts(tiny_policy, ec(steps=40), control, env_factory=make)
+    executed = np.stack(envs[0].actions)  # (T, Da), row t = tick t
+    start, unnorm = tiny_policy.config.action_start, tiny_policy.normalizer.unnormalize
+    req = r.chunks.column("request_step")
+    assert len(calls) >= len(req) >= 4 and (r.chunks.column("ticks_late")[1:] == 4).all()  # (+ one in flight)
+    plans = [p[0].numpy() for _, p in calls]  # (H, Da) each, environment units
+    for k in range(1, len(req)):
+        ip, s = calls[k][0], int(req[k])
+        w, target = ip.weight[0, :, 0].numpy(), unnorm("action", ip.target)[0].numpy()  # (H,), (H, Da)
+        committed = [i for i in range(4) if s + i < len(executed)]
+        hard = np.flatnonzero(w == 1)
+        assert list(hard) == [start - 1] + [start + i for i in committed]
+        np.testing.assert_allclose(target[start - 1], executed[s - 1], atol=1e-3)
+        np.testing.assert_allclose(
+            target[start : start + len(committed)], executed[s : s + len(committed)], atol=1e-3
+        )
+        prev, prev_s = plans[k - 1], int(req[k - 1])
+        soft = np.flatnonzero((w > 0) & (w < 1))  # the rest of the current plan, at its ticks
+        np.testing.assert_allclose(target[soft], prev[start + s - prev_s + soft - start], atol=1e-3)

@@ -48,48 +48,61 @@ class KnownRows:
 
 def known_rows(
     current: np.ndarray,
-    current_request: int,
-    request: int,
+    row: int,
     delay: int,
     horizon: int,
     start: int,
     last_action: np.ndarray | None = None,
     overlap: bool = True,
+    hold: bool = False,
 ) -> KnownRows | None:
-    """What the plan requested at ``request`` must continue, from the plan being executed.
+    """What the plan requested now must continue: the actions the robot executes while it is computed.
 
-    Row r of the new plan is meant for tick ``request - start + r`` (``start`` = To - 1, the row of the
-    observation's tick); row j of the current plan for tick ``current_request + j``.
+    The robot executes ``current[row]`` at the request tick, ``current[row + i]`` i ticks later while
+    rows are left, and then (``hold``) re-sends its last action until the new plan arrives; the new
+    plan's row ``start + i`` is meant for the request tick + i (``start`` = To - 1, the row of the
+    observation's tick). ``row`` is the current plan's next row, not the ticks since its request: a plan
+    that arrives with every row in the past executes its last row (`Timeline.install`).
 
     Args:
         current: (n, Da) the current plan's executable rows.
-        current_request: the tick the current plan was requested at.
-        request: the new plan's request tick.
-        delay: expected delay d in ticks: ticks ``request .. request+d-1`` execute the current plan.
+        row: the current plan's row executed at the request tick (may be ``n``: none left).
+        delay: expected delay d in ticks: the robot's actions of ticks ``request .. request+d-1`` are
+            imposed (weight 1).
         horizon: H, rows of the new plan.
         start: row of the request tick in the new plan (To - 1).
         last_action: (Da,) the action sent at tick ``request - 1`` (weight 1 on row ``start - 1``), or None.
         overlap: also pull the rows after the committed ones toward the rest of the current plan
             (the decaying weights); False: only the committed rows (and the last action) are known.
+        hold: the robot re-sends its last action on a tick without a planned row (``on_miss=hold``),
+            so those ticks within the delay are known too; False: they are left free.
 
     Returns:
         `KnownRows`, or None when nothing is known (the current plan has no rows left and no last action).
     """
-    if delay < 0 or not 0 <= start < horizon:
-        raise ValueError(f"need delay >= 0 and 0 <= start < horizon, got {delay}, {start}, {horizon}")
-    offset = request - current_request  # current plan's row of the request tick
-    left = max(0, min(len(current) - offset, horizon - start))  # its rows from the request tick on
-    committed = min(delay, left)
-    end = left if overlap else committed
-    weight = soft_prefix_weights(horizon, committed, end, start=start, dtype=torch.float64).numpy()  # (H,)
+    if delay < 0 or not 0 <= start < horizon or row < 0:
+        raise ValueError(
+            f"need delay >= 0, row >= 0 and 0 <= start < horizon, got {delay}, {row}, {start}, {horizon}"
+        )
+    left = max(0, min(len(current) - row, horizon - start))  # its rows from the request tick on
+    planned = min(delay, left)
+    end = left if overlap else planned
+    weight = soft_prefix_weights(horizon, planned, end, start=start, dtype=torch.float64).numpy()  # (H,)
     actions = np.zeros((horizon, current.shape[-1]))
     if left:
-        actions[start : start + left] = current[offset : offset + left]
+        actions[start : start + left] = current[row : row + left]
     if last_action is not None and start >= 1:
         actions[start - 1], weight[start - 1] = last_action, 1.0
+    held = min(delay, horizon - start) - planned if hold else 0  # ticks re-sending the last action
+    last = current[row + left - 1] if left else last_action
+    if held > 0 and last is not None:
+        actions[start + planned : start + planned + held] = last
+        weight[start + planned : start + planned + held] = 1.0
+    else:
+        held = 0
     if not weight.any():
         return None
-    return KnownRows(actions, weight, min(delay, left))
+    return KnownRows(actions, weight, planned + held)
 
 
 @dataclass(frozen=True)
@@ -110,24 +123,24 @@ def expectation(
     estimator: DelayEstimator,
     inpaint: bool,
     current: tuple[np.ndarray, int] | None,
-    request: int,
     horizon: int,
     start: int,
     last_action: np.ndarray | None,
     overlap: bool = True,
+    hold: bool = False,
 ) -> Expectation:
     """The `Expectation` of a plan requested at tick ``request`` while the world does not wait.
 
     Args:
         estimator: the run's delay estimate.
         inpaint: ``stitch=inpaint``: also work out the known rows.
-        current: the current plan's executable rows (n, Da) and its request tick, or None.
-        request, horizon, start, last_action, overlap: as for `known_rows`.
+        current: the current plan's executable rows (n, Da) and its row for the request tick, or None.
+        horizon, start, last_action, overlap, hold: as for `known_rows`.
     """
     d = estimator.ticks()
     known = None
     if inpaint and current is not None:
-        known = known_rows(current[0], current[1], request, d, horizon, start, last_action, overlap)
+        known = known_rows(current[0], current[1], d, horizon, start, last_action, overlap, hold)
     return Expectation(d, estimator.latency_ms(), known)
 
 

@@ -91,11 +91,11 @@ class Timeline:
         if self.control.mode == "frozen" or (e.n_chunks == 0 and self.control.wait_first_plan):
             return Expectation()  # the world waits for this plan
         cfg = self.planner.policy.config
-        current = None if e.plan is None else (e.plan.actions, e.plan.request)
+        current = None if e.plan is None else (e.plan.actions, e.plan.next_row)  # next_row: this tick's
         c = self.control
-        inpaint, overlap = c.stitch == "inpaint", c.stitch_overlap == "exp"
+        inpaint, overlap, hold = c.stitch == "inpaint", c.stitch_overlap == "exp", c.on_miss == "hold"
         return expectation(
-            self.delay, inpaint, current, e.tick, cfg.horizon, cfg.action_start, e.last_target, overlap
+            self.delay, inpaint, current, cfg.horizon, cfg.action_start, e.last_target, overlap, hold
         )
 
     def install(self, e: Episode, p: Plan, tick: int) -> None:
