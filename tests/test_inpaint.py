@@ -191,6 +191,10 @@ def test_soft_prefix_weights_golden() -> None:
     torch.testing.assert_close(w, torch.tensor(want, dtype=torch.float32))
     assert 0 < w[4] < 1 and bool((w[4:9].diff() < 0).all())
     assert torch.equal(soft_prefix_weights(4, 2, 2), torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    linear = soft_prefix_weights(8, 1, 4, decay="linear")  # c = (4 - i) / 4 on rows 1-3
+    torch.testing.assert_close(linear, torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0, 0.0, 0.0, 0.0]))
+    with pytest.raises(ValueError, match="decay must be"):
+        soft_prefix_weights(16, 1, 3, decay="cubic")
     with pytest.raises(ValueError, match="committed <= overlap_end"):
         soft_prefix_weights(16, 5, 3)
     with pytest.raises(ValueError, match="start must be in"):

@@ -48,9 +48,19 @@ def test_known_rows_hand_checked():
 
 def test_known_rows_without_the_overlap():
     current = np.stack([np.arange(15.0), np.full(15, 7.0)], axis=1)  # (15, 2)
-    k = known_rows(current, 8, 3, horizon=16, start=1, last_action=np.array([-1.0, -2.0]), overlap=False)
+    k = known_rows(current, 8, 3, horizon=16, start=1, last_action=np.array([-1.0, -2.0]), overlap="none")
     assert k is not None and k.committed == 3 and k.weight.tolist() == [1.0] * 4 + [0.0] * 12
     assert np.array_equal(k.actions[1:4, 0], [8.0, 9.0, 10.0])
+
+
+def test_known_rows_linear_and_shorter_overlap():
+    current = np.stack([np.arange(15.0), np.full(15, 7.0)], axis=1)  # (15, 2)
+    k = known_rows(current, 8, 3, horizon=16, start=1, overlap="linear")
+    assert k is not None and np.allclose(k.weight[1:8], [1, 1, 1, 4 / 5, 3 / 5, 2 / 5, 1 / 5])
+    k = known_rows(current, 8, 3, horizon=16, start=1, overlap_rows=2)  # decay over rows 4, 5 only
+    np.testing.assert_allclose(k.weight[1:8], [1, 1, 1, rtc(3, 3, 5), rtc(4, 3, 5), 0, 0], rtol=1e-6)
+    with pytest.raises(ValueError, match="overlap in exp/linear/none"):
+        known_rows(current, 8, 3, horizon=16, start=1, overlap="cubic")
 
 
 def test_known_rows_when_the_current_plan_runs_out():
@@ -99,7 +109,9 @@ def test_control_settings_validation():
     with pytest.raises(ValueError, match="control.stitch must be one of"):
         ControlConfig(stitch="blend")
     with pytest.raises(ValueError, match="control.stitch_overlap must be one of"):
-        ControlConfig(stitch_overlap="linear")
+        ControlConfig(stitch_overlap="cubic")
+    with pytest.raises(ValueError, match="control.stitch_overlap_rows"):
+        ControlConfig(stitch_overlap_rows=-1)
     with pytest.raises(ValueError, match="control.request must be one of"):
         ControlConfig(request="sometimes")
     with pytest.raises(ValueError, match="control.request_margin"):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 MODES = ("frozen", "realtime_sim", "wallclock")
 ON_MISS = ("hold", "fallback", "stop")
 STITCH_RULES = ("drop", "inpaint")
-STITCH_OVERLAPS = ("exp", "none")
+STITCH_OVERLAPS = ("exp", "linear", "none")
 REQUEST_RULES = ("every_ta", "in_time")
 LATENCY_MODEL_HELP = "'measured', 'fixed:<ms>' or 'per_call:<ms>[,<ms_per_row>]'"
 
@@ -96,7 +96,11 @@ class ControlConfig:
     `stitching`). ``frozen`` ignores it (nothing executes while the world waits)."""
     stitch_overlap: str = "exp"
     """``stitch=inpaint``: the weights of the current plan's rows after the committed ones: ``exp``
-    (real-time chunking's exponential decay) or ``none`` (only the committed rows are imposed)."""
+    (real-time chunking's exponential decay), ``linear`` (a linear decay) or ``none`` (only the
+    committed rows are imposed)."""
+    stitch_overlap_rows: int | None = None
+    """``stitch=inpaint``: the decaying overlap covers at most this many rows after the committed ones
+    (None: the rest of the current plan)."""
     request: str = "every_ta"
     """``realtime_sim``/``wallclock``: when the next plan is requested. ``every_ta``: Ta ticks after the
     previous request; ``in_time``: when the current plan's remaining rows fall to the expected delay plus
@@ -132,6 +136,10 @@ class ControlConfig:
         if self.stitch_overlap not in STITCH_OVERLAPS:
             raise ValueError(
                 f"control.stitch_overlap must be one of {STITCH_OVERLAPS}, got {self.stitch_overlap!r}"
+            )
+        if self.stitch_overlap_rows is not None and self.stitch_overlap_rows < 0:
+            raise ValueError(
+                f"control.stitch_overlap_rows must be >= 0 or null, got {self.stitch_overlap_rows}"
             )
         if self.request not in REQUEST_RULES:
             raise ValueError(f"control.request must be one of {REQUEST_RULES}, got {self.request!r}")

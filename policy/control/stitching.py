@@ -53,8 +53,9 @@ def known_rows(
     horizon: int,
     start: int,
     last_action: np.ndarray | None = None,
-    overlap: bool = True,
+    overlap: str = "exp",
     hold: bool = False,
+    overlap_rows: int | None = None,
 ) -> KnownRows | None:
     """What the plan requested now must continue: the actions the robot executes while it is computed.
 
@@ -72,10 +73,12 @@ def known_rows(
         horizon: H, rows of the new plan.
         start: row of the request tick in the new plan (To - 1).
         last_action: (Da,) the action sent at tick ``request - 1`` (weight 1 on row ``start - 1``), or None.
-        overlap: also pull the rows after the committed ones toward the rest of the current plan
-            (the decaying weights); False: only the committed rows (and the last action) are known.
+        overlap: how the rows after the committed ones are pulled toward the rest of the current plan:
+            ``exp`` (real-time chunking's decaying weights), ``linear`` (a linear decay) or ``none``
+            (not at all: only the committed rows and the last action are known).
         hold: the robot re-sends its last action on a tick without a planned row (``on_miss=hold``),
             so those ticks within the delay are known too; False: they are left free.
+        overlap_rows: at most this many overlap rows (the decay over them); None: the rest of the plan.
 
     Returns:
         `KnownRows`, or None when nothing is known (the current plan has no rows left and no last action).
@@ -86,8 +89,15 @@ def known_rows(
         )
     left = max(0, min(len(current) - row, horizon - start))  # its rows from the request tick on
     planned = min(delay, left)
-    end = left if overlap else planned
-    weight = soft_prefix_weights(horizon, planned, end, start=start, dtype=torch.float64).numpy()  # (H,)
+    if overlap not in ("exp", "linear", "none") or (overlap_rows is not None and overlap_rows < 0):
+        raise ValueError(
+            f"need overlap in exp/linear/none and overlap_rows >= 0, got {overlap!r}, {overlap_rows}"
+        )
+    end = planned if overlap == "none" else left
+    if overlap_rows is not None:
+        end = min(end, planned + overlap_rows)
+    decay = "linear" if overlap == "linear" else "exp"
+    weight = soft_prefix_weights(horizon, planned, end, start=start, decay=decay, dtype=torch.float64).numpy()
     actions = np.zeros((horizon, current.shape[-1]))
     if left:
         actions[start : start + left] = current[row : row + left]
@@ -126,8 +136,9 @@ def expectation(
     horizon: int,
     start: int,
     last_action: np.ndarray | None,
-    overlap: bool = True,
+    overlap: str = "exp",
     hold: bool = False,
+    overlap_rows: int | None = None,
 ) -> Expectation:
     """The `Expectation` of a plan requested at tick ``request`` while the world does not wait.
 
@@ -135,12 +146,14 @@ def expectation(
         estimator: the run's delay estimate.
         inpaint: ``stitch=inpaint``: also work out the known rows.
         current: the current plan's executable rows (n, Da) and its row for the request tick, or None.
-        horizon, start, last_action, overlap, hold: as for `known_rows`.
+        horizon, start, last_action, overlap, hold, overlap_rows: as for `known_rows`.
     """
     d = estimator.ticks()
     known = None
     if inpaint and current is not None:
-        known = known_rows(current[0], current[1], d, horizon, start, last_action, overlap, hold)
+        known = known_rows(
+            current[0], current[1], d, horizon, start, last_action, overlap, hold, overlap_rows
+        )
     return Expectation(d, estimator.latency_ms(), known)
 
 

@@ -93,9 +93,16 @@ class Timeline:
         cfg = self.planner.policy.config
         current = None if e.plan is None else (e.plan.actions, e.plan.next_row)  # next_row: this tick's
         c = self.control
-        inpaint, overlap, hold = c.stitch == "inpaint", c.stitch_overlap == "exp", c.on_miss == "hold"
         return expectation(
-            self.delay, inpaint, current, cfg.horizon, cfg.action_start, e.last_target, overlap, hold
+            self.delay,
+            c.stitch == "inpaint",
+            current,
+            cfg.horizon,
+            cfg.action_start,
+            e.last_target,
+            c.stitch_overlap,
+            c.on_miss == "hold",
+            c.stitch_overlap_rows,
         )
 
     def install(self, e: Episode, p: Plan, tick: int) -> None:

@@ -107,21 +107,28 @@ def start_inpainting(table: StepTable, x_T: Tensor, inpaint: Inpaint | None) -> 
 
 
 def soft_prefix_weights(
-    n_rows: int, committed: int, overlap_end: int, *, start: int = 0, dtype: torch.dtype = torch.float32
+    n_rows: int,
+    committed: int,
+    overlap_end: int,
+    *,
+    start: int = 0,
+    decay: str = "exp",
+    dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """Per-row weights of real-time chunking (Black et al. 2025, eq. 5): 1, then an exponential decay, then 0.
 
     Rows ``start .. start+committed-1`` get 1 (they will be executed whatever the new plan says); rows
     ``start+committed .. start+overlap_end-1`` (the rest of the current plan, which the new one should
     continue) get ``c·(e^c - 1)/(e - 1)`` with ``c = (overlap_end - i)/(overlap_end - committed + 1)`` for
-    row offset i, decaying from nearly 1 to nearly 0; every other row gets 0. Rows before ``start``
-    get 0 too (the caller sets any it knows).
+    row offset i, decaying from nearly 1 to nearly 0 (``decay="linear"``: ``c`` itself); every other row
+    gets 0. Rows before ``start`` get 0 too (the caller sets any it knows).
 
     Args:
         n_rows: rows of the sample (H).
         committed: rows fixed to 1 after ``start`` (d, the expected delay in rows), >= 0.
         overlap_end: row offset (after ``start``) where the known plan ends, >= ``committed``.
         start: row of offset 0 (the plan row of the request tick).
+        decay: ``exp`` (real-time chunking's) or ``linear``.
         dtype: dtype of the result.
 
     Returns:
@@ -131,11 +138,13 @@ def soft_prefix_weights(
         raise ValueError(f"need 0 <= committed <= overlap_end, got {committed}, {overlap_end}")
     if not 0 <= start <= n_rows:
         raise ValueError(f"start must be in [0, {n_rows}], got {start}")
+    if decay not in ("exp", "linear"):
+        raise ValueError(f"decay must be 'exp' or 'linear', got {decay!r}")
     w = torch.zeros(n_rows, dtype=torch.float64)  # (H,)
     for i in range(n_rows - start):
         if i < committed:
             w[start + i] = 1.0
         elif i < overlap_end:
             c = (overlap_end - i) / (overlap_end - committed + 1)
-            w[start + i] = c * math.expm1(c) / math.expm1(1.0)
+            w[start + i] = c * math.expm1(c) / math.expm1(1.0) if decay == "exp" else c
     return w.to(dtype)
