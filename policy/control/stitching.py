@@ -89,15 +89,7 @@ def known_rows(
         )
     left = max(0, min(len(current) - row, horizon - start))  # its rows from the request tick on
     planned = min(delay, left)
-    if overlap not in ("exp", "linear", "none") or (overlap_rows is not None and overlap_rows < 0):
-        raise ValueError(
-            f"need overlap in exp/linear/none and overlap_rows >= 0, got {overlap!r}, {overlap_rows}"
-        )
-    end = planned if overlap == "none" else left
-    if overlap_rows is not None:
-        end = min(end, planned + overlap_rows)
-    decay = "linear" if overlap == "linear" else "exp"
-    weight = soft_prefix_weights(horizon, planned, end, start=start, decay=decay, dtype=torch.float64).numpy()
+    weight = _overlap_weights(horizon, start, planned, left, overlap, overlap_rows)  # (H,)
     actions = np.zeros((horizon, current.shape[-1]))
     if left:
         actions[start : start + left] = current[row : row + left]
@@ -113,6 +105,21 @@ def known_rows(
     if not weight.any():
         return None
     return KnownRows(actions, weight, planned + held)
+
+
+def _overlap_weights(
+    horizon: int, start: int, planned: int, left: int, overlap: str, overlap_rows: int | None
+) -> np.ndarray:
+    """(H,) weights: 1 on the ``planned`` rows after ``start``, then the ``overlap`` decay (`known_rows`)."""
+    if overlap not in ("exp", "linear", "none") or (overlap_rows is not None and overlap_rows < 0):
+        raise ValueError(
+            f"need overlap in exp/linear/none and overlap_rows >= 0, got {overlap!r}, {overlap_rows}"
+        )
+    end = planned if overlap == "none" else left
+    if overlap_rows is not None:
+        end = min(end, planned + overlap_rows)
+    decay = "linear" if overlap == "linear" else "exp"
+    return soft_prefix_weights(horizon, planned, end, start=start, decay=decay, dtype=torch.float64).numpy()
 
 
 @dataclass(frozen=True)
