@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from parapolicy.policy.control.settings import STITCH_OVERLAPS
 from parapolicy.policy.diffusion.inpaint import soft_prefix_weights
 
 __all__ = ["DelayEstimator", "Expectation", "KnownRows", "expectation", "in_time_request", "known_rows"]
@@ -111,9 +112,9 @@ def _overlap_weights(
     horizon: int, start: int, planned: int, left: int, overlap: str, overlap_rows: int | None
 ) -> np.ndarray:
     """(H,) weights: 1 on the ``planned`` rows after ``start``, then the ``overlap`` decay (`known_rows`)."""
-    if overlap not in ("exp", "linear", "none") or (overlap_rows is not None and overlap_rows < 0):
+    if overlap not in STITCH_OVERLAPS or (overlap_rows is not None and overlap_rows < 0):
         raise ValueError(
-            f"need overlap in exp/linear/none and overlap_rows >= 0, got {overlap!r}, {overlap_rows}"
+            f"need overlap in {STITCH_OVERLAPS} and overlap_rows >= 0, got {overlap!r}, {overlap_rows}"
         )
     end = planned if overlap == "none" else left
     if overlap_rows is not None:
