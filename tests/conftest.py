@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 
-from parapolicy.policy.config import PolicyConfig, UNetConfig
+from parapolicy.policy.config import PolicyConfig, SamplerConfig, UNetConfig, VisionConfig
 from parapolicy.policy.model.policy import DiffusionPolicy
 
 # One intra-op thread: on a shared 2-core machine torch's OpenMP threads can stall for hundreds of
@@ -56,6 +57,29 @@ def tiny_policy(tiny_config) -> DiffusionPolicy:
         {"obs": torch.rand(200, 20, generator=gen) * 512, "action": torch.rand(200, 2, generator=gen) * 512}
     )
     return policy.eval()
+
+
+def image_config(num_inference_steps: int = 10, **vision) -> PolicyConfig:
+    """A tiny ``pixels_agent_pos`` policy config (96x96 images, small U-Net); ``vision`` overrides
+    `VisionConfig` fields."""
+    return PolicyConfig(
+        obs_dim=2,
+        obs_type="pixels_agent_pos",
+        vision=VisionConfig(**vision),
+        unet=UNetConfig(down_dims=(16, 32), diffusion_step_embed_dim=16),
+        sampler=SamplerConfig(num_inference_steps=num_inference_steps),
+    )
+
+
+def slow_denoiser(policy, ms: float) -> None:
+    """Make every denoiser call of ``policy`` take ``ms`` longer (wall-clock tests)."""
+    inner = policy.denoise
+
+    def denoise(x, t, cond):
+        time.sleep(ms / 1000)
+        return inner(x, t, cond)
+
+    policy.__dict__["denoise"] = denoise
 
 
 def console_script(name: str) -> str:

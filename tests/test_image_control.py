@@ -10,11 +10,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import image_config
 
 from parapolicy.envs import PushTEnv, reference_initial_state
 from parapolicy.envs.render import render_scene
 from parapolicy.policy.compare import CompareConfig, SamplerEntry, run_compare
-from parapolicy.policy.config import PolicyConfig, SamplerConfig, UNetConfig, VisionConfig
+from parapolicy.policy.config import SamplerConfig
 from parapolicy.policy.control.evaluation import EvalConfig
 from parapolicy.policy.control.rollout import ControlConfig, run_rollouts
 from parapolicy.policy.control.tasks import make_task, task_for_policy
@@ -26,16 +27,6 @@ from parapolicy.policy.profile import ProfileConfig, run_profile
 
 SEQ = SamplerConfig(num_inference_steps=10)
 PICARD_EXACT = SamplerConfig(num_inference_steps=10, algorithm="picard", window=4, tol=1e-9)  # "tol 0"
-
-
-def image_config(**vision) -> PolicyConfig:
-    return PolicyConfig(
-        obs_dim=2,
-        obs_type="pixels_agent_pos",
-        vision=VisionConfig(**vision),
-        unet=UNetConfig(down_dims=(16, 32), diffusion_step_embed_dim=16),
-        sampler=SEQ,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import image_config
 
-from parapolicy.policy.config import PolicyConfig, SamplerConfig, UNetConfig, VisionConfig
+from parapolicy.policy.config import PolicyConfig
 from parapolicy.policy.data.dataset import PushTLowdimDataset
 from parapolicy.policy.data.image_dataset import PushTImageDataset, make_dataset
 from parapolicy.policy.data.replay_store import DatasetError, ReplayStore
@@ -38,13 +39,7 @@ def image_store(tmp_path_factory):
 
 
 def image_policy_config() -> PolicyConfig:
-    return PolicyConfig(
-        obs_dim=2,
-        obs_type="pixels_agent_pos",
-        vision=VisionConfig(num_keypoints=8),
-        unet=UNetConfig(down_dims=(16, 32), diffusion_step_embed_dim=16),
-        sampler=SamplerConfig(num_inference_steps=4),
-    )
+    return image_config(num_inference_steps=4, num_keypoints=8)
 
 
 def test_image_windows_follow_the_lowdim_windows(image_store):

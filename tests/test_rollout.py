@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import slow_denoiser
 
 from parapolicy.envs import PushTEnv
 from parapolicy.policy.config import SamplerConfig
@@ -349,16 +350,6 @@ def test_faulty_observation_is_rejected_before_the_model(tiny_policy):
 
 # --------------------------------------------------------------------------------------------------
 # wallclock
-def slow_denoiser(policy, ms: float):
-    inner = policy.denoise
-
-    def denoise(x, t, cond):
-        time.sleep(ms / 1000)
-        return inner(x, t, cond)
-
-    policy.__dict__["denoise"] = denoise
-
-
 def wall(policy, **kw):
     """50 Hz wallclock, 4-step plans of >= 4 x 15 ms: every plan is >= 3 ticks late."""
     policy.set_sampler(SamplerConfig(num_inference_steps=4, window=4))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 
 import numpy as np
 import pytest
 import torch
+from conftest import slow_denoiser
 
 from parapolicy.envs import PushTEnv
 from parapolicy.policy.config import SamplerConfig
@@ -232,16 +232,6 @@ def test_realtime_sim_records_smoothness(tiny_policy):
     assert sm["n_boundaries"] == 2 * 3 and sm["max_change"] == pytest.approx(float(change[~first].max()))
     for rec in r.per_episode:
         assert rec["boundary_max_change"] <= rec["max_change"]
-
-
-def slow_denoiser(policy, ms: float):
-    inner = policy.denoise
-
-    def denoise(x, t, cond):
-        time.sleep(ms / 1000)
-        return inner(x, t, cond)
-
-    policy.__dict__["denoise"] = denoise
 
 
 @pytest.mark.parametrize("request_rule", ["every_ta", "in_time"])

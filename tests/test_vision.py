@@ -5,24 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import image_config
 from torch import nn
 
-from parapolicy.policy.config import PolicyConfig, SamplerConfig, UNetConfig, VisionConfig
+from parapolicy.policy.config import PolicyConfig, SamplerConfig, VisionConfig
 from parapolicy.policy.diffusion.picard import sample_picard
 from parapolicy.policy.diffusion.sequential import draw_noise, sample_sequential
 from parapolicy.policy.model.policy import DiffusionPolicy, ObservationError
 from parapolicy.policy.model.pretrained import load_policy, save_policy
 from parapolicy.policy.model.vision import RgbEncoder, SpatialSoftmax, center_crop, random_crop
-
-
-def image_config(**vision) -> PolicyConfig:
-    return PolicyConfig(
-        obs_dim=2,
-        obs_type="pixels_agent_pos",
-        vision=VisionConfig(**vision),
-        unet=UNetConfig(down_dims=(16, 32), diffusion_step_embed_dim=16),
-        sampler=SamplerConfig(num_inference_steps=10),
-    )
 
 
 @pytest.fixture(scope="module")
