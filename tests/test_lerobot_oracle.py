@@ -91,11 +91,12 @@ def lerobot_checkpoint(tmp_path, image: bool):
     return policy, pre, post, path
 
 
-@pytest.mark.parametrize("image", [False, True])
-def test_lerobot_checkpoint_samples_match(tmp_path, image):
-    theirs, pre, post, path = lerobot_checkpoint(tmp_path, image)
-    ours = load_policy(path)
-    gen = torch.Generator().manual_seed(1)
+def assert_same_samples(ours, theirs, pre, post, image: bool, seed: int, env_dim: int) -> None:
+    """Random observations (seeded), LeRobot's DDIM sample and ours from the same x_T: equal to 1e-5.
+
+    ``pre``/``post``: LeRobot 0.4+'s processor pipelines, or None on 0.3.x (its in-model normalisers).
+    """
+    gen = torch.Generator().manual_seed(seed)
     state = 20 + torch.rand(B, 2, 2, generator=gen) * 460  # (B, To, 2)
     raw = {"observation.state": state}
     if image:
@@ -105,7 +106,7 @@ def test_lerobot_checkpoint_samples_match(tmp_path, image):
         )  # (B, To, 3, 96, 96) in [0, 1]
         our_obs = {"pixels": pixels, "agent_pos": state}
     else:
-        env = 10 + torch.rand(B, 2, 16, generator=gen) * 480
+        env = 10 + torch.rand(B, 2, env_dim, generator=gen) * 480
         raw["observation.environment_state"] = env
         our_obs = {"obs": torch.cat([env, state], dim=-1)}  # ours: [environment_state, state]
 
@@ -128,6 +129,13 @@ def test_lerobot_checkpoint_samples_match(tmp_path, image):
     pred = ours.predict_action_chunk(our_obs, noise=(x_T, step_noise))
     torch.testing.assert_close(pred.result.sample, their_sample, rtol=0, atol=1e-5)
     torch.testing.assert_close(pred.plan, their_actions, rtol=1e-5, atol=512 * 1e-5)
+
+
+@pytest.mark.parametrize("image", [False, True])
+def test_lerobot_checkpoint_samples_match(tmp_path, image):
+    theirs, pre, post, path = lerobot_checkpoint(tmp_path, image)
+    ours = load_policy(path)
+    assert_same_samples(ours, theirs, pre, post, image, seed=1, env_dim=16)
 
 
 @pytest.mark.parametrize("obs_type", ["state", "pixels_agent_pos"])
@@ -194,31 +202,4 @@ def test_exported_directory_runs_in_lerobot(tmp_path, obs_type):
         )
     theirs.eval()
 
-    gen = torch.Generator().manual_seed(2)
-    state = 20 + torch.rand(B, 2, 2, generator=gen) * 460
-    raw = {"observation.state": state}
-    if image:
-        pixels = torch.randint(0, 256, (B, 2, 96, 96, 3), dtype=torch.uint8, generator=gen)
-        raw["observation.image"] = pixels.permute(0, 1, 4, 2, 3).float() / 255.0
-        our_obs = {"pixels": pixels, "agent_pos": state}
-    else:
-        env = 10 + torch.rand(B, 2, 18, generator=gen) * 480
-        raw["observation.environment_state"] = env
-        our_obs = {"obs": torch.cat([env, state], dim=-1)}
-    with torch.no_grad():
-        batch = pre(dict(raw)) if pre is not None else theirs.normalize_inputs(dict(raw))
-        if image:
-            batch["observation.images"] = torch.stack([batch["observation.image"]], dim=-4)
-        global_cond = theirs.diffusion._prepare_global_conditioning(batch)
-        their_sample = theirs.diffusion.conditional_sample(
-            B, global_cond=global_cond, generator=torch.Generator().manual_seed(7)
-        )
-        if post is not None:
-            their_actions = post(their_sample)
-        else:
-            their_actions = theirs.unnormalize_outputs({"action": their_sample})["action"]
-    x_T = torch.randn((B, 16, 2), generator=torch.Generator().manual_seed(7))
-    _, step_noise = draw_noise(ours.table, (B, 16, 2), torch.Generator().manual_seed(0))
-    pred = ours.predict_action_chunk(our_obs, noise=(x_T, step_noise))
-    torch.testing.assert_close(pred.result.sample, their_sample, rtol=0, atol=1e-5)
-    torch.testing.assert_close(pred.plan, their_actions, rtol=1e-5, atol=512 * 1e-5)
+    assert_same_samples(ours, theirs, pre, post, image, seed=2, env_dim=18)
