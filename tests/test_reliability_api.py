@@ -3,6 +3,7 @@ non-representable reset angles, a poisoned window=auto cache. Each refusal names
 
 from __future__ import annotations
 
+import copy
 import json
 import pickle
 from pathlib import Path
@@ -57,6 +58,20 @@ def test_huge_finite_observation_is_refused(tiny_policy):
         tiny_policy.predict_action_chunk(obs)
     with pytest.raises(ObservationError, match="far outside"):
         tiny_policy.select_action({"obs": np.full(20, -1e30, np.float32)})
+
+
+def test_identity_normalised_dimensions_have_no_range_to_check(tiny_policy):
+    """A LeRobot IDENTITY feature (scale 1, offset 0: the network sees raw values) is not refused."""
+    policy = copy.deepcopy(tiny_policy)
+    stats = policy.normalizer._stats("obs")
+    stats.scale[:16], stats.offset[:16] = 1.0, 0.0  # the 16 environment-state dims pass through
+    stats.min[:16], stats.max[:16] = -1.0, 1.0  # the preimage of [-1, 1], as the LeRobot loader writes it
+    obs = obs_history()
+    obs["obs"][..., :16] = 337.0  # raw pixels: 337x the identity "half-width"
+    policy.predict_action_chunk(obs)
+    obs["obs"][0, 1, 17] = 1e30  # a dimension with statistics is still checked
+    with pytest.raises(ObservationError, match=r"at index \(0, 1, 17\) is far outside"):
+        policy.predict_action_chunk(obs)
 
 
 def test_observation_slightly_outside_the_range_is_accepted(tiny_policy):

@@ -331,7 +331,8 @@ class DiffusionPolicy(nn.Module):
         Raises:
             ObservationError: naming the missing key, the expected and actual shape, a non-float dtype,
                 the position of a non-finite value, or a value far outside the normaliser's range
-                (normalised magnitude above ``OBS_RANGE_LIMIT``).
+                (normalised magnitude above ``OBS_RANGE_LIMIT``; dimensions the normaliser passes
+                through unchanged carry no range and are not checked).
         """
         if self.config.obs_type == "pixels_agent_pos":  # {"pixels", "agent_pos"}: see image_observation.py
             return validate_image_observation(self.config, obs, history, self.device, ObservationError)
@@ -361,10 +362,13 @@ class DiffusionPolicy(nn.Module):
             bad = tuple(int(i) for i in (~finite).nonzero()[0])
             raise ObservationError(f"observation {OBS_KEY!r} has a non-finite value at index {bad}")
         if self.normalizer.is_fitted(OBS_KEY):
+            stats = self.normalizer.get_stats(OBS_KEY)
+            # an identity dimension (no statistics: LeRobot's IDENTITY mode) has no range to compare with
+            ranged = (stats["scale"] != 1) | (stats["offset"] != 0)  # (Do,)
             z = self.normalizer.normalize(OBS_KEY, x).abs()  # same shape as x; 1 at the range's edges
-            if bool((z > OBS_RANGE_LIMIT).any()):
-                bad = tuple(int(i) for i in (z > OBS_RANGE_LIMIT).nonzero()[0])
-                stats = self.normalizer.get_stats(OBS_KEY)
+            far = (z > OBS_RANGE_LIMIT) & ranged.to(z.device)
+            if bool(far.any()):
+                bad = tuple(int(i) for i in far.nonzero()[0])
                 lo, hi = float(stats["min"][bad[-1]]), float(stats["max"][bad[-1]])
                 raise ObservationError(
                     f"observation {OBS_KEY!r} value {float(x[bad]):.6g} at index {bad} is far outside the "
