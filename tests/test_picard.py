@@ -472,11 +472,8 @@ def test_parareal_carry_weights_match_a_naive_recurrence() -> None:
     p = 6
     slopes = _PararealSlopes(tab, p)
 
-    class _Dev:
-        device = torch.device("cpu")
-
     b = 20
-    W = slopes.weights(torch.tensor([b]).numpy(), _Dev())[0].double()  # (p+1, p+1)
+    W = slopes.weights(torch.tensor([b]))[0].double()  # (p+1, p+1)
     a = tab.rollout_coef_x.double()
     g = torch.randn(p, dtype=torch.float64)  # change y_j - old_{j+1} of each refreshed slot
     grid = torch.cat([torch.zeros(1, dtype=torch.float64), g])  # (p+1,) column 0 stays 0
@@ -488,6 +485,40 @@ def test_parareal_carry_weights_match_a_naive_recurrence() -> None:
         expected = a[b + i] * d if i else torch.tensor(0.0, dtype=torch.float64)
         torch.testing.assert_close(carried[i], expected, rtol=1e-6, atol=1e-9)  # float32 weights
         d = g[i] + expected  # new_i - old_i = (y_i - old_i) + carried_i
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("update", ["picard", "parareal"])
+def test_one_sample_takes_views_and_keeps_the_fixed_point(kind: str, update: str) -> None:
+    """One sample reads and writes runs of consecutive rows as views: tol = 0 is still sequential."""
+    tab, x_T, noise, cond = setup(kind, 100, B=1)
+    seq = sequential(tab, x_T, noise, cond)
+    par = sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=16, tol=0.0, update=update)
+    assert par.all_converged
+    torch.testing.assert_close(par.trajectory, seq.trajectory, rtol=0, atol=1e-5)
+
+
+def test_what_a_table_caches_depends_on_the_settings() -> None:
+    """The thresholds and carry weights kept on the table are per tolerance and window: a tol-0.1 run
+    first must not make a later tol-0 run stop early."""
+    tab, x_T, noise, cond = setup("ddpm", 60, B=1)
+    seq = sequential(tab, x_T, noise, cond)
+    loose = sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=8, tol=0.5, update="parareal")
+    exact = sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=16, tol=0.0, update="parareal")
+    assert loose.iterations < exact.iterations
+    torch.testing.assert_close(exact.sample, seq.sample, rtol=0, atol=1e-5)
+    assert tab.to("cpu").memo == {}  # a moved copy starts empty
+
+
+def test_parareal_weights_of_one_start_equal_the_gathered_ones() -> None:
+    from parapolicy.policy.diffusion.picard import _PararealSlopes
+
+    tab, *_ = setup("ddpm", 30)
+    slopes = _PararealSlopes(tab, 6)
+    gathered = slopes.weights(torch.tensor([3, 27]))  # (2, 7, 7)
+    assert torch.equal(slopes.weights(27)[0], gathered[1])
+    assert slopes.weights(3) is slopes.weights(3)  # kept after the first use
+    assert torch.equal(slopes.weights(3)[0], gathered[0])
 
 
 def test_parareal_saves_iterations_on_wide_windows() -> None:

@@ -13,6 +13,10 @@ variance); a window [b, e) evaluates the rows at slots b..e-1 and refreshes slot
 Bookkeeping runs on the host: the window starts are needed there anyway (they fix the next call's row
 count), so the row layout, the convergence test and the slide are a few small NumPy operations per
 iteration, and the device does only the gathers, the step, the cumulative update and the write-back.
+With one sample (the latency case) every row set of an iteration is a run of consecutive buffer rows,
+read and written as views instead of gathered; what depends on the table alone (the convergence
+thresholds, the Parareal carry weights) is built once per table (`StepTable.cached`). Every operation
+outside the denoiser costs time a call does not (docs/benchmarks.md records the share).
 
 Library module: imports torch and numpy only (no hydra, no zarr).
 """
@@ -34,6 +38,29 @@ from parapolicy.policy.diffusion.step import held_x0_affine, predict_x0, step
 from parapolicy.policy.diffusion.step_table import StepTable
 
 __all__ = ["sample_picard"]
+
+
+class _Rows:
+    """Some rows of a flat (N, ...) tensor: a run of consecutive rows (a slice, read as a view) or an
+    index tensor. With one sample every row set of an iteration is a run, and a view costs no copy."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: Tensor | slice) -> None:
+        self.key = key
+
+    def take(self, t: Tensor) -> Tensor:
+        """The rows of ``t`` (for a run, a view of ``t``: read it before writing those rows of ``t``)."""
+        key = self.key
+        return t[key] if isinstance(key, slice) else t.index_select(0, key)
+
+    def put_(self, t: Tensor, values: Tensor) -> None:
+        """Write ``values`` into these rows of ``t``."""
+        key = self.key
+        if isinstance(key, slice):
+            t[key] = values
+        else:
+            t.index_copy_(0, key, values)
 
 
 class _Trajectory:
@@ -89,25 +116,34 @@ class _Trajectory:
         if M == 0:
             return
         A, B = samples.size, self.B
-        k = np.arange(M)[:, None]  # (M, 1)
-        src = np.minimum(ends[None, :] + k, self.K - 1)  # (M, A) step leaving the previous slot
-        inside = (k < counts[None, :]).ravel()  # (M·A,) entries that land inside the window
-        valid = np.flatnonzero(inside)
-        dest = ((src + 1) * B + samples[None, :]).ravel()[valid]
-        idx = self.index(np.concatenate([src.ravel(), (src * B + samples[None, :]).ravel(), valid, dest]))
-        n = M * A
-        z = None if self.noise is None else self.noise.index_select(0, idx[n : 2 * n]).view(M, A, *self.rest)
-        rows = self.table.rows(idx[:n]).view(M, A)  # entry (j, s) at [j, s]
+        if B == 1:  # one sample: steps e .. e+M-1 fill slots e+1 .. e+M, runs of consecutive rows
+            e = int(ends[0])
+            steps, dest, inside = slice(e, e + M), _Rows(slice(e + 1, e + 1 + M)), None
+            noise_rows = _Rows(steps)
+        else:
+            k = np.arange(M)[:, None]  # (M, 1)
+            src = np.minimum(ends[None, :] + k, self.K - 1)  # (M, A) step leaving the previous slot
+            valid = np.flatnonzero((k < counts[None, :]).ravel())  # entries that land inside the window
+            dest_h = ((src + 1) * B + samples[None, :]).ravel()[valid]
+            n = M * A
+            noise_h = (src * B + samples[None, :]).ravel()  # (M·A,) noise row of each entry
+            idx = self.index(np.concatenate([src.ravel(), noise_h, valid, dest_h]))
+            steps, noise_rows, dest = idx[:n], _Rows(idx[n : 2 * n]), _Rows(idx[2 * n + valid.size :])
+            inside = None if valid.size == n else idx[2 * n : 2 * n + valid.size]
+        z = None
+        if self.noise is not None:
+            z = noise_rows.take(self.noise).view(M, A, *self.rest)  # (M, A, H, D)
+        rows = self.table.rows(steps, trailing=len(self.rest)).view(M, A)  # entry (j, s) at [j, s]
         x0_all = x0.expand(M, *x0.shape)  # (M, A, H, D) view
         a, c = held_x0_affine(self.table, rows, x0_all, z)  # (M, A, 1, 1), (M, A, H, D)
         xs, x = [], x_end
         for j in range(M):
             x = torch.addcmul(c[j], a[j], x)  # (A, H, D)
             xs.append(x)
-        filled = torch.stack(xs).view(n, *self.rest)  # (M·A, H, D)
-        if valid.size < n:
-            filled = filled.index_select(0, idx[2 * n : 2 * n + valid.size])
-        self.flat.index_copy_(0, idx[2 * n + valid.size :], filled)
+        filled = torch.stack(xs).view(M * A, *self.rest)  # (M·A, H, D)
+        if inside is not None:
+            filled = filled.index_select(0, inside)
+        dest.put_(self.flat, filled)
 
 
 def sample_picard(
@@ -227,8 +263,14 @@ def sample_picard(
         if inpaint is not None:
             guess = inpaint.pull(guess)
         traj.roll_out(np.arange(B), np.zeros(B, dtype=np.int64), np.full(B, p), x_T, guess)
-    test = _ConvergenceTest(table, tol, abs_floor, x_T.dtype)
-    slopes = _PararealSlopes(table, p) if update == "parareal" else None
+    test = table.cached(
+        ("picard_test", tol, abs_floor, x_T.dtype), lambda: _ConvergenceTest(table, tol, abs_floor, x_T.dtype)
+    )
+    slopes = (
+        table.cached(("parareal_slopes", p), lambda: _PararealSlopes(table, p))
+        if update == "parareal"
+        else None
+    )
 
     b_h = np.zeros(B, dtype=np.int64)  # (B,) window starts (trusted slots)
     residual = np.zeros(B, dtype=test.dtype)  # (B,) last window's max normalised RMS change
@@ -241,13 +283,13 @@ def sample_picard(
             break
         # 1. Rows of every active window, sample-major, in ONE denoiser call.
         w = _Window(traj, b_h, L, R, p)
-        x_r = traj.flat.index_select(0, w.flat_t)  # (R, H, D)
+        x_r = w.flat.take(traj.flat)  # (R, H, D)
         c_r = None if cond is None else (cond.expand(w.R, -1) if B == 1 else cond.index_select(0, w.s_t))
-        out = denoise(x_r, table.timesteps.index_select(0, w.slot_t), c_r)  # (R, H, D)
+        out = denoise(x_r, w.slot.take(table.timesteps), c_r)  # (R, H, D)
         # 2. The shared step on every row (full update, pre-drawn noise included).
         y, x0_r = _step_rows(traj, w, x_r, out)
         # 3. Picard update of the refreshed slots, written back.
-        new, err_h = _picard_update(traj, w, y, p, test.dtype, slopes, b_h)
+        new, err_h = _picard_update(traj, w, y, p, test.torch_dtype, slopes)
         # 4. Convergence of each refreshed slot.
         ok = test.passed(w, err_h, residual)
         # 5. Slide each window to its first unconverged slot and guess the newly exposed slots.
@@ -309,14 +351,17 @@ def _check_arguments(
 
 
 class _Window:
-    """Step 1's row layout (host arrays and their device copies) for one iteration.
+    """Step 1's row layout (host arrays, and the device row sets they index) for one iteration.
 
     Row r (sample-major) is window position ``i_r`` of active sample ``s_r``, at buffer slot ``slot_r``.
+    Row sets: ``slot`` (step positions), ``flat`` (buffer rows read), ``next`` (buffer rows refreshed),
+    ``grid`` / ``grid1`` (cells i / i+1 of the (A, p+1) update grid) and ``last`` (each active sample's
+    last row); with one sample they are runs of consecutive rows, read as views (`_Rows`).
     """
 
     __slots__ = (
-        "A", "La", "La_r", "R", "act", "first", "flat_r", "flat_t", "grid1_t", "grid_t", "i_r",
-        "next_t", "s_t", "slot_r", "slot_t",
+        "A", "La", "La_r", "R", "act", "first", "flat", "flat_r", "grid", "grid1", "i_r", "last", "next",
+        "s_t", "slot", "slot_r", "starts",
     )  # fmt: skip
 
     def __init__(self, traj: _Trajectory, b_h: np.ndarray, L: np.ndarray, R: int, p: int) -> None:
@@ -330,10 +375,23 @@ class _Window:
         self.i_r = i_r = np.arange(R) - np.repeat(first, La)  # (R,)
         self.La_r = np.repeat(La, La)  # (R,) each row's window length
         self.slot_r = slot_r = b_h[s_r] + i_r  # (R,) step index in 0..K-1
-        grid_r = np.repeat(np.arange(A), La) * (p + 1) + i_r  # (R,) row's cell in the (A, p+1) grid
         self.flat_r = flat_r = slot_r * B + s_r  # (R,)
-        idx = traj.index(np.concatenate([slot_r, flat_r, flat_r + B, grid_r, grid_r + 1, s_r]))
-        self.slot_t, self.flat_t, self.next_t, self.grid_t, self.grid1_t, self.s_t = idx.view(6, R)
+        self.starts: Tensor | int  # window starts of the active samples ((A,) on the device, or b)
+        if B == 1:  # one sample: slot = flat row, and every row set is a run
+            b = int(b_h[0])
+            self.slot = self.flat = _Rows(slice(b, b + R))
+            self.next, self.last = _Rows(slice(b + 1, b + 1 + R)), _Rows(slice(R - 1, R))
+            self.grid, self.grid1 = _Rows(slice(0, R)), _Rows(slice(1, R + 1))
+            self.starts, self.s_t = b, None
+            return
+        grid_r = np.repeat(np.arange(A), La) * (p + 1) + i_r  # (R,) row's cell in the (A, p+1) grid
+        last_r = first + La - 1  # (A,)
+        rows = np.concatenate([slot_r, flat_r, flat_r + B, grid_r, grid_r + 1, s_r, b_h[act], last_r])
+        idx = traj.index(rows)
+        slot_t, flat_t, next_t, grid_t, grid1_t, self.s_t = idx[: 6 * R].view(6, R)
+        self.slot, self.flat, self.next = _Rows(slot_t), _Rows(flat_t), _Rows(next_t)
+        self.grid, self.grid1 = _Rows(grid_t), _Rows(grid1_t)
+        self.starts, self.last = idx[6 * R : 6 * R + A], _Rows(idx[6 * R + A :])
 
 
 def _step_rows(traj: _Trajectory, w: _Window, x_r: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
@@ -343,16 +401,21 @@ def _step_rows(traj: _Trajectory, w: _Window, x_r: Tensor, out: Tensor) -> tuple
     evaluated, every other row the row above's (same call); the cache is refreshed with these rows.
     """
     table, R = traj.table, w.R
-    rows = table.rows(w.slot_t)
+    rows = table.rows(w.slot.key, trailing=len(traj.rest))
     prev_x0 = None
+    x0_pre = None
     if traj.x0_cache is not None:
         x0_pre = predict_x0(table, rows, x_r, out)  # (R, H, D)
-        cached = traj.x0_cache.index_select(0, traj.index(np.maximum(w.flat_r - traj.B, 0)))  # (R, H, D)
-        starts = traj.index(w.i_r == 0).view(R, *(1,) * len(traj.rest))  # (R, 1, 1) bool
-        prev_x0 = torch.where(starts, cached, x0_pre.roll(1, dims=0))
-        traj.x0_cache.index_copy_(0, w.flat_t, x0_pre)
-    z_r = None if traj.noise is None else traj.noise.index_select(0, w.flat_t)  # (R, H, D)
-    res = step(table, rows, x_r, out, z_r, prev_x0=prev_x0, inpaint=traj.known(w.s_t))
+        if isinstance(w.slot.key, slice):  # one sample: only row 0 reads the cache (slot b-1)
+            b = max(w.slot.key.start, 1)  # step 0 is first order: any cached value serves it
+            prev_x0 = torch.cat([traj.x0_cache[b - 1 : b], x0_pre[:-1]])  # (R, H, D)
+        else:
+            cached = traj.x0_cache.index_select(0, traj.index(np.maximum(w.flat_r - traj.B, 0)))  # (R, H, D)
+            starts = traj.index(w.i_r == 0).view(R, *(1,) * len(traj.rest))  # (R, 1, 1) bool
+            prev_x0 = torch.where(starts, cached, x0_pre.roll(1, dims=0))
+        w.flat.put_(traj.x0_cache, x0_pre)
+    z_r = None if traj.noise is None else w.flat.take(traj.noise)  # (R, H, D)
+    res = step(table, rows, x_r, out, z_r, prev_x0=prev_x0, inpaint=traj.known(w.s_t), x0_hat=x0_pre)
     return res.prev_sample, res.x0_hat
 
 
@@ -361,59 +424,79 @@ def _picard_update(
     w: _Window,
     y: Tensor,
     p: int,
-    err_dtype: type,
+    err_dtype: torch.dtype,
     slopes: _PararealSlopes | None,
-    b_h: np.ndarray,
 ) -> tuple[Tensor, np.ndarray]:
     """Step 3: new X[b+1+i] = y_{b+i} + Σ_{j<i} w_ij (y_{b+j} - X[b+1+j]), written back for the window.
 
     The differences sit on an (A, p+1) grid whose first column stays 0. Picard (``slopes`` None):
     w_ij = 1, an exclusive cumulative sum. Parareal: w_ij = Π_{m=j+1..i} a_{b+m}, one small batched
-    matrix product per iteration. Either way a prefix of unchanged slots contributes exactly 0.
+    matrix product per iteration. Either way a prefix of unchanged slots contributes exactly 0. The
+    change is measured before the write-back (``old`` is a view of those rows for one sample).
 
     Returns:
         (new (R, H, D), the (R,) mean squared change of each refreshed slot on the host: the one
         device-to-host copy of the iteration).
     """
     rest, Xf = traj.rest, traj.flat
-    old = Xf.index_select(0, w.next_t)  # (R, H, D) previous guesses of the refreshed slots
-    grid = torch.zeros((w.A * (p + 1), *rest), dtype=y.dtype, device=traj.device)  # (A·(p+1), H, D)
-    grid.index_copy_(0, w.grid1_t, y - old)
+    old = w.next.take(Xf)  # (R, H, D) previous guesses of the refreshed slots (a view for one sample)
+    grid = y.new_zeros((w.A * (p + 1), *rest))  # (A·(p+1), H, D)
+    w.grid1.put_(grid, y - old)
     if slopes is None:
         carried = grid.view(w.A, p + 1, *rest).cumsum(1)  # (A, p+1, H, D)
     else:
-        weights = slopes.weights(b_h[w.act], traj)  # (A, p+1, p+1)
+        weights = slopes.weights(w.starts)  # (A, p+1, p+1)
         carried = torch.bmm(weights, grid.view(w.A, p + 1, -1))  # (A, p+1, H·D)
-    new = y + carried.reshape(w.A * (p + 1), *rest).index_select(0, w.grid_t)  # (R, H, D)
-    Xf.index_copy_(0, w.next_t, new)
-    err = (new - old).to(torch.float64 if err_dtype is np.float64 else torch.float32)
-    return new, err.square().flatten(1).mean(1).cpu().numpy()
+    new = y + w.grid.take(carried.view(w.A * (p + 1), *rest))  # (R, H, D)
+    dims = tuple(range(1, new.dim()))
+    norm = torch.linalg.vector_norm(new - old, dim=dims, dtype=err_dtype).cpu().numpy()  # (R,)
+    w.next.put_(Xf, new)  # after the change is measured: ``old`` may be a view of these rows
+    return new, norm * norm / math.prod(rest)
 
 
 class _PararealSlopes:
-    """The carry weights of the Parareal update for windows starting at any slot (host, float64).
+    """The carry weights of the Parareal update for windows starting at any slot (on the device).
 
     a_j is the slope of step j with x̂₀ held fixed (`table.rollout_coef_x`, read off the step itself
     when the table was built); weight[i, j] = Π_{m=j..i} a_{b+m} for 1 <= j <= i multiplies grid
-    column j (the change of refreshed slot b+j, i.e. of the slot entering step b+j) in row i.
+    column j (the change of refreshed slot b+j, i.e. of the slot entering step b+j) in row i. With
+    the cumulative log-slopes C[n] = Σ_{m<n} log a_m (float64), weight[i, j] = exp(C[b+i+1] - C[b+j]).
+    Built once per table and window (`StepTable.cached`); the weights of a single window start are
+    kept as they are first computed, up to `MAX_KEPT_ELEMENTS` in all.
     """
 
-    def __init__(self, table: StepTable, p: int) -> None:
-        a = table.rollout_coef_x.detach().to("cpu", torch.float64).numpy()  # (K,)
-        self.log_a = np.concatenate([np.log(np.clip(a, 1e-30, None)), np.zeros(p + 1)])  # (K+p+1,)
-        self.p = p
-        col = np.arange(p + 1)
-        self.mask = (col[None, :] >= 1) & (col[None, :] <= col[:, None])  # (p+1, p+1) 1 <= j <= i
-        self.dtype = table.dtype
+    MAX_KEPT_ELEMENTS = 1 << 22
 
-    def weights(self, starts: np.ndarray, traj: _Trajectory) -> Tensor:
-        """(A, p+1, p+1) weights for windows starting at ``starts`` (A,), on the trajectory's device."""
-        cols = starts[:, None] + np.arange(self.p + 1)[None, :]  # (A, p+1) step b+i of each column
-        S = np.cumsum(self.log_a[cols], axis=1)  # (A, p+1) Σ_{m<=i} log a_{b+m}
-        # Π_{m=j..i} a_{b+m} = exp(S_i - S_{j-1}); column j uses S_{j-1} (S_{-1} = 0)
-        S_prev = np.concatenate([np.zeros((starts.size, 1)), S[:, :-1]], axis=1)  # (A, p+1)
-        W = np.exp(S[:, :, None] - S_prev[:, None, :]) * self.mask  # (A, p+1, p+1)
-        return torch.from_numpy(W).to(traj.device, self.dtype)
+    def __init__(self, table: StepTable, p: int) -> None:
+        K, dev = table.num_steps, table.device
+        log_a = table.rollout_coef_x.to(torch.float64).clamp_min(1e-300).log()  # (K,); a = 0 -> -690
+        C = torch.zeros(K + p + 2, dtype=torch.float64, device=dev)  # (K+p+2,); past K: slope 1
+        C[1 : K + 1] = log_a.cumsum(0)
+        C[K + 1 :] = C[K]
+        self.C = C
+        self.offsets = torch.arange(p + 2, device=dev)  # (p+2,)
+        col = torch.arange(p + 1, device=dev)
+        self.outside = (col[None, :] < 1) | (col[None, :] > col[:, None])  # (p+1, p+1) not 1 <= j <= i
+        self.dtype = table.dtype
+        self.kept: dict[int, Tensor] = {}  # window start -> its (1, p+1, p+1) weights
+        self.max_kept = max(self.MAX_KEPT_ELEMENTS // (p + 1) ** 2, 1)
+
+    def weights(self, starts: Tensor | int) -> Tensor:
+        """(A, p+1, p+1) weights for windows starting at ``starts`` ((A,) int64 on the device, or one
+        start b as an int)."""
+        if not isinstance(starts, int):
+            return self._from_logs(self.C[starts[:, None] + self.offsets])  # C[b+k]: (A, p+2)
+        W = self.kept.get(starts)
+        if W is None:
+            W = self._from_logs(self.C[starts : starts + self.offsets.numel()][None])  # (1, p+2)
+            if len(self.kept) < self.max_kept:
+                self.kept[starts] = W
+        return W
+
+    def _from_logs(self, G: Tensor) -> Tensor:
+        """(A, p+1, p+1) weights from G = C[b + 0..p+1] of each window ((A, p+2))."""
+        log_w = G[:, 1:, None] - G[:, None, :-1]  # (A, p+1, p+1) C[b+i+1] - C[b+j]
+        return log_w.masked_fill_(self.outside, -math.inf).exp_().to(self.dtype)
 
 
 class _ConvergenceTest:
@@ -426,6 +509,7 @@ class _ConvergenceTest:
     def __init__(self, table: StepTable, tol: float, abs_floor: float, dtype: torch.dtype) -> None:
         K = table.num_steps
         self.K = K
+        self.torch_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # of the error
         self.dtype = np.float64 if dtype == torch.float64 else np.float32
         self.var = np.ones(K + 1, dtype=self.dtype)  # (K+1,) σ² of the step leaving each slot (1 at K)
         self.var[:K] = table.tol_variance.cpu().numpy()
@@ -462,18 +546,17 @@ def _slide(
     ends = b_h[act] + La  # (A,) old window ends (last written slot)
     b_h[act] = np.minimum(b_h[act] + np.minimum(first_bad + 1, p), K)
     counts = np.maximum(np.minimum(b_h[act] + p, K) - ends, 0)  # (A,) newly exposed slots
-    last = traj.index(w.first + La - 1)  # (A,) each sample's last row
     if refill == "window_end" and counts.any():  # exposed slots e+1 .. get X[e]
         k = np.arange(int(counts.max()))[:, None]  # (M, 1)
         keep = k < counts[None, :]  # (M, A)
         dest = ((ends[None, :] + 1 + k) * B + act[None, :])[keep]
         src = np.broadcast_to(np.arange(w.A)[None, :], keep.shape)[keep]
-        traj.flat.index_copy_(0, traj.index(dest), new.index_select(0, last).index_select(0, traj.index(src)))
+        traj.flat.index_copy_(0, traj.index(dest), w.last.take(new).index_select(0, traj.index(src)))
     elif refill == "x0_rollout":  # roll forward from X[e], holding the window's last x̂₀ fixed
-        x0_last = x0_r.index_select(0, last)  # (A, H, D)
+        x0_last = w.last.take(x0_r)  # (A, H, D)
         if traj.inpaint is not None:  # onto the known rows: the inpainted step with x̂₀ held
             x0_last = traj.known(traj.index(act)).pull(x0_last)
-        traj.roll_out(act, ends, counts, new.index_select(0, last), x0_last)
+        traj.roll_out(act, ends, counts, w.last.take(new), x0_last)
 
 
 def _finish_sequential(

@@ -70,8 +70,8 @@ def _coef(table: StepTable, idx: StepIndex, ndim: int, name: str) -> Tensor:
     """
     if isinstance(idx, int):
         return table.columns[name][idx]  # () view: broadcasts against anything, no gather kernel
-    c = idx.column(name) if isinstance(idx, StepRows) else table.columns[name][idx]  # (S,)
-    return c.view(c.shape + (1,) * (ndim - c.dim()))  # (S,) -> (S, 1, ..., 1)
+    c = idx.column(name) if isinstance(idx, StepRows) else table.columns[name][idx]  # (S, ...)
+    return c if c.dim() == ndim else c.view(c.shape + (1,) * (ndim - c.dim()))  # (S, 1, ..., 1)
 
 
 def _x0_and_eps(
@@ -149,6 +149,7 @@ def step(
     *,
     prev_x0: Tensor | None = None,
     inpaint: Inpaint | None = None,
+    x0_hat: Tensor | None = None,
 ) -> StepOutput:
     """One reverse step x_{τ_i} -> x_{τ_{i+1}} for every row, by the table's update rule.
 
@@ -166,6 +167,8 @@ def step(
         inpaint: known rows (see `inpaint`), entry r for leading row r of `x_t` (or broadcastable):
             after the update each row is pulled with its weight toward the update with x̂₀ held at its
             known value (the same `noise`). None: the plain step.
+        x0_hat: the rows' `predict_x0`, when the caller has it already (rules that read ε̂ compute
+            both again).
 
     Returns:
         `StepOutput(prev_sample, x0_hat)`; ``x0_hat`` is the model's x̂₀ (never the known values), so
@@ -173,7 +176,10 @@ def step(
     """
     nd = x_t.dim()
     rule = table.rule
-    x0, eps = _x0_and_eps(table, idx, x_t, model_out, need_eps=rule.needs_eps)
+    if x0_hat is None or rule.needs_eps:
+        x0, eps = _x0_and_eps(table, idx, x_t, model_out, need_eps=rule.needs_eps)
+    else:
+        x0, eps = x0_hat, None
     if rule.uses_history and prev_x0 is None and isinstance(idx, int) and table.orders[idx] > 1:
         raise ValueError(f"{rule.kind} step {idx} is of order {table.orders[idx]} and needs prev_x0")
     # 3. The rule's update (see its module under rules/), coefficients gathered by step position.

@@ -10,9 +10,9 @@ Library module: imports torch only.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor
@@ -20,6 +20,8 @@ from torch import Tensor
 from parapolicy.policy.diffusion.rules import UpdateRule
 
 __all__ = ["SHARED_COLUMNS", "StepRows", "StepTable"]
+
+T = TypeVar("T")
 
 SHARED_COLUMNS = (
     "alpha_bar",
@@ -41,26 +43,31 @@ class StepRows(NamedTuple):
 
     `step.step` accepts it in place of a LongTensor of step positions: row r then reads its
     coefficients from `values[r]` instead of gathering every column separately (the Picard sampler
-    evaluates many rows per iteration, and one gather is cheaper than a dozen). A NamedTuple: built
-    several times per Picard iteration, and cheaper to build than a frozen dataclass.
+    evaluates many rows per iteration, and one gather is cheaper than a dozen). The values carry
+    trailing singleton dims, so a column broadcasts against the rows' tensors as it is (one `select`,
+    no reshaping per coefficient). A NamedTuple: built several times per Picard iteration, and cheaper
+    to build than a frozen dataclass.
 
     Attributes:
-        positions: (R,) int64 step position of each row (or any leading shape, e.g. (M, A)).
-        values: (R, n_columns) coefficients (the same leading shape), column c = the table's column c.
+        values: (R, n_columns, 1, ..., 1) coefficients of the rows (any leading shape, e.g. (M, A),
+            then one dim over the columns at `axis`, then ``trailing`` singleton dims); column c = the
+            table's column c.
+        axis: the dim of `values` that runs over the columns (= the number of leading dims).
         index: column name -> column number (the table's).
     """
 
-    positions: Tensor
     values: Tensor
+    axis: int
     index: Mapping[str, int]
 
     def column(self, name: str) -> Tensor:
-        """Coefficient ``name`` of every row, shaped like `positions` (a view)."""
-        return self.values[..., self.index[name]]
+        """Coefficient ``name`` of every row: the leading shape + (1,) * trailing (a view)."""
+        return self.values.select(self.axis, self.index[name])
 
     def view(self, *shape: int) -> StepRows:
         """The same rows with the leading shape ``shape`` (e.g. (M·A,) -> (M, A))."""
-        return StepRows(self.positions.view(*shape), self.values.view(*shape, -1), self.index)
+        per_row = self.values.shape[self.axis :]  # (n_columns, 1, ..., 1)
+        return StepRows(self.values.view(*shape, *per_row), len(shape), self.index)
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,7 @@ class StepTable:
         tol_variance: (K,) variance that normalises the Picard change of slot i (see `make_step_table`).
         column_names: `SHARED_COLUMNS` + `rule.columns`.
         coefficients: (K, len(column_names)) every column stacked (`rows` gathers from it).
+        memo: what samplers derived from this table, by key (`cached`); never compared.
     """
 
     rule: UpdateRule
@@ -116,6 +124,7 @@ class StepTable:
     coefficients: Tensor
     columns: Mapping[str, Tensor] = dataclasses.field(init=False, repr=False, compare=False)
     index: Mapping[str, int] = dataclasses.field(init=False, repr=False, compare=False)
+    memo: dict[Hashable, Any] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         K, n = self.num_steps, len(self.column_names)
@@ -126,6 +135,7 @@ class StepTable:
         columns = {name: self.coefficients[:, c].contiguous() for name, c in index.items()}
         object.__setattr__(self, "index", index)  # plain dicts: read in the hot loop, never written
         object.__setattr__(self, "columns", columns)
+        object.__setattr__(self, "memo", {})  # see `cached`; a moved or replaced table starts empty
 
     def __getattr__(self, name: str) -> Tensor:
         columns = self.__dict__.get("columns")
@@ -133,13 +143,32 @@ class StepTable:
             return columns[name]
         raise AttributeError(f"{type(self).__name__} has no attribute or column {name!r}")
 
+    def cached(self, key: Hashable, build: Callable[[], T]) -> T:
+        """``build()``, computed once per table and key: what a sampler derives from the table alone
+        (e.g. the Picard convergence thresholds), kept for the next call with the same table."""
+        if key not in self.memo:
+            self.memo[key] = build()
+        return self.memo[key]
+
     def column(self, name: str) -> Tensor:
         """The (K,) column ``name``."""
         return self.columns[name]
 
-    def rows(self, positions: Tensor) -> StepRows:
-        """Gather the coefficients of the steps at ``positions`` ((R,) int64) in one indexing op."""
-        return StepRows(positions, self.coefficients.index_select(0, positions), self.index)
+    def rows(self, positions: Tensor | slice, trailing: int = 0) -> StepRows:
+        """Gather the coefficients of the steps at ``positions`` in one indexing op.
+
+        Args:
+            positions: (R,) int64 step positions (or any leading shape), or a slice of consecutive
+                positions (read as a view, no gather).
+            trailing: singleton dims appended to each row's coefficients, so that a column broadcasts
+                against tensors of shape (R, *trailing dims) as it is.
+        """
+        if isinstance(positions, slice):
+            values, lead = self.coefficients[positions], 1  # (R, n_columns) view
+        else:
+            values = self.coefficients.index_select(0, positions.reshape(-1))  # (R, n_columns)
+            values, lead = values.view(*positions.shape, -1), positions.dim()
+        return StepRows(values.view(*values.shape, *(1,) * trailing), lead, self.index)
 
     @property
     def kind(self) -> str:
