@@ -162,14 +162,47 @@ class PushTWorld:
         agent = self.agent
         self.n_contact_points = 0
         for _ in range(N_SUBSTEPS):
-            (px, py), (vx, vy) = agent.position, agent.velocity
-            # acc = k_p (target - pos) + k_v (0 - vel); vel += acc dt  (semi-implicit Euler)
-            agent.velocity = (
-                vx + (K_P * (tx - px) - K_V * vx) * SIM_DT,
-                vy + (K_P * (ty - py) - K_V * vy) * SIM_DT,
-            )
-            self.space.step(SIM_DT)
+            agent.velocity = pd_velocity(agent.position, agent.velocity, (tx, ty))
+            self.space.step(SIM_DT)  # the kinematic pusher moves by velocity x SIM_DT, whatever it hits
         return self.n_contact_points
+
+
+def pd_velocity(
+    position: tuple[float, float], velocity: tuple[float, float], target: tuple[float, float]
+) -> tuple[float, float]:
+    """The pusher's velocity after one substep of the PD law (the one place it is written).
+
+    acc = k_p (target - pos) + k_v (0 - vel); vel += acc dt (semi-implicit Euler; the position then
+    moves by the new velocity x SIM_DT).
+    """
+    (px, py), (vx, vy), (tx, ty) = position, velocity, target
+    return (vx + (K_P * (tx - px) - K_V * vx) * SIM_DT, vy + (K_P * (ty - py) - K_V * vy) * SIM_DT)
+
+
+def forecast_pusher(position: np.ndarray, velocity: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Where the pusher will be after each of ``targets`` (one control step each), from its own state.
+
+    The pusher is kinematic: contacts never move it, so its path is its PD law alone and this equals
+    what `PushTWorld.step_control` does to it, whatever the block does.
+
+    Args:
+        position: (2,) the pusher's position now.
+        velocity: (2,) its velocity now (px/s).
+        targets: (n, 2) the targets of the next n control steps.
+
+    Returns:
+        (n, 2) its position after each control step.
+    """
+    p = (float(position[0]), float(position[1]))
+    v = (float(velocity[0]), float(velocity[1]))
+    out = np.empty((len(targets), 2))
+    for i, target in enumerate(targets):
+        tx, ty = float(target[0]), float(target[1])
+        for _ in range(N_SUBSTEPS):
+            v = pd_velocity(p, v, (tx, ty))
+            p = (p[0] + v[0] * SIM_DT, p[1] + v[1] * SIM_DT)
+        out[i] = p
+    return out
 
 
 def contacts_per_substep(n_contact_points: int) -> int:
@@ -177,4 +210,11 @@ def contacts_per_substep(n_contact_points: int) -> int:
     return math.ceil(n_contact_points / N_SUBSTEPS)
 
 
-__all__ = ["GOAL_POSE", "PhysicsSnapshot", "PushTWorld", "contacts_per_substep"]
+__all__ = [
+    "GOAL_POSE",
+    "PhysicsSnapshot",
+    "PushTWorld",
+    "contacts_per_substep",
+    "forecast_pusher",
+    "pd_velocity",
+]

@@ -240,6 +240,7 @@ def _table_row(name: str, mode: str, result: RolloutResult) -> dict[str, Any]:
         "miss_rate": lat["miss_rate"],
         "latency_model": lat.get("latency_model"),
         "stitch": lat.get("stitch") if lat.get("mode") != "frozen" else None,
+        "forecast": lat.get("forecast") if lat.get("mode") != "frozen" else None,
         "delay_ms": _modelled_delay_ms(lat),
         "expected_delay_ticks": ch["delay"]["mean_expected"],
         "plans_per_episode": agg["mean_plans"],
@@ -387,6 +388,7 @@ def run_compare(cfg: CompareConfig, out: Path) -> dict[str, Any]:
     for per in summary["runs"].values():
         for block in per.values():
             block.pop("per_episode")  # per-episode records live in <sampler>/eval_info.json
+    (out / "compare.json").write_text(json.dumps(summary, indent=2))  # the results, before any plot
     if cfg.plots:
         paths = compare_plots(cfg, results, out / "plots")
         if cfg.latency_sweep:
@@ -403,7 +405,7 @@ def run_compare(cfg: CompareConfig, out: Path) -> dict[str, Any]:
                     )
                 )
             )
-    (out / "compare.json").write_text(json.dumps(summary, indent=2))
+        (out / "compare.json").write_text(json.dumps(summary, indent=2))  # with the plots' paths
     return summary
 
 

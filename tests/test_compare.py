@@ -12,7 +12,8 @@ import pytest
 
 from parapolicy.policy.compare import PARADDPM, CompareConfig, SamplerEntry, format_table, run_compare
 from parapolicy.policy.config import SamplerConfig
-from parapolicy.policy.control.evaluation import EvalConfig
+from parapolicy.policy.control.evaluation import EvalConfig, wilson_interval
+from parapolicy.policy.control.plots import delay_sweep
 from parapolicy.policy.control.rollout import ControlConfig
 from parapolicy.policy.model.checkpoint import CheckpointError
 from parapolicy.policy.profile import ProfileConfig, format_profile, run_profile
@@ -372,6 +373,23 @@ def test_compare_sweeps_latency_models_and_stitching(checkpoint, tmp_path):
     assert (out / "plots" / "delay_sweep.png").read_bytes()[:4] == PNG
     text = format_table(summary["table"])
     assert "realtime_sim@fixed:350/inpaint" in text and "bnd/in" in text
+
+
+def test_delay_sweep_plot_takes_an_all_success_cell(tmp_path):
+    """A cell with every episode successful: its Wilson upper bound is exactly 100 %, and the plot
+    (which once raised on an error bar of -1e-14 after the runs, losing compare.json) is written."""
+    lo, hi = wilson_interval(50, 50)
+    assert hi == 1.0 and wilson_interval(0, 50)[0] == 0.0 and lo < 1.0
+    rows = [
+        {"sampler": "paraddpm", "mode": "frozen", "stitch": None, "delay_ms": None, "mean_score": 1.0,
+         "pc_success": 100.0, "pc_success_ci95": [92.9, 100.0]},
+        {"sampler": "paraddpm", "mode": "realtime_sim@fixed:350/drop", "stitch": "drop", "delay_ms": 350,
+         "mean_score": 1.0, "pc_success": 100.0, "pc_success_ci95": [92.9, 99.99999999999999]},
+        {"sampler": "paraddpm", "mode": "realtime_sim@fixed:150/drop", "stitch": "drop", "delay_ms": 150,
+         "mean_score": 0.9, "pc_success": 80.0, "pc_success_ci95": [67.0, 89.0]},
+    ]  # fmt: skip
+    path = delay_sweep(rows, tmp_path / "sweep.png")
+    assert path.read_bytes()[:4] == PNG
 
 
 @pytest.mark.parametrize(

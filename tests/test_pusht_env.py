@@ -19,7 +19,7 @@ from parapolicy.envs import (
     reference_initial_state,
 )
 from parapolicy.envs.geometry import T_AREA, corners_world, t_polygon
-from parapolicy.envs.physics import BLOCK_MOMENT, PushTWorld
+from parapolicy.envs.physics import BLOCK_MOMENT, PushTWorld, forecast_pusher
 
 GOLDEN_STARTS = [
     # seed, sampled [ax, ay, bx, by, theta], observation after the legacy set [ax, ay, bx, by, theta mod 2pi]
@@ -87,6 +87,23 @@ def test_pd_response_to_a_50px_step():
     env.reset(options={"reset_to_state": [256, 100, 256, 350, 0.0]})
     ys = [env.step(np.array([256.0, 150.0], dtype=np.float32))[0][1] - 100.0 for _ in range(5)]
     np.testing.assert_allclose(ys, [14.8, 30.8, 40.4, 45.4, 47.8], atol=0.05)
+
+
+def test_pusher_forecast_is_the_worlds_own_path_through_contact():
+    """`forecast_pusher` (the controller's forecast of its own state) equals the pusher's real path,
+    bit for bit, while it pushes the block: the pusher is kinematic, contacts never move it."""
+    env = PushTEnv(obs_type="state")
+    env.reset(options={"reset_to_state": [256.0, 150.0, 256.0, 300.0, 0.0]})
+    targets = np.array([[256.0, 260.0 + 10 * i] for i in range(12)])  # drive down into the block
+    w = env.world
+    forecast = forecast_pusher(w.agent_position, w.agent_velocity, targets)  # (12, 2)
+    real, contacts = [], 0
+    for t in targets:
+        obs, _, _, _, info = env.step(t)
+        real.append(obs[:2])
+        contacts += info["n_contacts"]
+    assert contacts > 0  # it did push the block
+    np.testing.assert_array_equal(forecast, np.array(real))
 
 
 def test_coverage_reference_values():

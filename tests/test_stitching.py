@@ -16,7 +16,13 @@ from parapolicy.policy.control.evaluation import EvalConfig
 from parapolicy.policy.control.latency import SOURCE_CODE, StepLog
 from parapolicy.policy.control.rollout import ControlConfig, run_rollouts
 from parapolicy.policy.control.smoothness import smoothness
-from parapolicy.policy.control.stitching import DelayEstimator, in_time_request, known_rows
+from parapolicy.policy.control.stitching import (
+    DelayEstimator,
+    executed_actions,
+    expectation,
+    in_time_request,
+    known_rows,
+)
 
 SEQ10 = SamplerConfig(num_inference_steps=10)
 PIC10 = SamplerConfig(num_inference_steps=10, algorithm="picard", window=4, tol=1e-6)
@@ -286,6 +292,17 @@ class ActionLog(PushTEnv):
         return super().step(action)
 
 
+def run_logged(policy, env_class, control: ControlConfig, steps: int = 40):
+    """One episode of ``steps`` in an instrumented env: the rollout result and the env."""
+    envs = []
+
+    def make():
+        envs.append(env_class())
+        return envs[-1]
+
+    return run_rollouts(policy, ec(steps=steps), control, env_factory=make), envs[0]
+
+
 @pytest.mark.parametrize(
     ("ta", "request_rule", "tail"),
     [(8, "every_ta", True), (4, "every_ta", True), (8, "in_time", True), (4, "every_ta", False)],
@@ -298,12 +315,6 @@ def test_imposed_rows_are_the_actions_executed_at_their_ticks(tiny_policy, ta, r
     current plan would execute at their ticks. Checked against the env's own record of its actions."""
     tiny_policy.set_sampler(PIC10)
     calls = spy_plans(tiny_policy)
-    envs: list[ActionLog] = []
-
-    def make() -> ActionLog:
-        envs.append(ActionLog())
-        return envs[-1]
-
     control = ControlConfig(
         mode="realtime_sim",
         latency_model="fixed:350",
@@ -313,8 +324,8 @@ def test_imposed_rows_are_the_actions_executed_at_their_ticks(tiny_policy, ta, r
         request=request_rule,
         use_plan_tail=tail,
     )
-    r = run_rollouts(tiny_policy, ec(steps=40), control, env_factory=make)
-    executed = np.stack(envs[0].actions)  # (T, Da), row t = tick t
+    r, env = run_logged(tiny_policy, ActionLog, control)
+    executed = np.stack(env.actions)  # (T, Da), row t = tick t
     start, unnorm = tiny_policy.config.action_start, tiny_policy.normalizer.unnormalize
     req = r.chunks.column("request_step")
     assert len(calls) >= len(req) >= 4 and (r.chunks.column("ticks_late")[1:] == 4).all()  # (+ one in flight)
@@ -332,3 +343,99 @@ def test_imposed_rows_are_the_actions_executed_at_their_ticks(tiny_policy, ta, r
         prev, prev_s = plans[k - 1], int(req[k - 1])
         soft = np.flatnonzero((w > 0) & (w < 1))  # the rest of the current plan, at its ticks
         np.testing.assert_allclose(target[soft], prev[start + s - prev_s + soft - start], atol=1e-3)
+
+
+# --------------------------------------------------------------------------------------------------
+# forecast=robot
+class PusherLog(ActionLog):
+    """`ActionLog` that also records every observation (row t: the state after tick t's action, i.e.
+    of tick t + 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.observations: list[np.ndarray] = []
+
+    def step(self, action):
+        out = super().step(action)
+        self.observations.append(np.asarray(out[0], dtype=np.float64).copy())
+        return out
+
+
+def spy_observations(policy):
+    """Record every call's observation history (environment units) and inpaint."""
+    real = policy.predict_action_chunk
+    calls = []
+
+    def spy(obs, noise=None, generator=None, x0_guess=None, inpaint=None):
+        calls.append((next(iter(obs.values())).detach().clone().double().numpy(), inpaint))
+        return real(obs, noise=noise, generator=generator, x0_guess=x0_guess, inpaint=inpaint)
+
+    policy.__dict__["predict_action_chunk"] = spy
+    return calls
+
+
+@pytest.mark.parametrize("stitch", ["drop", "inpaint"])
+def test_forecast_conditions_each_plan_on_the_pusher_at_its_first_tick(tiny_policy, stitch):
+    """d = 4 (fixed:350): a plan requested at tick s starts at s + 4 and sees the pusher exactly where it
+    is at ticks s + 3 and s + 4 (the task's forecast through the 4 actions executed meanwhile) and the
+    block as observed at s; it arrives on time, so nothing is dropped. With inpainting it continues the
+    action of tick s + 3 (row To - 2), and nothing else is imposed."""
+    tiny_policy.set_sampler(PIC10)
+    calls = spy_observations(tiny_policy)
+    control = ControlConfig(
+        mode="realtime_sim",
+        latency_model="fixed:350",
+        warmup_plans=0,
+        forecast="robot",
+        stitch=stitch,
+        stitch_overlap="none",
+    )
+    r, env = run_logged(tiny_policy, PusherLog, control)
+    seen, executed = np.stack(env.observations), np.stack(env.actions)  # (T, 20), (T, 2)
+    firsts = r.chunks.column("request_step")
+    assert len(firsts) >= 4 and list(r.chunks.column("expected_delay")[1:]) == [4] * (len(firsts) - 1)
+    assert (r.chunks.column("ticks_late") == 0).all() and r.per_episode[0]["ticks_lost"] == 0
+    assert r.latency["forecast"] == "robot"
+    start = tiny_policy.config.action_start
+    for k in range(1, len(firsts)):
+        history, ip = calls[k]
+        first = int(firsts[k])  # the plan's first tick; requested at first - 4
+        if first > len(seen):
+            continue  # requested near the end: the episode stopped before its first tick
+        # the policy's observation is float32: equal up to its rounding
+        np.testing.assert_allclose(history[0, -1, -2:], seen[first - 1, -2:], atol=1e-3)  # pusher at first
+        np.testing.assert_allclose(history[0, -2, -2:], seen[first - 2, -2:], atol=1e-3)
+        np.testing.assert_allclose(history[0, -1, :18], seen[first - 5, :18], atol=1e-3)  # block as seen at s
+        if stitch == "drop":
+            assert ip is None
+        else:
+            w = ip.weight[0, :, 0].numpy()
+            assert list(np.flatnonzero(w)) == [start - 1]
+            target = tiny_policy.normalizer.unnormalize("action", ip.target)[0].numpy()
+            np.testing.assert_allclose(target[start - 1], executed[first - 1], atol=1e-3)
+
+
+def test_forecast_in_wallclock_mode_with_real_threads(tiny_policy):
+    """50 Hz, plans of >= 3 ticks: each plan starts where its forecast was made for, never earlier."""
+    tiny_policy.set_sampler(SamplerConfig(num_inference_steps=4, window=4))
+    slow_denoiser(tiny_policy, 15)
+    control = ControlConfig(mode="wallclock", hz=50, warmup_plans=1, forecast="robot", delay_percentile=100)
+    r = run_rollouts(tiny_policy, ec(steps=40), control)
+    ep = r.per_episode[0]
+    assert ep["n_steps"] == 40 and not ep["stopped"] and ep["n_chunks"] >= 3
+    exp, late = r.chunks.column("expected_delay"), r.chunks.column("ticks_late")
+    assert exp[0] == -1 and (exp[1:] >= 3).all() and (late >= 0).all()
+
+
+def test_executed_actions_and_the_forecast_expectation():
+    current = np.stack([np.arange(10.0), np.zeros(10)], axis=1)  # (10, 2)
+    np.testing.assert_array_equal(executed_actions((current, 7), 4, None)[:, 0], [7, 8, 9, 9])
+    np.testing.assert_array_equal(executed_actions(None, 2, np.array([3.0, 4.0])), [[3, 4], [3, 4]])
+    assert executed_actions(None, 2, None) is None
+    est = DelayEstimator(100.0, 90.0, 5, fixed_ms=350.0)
+    x = expectation(est, True, (current, 2), 16, 1, np.array([1.0, 0.0]), "none", forecast=True)
+    assert x.start_offset == 4 and x.forecast[:, 0].tolist() == [2, 3, 4, 5]
+    assert x.known is not None and x.known.committed == 0 and list(np.flatnonzero(x.known.weight)) == [0]
+    assert x.known.actions[0, 0] == 5  # the last action executed before the plan starts
+    plain = expectation(est, True, (current, 2), 16, 1, np.array([1.0, 0.0]), "none")
+    assert plain.start_offset == 0 and plain.forecast is None and plain.known.committed == 4

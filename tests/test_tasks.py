@@ -64,6 +64,10 @@ def ec(n=2, steps=20, batch=2) -> EvalConfig:
             SamplerConfig(num_inference_steps=10, algorithm="picard", window=4, warm_start=True),
             ControlConfig(mode="realtime_sim", latency_model="fixed:250", warmup_plans=0),
         ),
+        (
+            SamplerConfig(num_inference_steps=10),
+            ControlConfig(mode="realtime_sim", latency_model="fixed:350", warmup_plans=0, forecast="robot"),
+        ),
     ],
 )
 def test_the_same_controller_gives_the_same_episodes_in_both_envs(tiny_policy, sampler, control):
@@ -77,6 +81,26 @@ def test_the_same_controller_gives_the_same_episodes_in_both_envs(tiny_policy, s
         assert {k: ra[k] for k in keys} == {k: rb[k] for k in keys}
         assert rb["max_reward"] == pytest.approx(ra["max_reward"], abs=1e-6)
         assert rb["final_coverage"] == pytest.approx(ra["final_coverage"], abs=1e-6)
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_forecast_is_the_pushers_real_path_and_the_latest_block(name):
+    """`Task.forecast` (control.forecast=robot): the pusher where it really is after the actions (its PD
+    law; exact), the block keypoints as last observed."""
+    task = make_task(name)
+    env = task.make_env(96)
+    obs, info = task.reset(env, 100000)
+    rng = np.random.default_rng(0)
+    for a in rng.uniform(150, 350, (3, 2)):
+        obs, _, _, _, info = env.step(a)
+    now = task.observation(obs, info)
+    actions = rng.uniform(150, 350, (4, 2))
+    forecast = task.forecast(env, now, actions)
+    assert len(forecast) == 4
+    for f, a in zip(forecast, actions, strict=True):
+        obs, _, _, _, info = env.step(a)
+        np.testing.assert_array_equal(f[-2:], task.observation(obs, info)[-2:])
+        np.testing.assert_array_equal(f[:18], now[:18])
 
 
 def test_run_rollouts_takes_a_task_or_an_env_factory_not_both(tiny_policy):

@@ -92,7 +92,7 @@ class Controller:
         agg["smoothness"] = smoothness(logs[0])
         lat = latency_summary(logs[0], logs[1], control.effective_budget_ms, warmup_ms, logs[2])
         lat.update(mode=control.mode, hz=control.hz, latency_model=control.latency_model, batch_size=batch)
-        lat.update(stitch=control.stitch, request=control.request)
+        lat.update(stitch=control.stitch, request=control.request, forecast=control.forecast)
         return RolloutResult(
             mode=control.mode,
             per_episode=records,

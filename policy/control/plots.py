@@ -177,8 +177,9 @@ def delay_sweep(rows: Sequence[Mapping], path: str | Path, title: str = "") -> P
             x = [r["delay_ms"] for r in pts]
             y = [r[key] for r in pts]
             if key == "pc_success":
-                lo = [r[key] - r["pc_success_ci95"][0] for r in pts]
-                hi = [r["pc_success_ci95"][1] - r[key] for r in pts]
+                # an all-success cell's Wilson bound can round a hair below 100: clip to >= 0
+                lo = [max(0.0, r[key] - r["pc_success_ci95"][0]) for r in pts]
+                hi = [max(0.0, r["pc_success_ci95"][1] - r[key]) for r in pts]
                 ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3, label=label)
             else:
                 ax.plot(x, y, marker="o", label=label)

@@ -14,6 +14,7 @@ ON_MISS = ("hold", "fallback", "stop")
 STITCH_RULES = ("drop", "inpaint")
 STITCH_OVERLAPS = ("exp", "linear", "none")
 REQUEST_RULES = ("every_ta", "in_time")
+FORECASTS = ("none", "robot")
 LATENCY_MODEL_HELP = "'measured', 'fixed:<ms>' or 'per_call:<ms>[,<ms_per_row>]'"
 
 
@@ -111,6 +112,13 @@ class ControlConfig:
     """The expected delay is this percentile of recent plan latencies (exact for ``fixed`` models)."""
     delay_window: int = 20
     """How many recent plans the expected delay is estimated over."""
+    forecast: str = "none"
+    """``realtime_sim``/``wallclock``: what a plan requested at tick s with expected delay d is conditioned
+    on. ``none``: the observation of tick s (d ticks old when the plan starts); ``robot``: the
+    observation forecast for tick s+d, the robot's own state advanced through the d actions it
+    executes meanwhile by its controller (the task's model; PushT: the pusher's PD law, exact), the
+    rest as observed at s; the plan then starts at tick s+d (nothing of it is dropped when it is on
+    time). See `stitching`."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -147,6 +155,8 @@ class ControlConfig:
             raise ValueError(f"control.request_margin must be >= 0, got {self.request_margin}")
         if not 0 <= self.delay_percentile <= 100:
             raise ValueError(f"control.delay_percentile must be in [0, 100], got {self.delay_percentile}")
+        if self.forecast not in FORECASTS:
+            raise ValueError(f"control.forecast must be one of {FORECASTS}, got {self.forecast!r}")
         if self.delay_window < 1:
             raise ValueError(f"control.delay_window must be >= 1, got {self.delay_window}")
         model = LatencyModel.parse(self.latency_model)

@@ -9,6 +9,11 @@ real-time chunking (Black et al. 2025) over the current plan's remaining rows, t
 ``stitch=drop`` (DiffusionPolicy's rule) nothing is known to the sampler; either way the rows for ticks
 already past are dropped when the plan arrives.
 
+With ``control.forecast=robot`` the plan is not conditioned on the (then d ticks old) observation of
+the request tick: the robot's own state is forecast through the d actions it executes meanwhile (its
+controller is known: `Task.forecast`), the rest of the observation is the latest, and the plan starts
+at tick s+d, so an on-time plan drops nothing; with ``inpaint`` it continues the last of those actions.
+
 The expected delay d comes from `DelayEstimator`: exact for a ``fixed`` latency model, otherwise a
 high percentile of the latencies of recent plans (``control.delay_percentile`` over the last
 ``control.delay_window`` plans). With ``control.request=in_time`` the next plan is requested when the
@@ -29,7 +34,15 @@ import torch
 from parapolicy.policy.control.settings import STITCH_OVERLAPS
 from parapolicy.policy.diffusion.inpaint import soft_prefix_weights
 
-__all__ = ["DelayEstimator", "Expectation", "KnownRows", "expectation", "in_time_request", "known_rows"]
+__all__ = [
+    "DelayEstimator",
+    "Expectation",
+    "KnownRows",
+    "executed_actions",
+    "expectation",
+    "in_time_request",
+    "known_rows",
+]
 
 
 @dataclass(frozen=True)
@@ -125,11 +138,22 @@ def _overlap_weights(
 
 @dataclass(frozen=True)
 class Expectation:
-    """What the controller expects of a plan it requests: its delay and the rows it must continue."""
+    """What the controller expects of a plan it requests: its delay and the rows it must continue.
+
+    ``forecast`` (``control.forecast=robot``): the (d, Da) actions the robot executes before the plan
+    starts; the plan is then conditioned on the observation forecast through them and starts d ticks
+    after the request (``known`` is relative to that tick).
+    """
 
     ticks: int = -1  # expected delay in ticks (-1: none, the world waits for this plan)
     latency_ms: float = float("nan")
     known: KnownRows | None = None
+    forecast: np.ndarray | None = None
+
+    @property
+    def start_offset(self) -> int:
+        """Ticks from the request to the plan's first tick (d with a forecast, else 0)."""
+        return 0 if self.forecast is None else len(self.forecast)
 
     @property
     def inpainted_rows(self) -> int:
@@ -147,6 +171,7 @@ def expectation(
     overlap: str = "exp",
     hold: bool = False,
     overlap_rows: int | None = None,
+    forecast: bool = False,
 ) -> Expectation:
     """The `Expectation` of a plan requested at tick ``request`` while the world does not wait.
 
@@ -155,14 +180,40 @@ def expectation(
         inpaint: ``stitch=inpaint``: also work out the known rows.
         current: the current plan's executable rows (n, Da) and its row for the request tick, or None.
         horizon, start, last_action, overlap, hold, overlap_rows: as for `known_rows`.
+        forecast: ``control.forecast=robot``: with an expected delay d > 0 the plan is meant to start at
+            request + d, conditioned on the forecast through the d actions executed meanwhile
+            (`executed_actions`); its known rows (``inpaint``) are then the last of those actions (row
+            ``start - 1``) and the overlap with the current plan's rows after them.
     """
     d = estimator.ticks()
+    if forecast and d > 0:
+        executed = executed_actions(current, d, last_action)
+        if executed is not None:  # the plan starts at request + d, after the actions the robot executes
+            known = None
+            if inpaint and current is not None:
+                known = known_rows(
+                    current[0], current[1] + d, 0, horizon, start, executed[-1], overlap, hold, overlap_rows
+                )
+            return Expectation(d, estimator.latency_ms(), known, executed)
     known = None
     if inpaint and current is not None:
         known = known_rows(
             current[0], current[1], d, horizon, start, last_action, overlap, hold, overlap_rows
         )
     return Expectation(d, estimator.latency_ms(), known)
+
+
+def executed_actions(
+    current: tuple[np.ndarray, int] | None, delay: int, last_action: np.ndarray | None
+) -> np.ndarray | None:
+    """The (delay, Da) actions the robot sends during the next ``delay`` ticks: the current plan's rows
+    from its next one, then (rows run out) its last action again; None when nothing is known."""
+    rows = [] if current is None else list(current[0][current[1] : current[1] + delay])
+    last = rows[-1] if rows else last_action
+    if last is None:
+        return None
+    rows += [last] * (delay - len(rows))
+    return np.asarray(rows, dtype=np.float64)
 
 
 def in_time_request(current_request: int, n_rows: int, delay: int, margin: int) -> int:

@@ -71,6 +71,12 @@ class Task(Protocol):
         """The fallback action (Da,) float64 in this state: what the robot does without a plan."""
         ...
 
+    def forecast(self, env: Any, observation: Any, actions: np.ndarray) -> list[Any]:
+        """The observations after each of ``actions`` ((n, Da), executed from now) as the robot can
+        predict them: its own state advanced by its controller, the rest of ``observation`` (the
+        latest, `observation`'s format) as it is. ``control.forecast=robot`` (`stitching`)."""
+        ...
+
     def check_video_output(self, directory: Path) -> None:
         """Fail before any rollout when videos could not be written into ``directory``."""
         ...

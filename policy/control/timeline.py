@@ -6,7 +6,9 @@
 tick chooses the action (the current plan's next row, else hold/fallback/stop per ``on_miss``), steps
 the env through the `Task`, and appends the step row and the episode counters. Each request carries
 the plan's `stitching.Expectation` (expected delay; with ``stitch=inpaint`` the rows it must
-continue); ``request=in_time`` moves the next request to when the current plan's rows run low.
+continue); ``request=in_time`` moves the next request to when the current plan's rows run low;
+``forecast=robot`` conditions the plan on the task's forecast of the robot's state at the plan's first
+tick (the request tick + the expected delay) and installs it there at the earliest.
 Semantics: ``docs/control_modes.md``.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -103,7 +106,17 @@ class Timeline:
             c.stitch_overlap,
             c.on_miss == "hold",
             c.stitch_overlap_rows,
+            c.forecast == "robot",
         )
+
+    def history(self, e: Episode, expect: Expectation) -> dict[str, np.ndarray]:
+        """The policy's To-step observation for a plan expecting ``expect``: the episode's history, then
+        (``control.forecast=robot``) the task's forecast through the actions executed before it starts."""
+        if expect.forecast is None:
+            return history_observation(e.history)
+        frames = deque(e.history, maxlen=len(e.history))
+        frames.extend(self.task.forecast(e.env, e.history[-1], expect.forecast))
+        return history_observation(frames)
 
     def install(self, e: Episode, p: Plan, tick: int) -> None:
         """Make ``p`` the episode's current plan at ``tick`` (stale rows skipped) or register its fault."""
@@ -265,13 +278,17 @@ class Timeline:
 
     def _request(self, need: list[Episode]) -> None:
         """Plan for ``need`` at their current ticks; install the plans that arrive at once."""
-        hist_ns = time.perf_counter_ns()
-        histories = [history_observation(e.history) for e in need]  # (To, ...) per key, each
-        self.sections.add("observation", time.perf_counter_ns() - hist_ns)
         expect = [self.expectation(e) for e in need]
-        plans = self.planner.plan(need, [e.tick for e in need], histories, expect)
+        hist_ns = time.perf_counter_ns()
+        histories = [self.history(e, x) for e, x in zip(need, expect, strict=True)]  # (To, ...) per key
+        self.sections.add("observation", time.perf_counter_ns() - hist_ns)
+        starts = [
+            e.tick + x.start_offset for e, x in zip(need, expect, strict=True)
+        ]  # each plan's first tick
+        plans = self.planner.plan(need, starts, histories, expect)
         for e, plan in zip(need, plans, strict=True):
-            plan.arrival = e.tick + self.ticks_late(plan, plan.chunk == 0)
+            # a forecast plan is installed at its first tick at the earliest
+            plan.arrival = max(e.tick + self.ticks_late(plan, plan.chunk == 0), plan.request)
             e.next_request = e.tick + self.Ta
             if plan.arrival <= e.tick:
                 self.install(e, plan, e.tick)
@@ -283,11 +300,12 @@ class Timeline:
     def _submit(self, pool: ThreadPoolExecutor, e: Episode) -> Future:
         tick = e.tick
         t_req = time.perf_counter_ns()
-        history = history_observation(e.history)  # a copy: the main thread keeps appending
         expect = self.expectation(e)
+        history = self.history(e, expect)  # a copy: the main thread keeps appending
+        start = tick + expect.start_offset  # the plan's first tick
 
         def job() -> Plan:
-            plan = self.planner.plan([e], [tick], [history], [expect])[0]
+            plan = self.planner.plan([e], [start], [history], [expect])[0]
             plan.t_obs_ns = t_req  # latency counts from the request, queueing included
             if self.planner.model.kind == "measured":
                 plan.latency_ms = (plan.t_ready_ns - t_req) / 1e6
@@ -311,9 +329,11 @@ class Timeline:
                 elif now - tick_ns > self.period_ns:
                     e.record.pacing_overruns += 1  # the loop itself fell a whole tick behind
                 if future is not None and future.done():
-                    self.install(e, future.result(), e.tick)
-                    future = None
-                if future is None and e.tick >= e.next_request:
+                    e.pending, future = future.result(), None
+                if e.pending is not None and e.pending.request <= e.tick:  # a forecast plan: its first tick
+                    self.install(e, e.pending, e.tick)
+                    e.pending = None
+                if future is None and e.pending is None and e.tick >= e.next_request:
                     future = self._submit(pool, e)
                 self.act(e, tick_ns, sim=False)
         finally:

@@ -83,6 +83,11 @@ class GymPushTTask(PushTTask):
         pose = np.asarray(info["block_pose"], dtype=np.float64)  # (3,) x, y, raw angle
         return np.concatenate([keypoints_world(pose).reshape(18), np.asarray(info["pos_agent"], np.float64)])
 
+    def pusher_state(self, env: Any) -> tuple[np.ndarray, np.ndarray]:
+        """gym-pusht's pusher body: (2,) position and (2,) velocity (the same kinematic PD pusher)."""
+        agent = env.unwrapped.agent
+        return np.array(tuple(agent.position)), np.array(tuple(agent.velocity))
+
     def score(self, reward: float, info: dict[str, Any]) -> StepScore:
         """Reward, coverage and success (coverage from the pose after a reset, where info has none)."""
         cov = info.get("coverage")

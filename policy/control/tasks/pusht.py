@@ -5,7 +5,7 @@ seeds 100000... are the reference test set. Observation, by the policy's ``obs_t
 env's ``keypoints`` vector (20,); ``pixels_agent_pos``, the env's ``pixels_agent_pos`` observation
 ``{"pixels": (S, S, 3) uint8, "agent_pos": (2,)}`` rendered at ``image_size`` (96 as the reference),
 while ``render()`` draws the video frames at the video size. Safe action: target the pusher's current
-position (it stops where it is).
+position (it stops where it is). Forecast (``control.forecast=robot``): the pusher's own PD law.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from parapolicy.envs import PushTEnv, reference_initial_state
+from parapolicy.envs.physics import forecast_pusher
 from parapolicy.envs.video import check_video_output, write_mp4
 from parapolicy.policy.control.task import StepScore, check_obs_type
 from parapolicy.policy.model.image_observation import image_env_observation
@@ -76,6 +77,26 @@ class PushTTask:
     def safe_action(self, obs: Any, info: dict[str, Any]) -> np.ndarray:
         """Target the pusher's current position."""
         return np.asarray(info["pos_agent"], dtype=np.float64).copy()
+
+    def forecast(self, env: Any, observation: Any, actions: np.ndarray) -> list[Any]:
+        """The pusher advanced through ``actions`` by its PD law (`envs.physics.forecast_pusher`: exact,
+        the pusher is kinematic), the block as last observed (for an image policy ``agent_pos`` is
+        forecast and the pixels are the latest)."""
+        position, velocity = self.pusher_state(env)
+        out = []
+        for p in forecast_pusher(position, velocity, np.asarray(actions, dtype=np.float64)):  # (n, 2)
+            if self.obs_type == "pixels_agent_pos":
+                out.append({**observation, "agent_pos": p.astype(np.asarray(observation["agent_pos"]).dtype)})
+            else:
+                o = np.array(observation, dtype=np.float64)  # (20,) block keypoints, then the pusher
+                o[-2:] = p
+                out.append(o)
+        return out
+
+    def pusher_state(self, env: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The pusher's (2,) position and (2,) velocity now (the robot's own state)."""
+        world = env.unwrapped.world
+        return world.agent_position, world.agent_velocity
 
     def check_video_output(self, directory: Path) -> None:
         """Fail fast when MP4s could not be written into ``directory`` (`parapolicy.envs.video`)."""
