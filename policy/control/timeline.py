@@ -282,9 +282,7 @@ class Timeline:
         hist_ns = time.perf_counter_ns()
         histories = [self.history(e, x) for e, x in zip(need, expect, strict=True)]  # (To, ...) per key
         self.sections.add("observation", time.perf_counter_ns() - hist_ns)
-        starts = [
-            e.tick + x.start_offset for e, x in zip(need, expect, strict=True)
-        ]  # each plan's first tick
+        starts = [e.tick + x.start_offset for e, x in zip(need, expect, strict=True)]  # first ticks
         plans = self.planner.plan(need, starts, histories, expect)
         for e, plan in zip(need, plans, strict=True):
             # a forecast plan is installed at its first tick at the earliest
