@@ -103,6 +103,17 @@ def test_forecast_is_the_pushers_real_path_and_the_latest_block(name):
         np.testing.assert_array_equal(f[:18], now[:18])
 
 
+def test_forecast_of_an_image_observation_moves_agent_pos_only():
+    task = make_task("pusht", obs_type="pixels_agent_pos", image_size=32)
+    env = task.make_env(64)
+    obs, info = task.reset(env, 100000)
+    now = task.observation(obs, info)
+    (f,) = task.forecast(env, now, np.array([[300.0, 300.0]]))
+    obs, _, _, _, info = env.step(np.array([300.0, 300.0]))
+    np.testing.assert_allclose(f["agent_pos"], task.observation(obs, info)["agent_pos"], atol=1e-4)
+    assert f["pixels"] is now["pixels"]  # the latest frame: pixels are not forecast
+
+
 def test_run_rollouts_takes_a_task_or_an_env_factory_not_both(tiny_policy):
     with pytest.raises(ValueError, match="either task or env_factory"):
         run_rollouts(tiny_policy, ec(), ControlConfig(), env_factory=PushTEnv, task=make_task("pusht"))
