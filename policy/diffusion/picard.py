@@ -406,8 +406,8 @@ def _step_rows(traj: _Trajectory, w: _Window, x_r: Tensor, out: Tensor) -> tuple
     x0_pre = None
     if traj.x0_cache is not None:
         x0_pre = predict_x0(table, rows, x_r, out)  # (R, H, D)
-        if isinstance(w.slot.key, slice):  # one sample: only row 0 reads the cache (slot b-1)
-            b = max(w.slot.key.start, 1)  # step 0 is first order: any cached value serves it
+        if isinstance(w.starts, int):  # one sample: only row 0 reads the cache (slot b-1)
+            b = max(w.starts, 1)  # step 0 is first order: any cached value serves it
             prev_x0 = torch.cat([traj.x0_cache[b - 1 : b], x0_pre[:-1]])  # (R, H, D)
         else:
             cached = traj.x0_cache.index_select(0, traj.index(np.maximum(w.flat_r - traj.B, 0)))  # (R, H, D)
