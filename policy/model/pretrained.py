@@ -21,6 +21,10 @@ from parapolicy.policy.model.checkpoint import (
     read_tensors,
     save_pretrained,
 )
+from parapolicy.policy.model.diffusion_policy_format import (
+    is_diffusion_policy_checkpoint,
+    load_diffusion_policy_checkpoint,
+)
 from parapolicy.policy.model.lerobot_format import is_lerobot_checkpoint, load_lerobot_policy
 from parapolicy.policy.model.policy import DiffusionPolicy
 
@@ -56,7 +60,9 @@ def load_policy(
 
     Args:
         path: the checkpoint directory (``config.json``, ``model.safetensors``, ``normalizer.safetensors``),
-            or a LeRobot diffusion directory in the 0.3.x or 0.4+ layout (`lerobot_format.py`).
+            a LeRobot diffusion directory in the 0.3.x or 0.4+ layout (`lerobot_format.py`), or a
+            Diffusion Policy low-dim ``.ckpt`` file (`diffusion_policy_format.py`; read as data, its
+            pickled code never runs).
         device: where to put the policy.
         sampler: optional inference sampler replacing the one saved in the config. ``window="auto"``
             is refused: choosing the window times the network, which is a job's step (load, then
@@ -65,13 +71,19 @@ def load_policy(
 
     Raises:
         ValueError: when ``sampler.window`` is ``"auto"``.
-        CheckpointError: on a missing or malformed file, an unknown schema version, a pickle, any
-            missing, unexpected or misshaped tensor, or a NaN/inf weight or normaliser value.
+        CheckpointError: on a missing or malformed file, an unknown schema version, a pickle (other than
+            the data of a Diffusion Policy checkpoint), any missing, unexpected or misshaped tensor, or a
+            NaN/inf weight or normaliser value.
         DeviceUnavailableError: ``device`` does not exist on this machine (e.g. cuda without CUDA).
     """
     check_device(str(device))
     root = Path(path)
-    loader = load_lerobot_policy if is_lerobot_checkpoint(root) else _load_parapolicy  # lerobot_format.py
+    if is_diffusion_policy_checkpoint(root):
+        loader = load_diffusion_policy_checkpoint
+    elif is_lerobot_checkpoint(root):
+        loader = load_lerobot_policy
+    else:
+        loader = _load_parapolicy
     policy = loader(root).to(device).eval()
     if sampler is not None:
         policy.set_sampler(sampler)  # raises on an unresolved window="auto"
