@@ -1,9 +1,11 @@
-"""The export job (`parapolicy-export`): write a policy checkpoint in another framework's format; no hydra.
+"""The export job (`parapolicy-export`): write a policy checkpoint in another format; no hydra.
 
 ``format=lerobot`` writes a LeRobot diffusion directory in the 0.4+ layout (config.json with
 ``"type": "diffusion"``, model.safetensors under LeRobot's key names, policy_preprocessor.json /
-policy_postprocessor.json and their normaliser safetensors; see `model/lerobot_format.py`), which
-`load_policy` reads back.
+policy_postprocessor.json and their normaliser safetensors; see `model/lerobot_format.py`).
+``format=parapolicy`` writes this project's own directory (safetensors + JSON, `model/checkpoint.py`),
+e.g. to convert a Diffusion Policy ``.ckpt`` once instead of reading its pickle at every load. Both are
+read back by `load_policy`.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from parapolicy.policy.model.lerobot_format import save_lerobot_policy
-from parapolicy.policy.model.pretrained import load_policy
+from parapolicy.policy.model.pretrained import load_policy, save_policy
 
-FORMATS = ("lerobot",)
+FORMATS = ("lerobot", "parapolicy")
 
 
 @dataclass
@@ -22,9 +24,9 @@ class ExportConfig:
     """`parapolicy-export` settings."""
 
     policy_path: str = "???"
-    """The checkpoint to export (a parapolicy or LeRobot directory)."""
+    """The checkpoint to export (a parapolicy or LeRobot directory, or a Diffusion Policy ``.ckpt``)."""
     format: str = "lerobot"
-    """Target format: ``lerobot`` (LeRobot 0.4+ diffusion directory)."""
+    """Target format: ``lerobot`` (LeRobot 0.4+ diffusion directory) or ``parapolicy`` (this project's)."""
     output_path: str = "???"
     """The directory to create (never overwritten)."""
     state_dim: int = 2
@@ -50,4 +52,6 @@ def run_export(cfg: ExportConfig) -> Path:
     if out.exists():
         raise FileExistsError(f"refusing to overwrite existing {out}")
     policy = load_policy(cfg.policy_path)
+    if cfg.format == "parapolicy":
+        return save_policy(policy, out, metadata={"exported_from": str(cfg.policy_path)})
     return save_lerobot_policy(policy, out, state_dim=cfg.state_dim)

@@ -1,6 +1,7 @@
-"""`parapolicy-export`: write a checkpoint as a LeRobot diffusion directory (see `parapolicy.policy.export`).
+"""`parapolicy-export`: write a checkpoint as a LeRobot diffusion directory or as this project's own
+directory (see `parapolicy.policy.export`).
 
-parapolicy-export policy_path=<dir> format=lerobot output_path=<dir>
+parapolicy-export policy_path=<dir or .ckpt> format=lerobot|parapolicy output_path=<dir>
 """
 
 from __future__ import annotations

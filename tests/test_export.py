@@ -1,14 +1,17 @@
-"""`parapolicy-export`: a parapolicy checkpoint out as a LeRobot directory and back, through the CLI."""
+"""`parapolicy-export`: a parapolicy checkpoint out as a LeRobot directory and back, through the CLI; a
+Diffusion Policy checkpoint converted to a parapolicy directory."""
 
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import console_script
 
 from parapolicy.policy.export import ExportConfig, run_export
+from parapolicy.policy.model.checkpoint import read_metadata
 from parapolicy.policy.model.pretrained import load_policy, save_policy
 
 
@@ -38,9 +41,21 @@ def test_cli_exports_a_checkpoint_that_loads_back_identically(tiny_policy, tmp_p
     assert again.returncode != 0 and "refusing to overwrite" in again.stderr
 
 
+def test_a_diffusion_policy_ckpt_converts_once_to_a_parapolicy_directory(tmp_path):
+    ckpt = Path(__file__).parent / "artifacts" / "diffusion_policy_lowdim_tiny.ckpt"
+    out = run_export(
+        ExportConfig(policy_path=str(ckpt), format="parapolicy", output_path=str(tmp_path / "p"))
+    )
+    assert read_metadata(out)["exported_from"] == str(ckpt)
+    obs = {"obs": torch.rand(2, 2, 20, generator=torch.Generator().manual_seed(0)) * 512}
+    a = load_policy(ckpt).predict_action_chunk(obs, generator=torch.Generator().manual_seed(1))
+    b = load_policy(out).predict_action_chunk(obs, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a.plan, b.plan)
+
+
 def test_cli_refuses_unknown_formats_and_bad_inputs(tmp_path):
     proc = export([f"policy_path={tmp_path}", "format=onnx", f"output_path={tmp_path / 'x'}"], tmp_path)
-    assert proc.returncode != 0 and "format must be one of ('lerobot',)" in proc.stderr
+    assert proc.returncode != 0 and "format must be one of ('lerobot', 'parapolicy')" in proc.stderr
     with pytest.raises(Exception, match="does not exist"):
         run_export(ExportConfig(policy_path=str(tmp_path / "nope"), output_path=str(tmp_path / "y")))
     assert not (tmp_path / "y").exists()
