@@ -132,7 +132,8 @@ def _what(exc: pickle.UnpicklingError) -> str:
 def _plain(obj: Any) -> Any:
     """The pickled config as plain data: containers to dicts and lists, nodes to their values."""
     if isinstance(obj, _Pickled):
-        state = obj.state if isinstance(obj.state, Mapping) else {}
+        state = getattr(obj, "state", None)  # absent when the pickle never set it
+        state = state if isinstance(state, Mapping) else {}
         if obj.kind == "node":
             return _plain(state.get("_val"))
         if obj.kind in ("dict", "list"):
