@@ -14,7 +14,7 @@ ON_MISS = ("hold", "fallback", "stop")
 STITCH_RULES = ("drop", "inpaint")
 STITCH_OVERLAPS = ("exp", "linear", "none")
 REQUEST_RULES = ("every_ta", "in_time")
-FORECASTS = ("none", "robot")
+FORECASTS = ("none", "robot", "robot_and_block")
 LATENCY_MODEL_HELP = "'measured', 'fixed:<ms>' or 'per_call:<ms>[,<ms_per_row>]'"
 
 
@@ -118,7 +118,9 @@ class ControlConfig:
     observation forecast for tick s+d, the robot's own state advanced through the d actions it
     executes meanwhile by its controller (the task's model; PushT: the pusher's PD law, exact), the
     rest as observed at s; the plan then starts at tick s+d (nothing of it is dropped when it is on
-    time). See `stitching`."""
+    time); ``robot_and_block``: the same, and the task's objects forecast too (PushT: the block, by a
+    model of its motion under the pusher learned from demonstrations, `tasks/pusht_block_model.py`;
+    keypoint policies only). See `stitching`."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

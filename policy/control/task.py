@@ -71,10 +71,16 @@ class Task(Protocol):
         """The fallback action (Da,) float64 in this state: what the robot does without a plan."""
         ...
 
-    def forecast(self, env: Any, observation: Any, actions: np.ndarray) -> list[Any]:
+    def forecast(self, env: Any, observation: Any, actions: np.ndarray, objects: bool = False) -> list[Any]:
         """The observations after each of ``actions`` ((n, Da), executed from now) as the robot can
         predict them: its own state advanced by its controller, the rest of ``observation`` (the
-        latest, `observation`'s format) as it is. ``control.forecast=robot`` (`stitching`)."""
+        latest, `observation`'s format) as it is, or with ``objects`` forecast too
+        (``control.forecast=robot`` / ``robot_and_block``; `stitching`)."""
+        ...
+
+    def prepare_object_forecast(self) -> None:
+        """Load what ``forecast(..., objects=True)`` needs, before any episode; raise ValueError naming
+        why the task cannot forecast its objects for this policy."""
         ...
 
     def check_video_output(self, directory: Path) -> None:

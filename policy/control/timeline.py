@@ -80,6 +80,8 @@ class Timeline:
         model = planner.model
         fixed = model.ms if model.kind == "fixed" else None
         self.delay = DelayEstimator(self.period_ms, control.delay_percentile, control.delay_window, fixed)
+        if control.forecast == "robot_and_block" and control.mode != "frozen":
+            task.prepare_object_forecast()  # before any episode: a task that cannot says why
 
     # ---------------------------------------------------------------------------------------------
     # plans
@@ -106,16 +108,18 @@ class Timeline:
             c.stitch_overlap,
             c.on_miss == "hold",
             c.stitch_overlap_rows,
-            c.forecast == "robot",
+            c.forecast != "none",
         )
 
     def history(self, e: Episode, expect: Expectation) -> dict[str, np.ndarray]:
         """The policy's To-step observation for a plan expecting ``expect``: the episode's history, then
-        (``control.forecast=robot``) the task's forecast through the actions executed before it starts."""
+        (``control.forecast=robot`` / ``robot_and_block``) the task's forecast through the actions executed
+        before it starts."""
         if expect.forecast is None:
             return history_observation(e.history)
         frames = deque(e.history, maxlen=len(e.history))
-        frames.extend(self.task.forecast(e.env, e.history[-1], expect.forecast))
+        objects = self.control.forecast == "robot_and_block"
+        frames.extend(self.task.forecast(e.env, e.history[-1], expect.forecast, objects=objects))
         return history_observation(frames)
 
     def install(self, e: Episode, p: Plan, tick: int) -> None:

@@ -5,7 +5,8 @@ seeds 100000... are the reference test set. Observation, by the policy's ``obs_t
 env's ``keypoints`` vector (20,); ``pixels_agent_pos``, the env's ``pixels_agent_pos`` observation
 ``{"pixels": (S, S, 3) uint8, "agent_pos": (2,)}`` rendered at ``image_size`` (96 as the reference),
 while ``render()`` draws the video frames at the video size. Safe action: target the pusher's current
-position (it stops where it is). Forecast (``control.forecast=robot``): the pusher's own PD law.
+position (it stops where it is). Forecast (``control.forecast=robot``): the pusher's own PD law;
+with ``robot_and_block`` also the block, by `pusht_block_model.BlockMotionModel` (keypoint policies).
 """
 
 from __future__ import annotations
@@ -17,9 +18,15 @@ from typing import Any
 import numpy as np
 
 from parapolicy.envs import PushTEnv, reference_initial_state
+from parapolicy.envs.geometry import keypoints_world
 from parapolicy.envs.physics import forecast_pusher
 from parapolicy.envs.video import check_video_output, write_mp4
 from parapolicy.policy.control.task import StepScore, check_obs_type
+from parapolicy.policy.control.tasks.pusht_block_model import (
+    DEFAULT_BLOCK_MODEL,
+    BlockMotionModel,
+    block_pose_from_keypoints,
+)
 from parapolicy.policy.model.image_observation import image_env_observation
 
 ENV_OBS_TYPE = {"state": "keypoints", "pixels_agent_pos": "pixels_agent_pos"}
@@ -34,18 +41,25 @@ class PushTTask:
             observation of ``obs_type``, rendering videos at the requested video size.
         obs_type: the policy's observation type (`config.OBS_TYPES`).
         image_size: side of the observed images in pixels (``pixels_agent_pos`` only).
+        block_model: the block model of ``control.forecast=robot_and_block`` (default: the shipped one).
     """
 
     name = "pusht"
     render_fps = int(PushTEnv.metadata["render_fps"])
 
     def __init__(
-        self, env_factory: Callable[[], Any] | None = None, obs_type: str = "state", image_size: int = 96
+        self,
+        env_factory: Callable[[], Any] | None = None,
+        obs_type: str = "state",
+        image_size: int = 96,
+        block_model: str | Path = DEFAULT_BLOCK_MODEL,
     ) -> None:
         check_obs_type(self.name, obs_type, image_size)
         self.env_factory = env_factory
         self.obs_type = obs_type
         self.image_size = int(image_size)
+        self.block_model_path = Path(block_model)
+        self.block_model: BlockMotionModel | None = None
 
     def make_env(self, video_size: int) -> Any:
         """A `PushTEnv` with this task's observation (or ``env_factory()``)."""
@@ -78,20 +92,40 @@ class PushTTask:
         """Target the pusher's current position."""
         return np.asarray(info["pos_agent"], dtype=np.float64).copy()
 
-    def forecast(self, env: Any, observation: Any, actions: np.ndarray) -> list[Any]:
+    def forecast(self, env: Any, observation: Any, actions: np.ndarray, objects: bool = False) -> list[Any]:
         """The pusher advanced through ``actions`` by its PD law (`envs.physics.forecast_pusher`: exact,
-        the pusher is kinematic), the block as last observed (for an image policy ``agent_pos`` is
-        forecast and the pixels are the latest)."""
+        the pusher is kinematic); the block as last observed, or with ``objects`` moved along by the
+        block model (from its pose in the observed keypoints). For an image policy ``agent_pos`` is
+        forecast and the pixels are the latest."""
         position, velocity = self.pusher_state(env)
+        path = forecast_pusher(position, velocity, np.asarray(actions, dtype=np.float64))  # (n, 2)
+        if self.obs_type == "pixels_agent_pos":
+            dtype = np.asarray(observation["agent_pos"]).dtype
+            return [{**observation, "agent_pos": p.astype(dtype)} for p in path]
         out = []
-        for p in forecast_pusher(position, velocity, np.asarray(actions, dtype=np.float64)):  # (n, 2)
-            if self.obs_type == "pixels_agent_pos":
-                out.append({**observation, "agent_pos": p.astype(np.asarray(observation["agent_pos"]).dtype)})
-            else:
-                o = np.array(observation, dtype=np.float64)  # (20,) block keypoints, then the pusher
-                o[-2:] = p
-                out.append(o)
+        block = block_pose_from_keypoints(np.asarray(observation)[:18]) if objects else None
+        full_path = np.concatenate([np.asarray(position, dtype=np.float64)[None], path])  # (n+1, 2)
+        for k, p in enumerate(path, start=1):
+            o = np.array(observation, dtype=np.float64)  # (20,) block keypoints, then the pusher
+            o[-2:] = p
+            if block is not None:
+                o[:18] = keypoints_world(self._block_model().predict(block, full_path[: k + 1])).ravel()
+            out.append(o)
         return out
+
+    def prepare_object_forecast(self) -> None:
+        """Load the block model (``control.forecast=robot_and_block``); keypoint policies only."""
+        if self.obs_type != "state":
+            raise ValueError(
+                f"control.forecast=robot_and_block needs a keypoint (state) policy: the block's pose is "
+                f"read from the keypoints, and a {self.obs_type} policy observes pixels"
+            )
+        self._block_model()
+
+    def _block_model(self) -> BlockMotionModel:
+        if self.block_model is None:
+            self.block_model = BlockMotionModel.load(self.block_model_path)
+        return self.block_model
 
     def pusher_state(self, env: Any) -> tuple[np.ndarray, np.ndarray]:
         """The pusher's (2,) position and (2,) velocity now (the robot's own state)."""
