@@ -81,8 +81,11 @@ def test_the_shipped_model_forecasts_the_block_against_the_envs_own_physics():
     assert np.mean(err_model) < 0.4 * np.mean(err_held)
 
 
-def test_the_task_forecasts_the_block_only_for_keypoint_policies():
-    task = make_task("pusht")
+@pytest.mark.parametrize("name", ["pusht", "gym_pusht"])
+def test_the_task_forecasts_the_block_only_for_keypoint_policies(name):
+    if name == "gym_pusht":
+        pytest.importorskip("gym_pusht")  # the dev extra installs it
+    task = make_task(name)
     env = task.make_env(96)
     obs, info = task.reset(env, 100000)
     for a in ([260.0, 300.0], [250.0, 320.0]):
