@@ -108,3 +108,24 @@ def test_the_task_forecasts_the_block_only_for_keypoint_policies(name):
     assert ControlConfig(forecast="robot_and_block").forecast == "robot_and_block"
     with pytest.raises(ValueError, match=r"forecast must be one of \('none', 'robot', 'robot_and_block'\)"):
         ControlConfig(forecast="block")
+
+
+@pytest.mark.parametrize("forecast", ["robot", "robot_and_block"])
+def test_the_controller_asks_for_the_block_forecast_only_when_set(tiny_policy, monkeypatch, forecast):
+    from parapolicy.policy.config import SamplerConfig
+    from parapolicy.policy.control.evaluation import EvalConfig
+    from parapolicy.policy.control.rollout import run_rollouts
+    from parapolicy.policy.control.tasks.pusht import PushTTask
+
+    asked = []
+    real = PushTTask.forecast
+
+    def spy(self, env, observation, actions, objects=False):
+        asked.append(objects)
+        return real(self, env, observation, actions, objects=objects)
+
+    monkeypatch.setattr(PushTTask, "forecast", spy)
+    tiny_policy.set_sampler(SamplerConfig(num_inference_steps=4))
+    control = ControlConfig(mode="realtime_sim", latency_model="fixed:350", warmup_plans=0, forecast=forecast)
+    run_rollouts(tiny_policy, EvalConfig(n_episodes=1, max_steps=30, max_videos=0, progress=False), control)
+    assert len(asked) >= 2 and set(asked) == {forecast == "robot_and_block"}

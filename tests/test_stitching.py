@@ -415,11 +415,12 @@ def test_forecast_conditions_each_plan_on_the_pusher_at_its_first_tick(tiny_poli
             np.testing.assert_allclose(target[start - 1], executed[first - 1], atol=1e-3)
 
 
-def test_forecast_in_wallclock_mode_with_real_threads(tiny_policy):
+@pytest.mark.parametrize("forecast", ["robot", "robot_and_block"])
+def test_forecast_in_wallclock_mode_with_real_threads(tiny_policy, forecast):
     """50 Hz, plans of >= 3 ticks: each plan starts where its forecast was made for, never earlier."""
     tiny_policy.set_sampler(SamplerConfig(num_inference_steps=4, window=4))
     slow_denoiser(tiny_policy, 15)
-    control = ControlConfig(mode="wallclock", hz=50, warmup_plans=1, forecast="robot", delay_percentile=100)
+    control = ControlConfig(mode="wallclock", hz=50, warmup_plans=1, forecast=forecast, delay_percentile=100)
     r = run_rollouts(tiny_policy, ec(steps=40), control)
     ep = r.per_episode[0]
     assert ep["n_steps"] == 40 and not ep["stopped"] and ep["n_chunks"] >= 3
