@@ -186,21 +186,15 @@ def expectation(
             ``start - 1``) and the overlap with the current plan's rows after them.
     """
     d = estimator.ticks()
-    if forecast and d > 0:
-        executed = executed_actions(current, d, last_action)
-        if executed is not None:  # the plan starts at request + d, after the actions the robot executes
-            known = None
-            if inpaint and current is not None:
-                known = known_rows(
-                    current[0], current[1] + d, 0, horizon, start, executed[-1], overlap, hold, overlap_rows
-                )
-            return Expectation(d, estimator.latency_ms(), known, executed)
+    executed = executed_actions(current, d, last_action) if forecast and d > 0 else None
     known = None
     if inpaint and current is not None:
-        known = known_rows(
-            current[0], current[1], d, horizon, start, last_action, overlap, hold, overlap_rows
-        )
-    return Expectation(d, estimator.latency_ms(), known)
+        if executed is None:  # the plan starts now: its first d rows are committed to the current plan's
+            row, committed, last = current[1], d, last_action
+        else:  # the plan starts at request + d, after the actions the robot executes
+            row, committed, last = current[1] + d, 0, executed[-1]
+        known = known_rows(current[0], row, committed, horizon, start, last, overlap, hold, overlap_rows)
+    return Expectation(d, estimator.latency_ms(), known, executed)
 
 
 def executed_actions(

@@ -16,7 +16,7 @@ import pickle
 import re
 import typing
 import zipfile
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,7 +139,7 @@ def _plain(obj: Any) -> Any:
         if obj.kind in ("dict", "list"):
             return _plain(state.get("_content"))
         return None  # container metadata
-    if isinstance(obj, dict | OrderedDict):
+    if isinstance(obj, dict):  # OrderedDict included
         return {k: _plain(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [_plain(v) for v in obj]

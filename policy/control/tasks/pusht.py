@@ -103,14 +103,15 @@ class PushTTask:
             dtype = np.asarray(observation["agent_pos"]).dtype
             return [{**observation, "agent_pos": p.astype(dtype)} for p in path]
         out = []
-        block = block_pose_from_keypoints(np.asarray(observation)[:18]) if objects else None
-        full_path = np.concatenate([np.asarray(position, dtype=np.float64)[None], path])  # (n+1, 2)
-        for k, p in enumerate(path, start=1):
+        for p in path:
             o = np.array(observation, dtype=np.float64)  # (20,) block keypoints, then the pusher
             o[-2:] = p
-            if block is not None:
-                o[:18] = keypoints_world(self._block_model().predict(block, full_path[: k + 1])).ravel()
             out.append(o)
+        if objects:  # the block moved along the pusher's path, from its pose in the observed keypoints
+            block, model = block_pose_from_keypoints(np.asarray(observation)[:18]), self._block_model()
+            full_path = np.concatenate([np.asarray(position, dtype=np.float64)[None], path])  # (n+1, 2)
+            for k, o in enumerate(out, start=1):
+                o[:18] = keypoints_world(model.predict(block, full_path[: k + 1])).ravel()
         return out
 
     def prepare_object_forecast(self) -> None:
