@@ -132,13 +132,14 @@ def _set(section: str | None, key: str, value):
     return edit
 
 
-IMAGE_POLICY = "diffusion_policy.policy.diffusion_unet_hybrid_image_policy.DiffusionUnetHybridImagePolicy"
+# Diffusion Policy's image policy with its own encoder (not robomimic's); the hybrid one is supported
+IMAGE_POLICY = "diffusion_policy.policy.diffusion_unet_image_policy.DiffusionUnetImagePolicy"
 
 
 @pytest.mark.parametrize(
     ("cfg_edit", "message"),
     [
-        (_set("policy", "_target_", IMAGE_POLICY), "DiffusionUnetHybridImagePolicy' is not supported"),
+        (_set("policy", "_target_", IMAGE_POLICY), "DiffusionUnetImagePolicy' is not supported"),
         (_set("policy", "obs_as_global_cond", False), r"policy.obs_as_global_cond=False is not supported"),
         (_set("policy", "pred_action_steps_only", True), "pred_action_steps_only=True is not supported"),
         (_set(None, "n_latency_steps", 2), "n_latency_steps=2 is not supported"),

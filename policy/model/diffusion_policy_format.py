@@ -1,16 +1,18 @@
-"""Diffusion Policy (real-stanford/diffusion_policy) low-dim checkpoints in: a ``.ckpt`` becomes a
-`DiffusionPolicy`.
+"""Diffusion Policy (real-stanford/diffusion_policy) checkpoints in: a ``.ckpt`` becomes a `DiffusionPolicy`.
 
-Supported: ``DiffusionUnetLowdimPolicy`` with the observation as global conditioning (the PushT
-keypoint policy of the paper: ``train_diffusion_unet_lowdim_workspace.yaml``), a DDPM or DDIM scheduler.
-The file is read as data (`diffusion_policy_payload`); the policy is built from the checkpoint's own
-config, and its weights are checked strictly against it (every tensor used, none missing, equal
-shapes). Names: ``model.*`` is the U-Net, whose module names this project's `ConditionalUnet1d` keeps;
-``normalizer.params_dict.{obs,action}.{scale,offset}`` is the affine map ``x * scale + offset`` that
-`MinMaxNormalizer` applies too (copied exactly, whatever mode fitted it), with ``input_stats.{min,max}``
-as its range. The EMA weights are used when the run kept them. What the loader cannot represent is
-refused, naming it: image policies, inpainting-conditioned or local-conditioned low-dim policies,
-``pred_action_steps_only``, latency steps, other schedulers or variance types. No hydra imports.
+Supported, with the observation as global conditioning and a DDPM or DDIM scheduler:
+``DiffusionUnetLowdimPolicy`` (the PushT keypoint policy of the paper,
+``train_diffusion_unet_lowdim_workspace.yaml``) and ``DiffusionUnetHybridImagePolicy`` with one camera
+and one low-dim state (the PushT image policy, ``train_diffusion_unet_hybrid_workspace.yaml``; its
+encoder mapping is `diffusion_policy_image`). The file is read as data (`diffusion_policy_payload`);
+the policy is built from the checkpoint's own config, and its weights are checked strictly against it
+(every tensor used, none missing, equal shapes). Names: ``model.*`` is the U-Net, whose module names
+this project's `ConditionalUnet1d` keeps; ``normalizer.params_dict.<key>.{scale,offset}`` is the affine
+map ``x * scale + offset`` that `MinMaxNormalizer` applies too (copied exactly, whatever mode fitted
+it), with ``input_stats.{min,max}`` as its range. The EMA weights are used when the run kept them. What
+the loader cannot represent is refused, naming it: other policy classes, inpainting-conditioned or
+local-conditioned policies, ``pred_action_steps_only``, latency steps, other schedulers or variance
+types, several cameras. No hydra imports.
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ import torch
 
 from parapolicy.policy.config import NoiseScheduleConfig, PolicyConfig, SamplerConfig, UNetConfig
 from parapolicy.policy.model.checkpoint import check_finite, check_state_dict
+from parapolicy.policy.model.diffusion_policy_image import (
+    HYBRID_POLICY,
+    encoder_weights,
+    image_layout,
+    reorder_condition,
+    vision_config,
+)
 from parapolicy.policy.model.diffusion_policy_payload import (
     DiffusionPolicyPayload,
     is_diffusion_policy_checkpoint,
@@ -30,7 +39,7 @@ from parapolicy.policy.model.diffusion_policy_payload import (
     refuse,
 )
 from parapolicy.policy.model.policy import OBS_KEY, DiffusionPolicy
-from parapolicy.policy.model.vision import build_network
+from parapolicy.policy.model.vision import SpatialSoftmax, build_network
 
 __all__ = [
     "is_diffusion_policy_checkpoint",
@@ -49,14 +58,14 @@ _NORMALIZER = "normalizer.params_dict."
 
 
 def load_diffusion_policy_checkpoint(path: str | Path) -> DiffusionPolicy:
-    """Build a `DiffusionPolicy` from a Diffusion Policy low-dim ``.ckpt``, strictly.
+    """Build a `DiffusionPolicy` from a Diffusion Policy ``.ckpt`` (low-dim or image), strictly.
 
     Raises:
         CheckpointError: naming what is missing, unexpected, misshaped, or not representable here.
     """
     p = Path(path)
     payload = read_payload(p)
-    config = policy_config_from_diffusion_policy(p, payload.cfg)
+    config = policy_config_from_diffusion_policy(p, payload.cfg, payload.state_dict)
     weights, stats = _split_state(p, payload, config)
     source = f"{p} ({payload.weights})"
     with torch.device("meta"):  # names and shapes checked before anything is allocated
@@ -73,21 +82,30 @@ def load_diffusion_policy_checkpoint(path: str | Path) -> DiffusionPolicy:
     return policy.eval()
 
 
-def policy_config_from_diffusion_policy(path: Path, cfg: Mapping[str, Any]) -> PolicyConfig:
-    """The `PolicyConfig` of a resolved Diffusion Policy training config; refuses what it cannot represent."""
+def policy_config_from_diffusion_policy(
+    path: Path, cfg: Mapping[str, Any], state: Mapping[str, torch.Tensor]
+) -> PolicyConfig:
+    """The `PolicyConfig` of a resolved Diffusion Policy training config (and, for an image policy, the
+    image statistics and keypoint count its state dict holds); refuses what it cannot represent."""
     pol = _section(path, cfg, "policy")
-    if pol.get("_target_") != LOWDIM_POLICY:
-        raise refuse(path, f"policy {pol.get('_target_')!r} is not supported; only {LOWDIM_POLICY}")
-    wanted = {"obs_as_global_cond": True, "obs_as_local_cond": False, "pred_action_steps_only": False}
-    wanted["oa_step_convention"] = True  # the plan's first executed row is To - 1, as here
+    target = pol.get("_target_")
+    if target not in (LOWDIM_POLICY, HYBRID_POLICY):
+        raise refuse(path, f"policy {target!r} is not supported; only {LOWDIM_POLICY} and {HYBRID_POLICY}")
+    wanted = {"obs_as_global_cond": True}
+    if target == LOWDIM_POLICY:
+        wanted |= {"obs_as_local_cond": False, "pred_action_steps_only": False}
+        wanted["oa_step_convention"] = True  # the plan's first executed row is To - 1, as here
     for key, value in wanted.items():
         if bool(pol.get(key, False)) != value:
             raise refuse(path, f"policy.{key}={pol.get(key)!r} is not supported (only {value})")
     if int(cfg.get("n_latency_steps", 0) or 0) != 0:
         raise refuse(path, f"n_latency_steps={cfg['n_latency_steps']} is not supported (only 0)")
-    model, sched = _section(path, pol, "model"), _section(path, pol, "noise_scheduler")
-    if model.get("_target_") != UNET:
-        raise refuse(path, f"policy.model {model.get('_target_')!r} is not supported; only {UNET}")
+    sched = _section(path, pol, "noise_scheduler")
+    model = pol  # the image policy keeps the U-Net's settings in its own section
+    if target == LOWDIM_POLICY:
+        model = _section(path, pol, "model")
+        if model.get("_target_") != UNET:
+            raise refuse(path, f"policy.model {model.get('_target_')!r} is not supported; only {UNET}")
     if int(_get(path, model, "n_groups")) != 8:
         raise refuse(
             path, "model.n_groups must be 8: Diffusion Policy's final Conv1dBlock always has 8 groups"
@@ -100,12 +118,14 @@ def policy_config_from_diffusion_policy(path: Path, cfg: Mapping[str, Any]) -> P
     if kind == "ddpm" and sched.get("variance_type", "fixed_small") != "fixed_small":
         raise refuse(path, f"variance_type {sched['variance_type']!r} is not supported (only 'fixed_small')")
     try:
-        return _policy_config(path, pol, model, sched, kind)
+        if target == LOWDIM_POLICY:
+            return _lowdim_config(path, pol, model, sched, kind)
+        return _image_config(path, pol, sched, kind, state)
     except (ValueError, TypeError) as exc:
         raise refuse(path, f"config cannot be represented: {exc}") from exc
 
 
-def _policy_config(
+def _lowdim_config(
     path: Path, pol: Mapping[str, Any], model: Mapping[str, Any], sched: Mapping[str, Any], kind: str
 ) -> PolicyConfig:
     g = lambda section, key: _get(path, section, key)  # noqa: E731
@@ -115,22 +135,46 @@ def _policy_config(
             f"model.input_dim {model['input_dim']} / global_cond_dim {model['global_cond_dim']} do not match "
             f"action_dim {action_dim} / obs_dim x n_obs_steps {obs_dim * n_obs}"
         )
-    T = int(g(sched, "num_train_timesteps"))
     return PolicyConfig(
-        obs_dim=obs_dim,
-        obs_type="state",
-        action_dim=action_dim,
-        horizon=int(g(pol, "horizon")),
-        n_obs_steps=n_obs,
-        n_action_steps=int(g(pol, "n_action_steps")),
-        unet=UNetConfig(
+        obs_dim=obs_dim, obs_type="state", action_dim=action_dim, **_common(path, pol, model, sched, kind)
+    )
+
+
+def _image_config(
+    path: Path, pol: Mapping[str, Any], sched: Mapping[str, Any], kind: str, state: Mapping[str, torch.Tensor]
+) -> PolicyConfig:
+    layout = image_layout(path, pol)
+    action = _section(path, _section(path, pol, "shape_meta"), "action")
+    action_shape = [int(d) for d in _get(path, action, "shape")]
+    if len(action_shape) != 1:
+        raise ValueError(f"action shape {action_shape} must be (Da,)")
+    return PolicyConfig(
+        obs_dim=layout.state_dim,
+        obs_type="pixels_agent_pos",
+        action_dim=action_shape[0],
+        vision=vision_config(path, pol, layout, state),
+        **_common(path, pol, pol, sched, kind),
+    )
+
+
+def _common(
+    path: Path, pol: Mapping[str, Any], model: Mapping[str, Any], sched: Mapping[str, Any], kind: str
+) -> dict[str, Any]:
+    """The `PolicyConfig` fields both policy classes share: horizon, steps, U-Net, schedule, sampler."""
+    g = lambda section, key: _get(path, section, key)  # noqa: E731
+    T = int(g(sched, "num_train_timesteps"))
+    return {
+        "horizon": int(g(pol, "horizon")),
+        "n_obs_steps": int(g(pol, "n_obs_steps")),
+        "n_action_steps": int(g(pol, "n_action_steps")),
+        "unet": UNetConfig(
             down_dims=tuple(int(d) for d in g(model, "down_dims")),
             diffusion_step_embed_dim=int(g(model, "diffusion_step_embed_dim")),
             kernel_size=int(g(model, "kernel_size")),
             n_groups=8,
             cond_predict_scale=bool(g(model, "cond_predict_scale")),
         ),
-        schedule=NoiseScheduleConfig(
+        "schedule": NoiseScheduleConfig(
             num_train_timesteps=T,
             beta_schedule=str(g(sched, "beta_schedule")),
             beta_start=float(g(sched, "beta_start")),
@@ -139,43 +183,54 @@ def _policy_config(
             clip_sample=bool(sched.get("clip_sample", True)),
             clip_sample_range=float(sched.get("clip_sample_range", 1.0)),
         ),
-        sampler=SamplerConfig(
+        "sampler": SamplerConfig(
             kind=kind,
             num_inference_steps=int(pol.get("num_inference_steps") or T),
             timestep_spacing=str(sched.get("timestep_spacing", "leading")),  # diffusers 0.11: leading
             steps_offset=int(sched.get("steps_offset", 0)),
             set_alpha_to_one=bool(sched.get("set_alpha_to_one", True)),
         ),
-    )
+    }
 
 
 def _split_state(
     path: Path, payload: DiffusionPolicyPayload, config: PolicyConfig
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """The U-Net's weights (``model.`` stripped) and our normaliser's buffers from the policy state dict."""
-    weights, stats, unexpected = {}, {}, []
-    for name, tensor in payload.state_dict.items():
-        if name.startswith("model."):
-            weights[name[len("model.") :]] = tensor
-        elif not name.startswith(_NORMALIZER) and name not in _UNUSED:
-            unexpected.append(name)
-    if unexpected:
-        raise refuse(
-            path, f"its policy state dict has tensors this policy does not use: {sorted(unexpected)[:8]}"
+    """Our network's weights and our normaliser's buffers from the policy state dict."""
+    state = payload.state_dict
+    unet = {name[len("model.") :]: t for name, t in state.items() if name.startswith("model.")}
+    used = {name for name in state if name.startswith(("model.", _NORMALIZER)) or name in _UNUSED}
+    if config.obs_type == "state":
+        weights, keys = unet, {OBS_KEY: "obs"}
+    else:
+        layout = image_layout(path, payload.cfg["policy"])
+        v = config.vision
+        with torch.device("meta"):  # the encoder's feature-map shape, without allocating the trunk
+            feature_shape = build_network(config).rgb_encoder.feature_shape
+        encoder, consumed = encoder_weights(
+            path, state, layout, SpatialSoftmax(feature_shape, v.num_keypoints).pos_grid
         )
-    for ours, theirs, dim in ((OBS_KEY, "obs", config.obs_dim), ("action", "action", config.action_dim)):
+        unet = reorder_condition(unet, layout, config.n_obs_steps, v.feature_dim)
+        weights = {f"unet.{k}": t for k, t in unet.items()} | encoder
+        used |= consumed
+        keys = {OBS_KEY: layout.state}
+    unexpected = sorted(set(state) - used)
+    if unexpected:
+        raise refuse(path, f"its policy state dict has tensors this policy does not use: {unexpected[:8]}")
+    stats = {}
+    dims = {OBS_KEY: config.obs_dim, "action": config.action_dim}
+    for ours, theirs in (*keys.items(), ("action", "action")):
         for name, key in (
             ("scale", "scale"),
             ("offset", "offset"),
             ("min", "input_stats.min"),
             ("max", "input_stats.max"),
         ):
-            tensor = payload.state_dict.get(f"{_NORMALIZER}{theirs}.{key}")
-            if tensor is None or tuple(tensor.shape) != (dim,):
+            tensor = state.get(f"{_NORMALIZER}{theirs}.{key}")
+            if tensor is None or tuple(tensor.shape) != (dims[ours],):
                 found = "missing" if tensor is None else f"shape {tuple(tensor.shape)}"
-                raise refuse(
-                    path, f"normaliser tensor {_NORMALIZER}{theirs}.{key} must have shape ({dim},), {found}"
-                )
+                what = f"normaliser tensor {_NORMALIZER}{theirs}.{key}"
+                raise refuse(path, f"{what} must have shape ({dims[ours]},), {found}")
             stats[f"stats.{ours}.{name}"] = tensor.to(torch.float32)
         stats[f"stats.{ours}.fitted"] = torch.tensor(True)
     return weights, stats

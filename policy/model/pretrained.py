@@ -61,8 +61,8 @@ def load_policy(
     Args:
         path: the checkpoint directory (``config.json``, ``model.safetensors``, ``normalizer.safetensors``),
             a LeRobot diffusion directory in the 0.3.x or 0.4+ layout (`lerobot_format.py`), or a
-            Diffusion Policy low-dim ``.ckpt`` file (`diffusion_policy_format.py`; read as data, its
-            pickled code never runs).
+            Diffusion Policy ``.ckpt`` file of a low-dim or image U-Net policy
+            (`diffusion_policy_format.py`; read as data, its pickled code never runs).
         device: where to put the policy.
         sampler: optional inference sampler replacing the one saved in the config. ``window="auto"``
             is refused: choosing the window times the network, which is a job's step (load, then

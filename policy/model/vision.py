@@ -211,6 +211,7 @@ class RgbEncoder(nn.Module):
             probe = torch.zeros(1, cfg.image_shape[0], h, w)
             feature_shape = tuple(self.backbone.eval()(probe).shape[1:])  # (512, 3, 3) for 84 x 84
         self.backbone.train()
+        self.feature_shape: tuple[int, ...] = feature_shape  # (C, h, w) of the trunk's output
         self.pool = SpatialSoftmax(feature_shape, cfg.num_keypoints)
         self.out = nn.Linear(cfg.feature_dim, cfg.feature_dim)
         self.feature_dim = cfg.feature_dim

@@ -1,0 +1,259 @@
+"""Writes tests/artifacts/diffusion_policy_image_golden.{json,safetensors}: what Diffusion Policy's PushT
+image policy (``DiffusionUnetHybridImagePolicy``, ``image_pusht_diffusion_policy_cnn.yaml`` at a tiny
+U-Net size) computes, with robomimic's real observation encoder, for weights drawn from a seed.
+
+The encoder is built exactly as the policy's ``__init__`` builds it: robomimic's BC-RNN image config for
+"square" (``get_robomimic_config``), the observation keys of PushT's ``shape_meta``, crop 84 x 84,
+``algo_factory`` -> ``nets['policy'].nets['encoder'].nets['obs']``, every BatchNorm2d replaced by
+GroupNorm(C // 16, C) (``obs_encoder_group_norm``), and robomimic's CropRandomizer replaced by Diffusion
+Policy's (``eval_fixed_crop``: torchvision's centre crop in evaluation, restated below). The U-Net is
+Diffusion Policy's ``ConditionalUnet1D``, whose module names and forward this project's
+`ConditionalUnet1d` keeps (checked against Diffusion Policy's own ``predict_action`` by the low-dim
+test). ``predict_action`` is restated from its source with diffusers' DDIM scheduler.
+
+The files hold: the resolved config, the state dict's names, shapes and aliases (two names of one
+tensor), its fixed tensors, the inputs (uint8 camera images, agent positions, x_T) and the outputs
+(the global condition, per step [image features, agent_pos] in robomimic's key order, and the DDIM-10
+actions). Not a test dependency: robomimic needs its own environment, e.g.
+
+    python3.11 -m venv /tmp/rmvenv
+    echo "$PWD/.venv/lib/python3.11/site-packages" > /tmp/rmvenv/lib/python3.11/site-packages/zz.pth
+    /tmp/rmvenv/bin/pip install --no-deps "robomimic==0.3.0" "torchvision==0.28.0"
+    /tmp/rmvenv/bin/pip install termcolor six
+    # plus the torchvision::nms sitecustomize of docs/lerobot.md (the PyPI torchvision is a CUDA build)
+    /tmp/rmvenv/bin/python tests/artifacts/make_diffusion_policy_image_golden.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import diffusers
+import robomimic.models.base_nets as rmbn
+import robomimic.scripts.generate_paper_configs as gpc
+import robomimic.utils.obs_utils as ObsUtils
+import torch
+import torchvision.transforms.functional as ttf
+from robomimic.algo import algo_factory
+from robomimic.config import config_factory
+from safetensors.torch import save_file
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from diffusion_policy_mirror import random_weights  # noqa: E402
+
+from parapolicy.policy.model.networks import ConditionalUnet1d  # noqa: E402
+
+HERE = Path(__file__).parent
+WORKSPACE = (
+    "diffusion_policy.workspace.train_diffusion_unet_hybrid_workspace.TrainDiffusionUnetHybridWorkspace"
+)
+POLICY = "diffusion_policy.policy.diffusion_unet_hybrid_image_policy.DiffusionUnetHybridImagePolicy"
+HORIZON, TO, TA, DA = 16, 2, 8, 2
+DOWN_DIMS, EMBED, KERNEL = [8, 16], 8, 5
+SEED = 0
+SHAPE_META = {
+    "obs": {"image": {"shape": [3, 96, 96], "type": "rgb"}, "agent_pos": {"shape": [2], "type": "low_dim"}},
+    "action": {"shape": [DA]},
+}
+
+
+def config(group_norm: bool) -> dict:
+    """The resolved training config (``image_pusht_diffusion_policy_cnn.yaml``, tiny U-Net)."""
+    return {
+        "name": "train_diffusion_unet_hybrid",
+        "_target_": WORKSPACE,
+        "task_name": "pusht_image", "shape_meta": SHAPE_META, "exp_name": "default",
+        "horizon": HORIZON, "n_obs_steps": TO, "n_action_steps": TA, "n_latency_steps": 0,
+        "dataset_obs_steps": TO, "past_action_visible": False, "keypoint_visible_rate": 1.0,
+        "obs_as_global_cond": True,
+        "policy": {
+            "_target_": POLICY,
+            "shape_meta": SHAPE_META,
+            "noise_scheduler": {
+                "_target_": "diffusers.schedulers.scheduling_ddpm.DDPMScheduler",
+                "num_train_timesteps": 100, "beta_start": 0.0001, "beta_end": 0.02,
+                "beta_schedule": "squaredcos_cap_v2", "variance_type": "fixed_small",
+                "clip_sample": True, "prediction_type": "epsilon",
+            },
+            "horizon": HORIZON, "n_action_steps": TA, "n_obs_steps": TO, "num_inference_steps": 100,
+            "obs_as_global_cond": True, "crop_shape": [84, 84], "diffusion_step_embed_dim": EMBED,
+            "down_dims": DOWN_DIMS, "kernel_size": KERNEL, "n_groups": 8, "cond_predict_scale": True,
+            "obs_encoder_group_norm": group_norm, "eval_fixed_crop": True,
+        },
+        "task": {"name": "pusht_image", "image_shape": [3, 96, 96], "shape_meta": SHAPE_META},
+        "training": {"device": "cuda:0", "seed": 42, "use_ema": True, "num_epochs": 3050},
+    }  # fmt: skip
+
+
+def get_robomimic_config() -> object:
+    """Diffusion Policy's ``get_robomimic_config(algo_name='bc_rnn', hdf5_type='image', task_name='square',
+    dataset_type='ph')``."""
+    cfg = config_factory(algo_name="bc")
+    cfg = gpc.modify_config_for_default_image_exp(cfg)
+    cfg = gpc.modify_config_for_dataset(
+        config=cfg, task_name="square", dataset_type="ph", hdf5_type="image",
+        base_dataset_dir="/tmp/null", filter_key=None,
+    )  # fmt: skip
+    return gpc.modify_bc_rnn_config_for_dataset(
+        config=cfg, task_name="square", dataset_type="ph", hdf5_type="image"
+    )
+
+
+class FixedCrop(nn.Module):
+    """Diffusion Policy's CropRandomizer in evaluation: torchvision's centre crop (one crop)."""
+
+    def __init__(self, crop_height: int, crop_width: int) -> None:
+        super().__init__()
+        self.crop_height, self.crop_width = crop_height, crop_width
+
+    def output_shape_in(self, input_shape=None) -> list[int]:
+        return [input_shape[0], self.crop_height, self.crop_width]
+
+    def output_shape_out(self, input_shape=None) -> list[int]:
+        return list(input_shape)
+
+    def forward_in(self, inputs: torch.Tensor) -> torch.Tensor:
+        return ttf.center_crop(img=inputs, output_size=(self.crop_height, self.crop_width))
+
+    def forward_out(self, inputs: torch.Tensor) -> torch.Tensor:
+        return inputs
+
+
+def replace_submodules(root: nn.Module, predicate, func) -> None:
+    """Diffusion Policy's ``replace_submodules``."""
+    names = [k.split(".") for k, m in root.named_modules(remove_duplicate=True) if predicate(m)]
+    for *parent, k in names:
+        parent_module = root.get_submodule(".".join(parent)) if parent else root
+        setattr(parent_module, k, func(getattr(parent_module, k)))
+
+
+def obs_encoder(crop: tuple[int, int], group_norm: bool) -> nn.Module:
+    obs_config = {"low_dim": [], "rgb": [], "depth": [], "scan": []}
+    obs_key_shapes = {}
+    for key, attr in SHAPE_META["obs"].items():
+        obs_key_shapes[key] = list(attr["shape"])
+        obs_config[attr.get("type", "low_dim")].append(key)
+    cfg = get_robomimic_config()
+    with cfg.unlocked():
+        cfg.observation.modalities.obs = obs_config
+        for modality in cfg.observation.encoder.values():
+            if modality.obs_randomizer_class == "CropRandomizer":
+                modality.obs_randomizer_kwargs.crop_height, modality.obs_randomizer_kwargs.crop_width = crop
+    ObsUtils.initialize_obs_utils_with_config(cfg)
+    algo = algo_factory(
+        algo_name=cfg.algo_name, config=cfg, obs_key_shapes=obs_key_shapes, ac_dim=DA, device="cpu"
+    )
+    enc = algo.nets["policy"].nets["encoder"].nets["obs"]
+    if group_norm:
+        replace_submodules(
+            enc,
+            lambda m: isinstance(m, nn.BatchNorm2d),
+            lambda m: nn.GroupNorm(m.num_features // 16, m.num_features),
+        )
+    replace_submodules(
+        enc, lambda m: isinstance(m, rmbn.CropRandomizer), lambda m: FixedCrop(m.crop_height, m.crop_width)
+    )
+    return enc
+
+
+def write_golden(group_norm: bool) -> None:
+    """One golden pair: ``diffusion_policy_image_golden`` (GroupNorm, the released config) or
+    ``..._bn_golden`` (BatchNorm kept, ``obs_encoder_group_norm: False``)."""
+    stem = HERE / ("diffusion_policy_image_golden" if group_norm else "diffusion_policy_image_bn_golden")
+    cfg = config(group_norm)
+    pol = cfg["policy"]
+    enc = obs_encoder(tuple(pol["crop_shape"]), group_norm)
+    feature_dim = enc.output_shape()[0]
+    unet = ConditionalUnet1d(
+        input_dim=DA, global_cond_dim=feature_dim * TO, diffusion_step_embed_dim=EMBED,
+        down_dims=tuple(DOWN_DIMS), kernel_size=KERNEL, n_groups=8, cond_predict_scale=True,
+    )  # fmt: skip
+    # The policy's state dict, in its order: ModuleAttrMixin's dummy, obs_encoder, model, mask_generator,
+    # normalizer (LinearNormalizer: x * scale + offset).
+    entries, seen = [["_dummy_variable", [0], None]], {}
+    for prefix, module in (("obs_encoder.", enc), ("model.", unet)):
+        for name, t in module.state_dict(keep_vars=True).items():
+            alias = seen.get((t.data_ptr(), tuple(t.shape))) if t.numel() else None
+            entries.append([prefix + name, list(t.shape), alias])
+            seen.setdefault((t.data_ptr(), tuple(t.shape)), prefix + name)
+    entries.append(["mask_generator._dummy_variable", [0], None])
+    fixed = {
+        f"obs_encoder.{k}": v.detach().clone()
+        for k, v in enc.state_dict().items()
+        if k.rsplit(".", 1)[-1] in ("pos_x", "pos_y", "temperature")
+    }
+    g = torch.Generator().manual_seed(SEED + 1)
+    norm = "normalizer.params_dict."
+    for key, dim, lo, hi in (("agent_pos", 2, 13.0, 500.0), ("action", DA, 12.0, 505.0)):
+        low, high = lo + torch.rand(dim, generator=g) * 5, hi - torch.rand(dim, generator=g) * 5
+        scale = 2.0 / (high - low)
+        fixed[f"{norm}{key}.scale"], fixed[f"{norm}{key}.offset"] = scale, -1.0 - scale * low
+        fixed[f"{norm}{key}.input_stats.min"], fixed[f"{norm}{key}.input_stats.max"] = low, high
+        fixed[f"{norm}{key}.input_stats.mean"] = (low + high) / 2
+        fixed[f"{norm}{key}.input_stats.std"] = (high - low) / 4
+    # get_image_range_normalizer: [0, 1] -> [-1, 1]
+    fixed[f"{norm}image.scale"], fixed[f"{norm}image.offset"] = torch.tensor([2.0]), torch.tensor([-1.0])
+    fixed[f"{norm}image.input_stats.min"], fixed[f"{norm}image.input_stats.max"] = (
+        torch.zeros(1),
+        torch.ones(1),
+    )
+    fixed[f"{norm}image.input_stats.mean"] = torch.tensor([0.5])
+    fixed[f"{norm}image.input_stats.std"] = torch.tensor([(1 / 12) ** 0.5])
+    for name in sorted(k for k in fixed if k.startswith(norm)):
+        entries.append([name, list(fixed[name].shape), None])
+    state = random_weights(entries, fixed, SEED)
+
+    enc.load_state_dict(
+        {k[len("obs_encoder.") :]: v for k, v in state.items() if k.startswith("obs_encoder.")}
+    )
+    unet.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
+    enc.eval(), unet.eval()
+
+    # predict_action, from its source: normalise, encode B*To observations, global condition, DDIM.
+    B = 3
+    gi = torch.Generator().manual_seed(SEED + 2)
+    pixels = torch.randint(0, 256, (B, TO, 96, 96, 3), generator=gi, dtype=torch.uint8)  # as rendered
+    agent_pos = 20 + torch.rand(B, TO, 2, generator=gi) * 470
+    x_T = torch.randn(B, HORIZON, DA, generator=gi)
+    image = pixels.permute(0, 1, 4, 2, 3).float() / 255.0  # (B, To, 3, 96, 96) in [0, 1], as DP's env gives
+    nobs = {
+        "image": image * state[f"{norm}image.scale"] + state[f"{norm}image.offset"],
+        "agent_pos": agent_pos * state[f"{norm}agent_pos.scale"] + state[f"{norm}agent_pos.offset"],
+    }
+    s = pol["noise_scheduler"]
+    scheduler = diffusers.DDIMScheduler(
+        num_train_timesteps=s["num_train_timesteps"], beta_start=s["beta_start"], beta_end=s["beta_end"],
+        beta_schedule=s["beta_schedule"], clip_sample=s["clip_sample"], set_alpha_to_one=True, steps_offset=0,
+        prediction_type=s["prediction_type"],
+    )  # fmt: skip
+    with torch.no_grad():
+        this_nobs = {k: v[:, :TO].reshape(-1, *v.shape[2:]) for k, v in nobs.items()}
+        global_cond = enc(this_nobs).reshape(B, -1)  # (B, To * 66)
+        trajectory = x_T.clone()
+        scheduler.set_timesteps(10)
+        for t in scheduler.timesteps:
+            out = unet(trajectory, t.expand(B), global_cond)
+            trajectory = scheduler.step(out, t, trajectory).prev_sample
+    action_pred = (trajectory - state[f"{norm}action.offset"]) / state[f"{norm}action.scale"]
+    actions = action_pred[:, TO - 1 : TO - 1 + TA].contiguous()
+
+    meta = {"cfg": cfg, "seed": SEED, "entries": entries, "obs_keys": list(enc.obs_shapes)}
+    stem.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
+    tensors = {f"fixed/{k}": v.contiguous() for k, v in fixed.items()}
+    tensors |= {
+        "pixels": pixels,
+        "agent_pos": agent_pos,
+        "x_T": x_T,
+        "global_cond": global_cond,
+        "actions": actions,
+    }
+    save_file(tensors, str(stem.with_suffix(".safetensors")))
+    print(f"wrote {stem}.json / .safetensors; {len(entries)} state entries, feature dim {feature_dim}")
+
+
+if __name__ == "__main__":
+    write_golden(group_norm=True)
+    write_golden(group_norm=False)
