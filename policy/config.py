@@ -41,9 +41,11 @@ __all__ = [
     "IMAGE_NORMS",
     "BACKBONES",
     "OBS_TYPES",
+    "NETWORKS",
     "NoiseScheduleConfig",
     "PolicyConfig",
     "SamplerConfig",
+    "TransformerConfig",
     "UNetConfig",
     "VisionConfig",
     "check_action_steps",
@@ -53,6 +55,7 @@ __all__ = [
 ]
 
 OBS_TYPES = ("state", "pixels_agent_pos")
+NETWORKS = ("unet", "transformer")
 BACKBONES = ("resnet18",)
 IMAGE_NORMS = ("group_norm", "batch_norm")
 
@@ -145,6 +148,38 @@ class UNetConfig:
         bad = [d for d in self.down_dims if d % self.n_groups]
         if bad:
             raise ValueError(f"n_groups={self.n_groups} must divide every down_dims width, not {bad}")
+
+
+@dataclass
+class TransformerConfig:
+    """Sizes of `TransformerDenoiser` (Diffusion Policy's ``TransformerForDiffusion``: the noisy actions
+    decoded against a memory of the timestep and observation tokens). PushT reference: 8 layers, 4
+    heads, width 256, causal attention, an MLP over the memory (``n_cond_layers`` 0)."""
+
+    n_layer: int = 8
+    """Decoder layers."""
+    n_head: int = 4
+    """Attention heads; must divide ``n_emb``."""
+    n_emb: int = 256
+    """Token width (even, >= 4: it is also the sinusoidal step embedding's width)."""
+    p_drop_emb: float = 0.0
+    """Dropout on the token embeddings (training only)."""
+    p_drop_attn: float = 0.01
+    """Dropout inside the transformer layers (training only)."""
+    causal_attn: bool = True
+    """Each action token attends to itself and earlier ones, and to the memory up to its own step."""
+    n_cond_layers: int = 0
+    """Transformer-encoder layers over the memory tokens; 0: a two-layer MLP (the reference)."""
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "n_layer", "n_head", "n_emb")
+        if self.n_emb % self.n_head or self.n_emb % 2 or self.n_emb < 4:
+            raise ValueError(f"n_emb={self.n_emb} must be even, >= 4 and divisible by n_head={self.n_head}")
+        if self.n_cond_layers < 0:
+            raise ValueError(f"n_cond_layers must be >= 0, got {self.n_cond_layers}")
+        for name in ("p_drop_emb", "p_drop_attn"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
 
 @dataclass
@@ -341,8 +376,13 @@ class PolicyConfig:
     """To: observations that condition the plan."""
     n_action_steps: int = 8
     """Ta: plan rows executed before replanning."""
+    network: str = "unet"
+    """The denoiser: ``unet`` (`ConditionalUnet1d`, FiLM-conditioned) or ``transformer``
+    (`TransformerDenoiser`, low-dim observations only)."""
     unet: UNetConfig = field(default_factory=UNetConfig)
-    """Network sizes."""
+    """U-Net sizes (``network="unet"``)."""
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    """Transformer sizes (``network="transformer"``)."""
     schedule: NoiseScheduleConfig = field(default_factory=NoiseScheduleConfig)
     """Training noise schedule."""
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -351,7 +391,11 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         _check_positive(self, "obs_dim", "action_dim", "horizon", "n_obs_steps", "n_action_steps")
         _check_choice("obs_type", self.obs_type, OBS_TYPES)
-        validate_horizon(self.horizon, self.unet.down_dims)
+        _check_choice("network", self.network, NETWORKS)
+        if self.network == "unet":
+            validate_horizon(self.horizon, self.unet.down_dims)
+        elif self.obs_type != "state":
+            raise ValueError(f"network='transformer' takes low-dim observations only, not {self.obs_type!r}")
         if self.n_obs_steps > self.horizon:
             raise ValueError(f"n_obs_steps={self.n_obs_steps} must be <= horizon={self.horizon}")
         self.check_action_steps(self.n_action_steps)
@@ -421,6 +465,7 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
         raise ValueError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(fields)}")
     nested = {
         "unet": UNetConfig,
+        "transformer": TransformerConfig,
         "schedule": NoiseScheduleConfig,
         "sampler": SamplerConfig,
         "vision": VisionConfig,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusion_policy_mirror import ddim_sample
 
 from parapolicy.policy.config import SamplerConfig
 from parapolicy.policy.model.checkpoint import CheckpointError
@@ -52,30 +53,21 @@ def diffusion_policy_predict_action(
 ) -> torch.Tensor:
     """Diffusion Policy's `DiffusionUnetLowdimPolicy.predict_action` (global conditioning, oa_step_convention)
     with diffusers' DDIM scheduler, written from its source: (B, Ta, Da) actions."""
-    diffusers = pytest.importorskip("diffusers")
+    pytest.importorskip("diffusers")
     cfg, sd = payload.cfg["policy"], payload.state_dict
-    m, s = cfg["model"], cfg["noise_scheduler"]
+    m = cfg["model"]
     net = ConditionalUnet1d(
         input_dim=m["input_dim"], global_cond_dim=m["global_cond_dim"],
         diffusion_step_embed_dim=m["diffusion_step_embed_dim"], down_dims=tuple(m["down_dims"]),
         kernel_size=m["kernel_size"], n_groups=m["n_groups"], cond_predict_scale=m["cond_predict_scale"],
     )  # fmt: skip
     net.load_state_dict({k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")})
-    scheduler = diffusers.DDIMScheduler(
-        num_train_timesteps=s["num_train_timesteps"], beta_start=s["beta_start"], beta_end=s["beta_end"],
-        beta_schedule=s["beta_schedule"], clip_sample=s["clip_sample"], set_alpha_to_one=True, steps_offset=0,
-        prediction_type=s["prediction_type"],
-    )  # fmt: skip
     To, Ta = cfg["n_obs_steps"], cfg["n_action_steps"]
     n = "normalizer.params_dict."
     nobs = obs * sd[f"{n}obs.scale"] + sd[f"{n}obs.offset"]  # (B, To, Do)
     global_cond = nobs[:, :To].reshape(obs.shape[0], -1)
-    trajectory = x_T.clone()
-    scheduler.set_timesteps(steps)
-    with torch.no_grad():
-        for t in scheduler.timesteps:
-            out = net(trajectory, t.expand(obs.shape[0]), global_cond)
-            trajectory = scheduler.step(out, t, trajectory).prev_sample
+    denoise = lambda x, t: net(x, t.expand(obs.shape[0]), global_cond)  # noqa: E731
+    trajectory = ddim_sample(denoise, x_T, cfg["noise_scheduler"], steps)
     action_pred = (trajectory - sd[f"{n}action.offset"]) / sd[f"{n}action.scale"]
     return action_pred[:, To - 1 : To - 1 + Ta]
 

@@ -58,6 +58,14 @@ REQUIRED_POLICY_FIELDS: dict[int, tuple[str, ...]] = {
         "schedule.clip_sample_range",
     ),
 }
+# What a ``network="transformer"`` policy also requires (its weights depend on every one of them).
+TRANSFORMER_FIELDS = (
+    "transformer.n_layer",
+    "transformer.n_head",
+    "transformer.n_emb",
+    "transformer.causal_attn",
+    "transformer.n_cond_layers",
+)
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol >= 2, and torch.save's zip container
 
 
@@ -149,7 +157,10 @@ def _pickle_hint(path: Path) -> str:
 
 def _missing_fields(policy: Mapping[str, Any]) -> list[str]:
     missing = []
-    for name in REQUIRED_POLICY_FIELDS[SCHEMA_VERSION]:
+    required = REQUIRED_POLICY_FIELDS[SCHEMA_VERSION]
+    if policy.get("network") == "transformer":  # its sizes, not the (unused) U-Net's defaults
+        required = (*required, *TRANSFORMER_FIELDS)
+    for name in required:
         node: Any = policy
         for part in name.split("."):
             if not isinstance(node, Mapping) or part not in node:

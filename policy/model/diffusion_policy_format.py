@@ -1,15 +1,18 @@
 """Diffusion Policy (real-stanford/diffusion_policy) checkpoints in: a ``.ckpt`` becomes a `DiffusionPolicy`.
 
-Supported, with the observation as global conditioning and a DDPM or DDIM scheduler:
+Supported, with the observation as the network's condition and a DDPM or DDIM scheduler:
 ``DiffusionUnetLowdimPolicy`` (the PushT keypoint policy of the paper,
-``train_diffusion_unet_lowdim_workspace.yaml``) and ``DiffusionUnetHybridImagePolicy`` with one camera
+``train_diffusion_unet_lowdim_workspace.yaml``), ``DiffusionUnetHybridImagePolicy`` with one camera
 and one low-dim state (the PushT image policy, ``train_diffusion_unet_hybrid_workspace.yaml``; its
-encoder mapping is `diffusion_policy_image`). The file is read as data (`diffusion_policy_payload`);
+encoder mapping is `diffusion_policy_image`) and ``DiffusionTransformerLowdimPolicy`` (its
+``TransformerForDiffusion`` is `transformer.TransformerDenoiser`, same names; the attention masks it
+saves must be the ones its config implies). The file is read as data (`diffusion_policy_payload`);
 the policy is built from the checkpoint's own config, and its weights are checked strictly against it
-(every tensor used, none missing, equal shapes). Names: ``model.*`` is the U-Net, whose module names
-this project's `ConditionalUnet1d` keeps; ``normalizer.params_dict.<key>.{scale,offset}`` is the affine
-map ``x * scale + offset`` that `MinMaxNormalizer` applies too (copied exactly, whatever mode fitted
-it), with ``input_stats.{min,max}`` as its range. The EMA weights are used when the run kept them. What
+(every tensor used, none missing, equal shapes). Names: ``model.*`` is the network, whose module
+names this project's `ConditionalUnet1d` and `TransformerDenoiser` keep;
+``normalizer.params_dict.<key>.{scale,offset}`` is the affine map ``x * scale + offset`` that
+`MinMaxNormalizer` applies too (copied exactly, whatever mode fitted it), with ``input_stats.{min,max}``
+as its range. The EMA weights are used when the run kept them. What
 the loader cannot represent is refused, naming it: other policy classes, inpainting-conditioned or
 local-conditioned policies, ``pred_action_steps_only``, latency steps, other schedulers or variance
 types, several cameras. No hydra imports.
@@ -23,7 +26,13 @@ from typing import Any
 
 import torch
 
-from parapolicy.policy.config import NoiseScheduleConfig, PolicyConfig, SamplerConfig, UNetConfig
+from parapolicy.policy.config import (
+    NoiseScheduleConfig,
+    PolicyConfig,
+    SamplerConfig,
+    TransformerConfig,
+    UNetConfig,
+)
 from parapolicy.policy.model.checkpoint import check_finite, check_state_dict
 from parapolicy.policy.model.diffusion_policy_image import (
     HYBRID_POLICY,
@@ -39,6 +48,7 @@ from parapolicy.policy.model.diffusion_policy_payload import (
     refuse,
 )
 from parapolicy.policy.model.policy import OBS_KEY, DiffusionPolicy
+from parapolicy.policy.model.transformer import causal_masks
 from parapolicy.policy.model.vision import SpatialSoftmax, build_network
 
 __all__ = [
@@ -48,17 +58,37 @@ __all__ = [
 ]
 
 LOWDIM_POLICY = "diffusion_policy.policy.diffusion_unet_lowdim_policy.DiffusionUnetLowdimPolicy"
+TRANSFORMER_POLICY = (
+    "diffusion_policy.policy.diffusion_transformer_lowdim_policy.DiffusionTransformerLowdimPolicy"
+)
 UNET = "diffusion_policy.model.diffusion.conditional_unet1d.ConditionalUnet1D"
+TRANSFORMER = "diffusion_policy.model.diffusion.transformer_for_diffusion.TransformerForDiffusion"
+# policy class -> (flags its config must have, the model section's class; None: the U-Net's settings
+# sit in the policy section itself)
+_POLICIES: dict[str, tuple[dict[str, bool], str | None]] = {
+    LOWDIM_POLICY: (
+        {
+            "obs_as_global_cond": True,
+            "obs_as_local_cond": False,
+            "pred_action_steps_only": False,
+            "oa_step_convention": True,  # the plan's first executed row is To - 1, as here
+        },
+        UNET,
+    ),
+    HYBRID_POLICY: ({"obs_as_global_cond": True}, None),
+    TRANSFORMER_POLICY: ({"obs_as_cond": True, "pred_action_steps_only": False}, TRANSFORMER),
+}
 SCHEDULERS = {
     "diffusers.schedulers.scheduling_ddpm.DDPMScheduler": "ddpm",
     "diffusers.schedulers.scheduling_ddim.DDIMScheduler": "ddim",
 }
-_UNUSED = ("_dummy_variable", "mask_generator._dummy_variable")  # ModuleAttrMixin's empty parameters
+# ModuleAttrMixin's empty parameters (the transformer network is one too)
+_UNUSED = ("_dummy_variable", "mask_generator._dummy_variable", "model._dummy_variable")
 _NORMALIZER = "normalizer.params_dict."
 
 
 def load_diffusion_policy_checkpoint(path: str | Path) -> DiffusionPolicy:
-    """Build a `DiffusionPolicy` from a Diffusion Policy ``.ckpt`` (low-dim or image), strictly.
+    """Build a `DiffusionPolicy` from a Diffusion Policy ``.ckpt`` (see the module doc), strictly.
 
     Raises:
         CheckpointError: naming what is missing, unexpected, misshaped, or not representable here.
@@ -89,12 +119,9 @@ def policy_config_from_diffusion_policy(
     image statistics and keypoint count its state dict holds); refuses what it cannot represent."""
     pol = _section(path, cfg, "policy")
     target = pol.get("_target_")
-    if target not in (LOWDIM_POLICY, HYBRID_POLICY):
-        raise refuse(path, f"policy {target!r} is not supported; only {LOWDIM_POLICY} and {HYBRID_POLICY}")
-    wanted = {"obs_as_global_cond": True}
-    if target == LOWDIM_POLICY:
-        wanted |= {"obs_as_local_cond": False, "pred_action_steps_only": False}
-        wanted["oa_step_convention"] = True  # the plan's first executed row is To - 1, as here
+    if target not in _POLICIES:
+        raise refuse(path, f"policy {target!r} is not supported; only {sorted(_POLICIES)}")
+    wanted, model_target = _POLICIES[target]
     for key, value in wanted.items():
         if bool(pol.get(key, False)) != value:
             raise refuse(path, f"policy.{key}={pol.get(key)!r} is not supported (only {value})")
@@ -102,11 +129,13 @@ def policy_config_from_diffusion_policy(
         raise refuse(path, f"n_latency_steps={cfg['n_latency_steps']} is not supported (only 0)")
     sched = _section(path, pol, "noise_scheduler")
     model = pol  # the image policy keeps the U-Net's settings in its own section
-    if target == LOWDIM_POLICY:
+    if model_target is not None:
         model = _section(path, pol, "model")
-        if model.get("_target_") != UNET:
-            raise refuse(path, f"policy.model {model.get('_target_')!r} is not supported; only {UNET}")
-    if int(_get(path, model, "n_groups")) != 8:
+        if model.get("_target_") != model_target:
+            raise refuse(
+                path, f"policy.model {model.get('_target_')!r} is not supported; only {model_target}"
+            )
+    if model_target != TRANSFORMER and int(_get(path, model, "n_groups")) != 8:
         raise refuse(
             path, "model.n_groups must be 8: Diffusion Policy's final Conv1dBlock always has 8 groups"
         )
@@ -120,6 +149,8 @@ def policy_config_from_diffusion_policy(
     try:
         if target == LOWDIM_POLICY:
             return _lowdim_config(path, pol, model, sched, kind)
+        if target == TRANSFORMER_POLICY:
+            return _transformer_config(path, pol, model, sched, kind)
         return _image_config(path, pol, sched, kind, state)
     except (ValueError, TypeError) as exc:
         raise refuse(path, f"config cannot be represented: {exc}") from exc
@@ -136,7 +167,48 @@ def _lowdim_config(
             f"action_dim {action_dim} / obs_dim x n_obs_steps {obs_dim * n_obs}"
         )
     return PolicyConfig(
-        obs_dim=obs_dim, obs_type="state", action_dim=action_dim, **_common(path, pol, model, sched, kind)
+        obs_dim=obs_dim,
+        obs_type="state",
+        action_dim=action_dim,
+        unet=_unet_config(path, model),
+        **_common(path, pol, sched, kind),
+    )
+
+
+def _transformer_config(
+    path: Path, pol: Mapping[str, Any], model: Mapping[str, Any], sched: Mapping[str, Any], kind: str
+) -> PolicyConfig:
+    g = lambda section, key: _get(path, section, key)  # noqa: E731
+    obs_dim, action_dim = int(g(pol, "obs_dim")), int(g(pol, "action_dim"))
+    if not (bool(model.get("time_as_cond", True)) and bool(model.get("obs_as_cond", False))):
+        raise ValueError(
+            "model.time_as_cond and model.obs_as_cond must be True (the encoder-only variant is not built)"
+        )
+    shapes = {
+        "input_dim": action_dim,
+        "output_dim": action_dim,
+        "cond_dim": obs_dim,
+        "horizon": int(g(pol, "horizon")),
+        "n_obs_steps": int(g(pol, "n_obs_steps")),
+    }
+    for key, value in shapes.items():
+        if int(g(model, key)) != value:
+            raise ValueError(f"model.{key}={model[key]} does not match the policy's {value}")
+    return PolicyConfig(
+        obs_dim=obs_dim,
+        obs_type="state",
+        action_dim=action_dim,
+        network="transformer",
+        transformer=TransformerConfig(
+            n_layer=int(g(model, "n_layer")),
+            n_head=int(g(model, "n_head")),
+            n_emb=int(g(model, "n_emb")),
+            p_drop_emb=float(model.get("p_drop_emb", 0.1)),
+            p_drop_attn=float(model.get("p_drop_attn", 0.1)),
+            causal_attn=bool(model.get("causal_attn", False)),
+            n_cond_layers=int(model.get("n_cond_layers", 0)),
+        ),
+        **_common(path, pol, sched, kind),
     )
 
 
@@ -153,27 +225,30 @@ def _image_config(
         obs_type="pixels_agent_pos",
         action_dim=action_shape[0],
         vision=vision_config(path, pol, layout, state),
-        **_common(path, pol, pol, sched, kind),
+        unet=_unet_config(path, pol),
+        **_common(path, pol, sched, kind),
     )
 
 
-def _common(
-    path: Path, pol: Mapping[str, Any], model: Mapping[str, Any], sched: Mapping[str, Any], kind: str
-) -> dict[str, Any]:
-    """The `PolicyConfig` fields both policy classes share: horizon, steps, U-Net, schedule, sampler."""
+def _unet_config(path: Path, model: Mapping[str, Any]) -> UNetConfig:
+    g = lambda key: _get(path, model, key)  # noqa: E731
+    return UNetConfig(
+        down_dims=tuple(int(d) for d in g("down_dims")),
+        diffusion_step_embed_dim=int(g("diffusion_step_embed_dim")),
+        kernel_size=int(g("kernel_size")),
+        n_groups=8,
+        cond_predict_scale=bool(g("cond_predict_scale")),
+    )
+
+
+def _common(path: Path, pol: Mapping[str, Any], sched: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """The `PolicyConfig` fields every policy class shares: horizon, steps, schedule, sampler."""
     g = lambda section, key: _get(path, section, key)  # noqa: E731
     T = int(g(sched, "num_train_timesteps"))
     return {
         "horizon": int(g(pol, "horizon")),
         "n_obs_steps": int(g(pol, "n_obs_steps")),
         "n_action_steps": int(g(pol, "n_action_steps")),
-        "unet": UNetConfig(
-            down_dims=tuple(int(d) for d in g(model, "down_dims")),
-            diffusion_step_embed_dim=int(g(model, "diffusion_step_embed_dim")),
-            kernel_size=int(g(model, "kernel_size")),
-            n_groups=8,
-            cond_predict_scale=bool(g(model, "cond_predict_scale")),
-        ),
         "schedule": NoiseScheduleConfig(
             num_train_timesteps=T,
             beta_schedule=str(g(sched, "beta_schedule")),
@@ -198,9 +273,15 @@ def _split_state(
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Our network's weights and our normaliser's buffers from the policy state dict."""
     state = payload.state_dict
-    unet = {name[len("model.") :]: t for name, t in state.items() if name.startswith("model.")}
+    unet = {
+        name[len("model.") :]: t
+        for name, t in state.items()
+        if name.startswith("model.") and name not in _UNUSED
+    }
     used = {name for name in state if name.startswith(("model.", _NORMALIZER)) or name in _UNUSED}
-    if config.obs_type == "state":
+    if config.network == "transformer":
+        weights, keys = _without_masks(path, unet, config), {OBS_KEY: "obs"}
+    elif config.obs_type == "state":
         weights, keys = unet, {OBS_KEY: "obs"}
     else:
         layout = image_layout(path, payload.cfg["policy"])
@@ -234,6 +315,23 @@ def _split_state(
             stats[f"stats.{ours}.{name}"] = tensor.to(torch.float32)
         stats[f"stats.{ours}.fitted"] = torch.tensor(True)
     return weights, stats
+
+
+def _without_masks(
+    path: Path, weights: dict[str, torch.Tensor], config: PolicyConfig
+) -> dict[str, torch.Tensor]:
+    """The transformer's weights without its attention masks, which must be the ones its config implies
+    (`transformer.causal_masks`; none without causal attention)."""
+    weights = dict(weights)
+    ours = causal_masks(config.horizon, 1 + config.n_obs_steps) if config.transformer.causal_attn else None
+    for i, name in enumerate(("mask", "memory_mask")):
+        theirs = weights.pop(name, None)
+        if ours is None and theirs is not None:
+            raise refuse(path, f"model.{name} is set but model.causal_attn is False")
+        if ours is not None and (theirs is None or not torch.equal(theirs, ours[i])):
+            found = "missing" if theirs is None else "different"
+            raise refuse(path, f"model.{name} is {found}: the causal mask of the config is expected")
+    return weights
 
 
 def _section(path: Path, cfg: Mapping[str, Any], key: str) -> Mapping[str, Any]:

@@ -188,10 +188,12 @@ def lerobot_config_from_policy(config: PolicyConfig, state_dim: int) -> dict[str
     """The config.json of `save_lerobot_policy`: every field LeRobot 0.4's DiffusionConfig writes.
 
     Raises:
-        ValueError: for what LeRobot cannot represent (n_groups != 8, a sampler other than DDPM / DDIM
-            with leading spacing and offset 0, v-prediction).
+        ValueError: for what LeRobot cannot represent (a transformer network, n_groups != 8, a sampler
+            other than DDPM / DDIM with leading spacing and offset 0, v-prediction).
     """
     u, s, sp = config.unet, config.schedule, config.sampler
+    if config.network != "unet":
+        raise ValueError(f"network={config.network!r}: LeRobot's diffusion policy is a U-Net")
     if u.n_groups != 8:
         raise ValueError(f"unet.n_groups={u.n_groups}: LeRobot's final block always has 8 groups")
     kinds = {v: k for k, v in _SCHEDULERS.items()}

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from parapolicy.policy.config import PolicyConfig, VisionConfig
 from parapolicy.policy.model.checkpoint import check_state_dict, read_tensors
 from parapolicy.policy.model.networks import ConditionalUnet1d
+from parapolicy.policy.model.transformer import TransformerDenoiser
 
 __all__ = [
     "BasicBlock",
@@ -307,7 +308,10 @@ def _make_unet(config: PolicyConfig) -> ConditionalUnet1d:
 
 
 def build_network(config: PolicyConfig) -> nn.Module:
-    """The policy's network: the U-Net for ``state`` policies, a `VisionUnet` for image policies."""
+    """The policy's network: for ``state`` policies the U-Net or the `TransformerDenoiser`
+    (``config.network``), a `VisionUnet` for image policies."""
     if config.obs_type == "pixels_agent_pos":
         return VisionUnet(config)
+    if config.network == "transformer":
+        return TransformerDenoiser(config)
     return _make_unet(config)

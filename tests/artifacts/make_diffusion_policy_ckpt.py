@@ -17,6 +17,7 @@ Needs dill and omegaconf (not dependencies of parapolicy: the loader needs neith
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from pathlib import Path
 
@@ -24,7 +25,10 @@ import dill
 import torch
 from omegaconf import OmegaConf
 
-from parapolicy.policy.model.networks import ConditionalUnet1d
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from diffusion_policy_mirror import DDPM_SCHEDULER, limits_normalizer  # noqa: E402
+
+from parapolicy.policy.model.networks import ConditionalUnet1d  # noqa: E402
 
 OUT = Path(__file__).with_name("diffusion_policy_lowdim_tiny.ckpt")
 WORKSPACE = (
@@ -51,12 +55,7 @@ def config() -> dict:
                 "diffusion_step_embed_dim": EMBED, "down_dims": DOWN_DIMS, "kernel_size": KERNEL,
                 "n_groups": 8, "cond_predict_scale": True,
             },
-            "noise_scheduler": {
-                "_target_": "diffusers.schedulers.scheduling_ddpm.DDPMScheduler",
-                "num_train_timesteps": 100, "beta_start": 0.0001, "beta_end": 0.02,
-                "beta_schedule": "squaredcos_cap_v2", "variance_type": "fixed_small",
-                "clip_sample": True, "prediction_type": "epsilon",
-            },
+            "noise_scheduler": DDPM_SCHEDULER,
             "horizon": HORIZON, "obs_dim": OBS_DIM, "action_dim": ACTION_DIM, "n_action_steps": TA,
             "n_obs_steps": TO, "num_inference_steps": 100, "obs_as_local_cond": False,
             "obs_as_global_cond": True, "pred_action_steps_only": False, "oa_step_convention": True,
@@ -76,14 +75,8 @@ def policy_state(seed: int) -> OrderedDict:
     for name, value in net.state_dict().items():  # random weights, so a wrong mapping shows
         state[f"model.{name}"] = torch.randn(value.shape, generator=g) * 0.2
     state["mask_generator._dummy_variable"] = torch.empty(0)
-    for key, dim, lo, hi in (("obs", OBS_DIM, 13.0, 500.0), ("action", ACTION_DIM, 12.0, 505.0)):
-        low = lo + torch.rand(dim, generator=g) * 5  # (D,) per-dimension limits
-        high = hi - torch.rand(dim, generator=g) * 5
-        scale = 2.0 / (high - low)
-        p = f"normalizer.params_dict.{key}"
-        state[f"{p}.scale"], state[f"{p}.offset"] = scale, -1.0 - scale * low
-        state[f"{p}.input_stats.min"], state[f"{p}.input_stats.max"] = low, high
-        state[f"{p}.input_stats.mean"], state[f"{p}.input_stats.std"] = (low + high) / 2, (high - low) / 4
+    state |= limits_normalizer("obs", OBS_DIM, 13.0, 500.0, g)
+    state |= limits_normalizer("action", ACTION_DIM, 12.0, 505.0, g)
     return state
 
 

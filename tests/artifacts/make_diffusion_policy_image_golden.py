@@ -30,7 +30,6 @@ import json
 import sys
 from pathlib import Path
 
-import diffusers
 import robomimic.models.base_nets as rmbn
 import robomimic.scripts.generate_paper_configs as gpc
 import robomimic.utils.obs_utils as ObsUtils
@@ -42,7 +41,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from diffusion_policy_mirror import random_weights  # noqa: E402
+from diffusion_policy_mirror import DDPM_SCHEDULER, ddim_sample, limits_normalizer, random_weights  # noqa: E402
 
 from parapolicy.policy.model.networks import ConditionalUnet1d  # noqa: E402
 
@@ -72,12 +71,7 @@ def config(group_norm: bool) -> dict:
         "policy": {
             "_target_": POLICY,
             "shape_meta": SHAPE_META,
-            "noise_scheduler": {
-                "_target_": "diffusers.schedulers.scheduling_ddpm.DDPMScheduler",
-                "num_train_timesteps": 100, "beta_start": 0.0001, "beta_end": 0.02,
-                "beta_schedule": "squaredcos_cap_v2", "variance_type": "fixed_small",
-                "clip_sample": True, "prediction_type": "epsilon",
-            },
+            "noise_scheduler": DDPM_SCHEDULER,
             "horizon": HORIZON, "n_action_steps": TA, "n_obs_steps": TO, "num_inference_steps": 100,
             "obs_as_global_cond": True, "crop_shape": [84, 84], "diffusion_step_embed_dim": EMBED,
             "down_dims": DOWN_DIMS, "kernel_size": KERNEL, "n_groups": 8, "cond_predict_scale": True,
@@ -187,13 +181,8 @@ def write_golden(group_norm: bool) -> None:
     }
     g = torch.Generator().manual_seed(SEED + 1)
     norm = "normalizer.params_dict."
-    for key, dim, lo, hi in (("agent_pos", 2, 13.0, 500.0), ("action", DA, 12.0, 505.0)):
-        low, high = lo + torch.rand(dim, generator=g) * 5, hi - torch.rand(dim, generator=g) * 5
-        scale = 2.0 / (high - low)
-        fixed[f"{norm}{key}.scale"], fixed[f"{norm}{key}.offset"] = scale, -1.0 - scale * low
-        fixed[f"{norm}{key}.input_stats.min"], fixed[f"{norm}{key}.input_stats.max"] = low, high
-        fixed[f"{norm}{key}.input_stats.mean"] = (low + high) / 2
-        fixed[f"{norm}{key}.input_stats.std"] = (high - low) / 4
+    fixed |= limits_normalizer("agent_pos", 2, 13.0, 500.0, g)
+    fixed |= limits_normalizer("action", DA, 12.0, 505.0, g)
     # get_image_range_normalizer: [0, 1] -> [-1, 1]
     fixed[f"{norm}image.scale"], fixed[f"{norm}image.offset"] = torch.tensor([2.0]), torch.tensor([-1.0])
     fixed[f"{norm}image.input_stats.min"], fixed[f"{norm}image.input_stats.max"] = (
@@ -223,20 +212,10 @@ def write_golden(group_norm: bool) -> None:
         "image": image * state[f"{norm}image.scale"] + state[f"{norm}image.offset"],
         "agent_pos": agent_pos * state[f"{norm}agent_pos.scale"] + state[f"{norm}agent_pos.offset"],
     }
-    s = pol["noise_scheduler"]
-    scheduler = diffusers.DDIMScheduler(
-        num_train_timesteps=s["num_train_timesteps"], beta_start=s["beta_start"], beta_end=s["beta_end"],
-        beta_schedule=s["beta_schedule"], clip_sample=s["clip_sample"], set_alpha_to_one=True, steps_offset=0,
-        prediction_type=s["prediction_type"],
-    )  # fmt: skip
     with torch.no_grad():
         this_nobs = {k: v[:, :TO].reshape(-1, *v.shape[2:]) for k, v in nobs.items()}
         global_cond = enc(this_nobs).reshape(B, -1)  # (B, To * 66)
-        trajectory = x_T.clone()
-        scheduler.set_timesteps(10)
-        for t in scheduler.timesteps:
-            out = unet(trajectory, t.expand(B), global_cond)
-            trajectory = scheduler.step(out, t, trajectory).prev_sample
+    trajectory = ddim_sample(lambda x, t: unet(x, t.expand(B), global_cond), x_T, DDPM_SCHEDULER, 10)
     action_pred = (trajectory - state[f"{norm}action.offset"]) / state[f"{norm}action.scale"]
     actions = action_pred[:, TO - 1 : TO - 1 + TA].contiguous()
 
