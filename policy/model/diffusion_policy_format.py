@@ -12,10 +12,10 @@ the policy is built from the checkpoint's own config, and its weights are checke
 names this project's `ConditionalUnet1d` and `TransformerDenoiser` keep;
 ``normalizer.params_dict.<key>.{scale,offset}`` is the affine map ``x * scale + offset`` that
 `MinMaxNormalizer` applies too (copied exactly, whatever mode fitted it), with ``input_stats.{min,max}``
-as its range. The EMA weights are used when the run kept them. What
-the loader cannot represent is refused, naming it: other policy classes, inpainting-conditioned or
-local-conditioned policies, ``pred_action_steps_only``, latency steps, other schedulers or variance
-types, several cameras. No hydra imports.
+as its range. The EMA weights are used when the run kept them. What the loader cannot represent is
+refused, naming it: other policy classes, inpainting-conditioned or local-conditioned policies,
+``pred_action_steps_only``, latency steps, other schedulers or variance types, several cameras. No
+hydra imports.
 """
 
 from __future__ import annotations
@@ -36,9 +36,8 @@ from parapolicy.policy.config import (
 from parapolicy.policy.model.checkpoint import check_finite, check_state_dict
 from parapolicy.policy.model.diffusion_policy_image import (
     HYBRID_POLICY,
-    encoder_weights,
     image_layout,
-    reorder_condition,
+    image_policy_weights,
     vision_config,
 )
 from parapolicy.policy.model.diffusion_policy_payload import (
@@ -49,7 +48,7 @@ from parapolicy.policy.model.diffusion_policy_payload import (
 )
 from parapolicy.policy.model.policy import OBS_KEY, DiffusionPolicy
 from parapolicy.policy.model.transformer import causal_masks
-from parapolicy.policy.model.vision import SpatialSoftmax, build_network
+from parapolicy.policy.model.vision import build_network
 
 __all__ = [
     "is_diffusion_policy_checkpoint",
@@ -273,28 +272,22 @@ def _split_state(
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Our network's weights and our normaliser's buffers from the policy state dict."""
     state = payload.state_dict
-    unet = {
+    network = {
         name[len("model.") :]: t
         for name, t in state.items()
         if name.startswith("model.") and name not in _UNUSED
     }
     used = {name for name in state if name.startswith(("model.", _NORMALIZER)) or name in _UNUSED}
+    keys = {OBS_KEY: "obs"}  # our normaliser key -> theirs
     if config.network == "transformer":
-        weights, keys = _without_masks(path, unet, config), {OBS_KEY: "obs"}
+        weights = _without_masks(path, network, config)
     elif config.obs_type == "state":
-        weights, keys = unet, {OBS_KEY: "obs"}
+        weights = network
     else:
-        layout = image_layout(path, payload.cfg["policy"])
-        v = config.vision
-        with torch.device("meta"):  # the encoder's feature-map shape, without allocating the trunk
-            feature_shape = build_network(config).rgb_encoder.feature_shape
-        encoder, consumed = encoder_weights(
-            path, state, layout, SpatialSoftmax(feature_shape, v.num_keypoints).pos_grid
-        )
-        unet = reorder_condition(unet, layout, config.n_obs_steps, v.feature_dim)
-        weights = {f"unet.{k}": t for k, t in unet.items()} | encoder
+        pol = payload.cfg["policy"]
+        weights, consumed = image_policy_weights(path, pol, state, config, network)
         used |= consumed
-        keys = {OBS_KEY: layout.state}
+        keys = {OBS_KEY: image_layout(path, pol).state}
     unexpected = sorted(set(state) - used)
     if unexpected:
         raise refuse(path, f"its policy state dict has tensors this policy does not use: {unexpected[:8]}")

@@ -26,14 +26,15 @@ from typing import Any
 
 import torch
 
-from parapolicy.policy.config import VisionConfig
+from parapolicy.policy.config import PolicyConfig, VisionConfig
 from parapolicy.policy.model.diffusion_policy_payload import refuse
+from parapolicy.policy.model.vision import build_network, keypoint_grid
 
 __all__ = [
     "HYBRID_POLICY",
     "ImageLayout",
-    "encoder_weights",
     "image_layout",
+    "image_policy_weights",
     "reorder_condition",
     "vision_config",
 ]
@@ -142,7 +143,36 @@ def _image_affine(
     return out[0], out[1]
 
 
-def encoder_weights(
+def image_policy_weights(
+    path: Path,
+    pol: Mapping[str, Any],
+    state: Mapping[str, torch.Tensor],
+    config: PolicyConfig,
+    unet: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """Our `VisionUnet`'s tensors (``unet.*`` with the condition reordered, ``rgb_encoder.*``) from the
+    checkpoint's U-Net weights (``model.`` stripped) and encoder, and the checkpoint names the encoder
+    consumed.
+
+    Args:
+        path: the checkpoint (for messages).
+        pol: its config's policy section.
+        state: its policy state dict.
+        config: the policy config built from it (`vision_config` supplied its vision part).
+        unet: the U-Net's tensors.
+
+    Raises:
+        CheckpointError: naming an encoder tensor that does not fit.
+    """
+    layout = image_layout(path, pol)
+    with torch.device("meta"):  # the encoder's feature-map shape, without allocating the trunk
+        _, h, w = build_network(config).rgb_encoder.feature_shape
+    encoder, consumed = _encoder_weights(path, state, layout, keypoint_grid(h, w))
+    unet = reorder_condition(unet, layout, config.n_obs_steps, config.vision.feature_dim)
+    return {f"unet.{k}": t for k, t in unet.items()} | encoder, consumed
+
+
+def _encoder_weights(
     path: Path, state: Mapping[str, torch.Tensor], layout: ImageLayout, pos_grid: torch.Tensor
 ) -> tuple[dict[str, torch.Tensor], set[str]]:
     """Our ``rgb_encoder.*`` tensors from the checkpoint's, and the checkpoint names they consumed.

@@ -41,6 +41,7 @@ __all__ = [
     "build_network",
     "center_crop",
     "draw_crop_offsets",
+    "keypoint_grid",
     "random_crop",
 ]
 
@@ -82,11 +83,18 @@ def random_crop(
     return x.permute(0, 2, 3, 1)[n, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # (N, C, h, w)
 
 
+def keypoint_grid(height: int, width: int) -> Tensor:
+    """(H*W, 2) float32 (x, y) coordinates of each cell of an H x W map on a [-1, 1] grid, x varying
+    fastest (float64 linspace then float32, as numpy computes it in the references)."""
+    xs, ys = np.meshgrid(np.linspace(-1.0, 1.0, width), np.linspace(-1.0, 1.0, height))  # (H, W) each
+    return torch.from_numpy(np.stack([xs.reshape(-1), ys.reshape(-1)], axis=1)).float()  # (H*W, 2)
+
+
 class SpatialSoftmax(nn.Module):
     """Keypoints as the softmax-weighted mean position of K learned feature maps (Finn et al. 2016).
 
-    ``nets`` (1x1 conv, C -> K) makes the maps; ``pos_grid`` (H*W, 2) holds the (x, y) coordinates of
-    each cell on a [-1, 1] grid (x varies fastest), a persistent buffer as in the references.
+    ``nets`` (1x1 conv, C -> K) makes the maps; ``pos_grid`` (H*W, 2) holds `keypoint_grid`, a
+    persistent buffer as in the references.
     """
 
     def __init__(self, feature_shape: tuple[int, int, int], num_keypoints: int) -> None:
@@ -94,10 +102,7 @@ class SpatialSoftmax(nn.Module):
         C, H, W = feature_shape
         self.nets = nn.Conv2d(C, num_keypoints, kernel_size=1)
         self.num_keypoints = num_keypoints
-        # float64 linspace then float32, as numpy computes it in the references
-        xs, ys = np.meshgrid(np.linspace(-1.0, 1.0, W), np.linspace(-1.0, 1.0, H))  # (H, W) each
-        grid = np.stack([xs.reshape(-1), ys.reshape(-1)], axis=1)  # (H*W, 2)
-        self.register_buffer("pos_grid", torch.from_numpy(grid).float())
+        self.register_buffer("pos_grid", keypoint_grid(H, W))
 
     def forward(self, features: Tensor) -> Tensor:
         """(N, C, H, W) feature maps -> (N, K, 2) expected keypoint positions."""
