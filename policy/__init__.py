@@ -28,6 +28,7 @@ _EXPORTS = {
     "UNetConfig": "config",
     "NoiseScheduleConfig": "config",
     "VisionConfig": "config",
+    "TransformerConfig": "config",
     "DiffusionPolicy": "model.policy",
     "ObservationError": "model.policy",
     "load_policy": "model.pretrained",
