@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from parapolicy.policy.errors import ConfigError, RunFolderError
 from parapolicy.policy.model.lerobot_format import save_lerobot_policy
 from parapolicy.policy.model.pretrained import load_policy, save_policy
 
@@ -45,13 +46,18 @@ def run_export(cfg: ExportConfig) -> Path:
 
     Raises:
         CheckpointError: the input checkpoint is bad.
-        ValueError: the target format cannot represent the policy (the message says what).
-        FileExistsError: ``output_path`` exists.
+        ConfigError: the target format cannot represent the policy (the message says what).
+        RunFolderError: ``output_path`` exists.
     """
     out = Path(cfg.output_path)
     if out.exists():
-        raise FileExistsError(f"refusing to overwrite existing {out}")
+        raise RunFolderError(f"refusing to overwrite existing {out}")
     policy = load_policy(cfg.policy_path)
     if cfg.format == "parapolicy":
         return save_policy(policy, out, metadata={"exported_from": str(cfg.policy_path)})
-    return save_lerobot_policy(policy, out, state_dim=cfg.state_dim)
+    try:
+        return save_lerobot_policy(policy, out, state_dim=cfg.state_dim)
+    except FileExistsError as exc:  # created meanwhile
+        raise RunFolderError(str(exc)) from exc
+    except ValueError as exc:
+        raise ConfigError(f"format=lerobot cannot represent {cfg.policy_path}: {exc}") from exc

@@ -10,12 +10,13 @@ import hydra
 
 from parapolicy.policy.export import ExportConfig, run_export
 
-from ._hydra import CONFIG_PATH, VERSION_BASE, register_schema, to_dataclass
+from ._hydra import CONFIG_PATH, VERSION_BASE, command, register_schema, to_dataclass
 
 register_schema("export_schema", ExportConfig)
 
 
 @hydra.main(version_base=VERSION_BASE, config_path=CONFIG_PATH, config_name="export")
+@command("parapolicy-export")
 def main(cfg) -> None:
     """Export and print where it went."""
     app: ExportConfig = to_dataclass(cfg)

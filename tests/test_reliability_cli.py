@@ -177,3 +177,18 @@ def test_rejected_share_limit_is_inclusive_and_names_every_failing_run():
     with pytest.raises(RunFailedError, match=r"^picard realtime_sim: .*rejected 8\.0% of 50 plans") as exc:
         check_rejected_shares(runs, 0.05, "compare.json")
     assert "denoiser_errors 3, observation_errors 1" in str(exc.value) and "ddpm" not in str(exc.value)
+
+
+def test_export_refusals_are_one_line_with_their_codes(tmp_path):
+    transformer = ROOT / "tests" / "artifacts" / "diffusion_policy_transformer_causal.ckpt"
+    base = ["parapolicy-export", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = run(
+        [*base, f"policy_path={transformer}", "format=lerobot", f"output_path={tmp_path / 'a'}"], tmp_path
+    )
+    assert_one_line_refusal(proc, 2, "format=lerobot cannot represent", "U-Net")
+    assert not (tmp_path / "a").exists()
+    proc = run([*base, f"policy_path={tmp_path / 'nope'}", f"output_path={tmp_path / 'b'}"], tmp_path)
+    assert_one_line_refusal(proc, 4, "nope")
+    (tmp_path / "c").mkdir()
+    proc = run([*base, f"policy_path={POLICY}", f"output_path={tmp_path / 'c'}"], tmp_path)
+    assert_one_line_refusal(proc, 3, "refusing to overwrite")
