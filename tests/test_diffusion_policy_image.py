@@ -155,6 +155,10 @@ def _two_cameras(cfg):
     cfg["policy"]["shape_meta"]["obs"]["wrist"] = {"shape": [3, 96, 96], "type": "rgb"}
 
 
+def _no_shape(cfg):
+    del cfg["policy"]["shape_meta"]["obs"]["agent_pos"]["shape"]
+
+
 def _odd_robomimic_crop(cfg):
     cfg["policy"]["crop_shape"], cfg["policy"]["eval_fixed_crop"] = [85, 85], False
 
@@ -167,6 +171,7 @@ def _pop(*names):
     ("edit_state", "edit_cfg", "message"),
     [
         (None, _two_cameras, "only one camera"),
+        (None, _no_shape, "needs a 'shape' list"),
         (None, _odd_robomimic_crop, "eval_fixed_crop=False"),
         (None, lambda c: c["policy"].update(obs_as_global_cond=False), "obs_as_global_cond"),
         (
@@ -189,6 +194,7 @@ def _pop(*names):
     ],
     ids=[
         "two-cameras",
+        "no-shape",
         "odd-crop",
         "inpainting",
         "misshaped-linear",

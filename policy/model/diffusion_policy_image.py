@@ -71,7 +71,9 @@ def image_layout(path: Path, pol: Mapping[str, Any]) -> ImageLayout:
     obs = pol.get("shape_meta", {}).get("obs") if isinstance(pol.get("shape_meta"), Mapping) else None
     if not isinstance(obs, Mapping) or not obs:
         raise refuse(path, "its policy config has no shape_meta.obs")
-    kinds = {key: (attr or {}).get("type", "low_dim") for key, attr in obs.items()}
+    kinds = {
+        key: (attr if isinstance(attr, Mapping) else {}).get("type", "low_dim") for key, attr in obs.items()
+    }
     rgb = [k for k, kind in kinds.items() if kind == "rgb"]
     low = [k for k, kind in kinds.items() if kind == "low_dim"]
     if len(rgb) != 1 or len(low) != 1 or len(kinds) != 2:
@@ -80,8 +82,11 @@ def image_layout(path: Path, pol: Mapping[str, Any]) -> ImageLayout:
             f"observation keys {kinds} are not supported: only one camera ('rgb') and one low-dim state, "
             "as PushT's image policy has",
         )
-    image_shape = tuple(int(d) for d in obs[rgb[0]]["shape"])
-    state_shape = tuple(int(d) for d in obs[low[0]]["shape"])
+    try:
+        image_shape = tuple(int(d) for d in obs[rgb[0]]["shape"])
+        state_shape = tuple(int(d) for d in obs[low[0]]["shape"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise refuse(path, f"shape_meta.obs needs a 'shape' list of integers per key: {exc!r}") from exc
     if len(image_shape) != 3 or len(state_shape) != 1:
         raise refuse(path, f"shapes {image_shape} (camera) / {state_shape} (state) must be (C, H, W) / (D,)")
     order = list(kinds)
