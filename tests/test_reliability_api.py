@@ -219,3 +219,15 @@ def test_poisoned_auto_window_cache_is_remeasured(tiny_policy, tmp_path, monkeyp
 def test_shipped_policy_still_loads():
     policy = load_policy(ROOT / "assets" / "default_policy")
     assert policy.config.horizon == 16
+
+
+def test_a_policy_path_that_is_no_checkpoint_says_what_is_accepted(tmp_path):
+    from parapolicy.policy.control.run_support import open_policy
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError) as info:
+        open_policy(str(notes), "cpu")
+    message = str(info.value)
+    assert "notes.txt" in message and "is a file" in message and ".." not in message
+    assert "LeRobot diffusion directory" in message and "Diffusion Policy .ckpt file" in message

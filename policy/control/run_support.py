@@ -22,9 +22,10 @@ def open_policy(path: str, device: str) -> DiffusionPolicy:
         return load_policy(path, device=device)
     except CheckpointError as exc:
         raise CheckpointError(
-            f"cannot load policy_path={path!r}: {exc}. Point policy_path at a checkpoint directory "
-            "(config.json, model.safetensors, normalizer.safetensors), e.g. a parapolicy-train run's "
-            "checkpoints/last/pretrained_model"
+            f"cannot load policy_path={path!r}: {str(exc).rstrip('.')}. Point policy_path at a checkpoint "
+            "directory (config.json, model.safetensors, normalizer.safetensors), e.g. a parapolicy-train "
+            "run's checkpoints/last/pretrained_model, a LeRobot diffusion directory or a Diffusion Policy "
+            ".ckpt file"
         ) from exc
 
 
