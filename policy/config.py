@@ -378,7 +378,7 @@ class PolicyConfig:
     """Ta: plan rows executed before replanning."""
     network: str = "unet"
     """The denoiser: ``unet`` (`ConditionalUnet1d`, FiLM-conditioned) or ``transformer``
-    (`TransformerDenoiser`, low-dim observations only)."""
+    (`TransformerDenoiser`, one token per observation step)."""
     unet: UNetConfig = field(default_factory=UNetConfig)
     """U-Net sizes (``network="unet"``)."""
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
@@ -394,8 +394,6 @@ class PolicyConfig:
         _check_choice("network", self.network, NETWORKS)
         if self.network == "unet":
             validate_horizon(self.horizon, self.unet.down_dims)
-        elif self.obs_type != "state":
-            raise ValueError(f"network='transformer' takes low-dim observations only, not {self.obs_type!r}")
         if self.n_obs_steps > self.horizon:
             raise ValueError(f"n_obs_steps={self.n_obs_steps} must be <= horizon={self.horizon}")
         self.check_action_steps(self.n_action_steps)

@@ -1,5 +1,6 @@
-"""Diffusion Policy image ``.ckpt`` files in (``DiffusionUnetHybridImagePolicy``): robomimic's encoder
-mapped onto ours, checked against what robomimic and Diffusion Policy's ``predict_action`` compute.
+"""Diffusion Policy image ``.ckpt`` files in (``DiffusionUnetHybridImagePolicy`` and
+``DiffusionTransformerHybridImagePolicy``): robomimic's encoder mapped onto ours, checked against what
+robomimic and Diffusion Policy's ``predict_action`` compute.
 
 The golden values come from `tests/artifacts/make_diffusion_policy_image_golden.py`, run with
 robomimic 0.2.0 (Diffusion Policy's pin): the state dict's real names, shapes and aliases, the fixed
@@ -74,17 +75,23 @@ def test_the_image_policy_config_comes_from_the_checkpoint(ckpt):
     assert cfg.global_cond_dim == 2 * 66
 
 
-NORMS = ["diffusion_policy_image_golden", "diffusion_policy_image_bn_golden"]
+# (golden pair, the network it loads onto): the U-Net with GroupNorm or BatchNorm, the transformer
+GOLDENS = [
+    ("diffusion_policy_image_golden", "unet"),
+    ("diffusion_policy_image_bn_golden", "unet"),
+    ("diffusion_policy_image_transformer_golden", "transformer"),
+]
+IDS = ["unet-group_norm", "unet-batch_norm", "transformer"]
 
 
-@pytest.mark.parametrize("stem", NORMS, ids=["group_norm", "batch_norm"])
-def test_the_condition_is_robomimics_with_each_steps_features_reordered(tmp_path, stem):
+@pytest.mark.parametrize(("stem", "network"), GOLDENS, ids=IDS)
+def test_the_condition_is_robomimics_with_each_steps_features_reordered(tmp_path, stem, network):
     golden = read_golden(stem)
     meta, tensors, _ = golden
     assert meta["obs_keys"] == ["image", "agent_pos"]  # robomimic's order: image features first
     policy = load_policy(write(tmp_path, golden))
     norm = "group_norm" if meta["cfg"]["policy"]["obs_encoder_group_norm"] else "batch_norm"
-    assert policy.config.vision.norm == norm
+    assert policy.config.vision.norm == norm and policy.config.network == network
     with torch.no_grad():
         ours = policy.condition(policy.validate_observation(observations(tensors), history=True))
     theirs = tensors["global_cond"].view(3, 2, 66)  # (B, To, [image 64, agent_pos 2])
@@ -92,8 +99,8 @@ def test_the_condition_is_robomimics_with_each_steps_features_reordered(tmp_path
     torch.testing.assert_close(ours, expected, atol=2e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("stem", NORMS, ids=["group_norm", "batch_norm"])
-def test_ddim_actions_equal_diffusion_policys_own_predict_action(tmp_path, stem):
+@pytest.mark.parametrize(("stem", "network"), GOLDENS, ids=IDS)
+def test_ddim_actions_equal_diffusion_policys_own_predict_action(tmp_path, stem, network):
     golden = read_golden(stem)
     _, tensors, _ = golden
     ddim = SamplerConfig(kind="ddim", num_inference_steps=10)

@@ -21,6 +21,7 @@ from parapolicy.policy.config import PolicyConfig, SamplerConfig, TransformerCon
 from parapolicy.policy.export import ExportConfig, run_export
 from parapolicy.policy.model.checkpoint import CheckpointError
 from parapolicy.policy.model.diffusion_policy_payload import read_payload
+from parapolicy.policy.model.policy import DiffusionPolicy
 from parapolicy.policy.model.pretrained import load_policy
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -116,9 +117,10 @@ def test_a_saved_transformer_config_without_its_sizes_is_refused(tmp_path):
         load_policy(out)
 
 
-def test_a_transformer_takes_low_dim_observations_only():
-    with pytest.raises(ValueError, match="low-dim observations only"):
-        PolicyConfig(network="transformer", obs_type="pixels_agent_pos", obs_dim=2)
+def test_an_image_transformer_takes_one_token_per_step_of_state_and_image_features():
+    cfg = PolicyConfig(network="transformer", obs_type="pixels_agent_pos", obs_dim=2)
+    net = DiffusionPolicy(cfg).network.unet
+    assert net.cond_obs_emb.in_features == 2 + 64 and net.n_obs_steps == 2
     with pytest.raises(ValueError, match="divisible by n_head"):
         TransformerConfig(n_emb=30, n_head=4)
 

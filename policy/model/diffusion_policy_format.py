@@ -4,7 +4,8 @@ Supported, with the observation as the network's condition and a DDPM or DDIM sc
 ``DiffusionUnetLowdimPolicy`` (the PushT keypoint policy of the paper,
 ``train_diffusion_unet_lowdim_workspace.yaml``), ``DiffusionUnetHybridImagePolicy`` with one camera
 and one low-dim state (the PushT image policy, ``train_diffusion_unet_hybrid_workspace.yaml``; its
-encoder mapping is `diffusion_policy_image`) and ``DiffusionTransformerLowdimPolicy`` (its
+encoder mapping is `diffusion_policy_image`), and the transformer policies
+``DiffusionTransformerLowdimPolicy`` and ``DiffusionTransformerHybridImagePolicy`` (its
 ``TransformerForDiffusion`` is `transformer.TransformerDenoiser`, same names; the attention masks it
 saves must be the ones its config implies). The file is read as data (`diffusion_policy_payload`);
 the policy is built from the checkpoint's own config, and its weights are checked strictly against it
@@ -36,6 +37,7 @@ from parapolicy.policy.config import (
 from parapolicy.policy.model.checkpoint import check_finite, check_state_dict
 from parapolicy.policy.model.diffusion_policy_image import (
     HYBRID_POLICY,
+    HYBRID_TRANSFORMER_POLICY,
     image_layout,
     image_policy_weights,
     vision_config,
@@ -62,8 +64,8 @@ TRANSFORMER_POLICY = (
 )
 UNET = "diffusion_policy.model.diffusion.conditional_unet1d.ConditionalUnet1D"
 TRANSFORMER = "diffusion_policy.model.diffusion.transformer_for_diffusion.TransformerForDiffusion"
-# policy class -> (flags its config must have, the model section's class; None: the U-Net's settings
-# sit in the policy section itself)
+# policy class -> (flags its config must have, the model section's class; None: the network's settings
+# sit in the policy section itself, as in the image policies)
 _POLICIES: dict[str, tuple[dict[str, bool], str | None]] = {
     LOWDIM_POLICY: (
         {
@@ -76,7 +78,9 @@ _POLICIES: dict[str, tuple[dict[str, bool], str | None]] = {
     ),
     HYBRID_POLICY: ({"obs_as_global_cond": True}, None),
     TRANSFORMER_POLICY: ({"obs_as_cond": True, "pred_action_steps_only": False}, TRANSFORMER),
+    HYBRID_TRANSFORMER_POLICY: ({"obs_as_cond": True, "pred_action_steps_only": False}, None),
 }
+_TRANSFORMERS = (TRANSFORMER_POLICY, HYBRID_TRANSFORMER_POLICY)
 SCHEDULERS = {
     "diffusers.schedulers.scheduling_ddpm.DDPMScheduler": "ddpm",
     "diffusers.schedulers.scheduling_ddim.DDIMScheduler": "ddim",
@@ -127,14 +131,14 @@ def policy_config_from_diffusion_policy(
     if int(cfg.get("n_latency_steps", 0) or 0) != 0:
         raise refuse(path, f"n_latency_steps={cfg['n_latency_steps']} is not supported (only 0)")
     sched = _section(path, pol, "noise_scheduler")
-    model = pol  # the image policy keeps the U-Net's settings in its own section
+    model = pol  # the image policies keep the network's settings in their own section
     if model_target is not None:
         model = _section(path, pol, "model")
         if model.get("_target_") != model_target:
             raise refuse(
                 path, f"policy.model {model.get('_target_')!r} is not supported; only {model_target}"
             )
-    if model_target != TRANSFORMER and int(_get(path, model, "n_groups")) != 8:
+    if target not in _TRANSFORMERS and int(_get(path, model, "n_groups")) != 8:
         raise refuse(
             path, "model.n_groups must be 8: Diffusion Policy's final Conv1dBlock always has 8 groups"
         )
@@ -150,7 +154,7 @@ def policy_config_from_diffusion_policy(
             return _lowdim_config(path, pol, model, sched, kind)
         if target == TRANSFORMER_POLICY:
             return _transformer_config(path, pol, model, sched, kind)
-        return _image_config(path, pol, sched, kind, state)
+        return _image_config(path, pol, sched, kind, state, transformer=target == HYBRID_TRANSFORMER_POLICY)
     except (ValueError, TypeError) as exc:
         raise refuse(path, f"config cannot be represented: {exc}") from exc
 
@@ -179,10 +183,8 @@ def _transformer_config(
 ) -> PolicyConfig:
     g = lambda section, key: _get(path, section, key)  # noqa: E731
     obs_dim, action_dim = int(g(pol, "obs_dim")), int(g(pol, "action_dim"))
-    if not (bool(model.get("time_as_cond", True)) and bool(model.get("obs_as_cond", False))):
-        raise ValueError(
-            "model.time_as_cond and model.obs_as_cond must be True (the encoder-only variant is not built)"
-        )
+    if not bool(model.get("obs_as_cond", False)):
+        raise ValueError("model.obs_as_cond must be True (observation inpainting is not built)")
     shapes = {
         "input_dim": action_dim,
         "output_dim": action_dim,
@@ -198,34 +200,52 @@ def _transformer_config(
         obs_type="state",
         action_dim=action_dim,
         network="transformer",
-        transformer=TransformerConfig(
-            n_layer=int(g(model, "n_layer")),
-            n_head=int(g(model, "n_head")),
-            n_emb=int(g(model, "n_emb")),
-            p_drop_emb=float(model.get("p_drop_emb", 0.1)),
-            p_drop_attn=float(model.get("p_drop_attn", 0.1)),
-            causal_attn=bool(model.get("causal_attn", False)),
-            n_cond_layers=int(model.get("n_cond_layers", 0)),
-        ),
+        transformer=_transformer_sizes(path, model),
         **_common(path, pol, sched, kind),
     )
 
 
 def _image_config(
-    path: Path, pol: Mapping[str, Any], sched: Mapping[str, Any], kind: str, state: Mapping[str, torch.Tensor]
+    path: Path,
+    pol: Mapping[str, Any],
+    sched: Mapping[str, Any],
+    kind: str,
+    state: Mapping[str, torch.Tensor],
+    transformer: bool,
 ) -> PolicyConfig:
     layout = image_layout(path, pol)
     action = _section(path, _section(path, pol, "shape_meta"), "action")
     action_shape = [int(d) for d in _get(path, action, "shape")]
     if len(action_shape) != 1:
         raise ValueError(f"action shape {action_shape} must be (Da,)")
+    network = (
+        {"network": "transformer", "transformer": _transformer_sizes(path, pol)}
+        if transformer
+        else {"unet": _unet_config(path, pol)}
+    )
     return PolicyConfig(
         obs_dim=layout.state_dim,
         obs_type="pixels_agent_pos",
         action_dim=action_shape[0],
         vision=vision_config(path, pol, layout, state),
-        unet=_unet_config(path, pol),
+        **network,
         **_common(path, pol, sched, kind),
+    )
+
+
+def _transformer_sizes(path: Path, section: Mapping[str, Any]) -> TransformerConfig:
+    """The `TransformerConfig` of a ``TransformerForDiffusion`` configured by ``section``."""
+    g = lambda key: _get(path, section, key)  # noqa: E731
+    if not bool(section.get("time_as_cond", True)):
+        raise ValueError("time_as_cond must be True (the encoder-only variant is not built)")
+    return TransformerConfig(
+        n_layer=int(g("n_layer")),
+        n_head=int(g("n_head")),
+        n_emb=int(g("n_emb")),
+        p_drop_emb=float(section.get("p_drop_emb", 0.1)),  # dropout: training only
+        p_drop_attn=float(section.get("p_drop_attn", 0.1)),
+        causal_attn=bool(g("causal_attn")),
+        n_cond_layers=int(section.get("n_cond_layers", 0)),
     )
 
 
@@ -280,8 +300,8 @@ def _split_state(
     used = {name for name in state if name.startswith(("model.", _NORMALIZER)) or name in _UNUSED}
     keys = {OBS_KEY: "obs"}  # our normaliser key -> theirs
     if config.network == "transformer":
-        weights = _without_masks(path, network, config)
-    elif config.obs_type == "state":
+        network = _without_masks(path, network, config)
+    if config.obs_type == "state":
         weights = network
     else:
         pol = payload.cfg["policy"]

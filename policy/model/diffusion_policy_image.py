@@ -32,6 +32,7 @@ from parapolicy.policy.model.vision import build_network, keypoint_grid
 
 __all__ = [
     "HYBRID_POLICY",
+    "HYBRID_TRANSFORMER_POLICY",
     "ImageLayout",
     "image_layout",
     "image_policy_weights",
@@ -40,6 +41,9 @@ __all__ = [
 ]
 
 HYBRID_POLICY = "diffusion_policy.policy.diffusion_unet_hybrid_image_policy.DiffusionUnetHybridImagePolicy"
+HYBRID_TRANSFORMER_POLICY = (
+    "diffusion_policy.policy.diffusion_transformer_hybrid_image_policy.DiffusionTransformerHybridImagePolicy"
+)
 _NORMALIZER = "normalizer.params_dict."
 
 
@@ -155,16 +159,16 @@ def image_policy_weights(
     config: PolicyConfig,
     unet: dict[str, torch.Tensor],
 ) -> tuple[dict[str, torch.Tensor], set[str]]:
-    """Our `VisionUnet`'s tensors (``unet.*`` with the condition reordered, ``rgb_encoder.*``) from the
-    checkpoint's U-Net weights (``model.`` stripped) and encoder, and the checkpoint names the encoder
-    consumed.
+    """Our `VisionUnet`'s tensors (``unet.*``: the denoiser, its condition reordered; ``rgb_encoder.*``)
+    from the checkpoint's denoiser weights (``model.`` stripped) and encoder, and the checkpoint names
+    the encoder consumed.
 
     Args:
         path: the checkpoint (for messages).
         pol: its config's policy section.
         state: its policy state dict.
         config: the policy config built from it (`vision_config` supplied its vision part).
-        unet: the U-Net's tensors.
+        unet: the denoiser's tensors (U-Net or transformer).
 
     Raises:
         CheckpointError: naming an encoder tensor that does not fit.
@@ -222,24 +226,27 @@ def _encoder_weights(
 
 
 def reorder_condition(
-    unet: dict[str, torch.Tensor], layout: ImageLayout, n_obs_steps: int, feature_dim: int
+    network: dict[str, torch.Tensor], layout: ImageLayout, n_obs_steps: int, feature_dim: int
 ) -> dict[str, torch.Tensor]:
-    """The U-Net's FiLM weights with each step's condition columns in this project's [state, image]
+    """The denoiser's condition weights with each step's columns in this project's [state, image]
     order (a no-op when the checkpoint's key order already is).
 
-    Every ``cond_encoder.1.weight`` is (out, E + To * (Ds + F)): the timestep embedding's E columns,
-    then the To steps' features.
+    U-Net: every FiLM ``cond_encoder.1.weight`` is (out, E + To * (Ds + F)), the timestep embedding's E
+    columns then the To steps' features. Transformer: ``cond_obs_emb.weight`` is (E, Ds + F), one
+    observation token per step.
     """
     if not layout.image_first:
-        return unet
+        return network
     Ds, F = layout.state_dim, feature_dim
     step = torch.cat([torch.arange(F, F + Ds), torch.arange(F)])  # ours (state, image) <- theirs
     cond = torch.cat([step + s * (Ds + F) for s in range(n_obs_steps)])  # (To * (Ds + F),)
-    out = dict(unet)
-    for name, w in unet.items():
+    out = dict(network)
+    for name, w in network.items():
         if name.endswith("cond_encoder.1.weight"):
             E = w.shape[1] - cond.numel()
             out[name] = torch.cat([w[:, :E], w[:, E:].index_select(1, cond)], dim=1)
+        elif name == "cond_obs_emb.weight":
+            out[name] = w.index_select(1, step)
     return out
 
 

@@ -1,4 +1,4 @@
-"""`DiffusionPolicy`: the DiffusionPolicy-style policy (normaliser + U-Net + step table + sampler), on
+"""`DiffusionPolicy`: the DiffusionPolicy-style policy (normaliser + denoiser + step table + sampler), on
 low-dim observations or, with ``obs_type="pixels_agent_pos"``, on images through `vision.VisionUnet`.
 
 Observation/action timing (To = n_obs_steps = 2, Ta = n_action_steps = 8, H = horizon = 16)::

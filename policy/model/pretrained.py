@@ -61,7 +61,7 @@ def load_policy(
     Args:
         path: the checkpoint directory (``config.json``, ``model.safetensors``, ``normalizer.safetensors``),
             a LeRobot diffusion directory in the 0.3.x or 0.4+ layout (`lerobot_format.py`), or a
-            Diffusion Policy ``.ckpt`` file of a U-Net (low-dim or image) or low-dim transformer policy
+            Diffusion Policy ``.ckpt`` file of a U-Net or transformer policy (low-dim or image)
             (`diffusion_policy_format.py`; read as data, its pickled code never runs).
         device: where to put the policy.
         sampler: optional inference sampler replacing the one saved in the config. ``window="auto"``

@@ -1,7 +1,8 @@
 """The transformer denoiser of Diffusion Policy (Chi et al. 2023, "time-series diffusion transformer").
 
 `TransformerDenoiser` has the signature of every denoiser here, ``(sample (B, H, Da), timestep (B,),
-global_cond (B, To * Do)) -> (B, H, Da)``, so the sequential and Picard samplers run it unchanged. Inside,
+global_cond (B, To * C)) -> (B, H, Da)``, so the sequential and Picard samplers run it unchanged (an
+image policy's `VisionUnet` wraps it like the U-Net; C is then state + image features). Inside,
 the condition is split back into To observation tokens: the memory is [timestep token, To observation
 tokens] plus learned positions, passed through a two-layer MLP (or a transformer encoder); the H noisy
 action tokens, plus learned positions, go through a pre-norm transformer decoder against that memory,
@@ -49,22 +50,23 @@ class TransformerDenoiser(nn.Module):
     """Noise (or x0) prediction by a transformer decoder over the action tokens (see the module doc).
 
     Args:
-        config: the policy config (``network="transformer"``, low-dim observations); its
-            `TransformerConfig` sets the sizes.
+        config: the policy config (``network="transformer"``); its `TransformerConfig` sets the sizes.
+            Each observation token is one step of the condition: the low-dim observation, or for an
+            image policy the state and the image features (`VisionUnet` wraps this network).
     """
 
     def __init__(self, config: PolicyConfig) -> None:
         super().__init__()
         c = config.transformer
         H, To, E = config.horizon, config.n_obs_steps, c.n_emb
-        self.n_obs_steps, self.obs_dim = To, config.obs_dim
+        self.n_obs_steps, self.token_dim = To, config.obs_step_dim  # Do, or state + image features
         n_memory = 1 + To  # the timestep token, then one token per observation step
 
         self.input_emb = nn.Linear(config.action_dim, E)
         self.pos_emb = nn.Parameter(torch.zeros(1, H, E))
         self.drop = nn.Dropout(c.p_drop_emb)
         self.time_emb = SinusoidalPosEmb(E)
-        self.cond_obs_emb = nn.Linear(config.obs_dim, E)
+        self.cond_obs_emb = nn.Linear(config.obs_step_dim, E)
         self.cond_pos_emb = nn.Parameter(torch.zeros(1, n_memory, E))
         if c.n_cond_layers > 0:
             self.encoder: nn.Module = nn.TransformerEncoder(
@@ -118,7 +120,7 @@ class TransformerDenoiser(nn.Module):
         """(B, H, Da) noisy actions, (B,) or 0-d timesteps, (B, To * Do) observations -> (B, H, Da)."""
         B = sample.shape[0]
         t = timestep.reshape(-1).expand(B)  # (B,)
-        obs = global_cond.reshape(B, self.n_obs_steps, self.obs_dim)  # (B, To, Do)
+        obs = global_cond.reshape(B, self.n_obs_steps, self.token_dim)  # (B, To, Do)
         memory = torch.cat((self.time_emb(t)[:, None], self.cond_obs_emb(obs)), dim=1)  # (B, 1 + To, E)
         memory = self.encoder(self.drop(memory + self.cond_pos_emb))  # (B, 1 + To, E)
         x = self.drop(self.input_emb(sample) + self.pos_emb)  # (B, H, E)

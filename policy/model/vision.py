@@ -258,15 +258,14 @@ class VisionUnet(nn.Module):
     def __init__(self, config: PolicyConfig) -> None:
         super().__init__()
         v = config.vision
-        self.unet = _make_unet(config)
+        self.unet = _make_denoiser(config)  # the U-Net or the transformer ("unet": the checkpoints' name)
         self.rgb_encoder = RgbEncoder(v)
         # derived from the config (its one source), so not saved with the weights
         self.register_buffer("image_mean", torch.tensor(v.image_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(v.image_std).view(-1, 1, 1), persistent=False)
-        self.down_dims = self.unet.down_dims
 
     def forward(self, sample: Tensor, timestep: Tensor, global_cond: Tensor) -> Tensor:
-        """The U-Net: (B, H, Da), (B,), (B, C) -> (B, H, Da)."""
+        """The denoiser: (B, H, Da), (B,), (B, C) -> (B, H, Da)."""
         return self.unet(sample, timestep, global_cond)
 
     def num_parameters(self) -> int:
@@ -312,11 +311,14 @@ def _make_unet(config: PolicyConfig) -> ConditionalUnet1d:
     )
 
 
+def _make_denoiser(config: PolicyConfig) -> nn.Module:
+    """The denoiser ``config.network`` names: `ConditionalUnet1d` or `TransformerDenoiser`."""
+    return TransformerDenoiser(config) if config.network == "transformer" else _make_unet(config)
+
+
 def build_network(config: PolicyConfig) -> nn.Module:
-    """The policy's network: for ``state`` policies the U-Net or the `TransformerDenoiser`
-    (``config.network``), a `VisionUnet` for image policies."""
+    """The policy's network: the denoiser (U-Net or transformer, ``config.network``) for ``state``
+    policies, a `VisionUnet` around it for image policies."""
     if config.obs_type == "pixels_agent_pos":
         return VisionUnet(config)
-    if config.network == "transformer":
-        return TransformerDenoiser(config)
-    return _make_unet(config)
+    return _make_denoiser(config)

@@ -11,16 +11,19 @@ Diffusion Policy's ``ConditionalUnet1D``, whose module names and forward this pr
 `ConditionalUnet1d` keeps (checked against Diffusion Policy's own ``predict_action`` by the low-dim
 test). ``predict_action`` is restated from its source with diffusers' DDIM scheduler.
 
-The files hold: the resolved config, the state dict's names, shapes and aliases (two names of one
-tensor), its fixed tensors, the inputs (uint8 camera images, agent positions, x_T) and the outputs
-(the global condition, per step [image features, agent_pos] in robomimic's key order, and the DDIM-10
-actions). Not a test dependency: robomimic needs its own environment, e.g.
+A third pair does the same for ``DiffusionTransformerHybridImagePolicy`` (the same encoder, Diffusion
+Policy's own ``TransformerForDiffusion`` imported from a checkout of its repository, which must then be
+on the path). The files hold: the resolved config, the state dict's names, shapes and aliases (two names
+of one tensor), its fixed tensors, the inputs (uint8 camera images, agent positions, x_T) and the
+outputs (the global condition, per step [image features, agent_pos] in robomimic's key order, and the
+DDIM-10 actions). Not a test dependency: robomimic needs its own environment, e.g.
 
     python3.11 -m venv /tmp/rmvenv
     echo "$PWD/.venv/lib/python3.11/site-packages" > /tmp/rmvenv/lib/python3.11/site-packages/zz.pth
-    /tmp/rmvenv/bin/pip install --no-deps "robomimic==0.3.0" "torchvision==0.28.0"
+    /tmp/rmvenv/bin/pip install --no-deps "robomimic==0.2.0" "torchvision==0.28.0"
     /tmp/rmvenv/bin/pip install termcolor six
     # plus the torchvision::nms sitecustomize of docs/lerobot.md (the PyPI torchvision is a CUDA build)
+    export PYTHONPATH=<a diffusion_policy checkout>
     /tmp/rmvenv/bin/python tests/artifacts/make_diffusion_policy_image_golden.py
 """
 
@@ -49,6 +52,13 @@ HERE = Path(__file__).parent
 WORKSPACE = (
     "diffusion_policy.workspace.train_diffusion_unet_hybrid_workspace.TrainDiffusionUnetHybridWorkspace"
 )
+TRANSFORMER_WORKSPACE = (
+    "diffusion_policy.workspace.train_diffusion_transformer_hybrid_workspace."
+    "TrainDiffusionTransformerHybridWorkspace"
+)
+TRANSFORMER_POLICY = (
+    "diffusion_policy.policy.diffusion_transformer_hybrid_image_policy.DiffusionTransformerHybridImagePolicy"
+)
 POLICY = "diffusion_policy.policy.diffusion_unet_hybrid_image_policy.DiffusionUnetHybridImagePolicy"
 HORIZON, TO, TA, DA = 16, 2, 8, 2
 DOWN_DIMS, EMBED, KERNEL = [8, 16], 8, 5
@@ -59,8 +69,30 @@ SHAPE_META = {
 }
 
 
-def config(group_norm: bool) -> dict:
-    """The resolved training config (``image_pusht_diffusion_policy_cnn.yaml``, tiny U-Net)."""
+def config(group_norm: bool, transformer: bool = False) -> dict:
+    """The resolved training config (``image_pusht_diffusion_policy_cnn.yaml``, tiny U-Net), or that of
+    ``train_diffusion_transformer_hybrid_workspace.yaml`` (tiny transformer)."""
+    cfg = unet_config(group_norm)
+    if transformer:
+        pol = cfg["policy"]
+        for key in ("obs_as_global_cond", "diffusion_step_embed_dim", "down_dims", "kernel_size", "n_groups"):
+            pol.pop(key)
+        pol.pop("cond_predict_scale")
+        pol |= {
+            "_target_": TRANSFORMER_POLICY, "n_layer": 2, "n_cond_layers": 0, "n_head": 4, "n_emb": 16,
+            "p_drop_emb": 0.0, "p_drop_attn": 0.3, "causal_attn": True, "time_as_cond": True,
+            "obs_as_cond": True, "pred_action_steps_only": False,
+        }  # fmt: skip
+        cfg.pop("obs_as_global_cond")
+        cfg |= {
+            "name": "train_diffusion_transformer_hybrid",
+            "_target_": TRANSFORMER_WORKSPACE,
+            "obs_as_cond": True,
+        }
+    return cfg
+
+
+def unet_config(group_norm: bool) -> dict:
     return {
         "name": "train_diffusion_unet_hybrid",
         "_target_": WORKSPACE,
@@ -153,18 +185,28 @@ def obs_encoder(crop: tuple[int, int], group_norm: bool) -> nn.Module:
     return enc
 
 
-def write_golden(group_norm: bool) -> None:
-    """One golden pair: ``diffusion_policy_image_golden`` (GroupNorm, the released config) or
-    ``..._bn_golden`` (BatchNorm kept, ``obs_encoder_group_norm: False``)."""
-    stem = HERE / ("diffusion_policy_image_golden" if group_norm else "diffusion_policy_image_bn_golden")
-    cfg = config(group_norm)
+def write_golden(stem_name: str, group_norm: bool, transformer: bool = False) -> None:
+    """One golden pair: the U-Net policy with GroupNorm (the released config) or BatchNorm kept
+    (``obs_encoder_group_norm: False``), or the transformer policy with GroupNorm."""
+    stem = HERE / stem_name
+    cfg = config(group_norm, transformer)
     pol = cfg["policy"]
     enc = obs_encoder(tuple(pol["crop_shape"]), group_norm)
     feature_dim = enc.output_shape()[0]
-    unet = ConditionalUnet1d(
-        input_dim=DA, global_cond_dim=feature_dim * TO, diffusion_step_embed_dim=EMBED,
-        down_dims=tuple(DOWN_DIMS), kernel_size=KERNEL, n_groups=8, cond_predict_scale=True,
-    )  # fmt: skip
+    if transformer:  # Diffusion Policy's own module (a checkout of its repository on the path)
+        from diffusion_policy.model.diffusion.transformer_for_diffusion import TransformerForDiffusion
+
+        unet = TransformerForDiffusion(
+            input_dim=DA, output_dim=DA, horizon=HORIZON, n_obs_steps=TO, cond_dim=feature_dim,
+            n_layer=pol["n_layer"], n_head=pol["n_head"], n_emb=pol["n_emb"], p_drop_emb=pol["p_drop_emb"],
+            p_drop_attn=pol["p_drop_attn"], causal_attn=pol["causal_attn"], time_as_cond=True,
+            obs_as_cond=True, n_cond_layers=pol["n_cond_layers"],
+        )  # fmt: skip
+    else:
+        unet = ConditionalUnet1d(
+            input_dim=DA, global_cond_dim=feature_dim * TO, diffusion_step_embed_dim=EMBED,
+            down_dims=tuple(DOWN_DIMS), kernel_size=KERNEL, n_groups=8, cond_predict_scale=True,
+        )  # fmt: skip
     # The policy's state dict, in its order: ModuleAttrMixin's dummy, obs_encoder, model, mask_generator,
     # normalizer (LinearNormalizer: x * scale + offset).
     entries, seen = [["_dummy_variable", [0], None]], {}
@@ -179,6 +221,7 @@ def write_golden(group_norm: bool) -> None:
         for k, v in enc.state_dict().items()
         if k.rsplit(".", 1)[-1] in ("pos_x", "pos_y", "temperature")
     }
+    fixed |= {f"model.{k}": v.clone() for k, v in unet.state_dict().items() if k in ("mask", "memory_mask")}
     g = torch.Generator().manual_seed(SEED + 1)
     norm = "normalizer.params_dict."
     fixed |= limits_normalizer("agent_pos", 2, 13.0, 500.0, g)
@@ -215,7 +258,11 @@ def write_golden(group_norm: bool) -> None:
     with torch.no_grad():
         this_nobs = {k: v[:, :TO].reshape(-1, *v.shape[2:]) for k, v in nobs.items()}
         global_cond = enc(this_nobs).reshape(B, -1)  # (B, To * 66)
-    trajectory = ddim_sample(lambda x, t: unet(x, t.expand(B), global_cond), x_T, DDPM_SCHEDULER, 10)
+    if transformer:  # the condition as one token per observation step
+        cond = global_cond.reshape(B, TO, -1)  # (B, To, 66)
+        trajectory = ddim_sample(lambda x, t: unet(x, t, cond), x_T, DDPM_SCHEDULER, 10)
+    else:
+        trajectory = ddim_sample(lambda x, t: unet(x, t.expand(B), global_cond), x_T, DDPM_SCHEDULER, 10)
     action_pred = (trajectory - state[f"{norm}action.offset"]) / state[f"{norm}action.scale"]
     actions = action_pred[:, TO - 1 : TO - 1 + TA].contiguous()
 
@@ -234,5 +281,6 @@ def write_golden(group_norm: bool) -> None:
 
 
 if __name__ == "__main__":
-    write_golden(group_norm=True)
-    write_golden(group_norm=False)
+    write_golden("diffusion_policy_image_golden", group_norm=True)
+    write_golden("diffusion_policy_image_bn_golden", group_norm=False)
+    write_golden("diffusion_policy_image_transformer_golden", group_norm=True, transformer=True)
