@@ -119,3 +119,20 @@ def test_training_an_image_policy_writes_checkpoints_and_resumes_exactly(tmp_pat
     a, b = load_policy(full / "pretrained_model"), load_policy(resumed / "pretrained_model")
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(x, y), name  # random crops are drawn from the step's generator
+
+
+def test_an_image_transformer_policy_trains_and_reloads(tmp_path, image_store):
+    from parapolicy.policy.config import TransformerConfig
+
+    policy_cfg = dataclasses.replace(
+        image_policy_config(), network="transformer", transformer=TransformerConfig(n_layer=1, n_emb=16)
+    )
+    cfg = TrainConfig(
+        dataset_path=str(image_store), policy=policy_cfg, num_steps=2, batch_size=4, log_every=1,
+        val_every=2, checkpoint_every=2, val_ratio=0.25, progress=False,
+    )  # fmt: skip
+    policy = load_policy(train(cfg, tmp_path / "run") / "pretrained_model")
+    assert (policy.config.network, policy.config.obs_type) == ("transformer", "pixels_agent_pos")
+    obs = {"pixels": torch.zeros(2, 96, 96, 3, dtype=torch.uint8), "agent_pos": torch.rand(2, 2) * 512}
+    out = policy.predict_action_chunk(obs, generator=torch.Generator().manual_seed(0))
+    assert out.action.shape == (1, 8, 2) and bool(torch.isfinite(out.action).all())
