@@ -157,7 +157,7 @@ def image_policy_weights(
     pol: Mapping[str, Any],
     state: Mapping[str, torch.Tensor],
     config: PolicyConfig,
-    unet: dict[str, torch.Tensor],
+    network: dict[str, torch.Tensor],
 ) -> tuple[dict[str, torch.Tensor], set[str]]:
     """Our `VisionUnet`'s tensors (``unet.*``: the denoiser, its condition reordered; ``rgb_encoder.*``)
     from the checkpoint's denoiser weights (``model.`` stripped) and encoder, and the checkpoint names
@@ -168,7 +168,7 @@ def image_policy_weights(
         pol: its config's policy section.
         state: its policy state dict.
         config: the policy config built from it (`vision_config` supplied its vision part).
-        unet: the denoiser's tensors (U-Net or transformer).
+        network: the denoiser's tensors (U-Net or transformer).
 
     Raises:
         CheckpointError: naming an encoder tensor that does not fit.
@@ -177,8 +177,8 @@ def image_policy_weights(
     with torch.device("meta"):  # the encoder's feature-map shape, without allocating the trunk
         _, h, w = build_network(config).rgb_encoder.feature_shape
     encoder, consumed = _encoder_weights(path, state, layout, keypoint_grid(h, w))
-    unet = reorder_condition(unet, layout, config.n_obs_steps, config.vision.feature_dim)
-    return {f"unet.{k}": t for k, t in unet.items()} | encoder, consumed
+    network = reorder_condition(network, layout, config.n_obs_steps, config.vision.feature_dim)
+    return {f"unet.{k}": t for k, t in network.items()} | encoder, consumed  # VisionUnet's name
 
 
 def _encoder_weights(
