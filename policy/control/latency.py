@@ -209,12 +209,6 @@ class SectionTimer:
             self.total_ns[section] += int(ns)
             self.count[section] += 1
 
-    def merge(self, other: SectionTimer) -> None:
-        """Add another timer's totals."""
-        for s in SECTIONS:
-            self.total_ns[s] += other.total_ns[s]
-            self.count[s] += other.count[s]
-
     def summary(self, n_steps: int) -> dict[str, dict[str, float | int]]:
         """Per section: total ms, share of the summed time, ms per control step, and event count."""
         grand = sum(self.total_ns.values()) or 1

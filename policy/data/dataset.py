@@ -286,10 +286,6 @@ class PushTLowdimDataset(Dataset):
         """
         return MinMaxNormalizer.from_data({"obs": self._obs, "action": self._action})
 
-    def get_all_actions(self) -> torch.Tensor:
-        """Every action row of the store, (N, 2) float32."""
-        return torch.from_numpy(self._action.copy())
-
     @property
     def obs_dim(self) -> int:
         """Width Do of one observation step of this dataset's windows."""

@@ -112,10 +112,6 @@ class TransformerDenoiser(nn.Module):
         nn.init.normal_(self.pos_emb, std=0.02)
         nn.init.normal_(self.cond_pos_emb, std=0.02)
 
-    def num_parameters(self) -> int:
-        """Total number of parameters (works on the meta device)."""
-        return sum(p.numel() for p in self.parameters())
-
     def forward(self, sample: Tensor, timestep: Tensor, global_cond: Tensor) -> Tensor:
         """(B, H, Da) noisy actions, (B,) or 0-d timesteps, (B, To * Do) observations -> (B, H, Da)."""
         B = sample.shape[0]

@@ -268,10 +268,6 @@ class VisionUnet(nn.Module):
         """The denoiser: (B, H, Da), (B,), (B, C) -> (B, H, Da)."""
         return self.unet(sample, timestep, global_cond)
 
-    def num_parameters(self) -> int:
-        """Total number of parameters (U-Net and encoder)."""
-        return sum(p.numel() for p in self.parameters())
-
     def encode(
         self,
         pixels: Tensor,
