@@ -59,7 +59,7 @@ class TransformerDenoiser(nn.Module):
         super().__init__()
         c = config.transformer
         H, To, E = config.horizon, config.n_obs_steps, c.n_emb
-        self.n_obs_steps, self.token_dim = To, config.obs_step_dim  # Do, or state + image features
+        self.n_obs_steps, self.token_dim = To, config.obs_step_dim  # C: Do, or state + image features
         n_memory = 1 + To  # the timestep token, then one token per observation step
 
         self.input_emb = nn.Linear(config.action_dim, E)
@@ -113,10 +113,10 @@ class TransformerDenoiser(nn.Module):
         nn.init.normal_(self.cond_pos_emb, std=0.02)
 
     def forward(self, sample: Tensor, timestep: Tensor, global_cond: Tensor) -> Tensor:
-        """(B, H, Da) noisy actions, (B,) or 0-d timesteps, (B, To * Do) observations -> (B, H, Da)."""
+        """(B, H, Da) noisy actions, (B,) or 0-d timesteps, (B, To * C) condition -> (B, H, Da)."""
         B = sample.shape[0]
         t = timestep.reshape(-1).expand(B)  # (B,)
-        obs = global_cond.reshape(B, self.n_obs_steps, self.token_dim)  # (B, To, Do)
+        obs = global_cond.reshape(B, self.n_obs_steps, self.token_dim)  # (B, To, C)
         memory = torch.cat((self.time_emb(t)[:, None], self.cond_obs_emb(obs)), dim=1)  # (B, 1 + To, E)
         memory = self.encoder(self.drop(memory + self.cond_pos_emb))  # (B, 1 + To, E)
         x = self.drop(self.input_emb(sample) + self.pos_emb)  # (B, H, E)
