@@ -42,7 +42,8 @@ from parapolicy.policy.diffusion.inpaint import Inpaint
 from parapolicy.policy.diffusion.sequential import SampleResult, draw_noise
 from parapolicy.policy.diffusion.step_table import StepTable
 from parapolicy.policy.diffusion.warm_start import warm_start_guess
-from parapolicy.policy.model.policy import OBS_KEY, DiffusionPolicy, build_step_table
+from parapolicy.policy.model.image_observation import env_obs_type, env_observation, history_observation
+from parapolicy.policy.model.policy import DiffusionPolicy, build_step_table
 from parapolicy.policy.runtime.auto_window import denoiser_cost_curve
 from parapolicy.policy.runtime.load_probe import LoadProbe, machine_info
 from parapolicy.policy.runtime.timing import TimedDenoiser, timed_call
@@ -158,20 +159,28 @@ class BenchJobConfig:
 
 @torch.no_grad()
 def record_chunks(policy: DiffusionPolicy, cfg: SamplerBenchConfig) -> list[dict[str, Tensor]]:
-    """Observation histories, conditioning and noise of ``n_chunks`` consecutive control steps."""
-    To, Ta = policy.config.n_obs_steps, policy.config.n_action_steps
-    env = PushTEnv(obs_type="keypoints")
+    """Observation histories, conditioning and noise of ``n_chunks`` consecutive control steps.
+
+    The environment gives what the policy observes (keypoints, or images and the agent position); the
+    condition is the policy's own (`DiffusionPolicy.condition`: for an image policy the encoder runs
+    here, once per chunk, so the samplers' timings leave it out, as a controller runs it once per plan).
+    """
+    pc = policy.config
+    To, Ta = pc.n_obs_steps, pc.n_action_steps
+    size = {}
+    if pc.obs_type == "pixels_agent_pos":
+        _, h, w = pc.vision.image_shape
+        size = {"observation_height": h, "observation_width": w}
+    env = PushTEnv(obs_type=env_obs_type(pc), **size)
     obs, _ = env.reset(options={"reset_to_state": reference_initial_state(cfg.episode_seed)})
-    history = deque([obs] * To, maxlen=To)
+    history = deque([env_observation(pc, obs)] * To, maxlen=To)
     gen = torch.Generator().manual_seed(cfg.noise_seed)
     chunks = []
     for _ in range(cfg.n_chunks):
-        hist = torch.as_tensor(np.stack(history), dtype=torch.float32)[None]  # (1, To, Do)
-        x_T, noise = draw_noise(
-            policy.table, (1, policy.config.horizon, policy.config.action_dim), gen, device=policy.device
-        )
-        pred = policy.predict_action_chunk({OBS_KEY: hist}, noise=(x_T, noise))
-        cond = policy.normalizer.normalize(OBS_KEY, hist.to(policy.device)).reshape(1, -1)  # (1, To*Do)
+        hist = history_observation(list(history))  # each key (To, ...)
+        x_T, noise = draw_noise(policy.table, (1, pc.horizon, pc.action_dim), gen, device=policy.device)
+        pred = policy.predict_action_chunk(hist, noise=(x_T, noise))
+        cond = policy.condition(policy.validate_observation(hist, history=True))  # (1, To*C)
         chunks.append({"cond": cond, "x_T": x_T, "noise": noise, "reference": pred.plan})
         for action in pred.action[0].cpu().numpy()[:Ta]:
             obs, _, terminated, _, _ = env.step(action)

@@ -7,15 +7,18 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import console_script
+import torch
+from conftest import console_script, image_config
 
 from parapolicy.policy.bench import (
     SamplerBenchConfig,
     format_inpaint_overhead,
     format_sampler_benchmark,
+    record_chunks,
     run_inpaint_overhead,
     run_sampler_benchmark,
 )
+from parapolicy.policy.model.policy import DiffusionPolicy
 from parapolicy.policy.runtime.load_probe import LoadProbe, machine_info
 
 GOLDEN = Path(__file__).parent / "artifacts" / "golden_tiny"
@@ -146,3 +149,18 @@ def test_bench_command(tmp_path):
         "dpmsolver++-5 parareal w=5 tol=0.1",
     ]
     assert data["machine"]["cpu_model"] and data["load"]["rounds"]
+
+
+def test_an_image_policy_is_benchmarked_on_its_own_observations():
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(image_config(num_inference_steps=8, num_keypoints=8)).eval()
+    policy.normalizer.fit({"obs": torch.rand(50, 2) * 512, "action": torch.rand(50, 2) * 512})
+    chunks = record_chunks(policy, SamplerBenchConfig(n_chunks=2))
+    assert [tuple(c["cond"].shape) for c in chunks] == [(1, policy.config.global_cond_dim)] * 2
+    cfg = SamplerBenchConfig(
+        num_inference_steps=8, windows=(4,), tols=(1e-6,), updates=("parareal",), few_step=(),
+        n_chunks=2, repeats=1, batch_sizes=(1,),
+    )  # fmt: skip
+    rows = {r["name"]: r for r in run_sampler_benchmark(policy, cfg)["rows"]}
+    assert rows["ddpm-8"]["max_abs_diff_to_baseline_px"] == 0.0  # reproduces the recorded plans
+    assert rows["ddpm-8 parareal w=4 tol=1e-06"]["max_abs_diff_px"] < 1e-2
