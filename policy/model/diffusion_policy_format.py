@@ -99,11 +99,11 @@ def load_diffusion_policy_checkpoint(path: str | Path) -> DiffusionPolicy:
     p = Path(path)
     payload = read_payload(p)
     config = policy_config_from_diffusion_policy(p, payload.cfg, payload.state_dict)
-    weights, stats = _split_state(p, payload, config)
-    source = f"{p} ({payload.weights})"
     with torch.device("meta"):  # names and shapes checked before anything is allocated
-        expected = build_network(config).state_dict()
-    check_state_dict(expected, weights, source)
+        skeleton = build_network(config)
+    weights, stats = _split_state(p, payload, config, skeleton)
+    source = f"{p} ({payload.weights})"
+    check_state_dict(skeleton.state_dict(), weights, source)
     check_finite(weights, source)
     check_finite(stats, source)
     policy = DiffusionPolicy(config)
@@ -288,9 +288,10 @@ def _common(path: Path, pol: Mapping[str, Any], sched: Mapping[str, Any], kind: 
 
 
 def _split_state(
-    path: Path, payload: DiffusionPolicyPayload, config: PolicyConfig
+    path: Path, payload: DiffusionPolicyPayload, config: PolicyConfig, skeleton: torch.nn.Module
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Our network's weights and our normaliser's buffers from the policy state dict."""
+    """Our network's weights and our normaliser's buffers from the policy state dict (``skeleton``:
+    our network on the meta device, for the image encoder's feature-map shape)."""
     state = payload.state_dict
     network = {
         name[len("model.") :]: t
@@ -304,10 +305,11 @@ def _split_state(
     if config.obs_type == "state":
         weights = network
     else:
-        pol = payload.cfg["policy"]
-        weights, consumed = image_policy_weights(path, pol, state, config, network)
+        layout = image_layout(path, payload.cfg["policy"])
+        _, h, w = skeleton.rgb_encoder.feature_shape
+        weights, consumed = image_policy_weights(path, layout, state, config, network, (h, w))
         used |= consumed
-        keys = {OBS_KEY: image_layout(path, pol).state}
+        keys = {OBS_KEY: layout.state}
     unexpected = sorted(set(state) - used)
     if unexpected:
         raise refuse(path, f"its policy state dict has tensors this policy does not use: {unexpected[:8]}")

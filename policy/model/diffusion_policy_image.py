@@ -28,7 +28,7 @@ import torch
 
 from parapolicy.policy.config import PolicyConfig, VisionConfig
 from parapolicy.policy.model.diffusion_policy_payload import refuse
-from parapolicy.policy.model.vision import build_network, keypoint_grid
+from parapolicy.policy.model.vision import keypoint_grid
 
 __all__ = [
     "HYBRID_POLICY",
@@ -154,10 +154,11 @@ def _image_affine(
 
 def image_policy_weights(
     path: Path,
-    pol: Mapping[str, Any],
+    layout: ImageLayout,
     state: Mapping[str, torch.Tensor],
     config: PolicyConfig,
     network: dict[str, torch.Tensor],
+    feature_hw: tuple[int, int],
 ) -> tuple[dict[str, torch.Tensor], set[str]]:
     """Our `VisionUnet`'s tensors (``unet.*``: the denoiser, its condition reordered; ``rgb_encoder.*``)
     from the checkpoint's denoiser weights (``model.`` stripped) and encoder, and the checkpoint names
@@ -165,18 +166,16 @@ def image_policy_weights(
 
     Args:
         path: the checkpoint (for messages).
-        pol: its config's policy section.
+        layout: its observation layout (`image_layout`).
         state: its policy state dict.
         config: the policy config built from it (`vision_config` supplied its vision part).
         network: the denoiser's tensors (U-Net or transformer).
+        feature_hw: (h, w) of the encoder's feature map (`RgbEncoder.feature_shape`).
 
     Raises:
         CheckpointError: naming an encoder tensor that does not fit.
     """
-    layout = image_layout(path, pol)
-    with torch.device("meta"):  # the encoder's feature-map shape, without allocating the trunk
-        _, h, w = build_network(config).rgb_encoder.feature_shape
-    encoder, consumed = _encoder_weights(path, state, layout, keypoint_grid(h, w))
+    encoder, consumed = _encoder_weights(path, state, layout, keypoint_grid(*feature_hw))
     network = reorder_condition(network, layout, config.n_obs_steps, config.vision.feature_dim)
     return {f"unet.{k}": t for k, t in network.items()} | encoder, consumed  # VisionUnet's name
 
