@@ -53,11 +53,11 @@ def run_export(cfg: ExportConfig) -> Path:
     if out.exists():
         raise RunFolderError(f"refusing to overwrite existing {out}")
     policy = load_policy(cfg.policy_path)
-    if cfg.format == "parapolicy":
-        return save_policy(policy, out, metadata={"exported_from": str(cfg.policy_path)})
     try:
+        if cfg.format == "parapolicy":
+            return save_policy(policy, out, metadata={"exported_from": str(cfg.policy_path)})
         return save_lerobot_policy(policy, out, state_dim=cfg.state_dim)
-    except FileExistsError as exc:  # created meanwhile
+    except FileExistsError as exc:  # created meanwhile (the writers never overwrite)
         raise RunFolderError(str(exc)) from exc
     except ValueError as exc:
-        raise ConfigError(f"format=lerobot cannot represent {cfg.policy_path}: {exc}") from exc
+        raise ConfigError(f"format={cfg.format} cannot represent {cfg.policy_path}: {exc}") from exc
