@@ -39,6 +39,7 @@ __all__ = [
     "SAMPLER_KINDS",
     "TIMESTEP_SPACINGS",
     "IMAGE_NORMS",
+    "IMAGE_POOLS",
     "BACKBONES",
     "OBS_TYPES",
     "NETWORKS",
@@ -58,6 +59,9 @@ OBS_TYPES = ("state", "pixels_agent_pos")
 NETWORKS = ("unet", "transformer")
 BACKBONES = ("resnet18",)
 IMAGE_NORMS = ("group_norm", "batch_norm")
+IMAGE_POOLS = ("spatial_softmax", "avg")
+# channels of each backbone's last stage (what `avg` pooling gives per image)
+BACKBONE_WIDTHS = {"resnet18": 512}
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -187,7 +191,8 @@ class VisionConfig:
     """The image encoder of a ``pixels_agent_pos`` policy (DP / robomimic style; see `model/vision.py`).
 
     ResNet trunk (no avgpool / fc) -> spatial softmax with ``num_keypoints`` keypoints -> Linear(2K, 2K)
-    -> ReLU, so each image gives ``2 * num_keypoints`` features (64 for the reference's 32).
+    -> ReLU, so each image gives ``2 * num_keypoints`` features (64 for the reference's 32); or, with
+    ``pool="avg"``, the trunk's global average (512 features for ResNet-18).
     """
 
     image_shape: tuple[int, ...] = (3, 96, 96)
@@ -200,8 +205,12 @@ class VisionConfig:
     """torchvision backbone (built with ``weights=None``; nothing is ever downloaded)."""
     norm: str = "group_norm"
     """``group_norm`` (GroupNorm(C // 16, C) in place of every BatchNorm, the reference) or ``batch_norm``."""
+    pool: str = "spatial_softmax"
+    """How the trunk's feature map becomes features: ``spatial_softmax`` (K keypoints, then Linear(2K, 2K)
+    and ReLU: LeRobot's and robomimic's encoder) or ``avg`` (each channel's global average, torchvision's
+    avgpool: Diffusion Policy's ``MultiImageObsEncoder``)."""
     num_keypoints: int = 32
-    """Spatial-softmax keypoints K."""
+    """Spatial-softmax keypoints K (unused with ``pool="avg"``)."""
     image_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     """Per-channel mean subtracted from images scaled to [0, 1] (0.5 / 0.5 maps them to [-1, 1])."""
     image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
@@ -217,6 +226,7 @@ class VisionConfig:
             self.crop_shape = tuple(int(d) for d in self.crop_shape)
         _check_choice("vision.backbone", self.backbone, BACKBONES)
         _check_choice("vision.norm", self.norm, IMAGE_NORMS)
+        _check_choice("vision.pool", self.pool, IMAGE_POOLS)
         if len(self.image_shape) != 3 or min(self.image_shape) < 1:
             raise ValueError(f"vision.image_shape must be (C, H, W) > 0, got {self.image_shape}")
         if self.crop_shape is not None and (
@@ -243,8 +253,8 @@ class VisionConfig:
 
     @property
     def feature_dim(self) -> int:
-        """Features per image: 2 x num_keypoints."""
-        return 2 * self.num_keypoints
+        """Features per image: 2 x num_keypoints, or the trunk's width with ``pool="avg"``."""
+        return BACKBONE_WIDTHS[self.backbone] if self.pool == "avg" else 2 * self.num_keypoints
 
 
 @dataclass

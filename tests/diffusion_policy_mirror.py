@@ -1,7 +1,8 @@
 """Test-only pieces shared by the Diffusion Policy checkpoint tests and the generators of their fixtures
 (`tests/artifacts/make_diffusion_policy_*.py`): Diffusion Policy's DDPM settings and limits normaliser,
-its DDIM sampling loop with diffusers' scheduler, and the deterministic weights of a hybrid image
-policy's state dict given its tensor names and shapes.
+its DDIM sampling loop with diffusers' scheduler, the deterministic weights of an image policy's state
+dict given its tensor names and shapes, reading a golden pair back as a ``.ckpt``, and the check that
+ParaDDPM on a loaded checkpoint gives its sequential sample.
 
 For the image policy the generator records the names, shapes and aliases of the state dict that
 Diffusion Policy's ``DiffusionUnetHybridImagePolicy`` really has (robomimic's encoder registers its
@@ -13,10 +14,66 @@ writes it as a ``.ckpt`` and checks that this project's loader reproduces those 
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+
+def read_golden(stem: str) -> tuple[dict, dict[str, Tensor], dict[str, Tensor]]:
+    """(meta, tensors, policy state dict) of the golden pair ``tests/artifacts/<stem>.{json,safetensors}``."""
+    meta = json.loads((ARTIFACTS / f"{stem}.json").read_text())
+    tensors = load_file(str(ARTIFACTS / f"{stem}.safetensors"))
+    fixed = {k[len("fixed/") :]: v for k, v in tensors.items() if k.startswith("fixed/")}
+    state = random_weights(meta["entries"], fixed, meta["seed"])
+    return meta, tensors, state
+
+
+def save_golden(stem: Path, meta: dict, fixed: dict[str, Tensor], outputs: dict[str, Tensor]) -> None:
+    """Write a golden pair `read_golden` reads: ``meta`` as JSON, the ``fixed`` state tensors (under
+    ``fixed/``) and the inputs and outputs as safetensors."""
+    from safetensors.torch import save_file
+
+    stem.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
+    tensors = {f"fixed/{k}": v.contiguous() for k, v in fixed.items()} | outputs
+    save_file(tensors, str(stem.with_suffix(".safetensors")))
+
+
+def write_ckpt(directory: Path, golden, edit_state=None, edit_cfg=None, name: str = "image.ckpt") -> Path:
+    """A golden policy as Diffusion Policy's workspace saves it (plain dicts; the OmegaConf / dill
+    pickling is the low-dim test's), after the optional in-place edits of its state dict and config."""
+    meta, _, state = golden
+    cfg = json.loads(json.dumps(meta["cfg"]))
+    state = dict(state)
+    if edit_state:
+        edit_state(state)
+    if edit_cfg:
+        edit_cfg(cfg)
+    path = directory / name
+    torch.save({"cfg": cfg, "state_dicts": {"model": state, "ema_model": state}, "pickles": {}}, path)
+    return path
+
+
+def assert_paraddpm_gives_the_sequential_plan(ckpt: Path, obs: dict[str, Tensor]) -> None:
+    """ParaDDPM (parareal, window 16, tol 1e-6) on the checkpoint plans what sequential DDPM plans with
+    the same noise (to 1e-3 in env units), in fewer than 100 iterations, for ``obs``'s first history."""
+    from parapolicy.policy.config import SamplerConfig
+    from parapolicy.policy.model.pretrained import load_policy
+
+    obs = {k: v[:1] for k, v in obs.items()}
+    g = torch.Generator().manual_seed(5)
+    noise = (torch.randn(1, 16, 2, generator=g), torch.randn(100, 1, 16, 2, generator=g))
+    picard = SamplerConfig(algorithm="picard", window=16, tol=1e-6, update="parareal")
+    seq, para = load_policy(ckpt), load_policy(ckpt, sampler=picard)
+    with torch.no_grad():
+        a, b = seq.predict_action_chunk(obs, noise=noise), para.predict_action_chunk(obs, noise=noise)
+    assert b.result.iterations < 100
+    torch.testing.assert_close(b.plan, a.plan, atol=1e-3, rtol=0)
 
 
 def random_weights(entries: list[list], fixed: dict[str, Tensor], seed: int) -> dict[str, Tensor]:
@@ -84,6 +141,36 @@ def limits_normalizer(key: str, dim: int, lo: float, hi: float, g: torch.Generat
         f"{p}.input_stats.max": high,
         f"{p}.input_stats.mean": (low + high) / 2,
         f"{p}.input_stats.std": (high - low) / 4,
+    }
+
+
+def pusht_image_workspace_config(name: str, target: str, shape_meta: dict, policy: dict) -> dict:
+    """A resolved PushT image training config of Diffusion Policy's workspace ``target`` (``name``),
+    horizon 16, To 2, Ta 8, around the ``policy`` section, in the order of its YAML keys."""
+    return {
+        "name": name,
+        "_target_": target,
+        "task_name": "pusht_image", "shape_meta": shape_meta, "exp_name": "default",
+        "horizon": 16, "n_obs_steps": 2, "n_action_steps": 8, "n_latency_steps": 0,
+        "dataset_obs_steps": 2, "past_action_visible": False, "keypoint_visible_rate": 1.0,
+        "obs_as_global_cond": True,
+        "policy": policy,
+        "task": {"name": "pusht_image", "image_shape": [3, 96, 96], "shape_meta": shape_meta},
+        "training": {"device": "cuda:0", "seed": 42, "use_ema": True, "num_epochs": 3050},
+    }  # fmt: skip
+
+
+def image_range_normalizer(key: str) -> dict[str, Tensor]:
+    """``normalizer.params_dict.<key>.*`` of Diffusion Policy's ``get_image_range_normalizer``: images in
+    [0, 1] -> [-1, 1] (``x * 2 - 1``), with the statistics of a uniform [0, 1] range."""
+    p = f"normalizer.params_dict.{key}"
+    return {
+        f"{p}.scale": torch.tensor([2.0]),
+        f"{p}.offset": torch.tensor([-1.0]),
+        f"{p}.input_stats.min": torch.zeros(1),
+        f"{p}.input_stats.max": torch.ones(1),
+        f"{p}.input_stats.mean": torch.tensor([0.5]),
+        f"{p}.input_stats.std": torch.tensor([(1 / 12) ** 0.5]),
     }
 
 

@@ -124,14 +124,14 @@ def _set(section: str | None, key: str, value):
     return edit
 
 
-# Diffusion Policy's image policy with its own encoder (not robomimic's); the hybrid one is supported
-IMAGE_POLICY = "diffusion_policy.policy.diffusion_unet_image_policy.DiffusionUnetImagePolicy"
+# a Diffusion Policy class this project does not map (its video policy)
+VIDEO_POLICY = "diffusion_policy.policy.diffusion_unet_video_policy.DiffusionUnetVideoPolicy"
 
 
 @pytest.mark.parametrize(
     ("cfg_edit", "message"),
     [
-        (_set("policy", "_target_", IMAGE_POLICY), "DiffusionUnetImagePolicy' is not supported"),
+        (_set("policy", "_target_", VIDEO_POLICY), "DiffusionUnetVideoPolicy' is not supported"),
         (_set("policy", "obs_as_global_cond", False), r"policy.obs_as_global_cond=False is not supported"),
         (_set("policy", "pred_action_steps_only", True), "pred_action_steps_only=True is not supported"),
         (_set(None, "n_latency_steps", 2), "n_latency_steps=2 is not supported"),

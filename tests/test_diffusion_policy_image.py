@@ -10,30 +10,18 @@ drawn here from the same seed (`diffusion_policy_mirror.random_weights`) and wri
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from diffusion_policy_mirror import random_weights
-from safetensors.torch import load_file
+from diffusion_policy_mirror import assert_paraddpm_gives_the_sequential_plan, read_golden, write_ckpt
 
 from parapolicy.policy.config import SamplerConfig
 from parapolicy.policy.export import ExportConfig, run_export
 from parapolicy.policy.model.checkpoint import CheckpointError
 from parapolicy.policy.model.pretrained import load_policy
 
-ARTIFACTS = Path(__file__).parent / "artifacts"
 ENC = "obs_encoder.obs_nets.image."
-
-
-def read_golden(stem: str):
-    """(meta, tensors, policy state dict) of one golden pair."""
-    meta = json.loads((ARTIFACTS / f"{stem}.json").read_text())
-    tensors = load_file(str(ARTIFACTS / f"{stem}.safetensors"))
-    fixed = {k[len("fixed/") :]: v for k, v in tensors.items() if k.startswith("fixed/")}
-    state = random_weights(meta["entries"], fixed, meta["seed"])
-    return meta, tensors, state
 
 
 @pytest.fixture(scope="module")
@@ -42,24 +30,9 @@ def golden():
     return read_golden("diffusion_policy_image_golden")
 
 
-def write(directory: Path, golden, edit_state=None, edit_cfg=None, name: str = "image.ckpt") -> Path:
-    """The golden policy as Diffusion Policy's workspace saves it (plain dicts; the OmegaConf / dill
-    pickling is the low-dim test's)."""
-    meta, _, state = golden
-    cfg = json.loads(json.dumps(meta["cfg"]))
-    state = dict(state)
-    if edit_state:
-        edit_state(state)
-    if edit_cfg:
-        edit_cfg(cfg)
-    path = directory / name
-    torch.save({"cfg": cfg, "state_dicts": {"model": state, "ema_model": state}, "pickles": {}}, path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory, golden) -> Path:
-    return write(tmp_path_factory.mktemp("dp_image"), golden)
+    return write_ckpt(tmp_path_factory.mktemp("dp_image"), golden)
 
 
 def observations(tensors) -> dict[str, torch.Tensor]:
@@ -89,7 +62,7 @@ def test_the_condition_is_robomimics_with_each_steps_features_reordered(tmp_path
     golden = read_golden(stem)
     meta, tensors, _ = golden
     assert meta["obs_keys"] == ["image", "agent_pos"]  # robomimic's order: image features first
-    policy = load_policy(write(tmp_path, golden))
+    policy = load_policy(write_ckpt(tmp_path, golden))
     norm = "group_norm" if meta["cfg"]["policy"]["obs_encoder_group_norm"] else "batch_norm"
     assert policy.config.vision.norm == norm and policy.config.network == network
     with torch.no_grad():
@@ -104,7 +77,7 @@ def test_ddim_actions_equal_diffusion_policys_own_predict_action(tmp_path, stem,
     golden = read_golden(stem)
     _, tensors, _ = golden
     ddim = SamplerConfig(kind="ddim", num_inference_steps=10)
-    policy = load_policy(write(tmp_path, golden), sampler=ddim)
+    policy = load_policy(write_ckpt(tmp_path, golden), sampler=ddim)
     x_T = tensors["x_T"]
     with torch.no_grad():
         ours = policy.predict_action_chunk(
@@ -115,16 +88,7 @@ def test_ddim_actions_equal_diffusion_policys_own_predict_action(tmp_path, stem,
 
 
 def test_paraddpm_on_the_image_checkpoint_is_its_sequential_sample(ckpt, golden):
-    _, tensors, _ = golden
-    obs = {k: v[:1] for k, v in observations(tensors).items()}
-    g = torch.Generator().manual_seed(5)
-    noise = (torch.randn(1, 16, 2, generator=g), torch.randn(100, 1, 16, 2, generator=g))
-    picard = SamplerConfig(algorithm="picard", window=16, tol=1e-6, update="parareal")
-    seq, para = load_policy(ckpt), load_policy(ckpt, sampler=picard)
-    with torch.no_grad():
-        a, b = seq.predict_action_chunk(obs, noise=noise), para.predict_action_chunk(obs, noise=noise)
-    assert b.result.iterations < 100
-    torch.testing.assert_close(b.plan, a.plan, atol=1e-3, rtol=0)
+    assert_paraddpm_gives_the_sequential_plan(ckpt, observations(golden[1]))
 
 
 def test_a_softmax_temperature_is_folded_into_the_keypoint_layer(tmp_path, ckpt, golden):
@@ -137,7 +101,7 @@ def test_a_softmax_temperature_is_folded_into_the_keypoint_layer(tmp_path, ckpt,
             state[f"{prefix}nets.bias"] = state[f"{prefix}nets.bias"] * 2
 
     obs = observations(tensors)
-    a, b = load_policy(ckpt), load_policy(write(tmp_path, golden, edit_state=hotter))
+    a, b = load_policy(ckpt), load_policy(write_ckpt(tmp_path, golden, edit_state=hotter))
     with torch.no_grad():
         ca = a.condition(a.validate_observation(obs, history=True))
         cb = b.condition(b.validate_observation(obs, history=True))
@@ -214,7 +178,7 @@ def _pop(*names):
     ],  # fmt: skip
 )
 def test_what_cannot_be_represented_is_refused_by_name(tmp_path, golden, edit_state, edit_cfg, message):
-    path = write(tmp_path, golden, edit_state=edit_state, edit_cfg=edit_cfg)
+    path = write_ckpt(tmp_path, golden, edit_state=edit_state, edit_cfg=edit_cfg)
     with pytest.raises(CheckpointError) as info:
         load_policy(path)
     assert str(path) in str(info.value) and message in str(info.value)

@@ -13,7 +13,7 @@ from parapolicy.policy.diffusion.picard import sample_picard
 from parapolicy.policy.diffusion.sequential import draw_noise, sample_sequential
 from parapolicy.policy.model.policy import DiffusionPolicy, ObservationError
 from parapolicy.policy.model.pretrained import load_policy, save_policy
-from parapolicy.policy.model.vision import RgbEncoder, SpatialSoftmax, center_crop, random_crop
+from parapolicy.policy.model.vision import RgbEncoder, SpatialSoftmax, center_crop, random_crop, trunk_name
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +75,34 @@ def test_backbone_matches_torchvision_resnet18_names_and_shapes():
         pytest.skip("torchvision is not importable here")
     ref = torchvision.models.resnet18(weights=None)
     ours = RgbEncoder(VisionConfig(norm="batch_norm")).backbone.state_dict()
-    index = {"conv1": "0", "bn1": "1", "layer1": "4", "layer2": "5", "layer3": "6", "layer4": "7"}
-    mapped = {}
-    for k, v in ref.state_dict().items():
-        head, _, rest = k.partition(".")
-        if head != "fc":
-            mapped[f"{index[head]}.{rest}"] = tuple(v.shape)
+    mapped = {trunk_name(k): tuple(v.shape) for k, v in ref.state_dict().items() if not k.startswith("fc.")}
     assert mapped == {k: tuple(v.shape) for k, v in ours.items()}
+    assert trunk_name("layer4.1.bn2.running_var") == "7.1.bn2.running_var"
+
+
+def test_average_pooled_encoder_gives_each_channels_mean_and_trains():
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(image_config(pool="avg", crop_shape=(76, 76))).train()
+    enc = policy.network.rgb_encoder
+    assert policy.config.global_cond_dim == 2 * (2 + 512) and not hasattr(enc, "out")
+    x = torch.randn(4, 3, 96, 96)
+    with torch.no_grad():
+        maps = enc.eval().backbone(center_crop(x, (76, 76)))  # (4, 512, 3, 3)
+        torch.testing.assert_close(enc(x), maps.mean(dim=(2, 3)), rtol=0, atol=1e-6)
+    policy.train().normalizer.fit({"obs": torch.rand(50, 2) * 512, "action": torch.rand(50, 2) * 512})
+    gen = torch.Generator().manual_seed(0)
+    batch = {
+        "pixels": torch.randint(0, 256, (2, 16, 96, 96, 3), dtype=torch.uint8, generator=gen),
+        "agent_pos": torch.rand(2, 16, 2, generator=gen) * 512,
+        "action": torch.rand(2, 16, 2, generator=gen) * 512,
+    }
+    before = policy.network.state_dict()["rgb_encoder.backbone.7.1.conv2.weight"].clone()
+    opt = torch.optim.AdamW(policy.network.parameters(), lr=1e-3)
+    loss = policy.compute_loss(batch, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    assert not torch.equal(before, policy.network.state_dict()["rgb_encoder.backbone.7.1.conv2.weight"])
 
 
 def test_crop_is_random_in_training_and_centred_in_evaluation():
@@ -211,12 +232,14 @@ def test_vision_config_rules():
         VisionConfig(norm="layer_norm")
     with pytest.raises(ValueError, match="backbone"):
         VisionConfig(backbone="resnet50")
+    with pytest.raises(ValueError, match="vision.pool"):
+        VisionConfig(pool="max")
     with pytest.raises(ValueError, match="backbone_weights needs"):
         VisionConfig(backbone_weights="w.safetensors")
     with pytest.raises(ValueError, match="obs_type"):
         PolicyConfig(obs_type="pixels")
-    cfg = image_config()
-    assert PolicyConfig.from_dict(cfg.to_dict()) == cfg
+    for cfg in (image_config(), image_config(pool="avg")):
+        assert PolicyConfig.from_dict(cfg.to_dict()) == cfg
 
 
 def test_traced_denoiser_serves_image_policies(image_policy):

@@ -4,7 +4,9 @@ Supported, with the observation as the network's condition and a DDPM or DDIM sc
 ``DiffusionUnetLowdimPolicy`` (the PushT keypoint policy of the paper,
 ``train_diffusion_unet_lowdim_workspace.yaml``), ``DiffusionUnetHybridImagePolicy`` with one camera
 and one low-dim state (the PushT image policy, ``train_diffusion_unet_hybrid_workspace.yaml``; its
-encoder mapping is `diffusion_policy_image`), and the transformer policies
+encoder mapping is `diffusion_policy_image`), ``DiffusionUnetImagePolicy`` with one camera and one
+low-dim state (``train_diffusion_unet_image_workspace.yaml`` with ``task=pusht_image``; its own
+ResNet-18 encoder, mapped by `diffusion_policy_multi_image`), and the transformer policies
 ``DiffusionTransformerLowdimPolicy`` and ``DiffusionTransformerHybridImagePolicy`` (its
 ``TransformerForDiffusion`` is `transformer.TransformerDenoiser`, same names; the attention masks it
 saves must be the ones its config implies). The file is read as data (`diffusion_policy_payload`);
@@ -42,6 +44,13 @@ from parapolicy.policy.model.diffusion_policy_image import (
     image_policy_weights,
     vision_config,
 )
+from parapolicy.policy.model.diffusion_policy_multi_image import (
+    IMAGE_POLICY,
+    encoder_prefix,
+    multi_image_layout,
+    multi_image_vision_config,
+    multi_image_weights,
+)
 from parapolicy.policy.model.diffusion_policy_payload import (
     DiffusionPolicyPayload,
     is_diffusion_policy_checkpoint,
@@ -77,6 +86,7 @@ _POLICIES: dict[str, tuple[dict[str, bool], str | None]] = {
         UNET,
     ),
     HYBRID_POLICY: ({"obs_as_global_cond": True}, None),
+    IMAGE_POLICY: ({"obs_as_global_cond": True}, None),
     TRANSFORMER_POLICY: ({"obs_as_cond": True, "pred_action_steps_only": False}, TRANSFORMER),
     HYBRID_TRANSFORMER_POLICY: ({"obs_as_cond": True, "pred_action_steps_only": False}, None),
 }
@@ -86,7 +96,12 @@ SCHEDULERS = {
     "diffusers.schedulers.scheduling_ddim.DDIMScheduler": "ddim",
 }
 # ModuleAttrMixin's empty parameters (the transformer network is one too)
-_UNUSED = ("_dummy_variable", "mask_generator._dummy_variable", "model._dummy_variable")
+_UNUSED = (
+    "_dummy_variable",
+    "mask_generator._dummy_variable",
+    "model._dummy_variable",
+    "obs_encoder._dummy_variable",
+)
 _NORMALIZER = "normalizer.params_dict."
 
 
@@ -154,7 +169,7 @@ def policy_config_from_diffusion_policy(
             return _lowdim_config(path, pol, model, sched, kind)
         if target == TRANSFORMER_POLICY:
             return _transformer_config(path, pol, model, sched, kind)
-        return _image_config(path, pol, sched, kind, state, transformer=target == HYBRID_TRANSFORMER_POLICY)
+        return _image_config(path, pol, sched, kind, state, target)
     except (ValueError, TypeError) as exc:
         raise refuse(path, f"config cannot be represented: {exc}") from exc
 
@@ -211,23 +226,27 @@ def _image_config(
     sched: Mapping[str, Any],
     kind: str,
     state: Mapping[str, torch.Tensor],
-    transformer: bool,
+    target: str,
 ) -> PolicyConfig:
-    layout = image_layout(path, pol)
+    """An image policy's config: robomimic's encoder (the hybrid policies) or Diffusion Policy's own
+    (``DiffusionUnetImagePolicy``)."""
+    own_encoder = target == IMAGE_POLICY
+    layout = multi_image_layout(path, pol) if own_encoder else image_layout(path, pol)
     action = _section(path, _section(path, pol, "shape_meta"), "action")
     action_shape = [int(d) for d in _get(path, action, "shape")]
     if len(action_shape) != 1:
         raise ValueError(f"action shape {action_shape} must be (Da,)")
     network = (
         {"network": "transformer", "transformer": _transformer_sizes(path, pol)}
-        if transformer
+        if target == HYBRID_TRANSFORMER_POLICY
         else {"unet": _unet_config(path, pol)}
     )
+    vision = (multi_image_vision_config if own_encoder else vision_config)(path, pol, layout, state)
     return PolicyConfig(
         obs_dim=layout.state_dim,
         obs_type="pixels_agent_pos",
         action_dim=action_shape[0],
-        vision=vision_config(path, pol, layout, state),
+        vision=vision,
         **network,
         **_common(path, pol, sched, kind),
     )
@@ -304,7 +323,14 @@ def _split_state(
         network = _without_masks(path, network, config)
     if config.obs_type == "state":
         weights = network
-    else:
+    elif config.vision.pool == "avg":  # Diffusion Policy's own encoder (DiffusionUnetImagePolicy)
+        pol = payload.cfg["policy"]
+        layout = multi_image_layout(path, pol)
+        prefix = encoder_prefix(path, pol, layout)
+        weights, consumed = multi_image_weights(path, prefix, layout, state, config, network)
+        used |= consumed
+        keys = {OBS_KEY: layout.state}
+    else:  # robomimic's encoder (the hybrid policies)
         layout = image_layout(path, payload.cfg["policy"])
         _, h, w = skeleton.rgb_encoder.feature_shape
         weights, consumed = image_policy_weights(path, layout, state, config, network, (h, w))

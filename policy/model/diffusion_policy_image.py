@@ -34,6 +34,7 @@ __all__ = [
     "HYBRID_POLICY",
     "HYBRID_TRANSFORMER_POLICY",
     "ImageLayout",
+    "image_affine",
     "image_layout",
     "image_policy_weights",
     "reorder_condition",
@@ -121,7 +122,7 @@ def vision_config(
             f"{layout.encoder}nets.3.weight must be ({2 * K}, {2 * K}) (the {K} keypoints' coordinates to as "
             f"many features, as robomimic's VisualCore has for Diffusion Policy), {found}",
         )
-    scale, offset = _image_affine(path, layout, state, C)
+    scale, offset = image_affine(path, layout, state, C)
     try:
         return VisionConfig(
             image_shape=(C, H, W),
@@ -135,7 +136,7 @@ def vision_config(
         raise refuse(path, f"its image encoder cannot be represented: {exc}") from exc
 
 
-def _image_affine(
+def image_affine(
     path: Path, layout: ImageLayout, state: Mapping[str, torch.Tensor], channels: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(C,) float64 scale and offset of the image normaliser (one value broadcast to every channel)."""

@@ -189,7 +189,8 @@ def lerobot_config_from_policy(config: PolicyConfig, state_dim: int) -> dict[str
 
     Raises:
         ValueError: for what LeRobot cannot represent (a transformer network, n_groups != 8, a sampler
-            other than DDPM / DDIM with leading spacing and offset 0, v-prediction).
+            other than DDPM / DDIM with leading spacing and offset 0, v-prediction, an average-pooled
+            image encoder).
     """
     u, s, sp = config.unet, config.schedule, config.sampler
     if config.network != "unet":
@@ -208,6 +209,8 @@ def lerobot_config_from_policy(config: PolicyConfig, state_dim: int) -> dict[str
         raise ValueError(f"prediction_type={s.prediction_type!r}: LeRobot supports epsilon and sample")
     image = config.obs_type == "pixels_agent_pos"
     v = config.vision
+    if image and v.pool != "spatial_softmax":
+        raise ValueError(f"vision.pool={v.pool!r}: LeRobot's image encoder always ends in a spatial softmax")
     inputs: dict[str, Any] = {STATE_FEATURE: {"type": "STATE", "shape": [state_dim]}}
     if image:
         inputs = {IMAGE_FEATURE: {"type": "VISUAL", "shape": list(v.image_shape)}, **inputs}

@@ -4,7 +4,9 @@
 avgpool / fc (BatchNorm replaced by GroupNorm(C // 16, C) unless ``norm="batch_norm"``) -> spatial
 softmax over K learned keypoint maps -> Linear(2K, 2K) -> ReLU. Module names follow LeRobot's
 ``DiffusionRgbEncoder`` (``backbone.{0..7}``, ``pool.nets``, ``pool.pos_grid``, ``out``), so its
-weights map one to one (see `lerobot_format.py`).
+weights map one to one (see `lerobot_format.py`). With ``pool="avg"`` the trunk's feature map is
+averaged instead (torchvision's avgpool, as Diffusion Policy's ``MultiImageObsEncoder`` uses a ResNet
+whose ``fc`` is the identity), and there is no ``pool`` or ``out``.
 
 `VisionUnet` holds the U-Net (``unet``), the encoder (``rgb_encoder``) and the fixed per-channel
 image statistics; its ``forward`` is the U-Net's, so the samplers, tracing and CUDA graphs see the
@@ -37,6 +39,7 @@ __all__ = [
     "RgbEncoder",
     "resnet_trunk",
     "SpatialSoftmax",
+    "trunk_name",
     "VisionUnet",
     "build_network",
     "center_crop",
@@ -186,15 +189,21 @@ def resnet_trunk(cfg: VisionConfig) -> nn.Sequential:
 _TORCHVISION_CHILDREN = {"conv1": "0", "bn1": "1", "layer1": "4", "layer2": "5", "layer3": "6", "layer4": "7"}
 
 
+def trunk_name(torchvision_name: str) -> str:
+    """Our trunk's name of a torchvision ResNet tensor: ``layer1.0.bn1.weight`` -> ``4.0.bn1.weight``
+    (names outside the trunk come back unchanged, for the strict check to report)."""
+    head, _, rest = torchvision_name.partition(".")
+    return f"{_TORCHVISION_CHILDREN.get(head, head)}.{rest}"
+
+
 def _load_backbone_weights(trunk: nn.Module, path: Path) -> None:
     """Load torchvision-named ResNet weights (``conv1.weight``, ``layer1.0.bn1.running_mean``, ...; ``fc.*``
     ignored) from a local safetensors file, strictly (never a pickle)."""
     tensors = {}
     for name, value in read_tensors(path).items():
-        head, _, rest = name.partition(".")
-        if head == "fc":
+        if name.partition(".")[0] == "fc":
             continue
-        tensors[f"{_TORCHVISION_CHILDREN.get(head, head)}.{rest}"] = value
+        tensors[trunk_name(name)] = value
     check_state_dict(trunk.state_dict(), tensors, f"backbone weights {path}")
     trunk.load_state_dict(tensors, strict=True)
 
@@ -218,8 +227,10 @@ class RgbEncoder(nn.Module):
             feature_shape = tuple(self.backbone.eval()(probe).shape[1:])  # (512, 3, 3) for 84 x 84
         self.backbone.train()
         self.feature_shape: tuple[int, ...] = feature_shape  # (C, h, w) of the trunk's output
-        self.pool = SpatialSoftmax(feature_shape, cfg.num_keypoints)
-        self.out = nn.Linear(cfg.feature_dim, cfg.feature_dim)
+        self.pool_kind = cfg.pool
+        if cfg.pool == "spatial_softmax":
+            self.pool = SpatialSoftmax(feature_shape, cfg.num_keypoints)
+            self.out = nn.Linear(cfg.feature_dim, cfg.feature_dim)
         self.feature_dim = cfg.feature_dim
 
     def draw_crops(self, n: int, generator: torch.Generator | None = None) -> Tensor | None:
@@ -242,9 +253,13 @@ class RgbEncoder(nn.Module):
     def forward(
         self, x: Tensor, generator: torch.Generator | None = None, offsets: Tensor | None = None
     ) -> Tensor:
-        """(N, C, H, W) normalised images -> (N, 2K) features (``offsets``: see `crop`)."""
+        """(N, C, H, W) normalised images -> (N, F) features (F = 2K, or 512 with ``pool="avg"``;
+        ``offsets``: see `crop`)."""
         x = self.crop(x, generator, offsets)  # (N, C, h, w)
-        keypoints = self.pool(self.backbone(x))  # (N, K, 2)
+        maps = self.backbone(x)  # (N, 512, h', w')
+        if self.pool_kind == "avg":
+            return F.adaptive_avg_pool2d(maps, 1).flatten(1)  # (N, 512): torchvision's avgpool + flatten
+        keypoints = self.pool(maps)  # (N, K, 2)
         return F.relu(self.out(keypoints.flatten(1)))  # (N, 2K)
 
 

@@ -29,7 +29,6 @@ DDIM-10 actions). Not a test dependency: robomimic needs its own environment, e.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -40,11 +39,18 @@ import torch
 import torchvision.transforms.functional as ttf
 from robomimic.algo import algo_factory
 from robomimic.config import config_factory
-from safetensors.torch import save_file
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from diffusion_policy_mirror import DDPM_SCHEDULER, ddim_sample, limits_normalizer, random_weights  # noqa: E402
+from diffusion_policy_mirror import (  # noqa: E402
+    DDPM_SCHEDULER,
+    ddim_sample,
+    image_range_normalizer,
+    limits_normalizer,
+    pusht_image_workspace_config,
+    random_weights,
+    save_golden,
+)
 
 from parapolicy.policy.model.networks import ConditionalUnet1d  # noqa: E402
 
@@ -93,14 +99,11 @@ def config(group_norm: bool, transformer: bool = False) -> dict:
 
 
 def unet_config(group_norm: bool) -> dict:
-    return {
-        "name": "train_diffusion_unet_hybrid",
-        "_target_": WORKSPACE,
-        "task_name": "pusht_image", "shape_meta": SHAPE_META, "exp_name": "default",
-        "horizon": HORIZON, "n_obs_steps": TO, "n_action_steps": TA, "n_latency_steps": 0,
-        "dataset_obs_steps": TO, "past_action_visible": False, "keypoint_visible_rate": 1.0,
-        "obs_as_global_cond": True,
-        "policy": {
+    return pusht_image_workspace_config(
+        "train_diffusion_unet_hybrid",
+        WORKSPACE,
+        SHAPE_META,
+        {
             "_target_": POLICY,
             "shape_meta": SHAPE_META,
             "noise_scheduler": DDPM_SCHEDULER,
@@ -109,9 +112,7 @@ def unet_config(group_norm: bool) -> dict:
             "down_dims": DOWN_DIMS, "kernel_size": KERNEL, "n_groups": 8, "cond_predict_scale": True,
             "obs_encoder_group_norm": group_norm, "eval_fixed_crop": True,
         },
-        "task": {"name": "pusht_image", "image_shape": [3, 96, 96], "shape_meta": SHAPE_META},
-        "training": {"device": "cuda:0", "seed": 42, "use_ema": True, "num_epochs": 3050},
-    }  # fmt: skip
+    )  # fmt: skip
 
 
 def get_robomimic_config() -> object:
@@ -226,14 +227,7 @@ def write_golden(stem_name: str, group_norm: bool, transformer: bool = False) ->
     norm = "normalizer.params_dict."
     fixed |= limits_normalizer("agent_pos", 2, 13.0, 500.0, g)
     fixed |= limits_normalizer("action", DA, 12.0, 505.0, g)
-    # get_image_range_normalizer: [0, 1] -> [-1, 1]
-    fixed[f"{norm}image.scale"], fixed[f"{norm}image.offset"] = torch.tensor([2.0]), torch.tensor([-1.0])
-    fixed[f"{norm}image.input_stats.min"], fixed[f"{norm}image.input_stats.max"] = (
-        torch.zeros(1),
-        torch.ones(1),
-    )
-    fixed[f"{norm}image.input_stats.mean"] = torch.tensor([0.5])
-    fixed[f"{norm}image.input_stats.std"] = torch.tensor([(1 / 12) ** 0.5])
+    fixed |= image_range_normalizer("image")
     for name in sorted(k for k in fixed if k.startswith(norm)):
         entries.append([name, list(fixed[name].shape), None])
     state = random_weights(entries, fixed, SEED)
@@ -267,16 +261,8 @@ def write_golden(stem_name: str, group_norm: bool, transformer: bool = False) ->
     actions = action_pred[:, TO - 1 : TO - 1 + TA].contiguous()
 
     meta = {"cfg": cfg, "seed": SEED, "entries": entries, "obs_keys": list(enc.obs_shapes)}
-    stem.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
-    tensors = {f"fixed/{k}": v.contiguous() for k, v in fixed.items()}
-    tensors |= {
-        "pixels": pixels,
-        "agent_pos": agent_pos,
-        "x_T": x_T,
-        "global_cond": global_cond,
-        "actions": actions,
-    }
-    save_file(tensors, str(stem.with_suffix(".safetensors")))
+    outputs = {"pixels": pixels, "agent_pos": agent_pos, "x_T": x_T, "global_cond": global_cond}
+    save_golden(stem, meta, fixed, outputs | {"actions": actions.contiguous()})
     print(f"wrote {stem}.json / .safetensors; {len(entries)} state entries, feature dim {feature_dim}")
 
 
