@@ -4,8 +4,8 @@ One run measures, on the same device and settings:
 
 * the denoiser's cost against batch rows;
 * the baseline, sequential DDPM-K (same compilation as every other sampler, batch-1 path);
-* ParaDDPM over a grid of windows, Picard corrections (``picard``, ``parareal``), tolerances and warm
-  starts;
+* ParaDDPM over a grid of windows, Picard corrections (``picard``, ``parareal``; the latter with the
+  held-x̂₀ and the linear coarse model), tolerances and warm starts;
 * the few-step solvers users deploy (DPM-Solver++(2M), DDIM), each sequential and as Picard over its
   whole chain.
 
@@ -37,6 +37,7 @@ from torch import Tensor
 from parapolicy.envs import PushTEnv, reference_initial_state
 from parapolicy.policy.config import SamplerConfig
 from parapolicy.policy.control.stitching import known_rows
+from parapolicy.policy.diffusion.coarse import x0_jacobian
 from parapolicy.policy.diffusion.dispatch import run_sampler
 from parapolicy.policy.diffusion.inpaint import Inpaint
 from parapolicy.policy.diffusion.sequential import SampleResult, draw_noise
@@ -63,6 +64,10 @@ class SamplerBenchConfig:
     """Picard tolerances of the grid; the first one is also the few-step solvers' Picard tolerance."""
     updates: tuple[str, ...] = ("picard", "parareal")
     """Picard corrections (`SamplerConfig.update`) of the grid and of the few-step Picard samplers."""
+    coarses: tuple[str, ...] = ("held_x0", "linear")
+    """Coarse models (`SamplerConfig.coarse`) of the grid's ``parareal`` rows. The linear model's
+    Jacobian is measured once, before the rounds, on the first chunk of the next episode (not one of the
+    timed chunks), as a policy measures it on its first plan; its time is recorded."""
     warm_starts: tuple[bool, ...] = (False,)
     """Cold and/or warm start of the grid."""
     few_step: tuple[str, ...] = ("dpmsolver++:5", "dpmsolver++:10", "ddim:8", "ddim:16")
@@ -96,6 +101,10 @@ class SamplerBenchConfig:
             raise ValueError("updates must name at least one Picard correction, got ()")
         for update in self.updates:
             SamplerConfig(update=update)  # raises naming the bad rule
+        if not self.coarses:
+            raise ValueError("coarses must name at least one coarse model, got ()")
+        for coarse in self.coarses:
+            SamplerConfig(algorithm="picard", update="parareal", coarse=coarse)  # raises naming a bad model
         for spec in self.few_step:
             _, K = parse_solver(spec)
             if self.num_inference_steps < K:
@@ -119,6 +128,7 @@ def sampler_name(sampler: SamplerConfig) -> str:
     name = f"{sampler.kind}-{sampler.num_inference_steps}"
     if sampler.is_parallel:
         name += f" {sampler.update} w={sampler.window} tol={sampler.tol:g}"
+        name += " linear" if sampler.coarse == "linear" else ""
         name += " warm" if sampler.warm_start else ""
     return name
 
@@ -129,13 +139,11 @@ def bench_samplers(cfg: SamplerBenchConfig) -> list[SamplerConfig]:
     out = [base]
     for w in cfg.windows:
         for update in cfg.updates:
-            for tol in cfg.tols:
-                for warm in cfg.warm_starts:
-                    out.append(
-                        dataclasses.replace(
-                            base, algorithm="picard", window=w, tol=tol, warm_start=warm, update=update
-                        )
-                    )
+            for coarse in cfg.coarses if update == "parareal" else ("held_x0",):
+                for tol in cfg.tols:
+                    for warm in cfg.warm_starts:
+                        picard = {"algorithm": "picard", "window": w, "tol": tol, "warm_start": warm}
+                        out.append(dataclasses.replace(base, update=update, coarse=coarse, **picard))
     for spec in cfg.few_step:
         kind, K = parse_solver(spec)
         seq = SamplerConfig(kind=kind, num_inference_steps=K)
@@ -196,11 +204,12 @@ def _run_config(
     table: StepTable,
     chunks: list[dict[str, Tensor]],
     denoise: Any,
+    coarse_jacobian: Tensor | None = None,
 ) -> list[tuple[float, SampleResult]]:
     """Sample every chunk in order (warm-starting from the previous one if asked); per-chunk results.
 
     Every sampler starts from the chunk's x_T and takes the first K of its step noises (the
-    deterministic kinds ignore them).
+    deterministic kinds ignore them). ``coarse_jacobian``: the linear coarse model's (`coarse_model`).
     """
     Ta = policy.config.n_action_steps
     K = table.num_steps
@@ -210,13 +219,40 @@ def _run_config(
         guess = warm_start_guess(previous, Ta) if (sampler.warm_start and previous is not None) else None
         seconds, res = timed_call(
             lambda chunk=chunk, guess=guess: run_sampler(
-                sampler, denoise, chunk["x_T"], table, chunk["noise"][:K], chunk["cond"], x0_guess=guess
+                sampler,
+                denoise,
+                chunk["x_T"],
+                table,
+                chunk["noise"][:K],
+                chunk["cond"],
+                x0_guess=guess,
+                coarse_jacobian=coarse_jacobian,
             ),
             policy.device,
         )
         out.append((seconds, res))
         previous = res.sample
     return out
+
+
+def coarse_model(
+    policy: DiffusionPolicy, cfg: SamplerBenchConfig, tables: dict[tuple[str, int], StepTable]
+) -> tuple[dict[tuple[str, int], Tensor], float]:
+    """The linear coarse model of each table, measured on the first chunk of episode ``episode_seed + 1``
+    (noise seed + 1) along its sequential trajectory, and the seconds it took in all."""
+    seeds = {"episode_seed": cfg.episode_seed + 1, "noise_seed": cfg.noise_seed + 1}
+    chunk = record_chunks(policy, dataclasses.replace(cfg, n_chunks=1, **seeds))[0]
+    out, seconds = {}, 0.0
+    for (kind, K), table in tables.items():
+        seq = SamplerConfig(kind=kind, num_inference_steps=K)
+        x_T, noise, cond = chunk["x_T"], chunk["noise"][:K], chunk["cond"]
+        res = run_sampler(seq, policy.denoise, x_T, table, noise, cond, return_trajectory=True)
+        t, out[(kind, K)] = timed_call(
+            lambda res=res, table=table: x0_jacobian(policy.denoise, table, res.trajectory, chunk["cond"]),
+            policy.device,
+        )
+        seconds += t
+    return out, seconds
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -255,8 +291,18 @@ def run_sampler_benchmark(policy: DiffusionPolicy, cfg: SamplerBenchConfig) -> d
         policy.config.check_sampler(sampler)
         tables.append(build_step_table(policy.config, sampler, policy.device))
     names = [sampler_name(s) for s in samplers]
-    for sampler, table in zip(samplers, tables, strict=True):  # warm-up (allocator, trace, caches)
-        _run_config(policy, sampler, table, chunks[:1], policy.denoise)
+    linear = {
+        (s.kind, s.num_inference_steps): t
+        for s, t in zip(samplers, tables, strict=True)
+        if s.is_parallel and s.coarse == "linear"
+    }
+    models, calibration_s = coarse_model(policy, cfg, linear) if linear else ({}, 0.0)
+    jacobians = [
+        models.get((s.kind, s.num_inference_steps)) if s.is_parallel and s.coarse == "linear" else None
+        for s in samplers
+    ]
+    for sampler, table, jac in zip(samplers, tables, jacobians, strict=True):  # warm-up (allocator, caches)
+        _run_config(policy, sampler, table, chunks[:1], policy.denoise, jac)
     times: list[list[float]] = [[] for _ in samplers]
     outside: list[list[float]] = [[] for _ in samplers]
     results: list[list[SampleResult]] = [[] for _ in samplers]
@@ -264,15 +310,15 @@ def run_sampler_benchmark(policy: DiffusionPolicy, cfg: SamplerBenchConfig) -> d
     for round_index in range(cfg.repeats):
         with LoadProbe() as probe:
             for i, (sampler, table) in enumerate(zip(samplers, tables, strict=True)):
-                runs = _run_config(policy, sampler, table, chunks, policy.denoise)
+                runs = _run_config(policy, sampler, table, chunks, policy.denoise, jacobians[i])
                 times[i].append(1e3 * sum(t for t, _ in runs) / len(runs))  # ms per chunk, this round
                 results[i] = [r for _, r in runs]
         probes.append(probe.result)
         for i, (sampler, table) in enumerate(zip(samplers, tables, strict=True)):
             timed = TimedDenoiser(policy.denoise, policy.device)
             wall, _ = timed_call(
-                lambda sampler=sampler, table=table, timed=timed: _run_config(
-                    policy, sampler, table, chunks, timed
+                lambda sampler=sampler, table=table, timed=timed, jac=jacobians[i]: _run_config(
+                    policy, sampler, table, chunks, timed, jac
                 ),
                 policy.device,
             )
@@ -310,6 +356,7 @@ def run_sampler_benchmark(policy: DiffusionPolicy, cfg: SamplerBenchConfig) -> d
                 "num_inference_steps": sampler.num_inference_steps,
                 "algorithm": sampler.algorithm,
                 "update": sampler.update if sampler.is_parallel else None,
+                "coarse": sampler.coarse if sampler.is_parallel and sampler.update == "parareal" else None,
                 "window": sampler.window if sampler.is_parallel else None,
                 "tol": sampler.tol if sampler.is_parallel else None,
                 "warm_start": sampler.warm_start,
@@ -336,6 +383,7 @@ def run_sampler_benchmark(policy: DiffusionPolicy, cfg: SamplerBenchConfig) -> d
         "fastest_sequential": fastest_seq,
         "denoiser_ms_per_call": {str(k): v for k, v in curve.items()},
         "n_chunks": len(chunks),
+        "coarse_calibration_s": calibration_s,
         "rounds": cfg.repeats,
         "machine": machine,
         "load": {"rounds": probes, **_load_summary(probes, machine["usable_cpus"])},
@@ -448,7 +496,7 @@ def format_inpaint_overhead(result: dict[str, Any]) -> str:
 def format_sampler_benchmark(result: dict[str, Any]) -> str:
     """A plain-text table of `run_sampler_benchmark`'s result, with the machine and its load."""
     head = (
-        f"{'sampler':<36} {'ms/chunk median [min, max]':<28} {'x base':>6} {'x fast':>6} {'iters':>6} "
+        f"{'sampler':<40} {'ms/chunk median [min, max]':<28} {'x base':>6} {'x fast':>6} {'iters':>6} "
         f"{'calls':>6} {'rows':>7} {'|d| own':>8} {'|d| base':>8} {'outside%':>8}"
     )
     lines = [head, "-" * len(head)]
@@ -456,7 +504,7 @@ def format_sampler_benchmark(result: dict[str, Any]) -> str:
         ms = r["ms_per_chunk"]
         timing = f"{ms['median']:>8.1f} [{ms['min']:.1f}, {ms['max']:.1f}]"
         lines.append(
-            f"{r['name']:<36} {timing:<28} {r['speedup']:>6.2f} {r['speedup_vs_fastest_sequential']:>6.2f} "
+            f"{r['name']:<40} {timing:<28} {r['speedup']:>6.2f} {r['speedup_vs_fastest_sequential']:>6.2f} "
             f"{r['iterations']:>6.1f} {r['model_calls']:>6.1f} {r['model_rows']:>7.1f} "
             f"{r['max_abs_diff_px']:>8.4f} {r['max_abs_diff_to_baseline_px']:>8.3f} "
             f"{r['outside_denoiser_pct']:>8.1f}"
@@ -466,6 +514,11 @@ def format_sampler_benchmark(result: dict[str, Any]) -> str:
         f"({result['fastest_sequential']}; compare scores with parapolicy-eval before picking one). "
         "|d| own / base: max |difference| in px to the same rule's sequential sample / to the baseline's."
     )
+    if any(r.get("coarse") == "linear" for r in result["rows"]):
+        lines.append(
+            f"linear: Parareal's linear coarse model, measured once before the rounds on another episode's "
+            f"first chunk in {result['coarse_calibration_s']:.2f} s (not in the chunk times)"
+        )
     curve = result["denoiser_ms_per_call"]
     lines.append(
         "denoiser ms per call by batch rows: " + ", ".join(f"{b}: {ms:.2f}" for b, ms in curve.items())

@@ -71,9 +71,10 @@ class SamplerEntry:
 
 
 # --- frontier2: the default samplers (few-step solvers beside DDPM-100) and the frontier -------------
-PARADDPM = SamplerConfig(algorithm="picard", window=16, update="parareal")
-"""ParaDDPM as `parapolicy-compare` runs it: DDPM-100 by Picard iteration, tol 0.1, the window and update
-with the fewest milliseconds per chunk in `parapolicy-bench` on 2 CPU cores (docs/benchmarks.md)."""
+PARADDPM = SamplerConfig(algorithm="picard", window=24, update="parareal", coarse="linear")
+"""ParaDDPM as `parapolicy-compare` runs it: DDPM-100 by Picard iteration, tol 0.1, the window, update and
+coarse model with the fewest milliseconds per chunk in `parapolicy-bench` on 2 CPU cores
+(docs/benchmarks.md)."""
 FEW_STEP_SOLVERS = {
     "dpmsolver5": ("dpmsolver++", 5),
     "dpmsolver10": ("dpmsolver++", 10),
@@ -81,7 +82,8 @@ FEW_STEP_SOLVERS = {
     "ddim16": ("ddim", 16),
 }
 """The few-step solvers users deploy, by name: (kind, K). Each also runs as Picard over its whole chain
-(``para<name>``: window K, parareal update, tol `FEW_STEP_TOL`)."""
+(``para<name>``: window K, parareal update with the held-x̂₀ coarse model, which needs fewer iterations
+than the linear one on these wide steps, tol `FEW_STEP_TOL`)."""
 FEW_STEP_TOL = 0.01
 """Picard tolerance of the few-step solvers: their steps are wide, so the DDPM-equivalent variance the
 tolerance is scaled by is large: tol 0.1 accepts plans far from the solver's own sample, 0.01 keeps

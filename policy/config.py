@@ -20,6 +20,7 @@ from typing import Any
 from parapolicy.policy.diffusion.options import (
     ALGORITHMS,
     BETA_SCHEDULES,
+    COARSE_MODELS,
     ON_MAX_ITERS,
     PARALLEL_ALGORITHMS,
     PREDICTION_TYPES,
@@ -32,6 +33,7 @@ from parapolicy.policy.diffusion.options import (
 __all__ = [
     "ALGORITHMS",
     "BETA_SCHEDULES",
+    "COARSE_MODELS",
     "ON_MAX_ITERS",
     "PREDICTION_TYPES",
     "REFILL_RULES",
@@ -322,6 +324,10 @@ class SamplerConfig:
     update: str = "picard"
     """Picard correction: ``picard`` (ParaDiGMS, slope 1) or ``parareal`` (the held-x̂₀ slope of each step;
     same fixed point, fewer iterations for wide windows)."""
+    coarse: str = "held_x0"
+    """Parareal's model of a step: ``held_x0`` (x̂₀ held fixed) or ``linear`` (x̂₀ follows x through its
+    Jacobian, which the policy measures on the first plan it samples with this sampler; see
+    `diffusion.coarse`). Same fixed point; needs ``update=parareal``."""
 
     def __post_init__(self) -> None:
         _check_choice("sampler.kind", self.kind, SAMPLER_KINDS)
@@ -330,6 +336,12 @@ class SamplerConfig:
         _check_choice("sampler.on_max_iters", self.on_max_iters, ON_MAX_ITERS)
         _check_choice("sampler.refill", self.refill, REFILL_RULES)
         _check_choice("sampler.update", self.update, UPDATE_RULES)
+        _check_choice("sampler.coarse", self.coarse, COARSE_MODELS)
+        if self.coarse == "linear" and not (self.is_parallel and self.update == "parareal"):
+            raise ValueError(
+                "sampler.coarse='linear' is Parareal's coarse model: it needs sampler.algorithm=picard and "
+                f"sampler.update=parareal, got algorithm={self.algorithm!r}, update={self.update!r}"
+            )
         if self.num_inference_steps < 1:
             raise ValueError(f"sampler.num_inference_steps must be >= 1, got {self.num_inference_steps}")
         if self.steps_offset < 0:

@@ -43,6 +43,8 @@ def test_benchmark_rows(tiny_policy):
         "ddpm-20 picard w=4 tol=1e-06",
         "ddpm-20 parareal w=4 tol=0.1",
         "ddpm-20 parareal w=4 tol=1e-06",
+        "ddpm-20 parareal w=4 tol=0.1 linear",
+        "ddpm-20 parareal w=4 tol=1e-06 linear",
         "ddim-5",
         "ddim-5 picard w=5 tol=0.1",
         "ddim-5 parareal w=5 tol=0.1",
@@ -54,8 +56,11 @@ def test_benchmark_rows(tiny_policy):
     assert rows["ddpm-20"]["model_rows"] == 20 and rows["ddim-5"]["model_calls"] == 5
     assert rows["ddpm-20"]["max_abs_diff_to_baseline_px"] == 0.0  # reproduces the recorded plans
     assert rows["ddim-5"]["max_abs_diff_to_baseline_px"] > 0  # another rule, another sample
-    for update in ("picard", "parareal"):  # near-exact at a tiny tolerance, against its own rule
-        assert rows[f"ddpm-20 {update} w=4 tol=1e-06"]["max_abs_diff_px"] < 1e-2
+    for name in ("picard w=4 tol=1e-06", "parareal w=4 tol=1e-06", "parareal w=4 tol=1e-06 linear"):
+        assert rows[f"ddpm-20 {name}"]["max_abs_diff_px"] < 1e-2  # near-exact at a tiny tolerance
+    assert rows["ddpm-20 parareal w=4 tol=0.1 linear"]["coarse"] == "linear"
+    assert rows["ddpm-20 parareal w=4 tol=0.1"]["coarse"] == "held_x0" and rows["ddpm-20"]["coarse"] is None
+    assert result["coarse_calibration_s"] > 0
     assert rows["ddim-5 picard w=5 tol=0.1"]["window"] == 5
     assert rows["ddim-5 parareal w=5 tol=0.1"]["converged"]
     seq_ms = {n: rows[n]["ms_per_chunk"]["median"] for n in ("ddpm-20", "ddim-5")}
@@ -72,6 +77,7 @@ def test_benchmark_rows(tiny_policy):
     assert all(p["process_cpu_s"] > 0 and p["wall_s"] > 0 for p in result["load"]["rounds"])
     text = format_sampler_benchmark(result)
     assert "ddim-5 parareal w=5 tol=0.1" in text and "machine:" in text and "load:" in text
+    assert "linear: Parareal's linear coarse model, measured once before the rounds" in text
 
 
 def test_inpaint_overhead_rows(tiny_policy):
@@ -99,6 +105,10 @@ def test_bad_bench_settings():
         SamplerBenchConfig(updates=("anderson",))
     with pytest.raises(ValueError, match="updates"):
         SamplerBenchConfig(updates=())
+    with pytest.raises(ValueError, match="coarses"):
+        SamplerBenchConfig(coarses=())
+    with pytest.raises(ValueError, match="sampler.coarse"):
+        SamplerBenchConfig(coarses=("cubic",))
     with pytest.raises(ValueError, match="'kind:K'"):
         SamplerBenchConfig(few_step=("ddim",))
     with pytest.raises(ValueError, match="sampler.kind"):
@@ -145,6 +155,7 @@ def test_bench_command(tmp_path):
     assert [r["name"] for r in data["rows"]] == [
         "ddpm-10",
         "ddpm-10 parareal w=4 tol=0.1 warm",
+        "ddpm-10 parareal w=4 tol=0.1 linear warm",
         "dpmsolver++-5",
         "dpmsolver++-5 parareal w=5 tol=0.1",
     ]

@@ -47,6 +47,7 @@ def run_sampler(
     x0_guess: Tensor | None = None,
     return_trajectory: bool = False,
     inpaint: Inpaint | None = None,
+    coarse_jacobian: Tensor | None = None,
 ) -> SampleResult:
     """Sample in the execution order ``sampler.is_parallel`` says (the update rule comes from ``table``).
 
@@ -61,6 +62,8 @@ def run_sampler(
         return_trajectory: the sequential sampler also returns its (K+1, B, H, D) trajectory (Picard
             always does).
         inpaint: known rows of the sample (see `inpaint`), or None.
+        coarse_jacobian: (K, H·D, H·D) ∂x̂₀/∂x per step for the Parareal update's linear coarse
+            model (`coarse.x0_jacobian`), or None; ignored by the sequential sampler.
     """
     if not sampler.is_parallel:
         return sample_sequential(
@@ -83,4 +86,5 @@ def run_sampler(
         refill=sampler.refill,
         update=sampler.update,
         inpaint=inpaint,
+        coarse_jacobian=coarse_jacobian,
     )

@@ -13,6 +13,7 @@ from parapolicy.policy.diffusion.rules import SAMPLER_KINDS
 __all__ = [
     "ALGORITHMS",
     "BETA_SCHEDULES",
+    "COARSE_MODELS",
     "ON_MAX_ITERS",
     "PARALLEL_ALGORITHMS",
     "PREDICTION_TYPES",
@@ -38,3 +39,5 @@ REFILL_RULES = ("window_end", "x0_rollout")
 """How Picard guesses the slots a slide exposes (`picard.sample_picard`)."""
 UPDATE_RULES = ("picard", "parareal")
 """How Picard corrects a window's slots for the change of the slots before them (`picard.sample_picard`)."""
+COARSE_MODELS = ("held_x0", "linear")
+"""The Parareal update's model of a step: x̂₀ held fixed, or x̂₀ following x (`coarse`)."""

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from parapolicy.policy.diffusion.coarse import linear_slopes
 from parapolicy.policy.diffusion.denoiser import Denoiser
 from parapolicy.policy.diffusion.inpaint import Inpaint, start_inpainting
 from parapolicy.policy.diffusion.options import ON_MAX_ITERS, REFILL_RULES, UPDATE_RULES
@@ -163,6 +164,7 @@ def sample_picard(
     refill: str = "x0_rollout",
     update: str = "picard",
     inpaint: Inpaint | None = None,
+    coarse_jacobian: Tensor | None = None,
 ) -> SampleResult:
     """Sample with sliding-window Picard iteration (ParaDDPM / ParaDDIM / ParaDPMSolver++ by table kind).
 
@@ -182,7 +184,9 @@ def sample_picard(
        instead of 1: new X[b+1+i] = y_{b+i} + Σ_{j<i} (Π_{m=j+1..i} a_{b+m}) (y_{b+j} - X[b+1+j]). This
        is Parareal with the held-x̂₀ step as its coarse solver: the same fixed point and the same
        exactness argument (an unchanged prefix adds exactly 0), but a change made early in a window is
-       damped as the true step damps it, so wide windows converge in far fewer iterations.
+       damped as the true step damps it, so wide windows converge in far fewer iterations. With
+       ``coarse_jacobian`` the slope is the matrix a_j·I + b_j·J_j of the step with x̂₀ following x
+       (`coarse.linear_slopes`), applied one window position after the other.
     4. Error of refreshed slot j: mean over the sample's elements of (new - old)², compared with
        tol² · table.tol_variance[j] (the variance of the step leaving slot j; for DDIM/DPM-Solver++ the
        DDPM-equivalent η=1 variance; where that is 0 at the end of the schedule, the last positive earlier
@@ -242,6 +246,9 @@ def sample_picard(
         inpaint: known rows of the sample (see `inpaint`): imposed on x_T and inside the shared step of
             every row, so the fixed point is the sequential inpainted sample. The held x̂₀ of the
             roll-outs (first window and refill) is pulled onto the known rows too (a better guess only).
+        coarse_jacobian: (K, H·D, H·D) ∂x̂₀/∂x per step (`coarse.x0_jacobian`), for the Parareal
+            update's linear coarse model (``update="parareal"`` only). It changes the iteration count,
+            not the fixed point.
 
     Returns:
         `SampleResult` with the sample (B, H, D), the converged trajectory (K+1, B, H, D) and statistics
@@ -253,6 +260,8 @@ def sample_picard(
     _check_arguments(x_T, table, window, tol, max_iters, abs_floor, on_max_iters, init, x0_guess, refill)
     if update not in UPDATE_RULES:
         raise ValueError(f"update must be one of {UPDATE_RULES}, got {update!r}")
+    if coarse_jacobian is not None and update != "parareal":
+        raise ValueError(f"coarse_jacobian needs update='parareal', got update={update!r}")
     K, B = table.num_steps, x_T.shape[0]
     p = min(window, K)
     x_T, inpaint = start_inpainting(table, x_T, inpaint)
@@ -266,11 +275,11 @@ def sample_picard(
     test = table.cached(
         ("picard_test", tol, abs_floor, x_T.dtype), lambda: _ConvergenceTest(table, tol, abs_floor, x_T.dtype)
     )
-    slopes = (
-        table.cached(("parareal_slopes", p), lambda: _PararealSlopes(table, p))
-        if update == "parareal"
-        else None
-    )
+    slopes: _PararealSlopes | _LinearCarry | None = None
+    if coarse_jacobian is not None:
+        slopes = _LinearCarry(linear_slopes(table, coarse_jacobian), p)
+    elif update == "parareal":
+        slopes = table.cached(("parareal_slopes", p), lambda: _PararealSlopes(table, p))
 
     b_h = np.zeros(B, dtype=np.int64)  # (B,) window starts (trusted slots)
     residual = np.zeros(B, dtype=test.dtype)  # (B,) last window's max normalised RMS change
@@ -425,13 +434,14 @@ def _picard_update(
     y: Tensor,
     p: int,
     err_dtype: torch.dtype,
-    slopes: _PararealSlopes | None,
+    slopes: _PararealSlopes | _LinearCarry | None,
 ) -> tuple[Tensor, np.ndarray]:
     """Step 3: new X[b+1+i] = y_{b+i} + Σ_{j<i} w_ij (y_{b+j} - X[b+1+j]), written back for the window.
 
     The differences sit on an (A, p+1) grid whose first column stays 0. Picard (``slopes`` None):
     w_ij = 1, an exclusive cumulative sum. Parareal: w_ij = Π_{m=j+1..i} a_{b+m}, one small batched
-    matrix product per iteration. Either way a prefix of unchanged slots contributes exactly 0. The
+    matrix product per iteration (`_PararealSlopes`), or the matrix slopes of the linear coarse model
+    (`_LinearCarry`). Either way a prefix of unchanged slots contributes exactly 0. The
     change is measured before the write-back (``old`` is a view of those rows for one sample).
 
     Returns:
@@ -445,8 +455,7 @@ def _picard_update(
     if slopes is None:
         carried = grid.view(w.A, p + 1, *rest).cumsum(1)  # (A, p+1, H, D)
     else:
-        weights = slopes.weights(w.starts)  # (A, p+1, p+1)
-        carried = torch.bmm(weights, grid.view(w.A, p + 1, -1))  # (A, p+1, H·D)
+        carried = slopes.carry(w.starts, grid.view(w.A, p + 1, -1), int(w.La.max()))  # (A, p+1, H·D)
     new = y + w.grid.take(carried.view(w.A * (p + 1), *rest))  # (R, H, D)
     dims = tuple(range(1, new.dim()))
     norm = torch.linalg.vector_norm(new - old, dim=dims, dtype=err_dtype).cpu().numpy()  # (R,)
@@ -481,6 +490,11 @@ class _PararealSlopes:
         self.kept: dict[int, Tensor] = {}  # window start -> its (1, p+1, p+1) weights
         self.max_kept = max(self.MAX_KEPT_ELEMENTS // (p + 1) ** 2, 1)
 
+    def carry(self, starts: Tensor | int, grid: Tensor, length: int) -> Tensor:
+        """(A, p+1, H·D) carried changes of the (A, p+1, H·D) grid of windows starting at ``starts``
+        (``length``: the longest window; unused, the product covers every column)."""
+        return torch.bmm(self.weights(starts), grid)
+
     def weights(self, starts: Tensor | int) -> Tensor:
         """(A, p+1, p+1) weights for windows starting at ``starts`` ((A,) int64 on the device, or one
         start b as an int)."""
@@ -497,6 +511,40 @@ class _PararealSlopes:
         """(A, p+1, p+1) weights from G = C[b + 0..p+1] of each window ((A, p+2))."""
         log_w = G[:, 1:, None] - G[:, None, :-1]  # (A, p+1, p+1) C[b+i+1] - C[b+j]
         return log_w.masked_fill_(self.outside, -math.inf).exp_().to(self.dtype)
+
+
+class _LinearCarry:
+    """The Parareal carry with matrix slopes M_j (`coarse.linear_slopes`): column i of a window
+    starting at b carries c_i = M_{b+i}·(c_{i-1} + g_i), c_0 = 0, over the grid columns g_i (the
+    scalar `_PararealSlopes` in closed form, one matrix-vector product per window position here).
+    """
+
+    def __init__(self, slopes: Tensor, p: int) -> None:
+        K = slopes.shape[0]
+        pad = slopes[K - 1 :].expand(p + 1, -1, -1)  # positions past K: never read back
+        self.M = torch.cat([slopes, pad])  # (K+p+1, H·D, H·D)
+        self.offsets = torch.arange(p + 1, device=slopes.device)  # (p+1,)
+
+    def carry(self, starts: Tensor | int, grid: Tensor, length: int) -> Tensor:
+        """(A, p+1, H·D) carried changes of the (A, p+1, H·D) grid of windows starting at ``starts``
+        (columns up to ``length - 1``, the longest window's last row, are computed; the rest stay 0)."""
+        if isinstance(starts, int):
+            M = self.M[starts : starts + grid.shape[1]].unsqueeze(0)  # (1, p+1, H·D, H·D)
+        else:
+            M = self.M[starts[:, None] + self.offsets]  # (A, p+1, H·D, H·D)
+        out = torch.zeros_like(grid)
+        if grid.shape[0] == 1:  # one sample (the latency case): matrix-vector products on row views
+            o, m, g = out[0], M[0], grid[0]
+            c = g[0]  # (H·D,): zeros
+            for i in range(1, length):
+                c = torch.mv(m[i], c + g[i])
+                o[i] = c
+            return out
+        c = grid[:, 0]  # (A, H·D): zeros
+        for i in range(1, length):
+            c = torch.matmul(M[:, i], (c + grid[:, i]).unsqueeze(-1)).squeeze(-1)  # (A, H·D)
+            out[:, i] = c
+        return out
 
 
 class _ConvergenceTest:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from parapolicy.policy.config import PolicyConfig, SamplerConfig
+from parapolicy.policy.diffusion.coarse import x0_jacobian
 from parapolicy.policy.diffusion.dispatch import run_sampler
 from parapolicy.policy.diffusion.inpaint import Inpaint
 from parapolicy.policy.diffusion.schedules import (
@@ -152,6 +153,7 @@ class DiffusionPolicy(nn.Module):
         self._compile_mode = "none"
         self._compiled: Any = None  # the traced or graphed network (set_compile)
         self._denoiser: Any = None  # set by set_denoiser (device layouts)
+        self._coarse_jacobian: Tensor | None = None  # (K, H·Da, H·Da), sampler.coarse="linear"
 
     # ----------------------------------------------------------------------------------------------
     # configuration
@@ -163,6 +165,8 @@ class DiffusionPolicy(nn.Module):
     def _apply(self, fn: Any, recurse: bool = True) -> DiffusionPolicy:
         super()._apply(fn, recurse)
         self.table = self.table.to(self.alphas_cumprod.device)  # keep the table beside the weights
+        if getattr(self, "_coarse_jacobian", None) is not None:
+            self._coarse_jacobian = self._coarse_jacobian.to(self.alphas_cumprod)
         mode = getattr(self, "_compile_mode", "none")  # unset while nn.Module.__init__ runs
         if mode == "cuda_graph" and self.device.type != "cuda":
             msg = f"policy moved to {self.device}: compile mode 'cuda_graph' reset to 'none'"
@@ -182,7 +186,15 @@ class DiffusionPolicy(nn.Module):
         self.config.check_sampler(sampler)
         self.sampler = sampler
         self.table = build_step_table(self.config, sampler, self.device)
+        self._coarse_jacobian = None  # measured again, for this table
         self.reset()
+
+    @property
+    def coarse_jacobian(self) -> Tensor | None:
+        """(K, H·Da, H·Da) ∂x̂₀/∂x per step of the Parareal update's linear coarse model
+        (``sampler.coarse="linear"``), measured on the first plan sampled after `set_sampler` (along
+        its trajectory, `diffusion.coarse.x0_jacobian`); None before that or for another sampler."""
+        return self._coarse_jacobian
 
     def denoise(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         """The denoiser the samplers call: ``(N, H, Da), (N,), (N, C) -> (N, H, Da)``.
@@ -453,9 +465,20 @@ class DiffusionPolicy(nn.Module):
             x_T, step_noise = draw_noise(self.table, shape, generator, device=self.device)
         else:
             x_T, step_noise = checked
+        linear = self.sampler.is_parallel and self.sampler.coarse == "linear"
         result = run_sampler(
-            self.sampler, self.denoise, x_T, self.table, step_noise, cond, x0_guess=x0_guess, inpaint=inpaint
+            self.sampler,
+            self.denoise,
+            x_T,
+            self.table,
+            step_noise,
+            cond,
+            x0_guess=x0_guess,
+            inpaint=inpaint,
+            coarse_jacobian=self._coarse_jacobian if linear else None,
         )
+        if linear and self._coarse_jacobian is None:  # the first plan measures the linear coarse model
+            self._coarse_jacobian = x0_jacobian(self.denoise, self.table, result.trajectory, cond)
         plan = self.normalizer.unnormalize("action", result.sample)  # (B, H, Da)
         start = cfg.action_start
         return ChunkPrediction(
