@@ -59,6 +59,7 @@ import torch
 from torch import Tensor, nn
 
 from parapolicy.policy.config import PolicyConfig, SamplerConfig, UNetConfig
+from parapolicy.policy.diffusion.coarse import x0_jacobian
 from parapolicy.policy.diffusion.dispatch import run_sampler
 from parapolicy.policy.diffusion.sequential import SampleResult, draw_noise
 from parapolicy.policy.diffusion.warm_start import warm_start_guess
@@ -219,9 +220,14 @@ def make_chunks(n: int, K: int, cond_dim: int, table: Any, device: torch.device,
 Solve = Callable[[Chunk, "Tensor | None"], SampleResult]
 
 
-def sampler_solve(sampler: SamplerConfig, denoise: Denoise, table: Any) -> Solve:
-    """One chunk through `run_sampler` (``guess``: the warm-start x̂₀ guess or None)."""
-    return lambda c, guess: run_sampler(sampler, denoise, c.x_T, table, c.noise, c.cond, x0_guess=guess)
+def sampler_solve(
+    sampler: SamplerConfig, denoise: Denoise, table: Any, jacobian: Tensor | None = None
+) -> Solve:
+    """One chunk through `run_sampler` (``guess``: the warm-start x̂₀ guess or None; ``jacobian``: the
+    linear coarse model's, for a sampler with ``coarse="linear"``)."""
+    return lambda c, guess: run_sampler(
+        sampler, denoise, c.x_T, table, c.noise, c.cond, x0_guess=guess, coarse_jacobian=jacobian
+    )
 
 
 def sample_chunks(
@@ -451,6 +457,12 @@ def sampler_grid(
         first, net, table, chunks, time.monotonic() + (deadline - time.monotonic()) / 5
     )
     chunks = chunks[: len(reference)]
+    jacobian = None  # the linear coarse model, measured on the first chunk as a policy does on its first plan
+    if any(s.is_parallel and s.coarse == "linear" for s in samplers.values()):
+        seq = dataclasses.replace(first, algorithm="sequential", warm_start=False, coarse="held_x0")
+        c0 = chunks[0]
+        traj = run_sampler(seq, net, c0.x_T, table, c0.noise, c0.cond, return_trajectory=True).trajectory
+        jacobian = x0_jacobian(net, table, traj, c0.cond)
     jobs: list[tuple[dict[str, Any], Callable[[float], dict[str, Any]] | str]] = []
     for vname, denoise in variants.items():
         for sname, sampler in samplers.items():
@@ -460,9 +472,10 @@ def sampler_grid(
                 continue
 
             def job(share: float, s: SamplerConfig = sampler, d: Denoise = denoise) -> dict[str, Any]:
+                jac = jacobian if s.is_parallel and s.coarse == "linear" else None
                 timer = TimedDenoiser(d, device)
-                instrumented = (sampler_solve(s, timer, table), timer)
-                solve = sampler_solve(s, d, table)
+                instrumented = (sampler_solve(s, timer, table, jac), timer)
+                solve = sampler_solve(s, d, table, jac)
                 return measure_sampler(solve, s.warm_start, chunks, reference, p, share, device, instrumented)
 
             jobs.append((record, job))
@@ -515,6 +528,8 @@ def sampler_record(vname: str, sname: str, sampler: SamplerConfig) -> dict[str, 
         "parallel": picard,
         "window": sampler.window if picard else None,
         "tol": sampler.tol if picard else None,
+        "update": sampler.update if picard else None,
+        "coarse": sampler.coarse if picard and sampler.update == "parareal" else None,
         "warm_start": sampler.warm_start,
     }
 
@@ -537,13 +552,17 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
 
 
 def ddpm_samplers(p: Profile) -> dict[str, SamplerConfig]:
-    """Sequential DDPM-K, ParaDDPM at each window, and one warm-started ParaDDPM."""
+    """Sequential DDPM-K, ParaDDPM at each window (the ParaDiGMS update, and the parareal update with the
+    linear coarse model, `parapolicy-compare`'s), and one warm-started ParaDDPM."""
     seq = SamplerConfig(kind="ddpm", num_inference_steps=p.steps)
     out = {f"ddpm{p.steps} sequential": seq}
     for w in p.windows:
         w = min(w, p.steps)
         out[f"paraddpm w={w} tol={p.tol:g}"] = dataclasses.replace(
             seq, algorithm="picard", window=w, tol=p.tol
+        )
+        out[f"paraddpm parareal linear w={w} tol={p.tol:g}"] = dataclasses.replace(
+            seq, algorithm="picard", window=w, tol=p.tol, update="parareal", coarse="linear"
         )
     w = min(p.windows[len(p.windows) // 2], p.steps)
     out[f"paraddpm w={w} tol={p.tol:g} warm"] = dataclasses.replace(
@@ -635,11 +654,7 @@ def shipped_policy(run: Run, deadline: float) -> dict:
     chunks = make_chunks(len(cond), p.steps, policy.config.global_cond_dim, table, run.device, 4)
     for c, row in zip(chunks, cond, strict=True):
         c.cond = row[None]
-    samplers = {f"ddpm{p.steps} sequential": seq}
-    for w in p.windows:
-        samplers[f"paraddpm w={w} tol={p.tol:g}"] = dataclasses.replace(
-            seq, algorithm="picard", window=w, tol=p.tol
-        )
+    samplers = {name: s for name, s in ddpm_samplers(p).items() if not s.warm_start}
     net = policy.network
     variants: dict[str, Denoise | str] = {
         "fp32 eager": net,

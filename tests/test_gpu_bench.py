@@ -62,6 +62,7 @@ def test_smoke_rows_cover_the_grid_with_small_parity(smoke):
     for variant in ("fp32 eager", "fp32 graph", "bf16 eager", "bf16 graph"):
         assert f"{variant} ddpm10 sequential" in names
         assert f"{variant} paraddpm w=4 tol=0.1" in names and f"{variant} paraddpm w=8 tol=0.1 warm" in names
+        assert f"{variant} paraddpm parareal linear w=8 tol=0.1" in names
     graph = [r for r in rows if r["variant"] in ("fp32 graph", "bf16 graph")]
     assert graph and all(r["error"].startswith("skipped: CUDA graphs need") for r in graph)
     measured = [r for r in rows if "error" not in r]
@@ -110,10 +111,14 @@ def test_smoke_network_parity_auto_window_and_cost(smoke):
     assert names == [
         "shipped fp32 eager ddpm10 sequential",
         "shipped fp32 eager paraddpm w=4 tol=0.1",
+        "shipped fp32 eager paraddpm parareal linear w=4 tol=0.1",
         "shipped fp32 eager paraddpm w=8 tol=0.1",
+        "shipped fp32 eager paraddpm parareal linear w=8 tol=0.1",
         "shipped fp32 iteration-eager paraddpm w=4 tol=0.1",
         "shipped fp32 iteration-eager paraddpm w=8 tol=0.1",
     ]
+    linear = [r for r in shipped["rows"] if r.get("coarse") == "linear" and "error" not in r]
+    assert len(linear) == 2 and all(r["update"] == "parareal" and r["converged"] for r in linear)
 
 
 def test_unknown_section_is_refused():
