@@ -48,7 +48,7 @@ from parapolicy.policy.control.rollout import check_policy_settings, run_rollout
 from parapolicy.policy.control.run_support import fmt, open_policy, progress_bar, run_block
 from parapolicy.policy.control.settings import MODES, STITCH_RULES, ControlConfig, LatencyModel
 from parapolicy.policy.control.tasks import check_task_name, task_for_policy
-from parapolicy.policy.model.policy import DiffusionPolicy
+from parapolicy.policy.model.policy import DiffusionPolicy, check_compile_mode
 from parapolicy.policy.run_dir import claim_run_dir
 from parapolicy.policy.run_info import run_info
 from parapolicy.policy.runtime.auto_window import resolve_sampler
@@ -137,6 +137,10 @@ class CompareConfig:
     """Checkpoint directory (config.json, model.safetensors, normalizer.safetensors)."""
     device: str = "cpu"
     """Torch device."""
+    compile: str = "trace"
+    """How the denoiser runs (`DiffusionPolicy.set_compile`): ``trace`` (one `torch.jit.trace` graph: less
+    time per call than eager, the same outputs bit for bit on the shipped policy), ``none`` (eager) or
+    ``cuda_graph`` (CUDA devices)."""
     task: str = "pusht"
     """Environment: ``pusht`` (PushT-v0 of this repository) or ``gym_pusht`` (HuggingFace's gym-pusht,
     same reference starts; `control.tasks.gym_pusht`)."""
@@ -178,6 +182,7 @@ class CompareConfig:
     compute times (and the speedup column) are then those of batched calls. Other runs use 1."""
 
     def __post_init__(self) -> None:
+        check_compile_mode(self.compile)
         check_task_name(self.task)
         for text in self.latency_sweep:
             LatencyModel.parse(text)
@@ -365,7 +370,7 @@ def run_compare(cfg: CompareConfig, out: Path) -> dict[str, Any]:
     load_start = os.getloadavg()
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
-    policy = open_policy(cfg.policy_path, cfg.device)
+    policy = open_policy(cfg.policy_path, cfg.device, cfg.compile)
     check_policy_settings(policy, cfg.control, [cfg.samplers[n].sampler for n in cfg.run])
     samplers, window_choice = {}, {}
     for n in cfg.run:  # window="auto": measured on this device once (cached), before any rollout

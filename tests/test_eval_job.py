@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -43,3 +44,13 @@ def test_unknown_task_fails_at_compose_time(tmp_path):
         cwd=tmp_path,
     )
     assert proc.returncode != 0 and "task must be one of" in proc.stderr + proc.stdout
+
+
+def test_a_traced_denoiser_plays_the_same_episodes_as_the_eager_one(checkpoint, tmp_path):
+    eager = run_eval(dataclasses.replace(job(checkpoint, "pusht"), compile="none"), tmp_path / "eager")
+    traced = run_eval(job(checkpoint, "pusht"), tmp_path / "traced")  # the default: trace
+    assert job(checkpoint, "pusht").compile == "trace"
+    for a, b in zip(eager["per_episode"], traced["per_episode"], strict=True):
+        assert (a["n_steps"], a["max_reward"], a["success"]) == (b["n_steps"], b["max_reward"], b["success"])
+    with pytest.raises(ValueError, match="compile mode must be one of"):
+        EvalJobConfig(compile="jit")

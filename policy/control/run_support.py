@@ -16,10 +16,11 @@ from parapolicy.policy.model.policy import DiffusionPolicy
 from parapolicy.policy.model.pretrained import load_policy
 
 
-def open_policy(path: str, device: str) -> DiffusionPolicy:
-    """Load the checkpoint, turning a missing or broken one into a message that says what to do."""
+def open_policy(path: str, device: str, compile: str = "none") -> DiffusionPolicy:
+    """Load the checkpoint, turning a missing or broken one into a message that says what to do, and run
+    its denoiser as ``compile`` says (`DiffusionPolicy.set_compile`)."""
     try:
-        return load_policy(path, device=device)
+        policy = load_policy(path, device=device)
     except CheckpointError as exc:
         raise CheckpointError(
             f"cannot load policy_path={path!r}: {str(exc).rstrip('.')}. Point policy_path at a checkpoint "
@@ -27,6 +28,8 @@ def open_policy(path: str, device: str) -> DiffusionPolicy:
             "run's checkpoints/last/pretrained_model, a LeRobot diffusion directory or a Diffusion Policy "
             ".ckpt file"
         ) from exc
+    policy.set_compile(compile)
+    return policy
 
 
 def progress_bar(total: int, enabled: bool, desc: str) -> tqdm:

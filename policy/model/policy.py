@@ -57,6 +57,12 @@ OBS_RANGE_LIMIT = 100.0
 COMPILE_MODES = ("none", "trace", "cuda_graph")
 
 
+def check_compile_mode(mode: str) -> None:
+    """Raise ValueError naming ``mode`` unless it is one of `COMPILE_MODES`."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
+
+
 class ObservationError(ParapolicyError, ValueError):
     """An observation is missing, misshaped, of the wrong dtype, or not finite."""
 
@@ -237,8 +243,7 @@ class DiffusionPolicy(nn.Module):
         Raises:
             ValueError: an unknown mode, or ``"cuda_graph"`` on a device that is not CUDA.
         """
-        if mode not in COMPILE_MODES:
-            raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
+        check_compile_mode(mode)
         cfg = self.config
         if mode == "cuda_graph" and self.device.type != "cuda":
             raise ValueError(
