@@ -36,7 +36,10 @@ pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo unavailable"
 )
 DEADLINE_S = 120.0
-TIME_FIELDS = ("eval_s", "eval_ep_s", "cpu_s")  # measured: differ between runs
+# measured, so they differ between runs: times, and how many plans took longer than the control period
+# (the tiny policy's plans take about that long, so a loaded rank can miss one the single process did not)
+TIME_FIELDS = ("eval_s", "eval_ep_s", "cpu_s", "total_deadline_misses")
+EPISODE_TIME_FIELDS = ("deadline_misses",)
 
 
 def tiny() -> PolicyConfig:
@@ -203,7 +206,8 @@ def test_eval_on_two_ranks_writes_the_one_process_file_and_bad_split_is_refused(
     one = run_eval(eval_cfg(str(checkpoint)), tmp_path / "eval_one")
     two = json.loads((tmp_path / "eval_two" / "eval_info.json").read_text())
     one = json.loads(json.dumps(one))
-    assert two["per_episode"] == one["per_episode"]
+    untimed = lambda eps: [{k: v for k, v in e.items() if k not in EPISODE_TIME_FIELDS} for e in eps]  # noqa: E731
+    assert untimed(two["per_episode"]) == untimed(one["per_episode"])
     assert [r["seed"] for r in two["per_episode"]] == list(range(100000, 100005))
     drop = lambda agg: {k: v for k, v in agg.items() if k not in TIME_FIELDS}  # noqa: E731
     assert drop(two["aggregated"]) == drop(one["aggregated"])
