@@ -323,17 +323,16 @@ def _split_state(
         network = _without_masks(path, network, config)
     if config.obs_type == "state":
         weights = network
-    elif config.vision.pool == "avg":  # Diffusion Policy's own encoder (DiffusionUnetImagePolicy)
+    else:
         pol = payload.cfg["policy"]
-        layout = multi_image_layout(path, pol)
-        prefix = encoder_prefix(path, pol, layout)
-        weights, consumed = multi_image_weights(path, prefix, layout, state, config, network)
-        used |= consumed
-        keys = {OBS_KEY: layout.state}
-    else:  # robomimic's encoder (the hybrid policies)
-        layout = image_layout(path, payload.cfg["policy"])
-        _, h, w = skeleton.rgb_encoder.feature_shape
-        weights, consumed = image_policy_weights(path, layout, state, config, network, (h, w))
+        if pol.get("_target_") == IMAGE_POLICY:  # Diffusion Policy's own encoder
+            layout = multi_image_layout(path, pol)
+            prefix = encoder_prefix(path, pol, layout)
+            weights, consumed = multi_image_weights(path, prefix, layout, state, config, network)
+        else:  # robomimic's encoder (the hybrid policies)
+            layout = image_layout(path, pol)
+            _, h, w = skeleton.rgb_encoder.feature_shape
+            weights, consumed = image_policy_weights(path, layout, state, config, network, (h, w))
         used |= consumed
         keys = {OBS_KEY: layout.state}
     unexpected = sorted(set(state) - used)
