@@ -174,6 +174,21 @@ def image_range_normalizer(key: str) -> dict[str, Tensor]:
     }
 
 
+def pusht_image_normalizer(seed: int) -> dict[str, Tensor]:
+    """The normaliser tensors of the golden PushT image policies: limits of ``agent_pos`` and ``action``
+    drawn from ``seed``, and the image range normaliser."""
+    g = torch.Generator().manual_seed(seed)
+    fixed = limits_normalizer("agent_pos", 2, 13.0, 500.0, g)
+    fixed |= limits_normalizer("action", 2, 12.0, 505.0, g)
+    return fixed | image_range_normalizer("image")
+
+
+def pusht_image_observations(B: int, To: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """(B, To, 96, 96, 3) uint8 camera images, as rendered, and (B, To, 2) agent positions in px."""
+    pixels = torch.randint(0, 256, (B, To, 96, 96, 3), generator=generator, dtype=torch.uint8)
+    return pixels, 20 + torch.rand(B, To, 2, generator=generator) * 470
+
+
 def ddim_sample(denoise, x_T: Tensor, scheduler: dict, steps: int) -> Tensor:
     """Diffusion Policy's ``conditional_sample`` loop (nothing inpainted) with diffusers' DDIM scheduler
     built from the checkpoint's DDPM settings; ``denoise(x, t)`` is the network with its condition."""

@@ -45,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffusion_policy_mirror import (  # noqa: E402
     DDPM_SCHEDULER,
     ddim_sample,
-    image_range_normalizer,
-    limits_normalizer,
+    pusht_image_normalizer,
+    pusht_image_observations,
     pusht_image_workspace_config,
     random_weights,
     save_golden,
@@ -223,11 +223,8 @@ def write_golden(stem_name: str, group_norm: bool, transformer: bool = False) ->
         if k.rsplit(".", 1)[-1] in ("pos_x", "pos_y", "temperature")
     }
     fixed |= {f"model.{k}": v.clone() for k, v in unet.state_dict().items() if k in ("mask", "memory_mask")}
-    g = torch.Generator().manual_seed(SEED + 1)
     norm = "normalizer.params_dict."
-    fixed |= limits_normalizer("agent_pos", 2, 13.0, 500.0, g)
-    fixed |= limits_normalizer("action", DA, 12.0, 505.0, g)
-    fixed |= image_range_normalizer("image")
+    fixed |= pusht_image_normalizer(SEED + 1)
     for name in sorted(k for k in fixed if k.startswith(norm)):
         entries.append([name, list(fixed[name].shape), None])
     state = random_weights(entries, fixed, SEED)
@@ -241,8 +238,7 @@ def write_golden(stem_name: str, group_norm: bool, transformer: bool = False) ->
     # predict_action, from its source: normalise, encode B*To observations, global condition, DDIM.
     B = 3
     gi = torch.Generator().manual_seed(SEED + 2)
-    pixels = torch.randint(0, 256, (B, TO, 96, 96, 3), generator=gi, dtype=torch.uint8)  # as rendered
-    agent_pos = 20 + torch.rand(B, TO, 2, generator=gi) * 470
+    pixels, agent_pos = pusht_image_observations(B, TO, gi)
     x_T = torch.randn(B, HORIZON, DA, generator=gi)
     image = pixels.permute(0, 1, 4, 2, 3).float() / 255.0  # (B, To, 3, 96, 96) in [0, 1], as DP's env gives
     nobs = {

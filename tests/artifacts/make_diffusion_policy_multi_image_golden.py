@@ -37,8 +37,8 @@ from diffusion_policy.policy.diffusion_unet_image_policy import DiffusionUnetIma
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffusion_policy_mirror import (  # noqa: E402
     DDPM_SCHEDULER,
-    image_range_normalizer,
-    limits_normalizer,
+    pusht_image_normalizer,
+    pusht_image_observations,
     pusht_image_workspace_config,
     random_weights,
     save_golden,
@@ -115,10 +115,7 @@ def write_golden(stem_name: str, shared: bool) -> None:
     stem = HERE / stem_name
     cfg = config(shared)
     policy = build(cfg)
-    g = torch.Generator().manual_seed(SEED + 1)
-    fixed = limits_normalizer("agent_pos", 2, 13.0, 500.0, g)
-    fixed |= limits_normalizer("action", DA, 12.0, 505.0, g)
-    fixed |= image_range_normalizer("image")
+    fixed = pusht_image_normalizer(SEED + 1)
     entries = [[name, list(t.shape), None] for name, t in policy.state_dict().items()]
     entries += [[name, list(fixed[name].shape), None] for name in sorted(fixed)]
     state = random_weights(entries, fixed, SEED)
@@ -126,9 +123,7 @@ def write_golden(stem_name: str, shared: bool) -> None:
     policy.eval()
 
     B = 3
-    gi = torch.Generator().manual_seed(SEED + 2)
-    pixels = torch.randint(0, 256, (B, TO, 96, 96, 3), generator=gi, dtype=torch.uint8)  # as rendered
-    agent_pos = 20 + torch.rand(B, TO, 2, generator=gi) * 470
+    pixels, agent_pos = pusht_image_observations(B, TO, torch.Generator().manual_seed(SEED + 2))
     obs = {"image": pixels.permute(0, 1, 4, 2, 3).float() / 255.0, "agent_pos": agent_pos}  # DP's env's
     with torch.no_grad():
         nobs = policy.normalizer.normalize(obs)
