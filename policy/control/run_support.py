@@ -16,7 +16,7 @@ from parapolicy.policy.model.policy import DiffusionPolicy
 from parapolicy.policy.model.pretrained import load_policy
 
 
-def open_policy(path: str, device: str, compile: str) -> DiffusionPolicy:
+def open_policy(path: str, device: str, compile: str = "none") -> DiffusionPolicy:
     """Load the checkpoint, turning a missing or broken one into a message that says what to do, and run
     its denoiser as ``compile`` says (`DiffusionPolicy.set_compile`)."""
     try:
