@@ -84,7 +84,9 @@ def test_ddim_actions_equal_diffusion_policys_own_predict_action(tmp_path, stem,
             observations(tensors), noise=(x_T, torch.zeros(10, 3, 16, 2))
         ).action
     assert ours.shape == tensors["actions"].shape == (3, 8, 2)
-    torch.testing.assert_close(ours, tensors["actions"], atol=1e-3, rtol=1e-5)  # env units (hundreds)
+    # env units (hundreds of px): float32 rounding of our channels-last inference layout against
+    # Diffusion Policy's Conv1d, through 10 DDIM steps; a wrong mapping is off by whole pixels
+    torch.testing.assert_close(ours, tensors["actions"], atol=2e-2, rtol=0)
 
 
 def test_paraddpm_on_the_image_checkpoint_is_its_sequential_sample(ckpt, golden):

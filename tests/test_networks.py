@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from parapolicy.policy.model.networks import ConditionalUnet1d, Conv1d, validate_horizon
+from parapolicy.policy.model.networks import (
+    ConditionalUnet1d,
+    Conv1d,
+    ConvTranspose1d,
+    GroupNorm1d,
+    validate_horizon,
+)
 
 Da, C = 2, 6
 
@@ -167,28 +172,69 @@ def test_gradients_flow() -> None:
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # jit.trace is deprecated in torch >= 2.13
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # torch's own group_norm size check
-def test_jit_trace_matches_eager_at_other_batch_sizes() -> None:
+def test_jit_trace_matches_eager_at_other_batch_sizes_bit_for_bit() -> None:
     net = _small_net()
     with torch.no_grad():
+        net(*_inputs(2))  # caches the channels-last weights, as `DiffusionPolicy.set_compile` does
         traced = torch.jit.trace(net, _inputs(2))
         for B in (1, 2, 7):
             x, t, cond = _inputs(B, seed=B + 10)
-            torch.testing.assert_close(traced(x, t, cond), net(x, t, cond), rtol=1e-5, atol=1e-5)
+            assert torch.equal(traced(x, t, cond), net(x, t, cond)), B
         x, _, cond = _inputs(3)
-        torch.testing.assert_close(
-            traced(x, torch.tensor(5), cond), net(x, torch.full((3,), 5), cond), rtol=1e-5, atol=1e-5
-        )
+        assert torch.equal(traced(x, torch.tensor(5), cond), net(x, torch.full((3,), 5), cond))
 
 
-@pytest.mark.parametrize("B", [1, 3])
-def test_conv1d_fast_path_matches_reference_conv(B: int) -> None:
-    torch.manual_seed(0)
-    conv = Conv1d(256, 512, 5, padding=2)  # 655k weights: takes the oneDNN path under no_grad on CPU
-    assert conv.cpu_inference_mkldnn
-    x = torch.randn(B, 256, 8)
-    expected = F.conv1d(x, conv.weight, conv.bias, padding=2)
+def _convolutions(net: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in net.modules() if isinstance(m, Conv1d | ConvTranspose1d)]
+
+
+@pytest.mark.parametrize("B", [1, 5])
+def test_inference_runs_the_channels_last_layout_with_the_same_outputs(B: int) -> None:
+    net = _small_net()
+    x, t, cond = _inputs(B)
+    reference = net(x, t, cond).detach()  # grad enabled: the (B, C, L) layout
+    assert not any(hasattr(m, "_channels_last") for m in _convolutions(net))
     with torch.no_grad():
-        torch.testing.assert_close(conv(x), expected, rtol=1e-4, atol=1e-4)
-    # Grad enabled: the stock path, so autograd is untouched.
-    torch.testing.assert_close(conv(x), expected, rtol=0, atol=0)
-    assert not Conv1d(16, 16, 5).cpu_inference_mkldnn
+        inference = net(x, t, cond)
+    assert all(hasattr(m, "_channels_last") for m in _convolutions(net))  # every conv ran in 2-D
+    torch.testing.assert_close(inference, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_group_norm_of_the_inference_layout_normalises_each_row() -> None:
+    torch.manual_seed(0)
+    norm = GroupNorm1d(4, 16)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    x = torch.randn(3, 16, 8) * torch.tensor([1.0, 5.0, 0.1])[:, None, None]  # (R, C, L), rows apart
+    x4 = x.permute(1, 0, 2).unsqueeze(0).contiguous(memory_format=torch.channels_last)  # (1, C, R, L)
+    out = norm(x4)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out[0].permute(1, 0, 2), norm(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        Conv1d(8, 16, 5, padding=2),
+        Conv1d(8, 8, 3, stride=2, padding=1),
+        Conv1d(8, 4, 1),
+        ConvTranspose1d(8, 8, 4, stride=2, padding=1),
+    ],
+    ids=["k5", "stride2", "1x1", "transposed"],
+)
+def test_convolutions_in_the_inference_layout_match_the_stock_ones(conv: torch.nn.Module) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(3, 8, 8)  # (R, C, L)
+    x4 = x.permute(1, 0, 2).unsqueeze(0).contiguous(memory_format=torch.channels_last)  # (1, C, R, L)
+
+    def as_rows(y4: torch.Tensor) -> torch.Tensor:  # (1, C', R, L') -> (R, C', L')
+        return y4[0].permute(1, 0, 2)
+
+    with torch.no_grad():
+        torch.testing.assert_close(as_rows(conv(x4)), conv(x), rtol=1e-5, atol=1e-5)
+        conv.weight.mul_(-2.0)  # an in-place change (e.g. load_state_dict): the cached copy follows
+        torch.testing.assert_close(as_rows(conv(x4)), conv(x), rtol=1e-5, atol=1e-5)
+    conv.to(torch.float64)  # another dtype: copied again
+    with torch.no_grad():
+        torch.testing.assert_close(as_rows(conv(x4.double())), conv(x.double()))

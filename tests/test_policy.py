@@ -217,6 +217,23 @@ def test_traced_denoiser_matches_eager_and_survives_device_moves(tiny_policy):
         tiny_policy.set_compile("inductor")
 
 
+def test_a_traced_policy_follows_loaded_weights(tiny_policy):
+    x, t, cond = torch.randn(1, 16, 2), torch.tensor([7]), torch.randn(1, 40)  # one row: its own trace
+    tiny_policy.set_compile("trace")
+    state = {k: v.clone() for k, v in tiny_policy.state_dict().items()}
+    with torch.no_grad():
+        before = tiny_policy.denoise(x, t, cond)
+        for name in state:
+            if name.endswith("conv.weight") or name.endswith("block.0.weight"):
+                state[name] *= 1.5
+        tiny_policy.load_state_dict(state)
+        after = tiny_policy.denoise(x, t, cond)
+        tiny_policy.set_compile("none")
+        eager = tiny_policy.denoise(x, t, cond)
+    assert not torch.equal(after, before)
+    assert torch.equal(after, eager)
+
+
 def test_set_denoiser_routes_sampling(tiny_policy):
     rows = []
 

@@ -8,8 +8,8 @@ real-stanford/diffusion_policy so the parameter counts match exactly (65,783,298
 low-dim configuration), and the `state_dict` keys use the reference's
 module names, so a reference state_dict loads with `load_state_dict` unchanged.
 
-Traceable: no Python control flow depends on tensor values, so `torch.jit.trace` of one batch size
-gives the same outputs at other batch sizes.
+Traceable: no Python control flow depends on tensor values or on the batch size, so a `torch.jit.trace`
+made at one batch size runs the same operations at every other.
 
 Imports torch and the config leaf only: no hydra, no zarr, no einops.
 """
@@ -29,9 +29,12 @@ __all__ = [
     "ConditionalUnet1d",
     "Conv1d",
     "Conv1dBlock",
+    "ConvTranspose1d",
     "Downsample1d",
+    "GroupNorm1d",
     "SinusoidalPosEmb",
     "Upsample1d",
+    "is_cpu_inference",
     "validate_horizon",
 ]
 
@@ -65,54 +68,108 @@ class SinusoidalPosEmb(nn.Module):
         return torch.cat((arg.sin(), arg.cos()), dim=-1)  # (B, dim)
 
 
-# Weights at least this large take the oneDNN path on CPU at every batch size (see `Conv1d`).
-_MKLDNN_MIN_WEIGHT_NUMEL = 1 << 19
+def is_cpu_inference(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a float32 CPU tensor seen with grad disabled and oneDNN usable: the calls
+    `ConditionalUnet1d` runs in its inference layout (a static fact: tracing records no branch on
+    values)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+    )
+
+
+def _channels_last_weight(conv: nn.Conv1d | nn.ConvTranspose1d) -> torch.Tensor:
+    """``conv.weight`` (A, B, k) as a (A, B, 1, k) channels-last copy for the 2-D convolution of the
+    inference layout, cached on the module until the weight changes (in place, or moved to another
+    device or dtype; the in-place changes of an inference tensor go unseen: it keeps no version
+    counter). A trace records the copy as a constant; `DiffusionPolicy` traces again when its
+    weights are loaded."""
+    w = conv.weight
+    version = -1 if w.is_inference() else w._version  # inference tensors keep no version counter
+    key = (version, w.data_ptr(), w.device, w.dtype)
+    if getattr(conv, "_channels_last_key", None) != key:
+        conv._channels_last = w.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        conv._channels_last_key = key
+    return conv._channels_last
 
 
 class Conv1d(nn.Conv1d):
-    """`nn.Conv1d` that sends large CPU float32 inference convolutions to oneDNN at any batch size.
+    """`nn.Conv1d` that also takes the inference layout of `ConditionalUnet1d`: (1, C, R, L) channels
+    last, run as a 2-D convolution with a (1, k) kernel and a cached channels-last weight (the R rows
+    never mix).
 
-    PyTorch's CPU heuristic runs batch-1 Conv1d through the native im2col path
-    (`aten::_slow_conv2d_forward`), which parallelises over the batch and so uses one thread at
-    batch 1; batch >= 2 goes to oneDNN. For weights of >= 2**19 elements oneDNN is about 2x faster
-    at batch 1 on 2 threads (and no slower on 1); for small weights its per-call overhead loses.
-    The choice depends only on the device, dtype, grad mode and weight size, never on the batch
-    size, so a `torch.jit.trace` made at one batch size takes the same path at every other.
-    Training (grad enabled) and non-CPU devices use `F.conv1d` unchanged. Parameters and
-    `state_dict` are those of `nn.Conv1d`.
+    3-D input runs `F.conv1d` unchanged. Parameters and `state_dict` are those of `nn.Conv1d`.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        # Decided once from the static weight shape (a plain bool, so tracing records no branch).
-        self.cpu_inference_mkldnn = self.weight.numel() >= _MKLDNN_MIN_WEIGHT_NUMEL
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C_in, L) -> (B, C_out, L_out)."""
-        if (
-            self.cpu_inference_mkldnn
-            and x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and not torch.is_grad_enabled()
-            and self.padding_mode == "zeros"
-            and torch.backends.mkldnn.is_available()
-            and torch.backends.mkldnn.enabled
-        ):
-            return torch.mkldnn_convolution(
-                x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups
+        """(B, C_in, L) -> (B, C_out, L_out), or (1, C_in, R, L) -> (1, C_out, R, L_out)."""
+        if x.dim() == 4:
+            return F.conv2d(
+                x,
+                _channels_last_weight(self),
+                self.bias,
+                (1, self.stride[0]),
+                (0, self.padding[0]),
+                (1, self.dilation[0]),
+                self.groups,
             )
         return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
+class ConvTranspose1d(nn.ConvTranspose1d):
+    """`nn.ConvTranspose1d` that also takes the inference layout of `ConditionalUnet1d` (see `Conv1d`).
+
+    3-D input runs `F.conv_transpose1d` unchanged. Parameters and `state_dict` are those of
+    `nn.ConvTranspose1d`.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, L) -> (B, C_out, L_out), or (1, C, R, L) -> (1, C_out, R, L_out)."""
+        if x.dim() == 4:
+            return F.conv_transpose2d(
+                x,
+                _channels_last_weight(self),
+                self.bias,
+                (1, self.stride[0]),
+                (0, self.padding[0]),
+                (0, self.output_padding[0]),
+                self.groups,
+                (1, self.dilation[0]),
+            )
+        return super().forward(x)
+
+
+class GroupNorm1d(nn.GroupNorm):
+    """`nn.GroupNorm` over (B, C, L) that also takes the inference layout of `ConditionalUnet1d`:
+    (1, C, R, L) channels last, normalised per row on its (R, C, 1, L) channels-last view (the same
+    memory: row r's (L, C) block is image r). Parameters and `state_dict` are those of
+    `nn.GroupNorm`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, L) -> (B, C, L), or (1, C, R, L) -> (1, C, R, L)."""
+        if x.dim() != 4:
+            return super().forward(x)
+        _, C, R, L = x.shape
+        x = x.contiguous(memory_format=torch.channels_last)  # (a no-op in the network)
+        rows = x.as_strided((R, C, 1, L), (C * L, 1, C * L, C))  # (R, C, 1, L), canonical strides
+        y = F.group_norm(rows, self.num_groups, self.weight, self.bias, self.eps)
+        y = y.contiguous(memory_format=torch.channels_last)  # (a no-op: group_norm keeps the format)
+        return y.as_strided((1, C, R, L), (R * C * L, 1, C * L, C))  # back to (1, C, R, L)
+
+
 class Conv1dBlock(nn.Sequential):
-    """Conv1d(kernel_size, 'same' padding) -> GroupNorm(n_groups) -> Mish, on (B, C, L)."""
+    """Conv1d(kernel_size, 'same' padding) -> GroupNorm(n_groups) -> Mish, on (B, C, L) (or in the
+    inference layout of `ConditionalUnet1d`)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, n_groups: int = 8) -> None:
         super().__init__()
         # One child named `block` so state_dict keys read `...block.0.weight` as in the reference.
         self.block = nn.Sequential(
             Conv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
-            nn.GroupNorm(n_groups, out_channels),
+            GroupNorm1d(n_groups, out_channels),
             nn.Mish(),
         )
 
@@ -125,7 +182,7 @@ class Downsample1d(nn.Module):
         self.conv = Conv1d(dim, dim, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, L) -> (B, C, L // 2)."""
+        """(B, C, L) -> (B, C, L // 2) (or in the inference layout, see `Conv1d`)."""
         return self.conv(x)
 
 
@@ -134,10 +191,10 @@ class Upsample1d(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.conv = nn.ConvTranspose1d(dim, dim, 4, stride=2, padding=1)
+        self.conv = ConvTranspose1d(dim, dim, 4, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, L) -> (B, C, 2 * L)."""
+        """(B, C, L) -> (B, C, 2 * L) (or in the inference layout, see `Conv1d`)."""
         return self.conv(x)
 
 
@@ -177,19 +234,21 @@ class ConditionalResidualBlock1d(nn.Module):
         """Apply the block.
 
         Args:
-            x: (B, C_in, L) features.
+            x: (B, C_in, L) features, or (1, C_in, B, L) in the inference layout.
             cond: (B, cond_dim) conditioning vector.
 
         Returns:
-            (B, C_out, L) features.
+            (B, C_out, L) features (or (1, C_out, B, L)).
         """
         h = self.blocks[0](x)  # (B, C_out, L)
         film = self.cond_encoder(cond)  # (B, 2*C_out) or (B, C_out)
+        # (B, 2*C_out, 1), or (1, 2*C_out, B, 1) in the inference layout: row b's on row b, over L
+        film = film.t()[None, :, :, None] if x.dim() == 4 else film[:, :, None]
         if self.cond_predict_scale:
-            scale, bias = film.unflatten(1, (2, self.out_channels)).unbind(1)  # 2 x (B, C_out)
-            h = torch.addcmul(bias[:, :, None], scale[:, :, None], h)  # scale * h + bias, (B, C_out, L)
+            scale, bias = film.unflatten(1, (2, self.out_channels)).unbind(1)  # 2 x (..., C_out, ...)
+            h = torch.addcmul(bias, scale, h)  # scale * h + bias, (B, C_out, L)
         else:
-            h = h + film[:, :, None]  # (B, C_out, L)
+            h = h + film  # (B, C_out, L)
         h = self.blocks[1](h)
         return h + self.residual_conv(x)
 
@@ -207,6 +266,14 @@ class ConditionalUnet1d(nn.Module):
     `n_groups`; here it uses `n_groups` (identical for the default 8, and no parameter changes).
 
     The condition vector fed to every FiLM layer is `concat(step_embedding, global_cond)`.
+
+    Inference layout: a CPU call in float32 without grad (`is_cpu_inference`; the samplers' calls)
+    lays its B rows out as the height of one channels-last image, (1, C, B, L). Every convolution is a
+    2-D convolution with a (1, k) kernel, which oneDNN runs on all threads even for one row, and
+    GroupNorm normalises each row on the (B, C, 1, L) view of the same memory (`GroupNorm1d`): the
+    same function as the (B, C, L) layout, within float32 rounding, and cheaper per call on 2 CPU
+    cores, most of all at 1-8 rows (docs/benchmarks.md, session 9). Training and other devices use
+    the (B, C, L) layout.
 
     Args:
         input_dim: action dimension Da.
@@ -308,7 +375,11 @@ class ConditionalUnet1d(nn.Module):
         if not torch.jit.is_tracing():  # sizes are symbolic under trace; a bad H then fails in torch.cat
             validate_horizon(sample.shape[1], self.down_dims)
         B = sample.shape[0]
-        x = sample.transpose(1, 2)  # (B, H, Da) -> (B, Da, H), channels-first for Conv1d
+        inference_layout = is_cpu_inference(sample)  # a static fact: see the class docstring
+        if inference_layout:  # (B, H, Da) -> (1, Da, B, H), channels last
+            x = sample.permute(2, 0, 1).unsqueeze(0).contiguous(memory_format=torch.channels_last)
+        else:
+            x = sample.transpose(1, 2)  # (B, H, Da) -> (B, Da, H), channels-first for Conv1d
         t = timestep.reshape(-1).expand(B)  # () or (1,) or (B,) -> (B,)
         cond = torch.cat((self.diffusion_step_encoder(t), global_cond), dim=-1)  # (B, dsed + C)
 
@@ -323,4 +394,6 @@ class ConditionalUnet1d(nn.Module):
             x = torch.cat((x, skips.pop()), dim=1)  # (B, 2*C_out, L)
             x = up(res2(res1(x, cond), cond))
         x = self.final_conv(x)  # (B, Da, H)
+        if inference_layout:
+            return x[0].permute(1, 2, 0)  # (1, Da, B, H) -> (B, H, Da)
         return x.transpose(1, 2)  # (B, Da, H) -> (B, H, Da)

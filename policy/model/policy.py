@@ -160,6 +160,7 @@ class DiffusionPolicy(nn.Module):
         self._compiled: Any = None  # the traced or graphed network (set_compile)
         self._denoiser: Any = None  # set by set_denoiser (device layouts)
         self._coarse_jacobian: Tensor | None = None  # (K, H·Da, H·Da), sampler.coarse="linear"
+        self.register_load_state_dict_post_hook(DiffusionPolicy._after_load)
 
     # ----------------------------------------------------------------------------------------------
     # configuration
@@ -181,6 +182,13 @@ class DiffusionPolicy(nn.Module):
         elif mode != "none":
             self.set_compile(mode)  # re-record the trace / graphs for the new device and dtype
         return self
+
+    @staticmethod
+    def _after_load(policy: DiffusionPolicy, incompatible_keys: Any) -> None:
+        """`load_state_dict` post-hook: a traced network is recorded again with the new weights (the
+        trace holds copies of the convolution weights, see `set_compile`)."""
+        if policy._compile_mode == "trace":
+            policy.set_compile("trace")
 
     def set_sampler(self, sampler: SamplerConfig) -> None:
         """Switch the inference sampler (rebuilds the step table once; resets the rollout state).
@@ -237,7 +245,10 @@ class DiffusionPolicy(nn.Module):
 
         ``"trace"``: `torch.jit.trace` recorded once at batch 2; it serves every batch size (the network
         has no value-dependent control flow), so sequential and Picard sampling use the same compiled
-        code. ``"cuda_graph"`` (CUDA devices only): `cuda_graphs.GraphedDenoiser`, one CUDA graph per
+        code, and it returns what the eager network returns, bit for bit. The trace holds the
+        convolutions' channels-last weight copies (`networks.Conv1d`), so loading weights
+        (`load_state_dict`) records it again.
+        ``"cuda_graph"`` (CUDA devices only): `cuda_graphs.GraphedDenoiser`, one CUDA graph per
         power-of-two row bucket, captured on first use. Training always uses the eager network.
 
         Raises:
@@ -254,9 +265,11 @@ class DiffusionPolicy(nn.Module):
             x = torch.zeros(2, cfg.horizon, cfg.action_dim, device=self.device)  # (2, H, Da)
             t = torch.zeros(2, dtype=torch.long, device=self.device)  # (2,)
             cond = torch.zeros(2, cfg.global_cond_dim, device=self.device)  # (2, C)
+            network = self.network.eval()
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # jit.trace's deprecation and tracer warnings
-                self._compiled = torch.jit.trace(self.network.eval(), (x, t, cond), check_trace=False)
+                network(x, t, cond)  # caches the convolutions' channels-last weights: the trace holds them
+                self._compiled = torch.jit.trace(network, (x, t, cond), check_trace=False)
         elif mode == "cuda_graph":
             shape = (cfg.horizon, cfg.action_dim)
             self._compiled = GraphedDenoiser(self.network.eval(), self.device, shape, cfg.global_cond_dim)
