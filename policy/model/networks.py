@@ -69,16 +69,9 @@ class SinusoidalPosEmb(nn.Module):
 
 
 def is_cpu_inference(x: torch.Tensor) -> bool:
-    """Whether ``x`` is a float32 CPU tensor seen with grad disabled and oneDNN usable: the calls
-    `ConditionalUnet1d` runs in its inference layout (a static fact: tracing records no branch on
-    values)."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and not torch.is_grad_enabled()
-        and torch.backends.mkldnn.is_available()
-        and torch.backends.mkldnn.enabled
-    )
+    """Whether ``x`` is a float32 CPU tensor seen with grad disabled: the calls `ConditionalUnet1d`
+    runs in its inference layout (a static fact: tracing records no branch on values)."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
 
 
 def _channels_last_weight(conv: nn.Conv1d | nn.ConvTranspose1d) -> torch.Tensor:
@@ -269,11 +262,12 @@ class ConditionalUnet1d(nn.Module):
 
     Inference layout: a CPU call in float32 without grad (`is_cpu_inference`; the samplers' calls)
     lays its B rows out as the height of one channels-last image, (1, C, B, L). Every convolution is a
-    2-D convolution with a (1, k) kernel, which oneDNN runs on all threads even for one row, and
-    GroupNorm normalises each row on the (B, C, 1, L) view of the same memory (`GroupNorm1d`): the
-    same function as the (B, C, L) layout, within float32 rounding, and cheaper per call on 2 CPU
-    cores, most of all at 1-8 rows (docs/benchmarks.md, session 9). Training and other devices use
-    the (B, C, L) layout.
+    2-D convolution with a (1, k) kernel (PyTorch's CPU backend runs it with its channels-last im2col
+    and matrix product, or with oneDNN, as it picks by size), and GroupNorm normalises each row on
+    the (B, C, 1, L) view of the same memory (`GroupNorm1d`): the same function as the (B, C, L)
+    layout, within float32 rounding, and cheaper per call on 2 CPU cores at every row count, most of
+    all at 1-8 rows (docs/benchmarks.md, session 9). Training and other devices use the (B, C, L)
+    layout.
 
     Args:
         input_dim: action dimension Da.
