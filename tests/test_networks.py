@@ -214,17 +214,18 @@ def test_group_norm_of_the_inference_layout_normalises_each_row() -> None:
 
 
 @pytest.mark.parametrize(
-    "conv",
+    "make",
     [
-        Conv1d(8, 16, 5, padding=2),
-        Conv1d(8, 8, 3, stride=2, padding=1),
-        Conv1d(8, 4, 1),
-        ConvTranspose1d(8, 8, 4, stride=2, padding=1),
+        lambda: Conv1d(8, 16, 5, padding=2),
+        lambda: Conv1d(8, 8, 3, stride=2, padding=1),
+        lambda: Conv1d(8, 4, 1),
+        lambda: ConvTranspose1d(8, 8, 4, stride=2, padding=1),
     ],
     ids=["k5", "stride2", "1x1", "transposed"],
 )
-def test_convolutions_in_the_inference_layout_match_the_stock_ones(conv: torch.nn.Module) -> None:
+def test_convolutions_in_the_inference_layout_match_the_stock_ones(make) -> None:
     torch.manual_seed(0)
+    conv = make()
     x = torch.randn(3, 8, 8)  # (R, C, L)
     x4 = x.permute(1, 0, 2).unsqueeze(0).contiguous(memory_format=torch.channels_last)  # (1, C, R, L)
 

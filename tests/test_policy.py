@@ -218,7 +218,7 @@ def test_traced_denoiser_matches_eager_and_survives_device_moves(tiny_policy):
 
 
 def test_a_traced_policy_follows_loaded_weights(tiny_policy):
-    x, t, cond = torch.randn(1, 16, 2), torch.tensor([7]), torch.randn(1, 40)  # one row: its own trace
+    x, t, cond = torch.randn(1, 16, 2), torch.tensor([7]), torch.randn(1, 40)  # (1, H, Da), (1,), (1, C)
     tiny_policy.set_compile("trace")
     state = {k: v.clone() for k, v in tiny_policy.state_dict().items()}
     with torch.no_grad():
