@@ -265,9 +265,9 @@ class ConditionalUnet1d(nn.Module):
     2-D convolution with a (1, k) kernel (PyTorch's CPU backend runs it with its channels-last im2col
     and matrix product, or with oneDNN, as it picks by size), and GroupNorm normalises each row on
     the (B, C, 1, L) view of the same memory (`GroupNorm1d`): the same function as the (B, C, L)
-    layout, within float32 rounding, and cheaper per call on 2 CPU cores at every row count, most of
-    all at 1-8 rows (docs/benchmarks.md, session 9). Training and other devices use the (B, C, L)
-    layout.
+    layout, within float32 rounding, and cheaper per call on 2 CPU cores: at every row count for the
+    shipped network (most at 1-8 rows), at 1-4 rows for the reference-size one (within 4 % at 8-50
+    rows; docs/benchmarks.md, session 9). Training and other devices use the (B, C, L) layout.
 
     Args:
         input_dim: action dimension Da.
