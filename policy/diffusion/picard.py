@@ -291,7 +291,7 @@ def sample_picard(
         if R == 0 or (max_iters is not None and iterations >= max_iters):
             break
         # 1. Rows of every active window, sample-major, in ONE denoiser call.
-        w = _Window(traj, b_h, L, R, p)
+        w = _window(traj, b_h, L, R, p)
         x_r = w.flat.take(traj.flat)  # (R, H, D)
         c_r = None if cond is None else (cond.expand(w.R, -1) if B == 1 else cond.index_select(0, w.s_t))
         out = denoise(x_r, w.slot.take(table.timesteps), c_r)  # (R, H, D)
@@ -403,6 +403,14 @@ class _Window:
         self.starts, self.last = idx[6 * R : 6 * R + A], _Rows(idx[6 * R + A :])
 
 
+def _window(traj: _Trajectory, b_h: np.ndarray, L: np.ndarray, R: int, p: int) -> _Window:
+    """Step 1's `_Window`; with one sample it depends on the window start and length alone and is
+    read-only, so it is kept per table (`StepTable.cached`) and reused by every later plan."""
+    if traj.B != 1:
+        return _Window(traj, b_h, L, R, p)
+    return traj.table.cached(("picard_window", int(b_h[0]), R, p), lambda: _Window(traj, b_h, L, R, p))
+
+
 def _step_rows(traj: _Trajectory, w: _Window, x_r: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
     """Step 2: y_j = step_j(X[j]) on every row, and the rows' x̂₀ (each (R, H, D)).
 
@@ -441,8 +449,11 @@ def _picard_update(
     The differences sit on an (A, p+1) grid whose first column stays 0. Picard (``slopes`` None):
     w_ij = 1, an exclusive cumulative sum. Parareal: w_ij = Π_{m=j+1..i} a_{b+m}, one small batched
     matrix product per iteration (`_PararealSlopes`), or the matrix slopes of the linear coarse model
-    (`_LinearCarry`). Either way a prefix of unchanged slots contributes exactly 0. The
-    change is measured before the write-back (``old`` is a view of those rows for one sample).
+    (`_LinearCarry`). With one window (the latency case) the scalar rules skip the grid: new = y +
+    W·(y - old), one fused matrix product with the (R, R) weights (each operation outside the network
+    costs most right after a network call). Either way a prefix of unchanged slots contributes
+    exactly 0. The change is measured before the write-back (``old`` is a view of those rows for one
+    sample).
 
     Returns:
         (new (R, H, D), the (R,) mean squared change of each refreshed slot on the host: the one
@@ -450,13 +461,23 @@ def _picard_update(
     """
     rest, Xf = traj.rest, traj.flat
     old = w.next.take(Xf)  # (R, H, D) previous guesses of the refreshed slots (a view for one sample)
-    grid = y.new_zeros((w.A * (p + 1), *rest))  # (A·(p+1), H, D)
-    w.grid1.put_(grid, y - old)
-    if slopes is None:
-        carried = grid.view(w.A, p + 1, *rest).cumsum(1)  # (A, p+1, H, D)
+    if w.A == 1 and not isinstance(slopes, _LinearCarry):  # one window: one fused matrix product
+        R = w.R
+        if slopes is None:  # Picard: row i adds the changes of rows j < i
+            key = ("picard_carry", p, y.dtype)
+            ones = traj.table.cached(key, lambda: torch.ones(p, p, dtype=y.dtype, device=y.device).tril(-1))
+            weights = ones[:R, :R]  # (R, R)
+        else:  # Parareal: row i adds the changes of rows j < i, scaled by the slopes between
+            weights = slopes.weights(w.starts)[0, :R, 1 : R + 1]  # (R, R)
+        new = torch.addmm(y.reshape(R, -1), weights, (y - old).view(R, -1)).view_as(y)  # (R, H, D)
     else:
-        carried = slopes.carry(w.starts, grid.view(w.A, p + 1, -1), int(w.La.max()))  # (A, p+1, H·D)
-    new = y + w.grid.take(carried.view(w.A * (p + 1), *rest))  # (R, H, D)
+        grid = y.new_zeros((w.A * (p + 1), *rest))  # (A·(p+1), H, D)
+        w.grid1.put_(grid, y - old)
+        if slopes is None:
+            carried = grid.view(w.A, p + 1, *rest).cumsum(1)  # (A, p+1, H, D)
+        else:
+            carried = slopes.carry(w.starts, grid.view(w.A, p + 1, -1), int(w.La.max()))  # (A, p+1, H·D)
+        new = y + w.grid.take(carried.view(w.A * (p + 1), *rest))  # (R, H, D)
     dims = tuple(range(1, new.dim()))
     norm = torch.linalg.vector_norm(new - old, dim=dims, dtype=err_dtype).cpu().numpy()  # (R,)
     w.next.put_(Xf, new)  # after the change is measured: ``old`` may be a view of these rows
