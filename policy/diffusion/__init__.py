@@ -9,7 +9,10 @@ a free function over a `Denoiser` callable, so this package runs wherever torch 
     schedules.py    training schedule, inference timesteps, make_step_table
     step.py         the one reverse step (x̂₀, then the rule's update), add_noise
     sequential.py   sample_sequential, draw_noise, SampleResult
+    inpaint.py      known rows imposed inside the shared step (delay-aware stitching)
     picard.py       sample_picard (ParaDiGMS sliding-window Picard iteration)
+    rollout.py      the Picard refill's x̂₀-held roll-out, in closed form
+    coarse.py       the Parareal update's linear coarse model (the denoiser's x̂₀ Jacobian)
     warm_start.py   shifted previous sample / common random numbers for the next chunk
     dispatch.py     run_sampler: sequential or Picard, by the settings' is_parallel
     denoiser.py     the Denoiser protocol

@@ -34,11 +34,12 @@ from parapolicy.policy.diffusion.coarse import linear_slopes
 from parapolicy.policy.diffusion.denoiser import Denoiser
 from parapolicy.policy.diffusion.inpaint import Inpaint, start_inpainting
 from parapolicy.policy.diffusion.options import ON_MAX_ITERS, REFILL_RULES, UPDATE_RULES
+from parapolicy.policy.diffusion.rollout import HeldRollout, log_slope_sums
 from parapolicy.policy.diffusion.sequential import SampleResult, check_inputs, finish_timing
 from parapolicy.policy.diffusion.step import held_x0_affine, predict_x0, step
 from parapolicy.policy.diffusion.step_table import StepTable
 
-__all__ = ["sample_picard"]
+__all__ = ["change_norm_thresholds", "sample_picard"]
 
 
 class _Rows:
@@ -74,22 +75,38 @@ class _Trajectory:
         x_T: Tensor,
         noise: Tensor | None,
         init: Tensor | None,
-        inpaint: Inpaint | None = None,
+        inpaint: Inpaint | None,
+        max_rows: int,
     ) -> None:
         K, B = table.num_steps, x_T.shape[0]
         self.table, self.K, self.B, self.rest = table, K, B, tuple(x_T.shape[1:])
         self.device = x_T.device
         self.X = torch.empty((K + 1, B, *self.rest), dtype=x_T.dtype, device=self.device)  # (K+1, B, H, D)
-        self.X.copy_(x_T.expand_as(self.X) if init is None else init.to(self.X))
-        self.X[0] = x_T
+        if init is None:
+            self.X.copy_(x_T.expand_as(self.X))
+        else:
+            self.X.copy_(init.to(self.X))
+            self.X[0] = x_T
         self.flat = self.X.view((K + 1) * B, *self.rest)  # ((K+1)·B, H, D) view
+        self.sample_dims = tuple(range(1, 1 + len(self.rest)))  # a row's dims (H, D)
         self.noise = None
         if noise is not None and table.is_stochastic:
             self.noise = noise.reshape(K * B, *self.rest)  # (K·B, H, D), row = step·B + sample
-        self.x0_cache = None  # multistep rules: x̂₀ of each slot's last evaluation, row = step·B + sample
+        # Multistep rules: x̂₀ of each slot's last evaluation, row = step·B + sample, after B zero rows
+        # (a "slot -1"), so that the x̂₀ history of one sample's window is the view x0_store[b : b+R].
+        self.x0_store = self.x0_cache = None
         if table.uses_history:
-            self.x0_cache = torch.zeros((K * B, *self.rest), dtype=x_T.dtype, device=x_T.device)
+            self.x0_store = torch.zeros(((K + 1) * B, *self.rest), dtype=x_T.dtype, device=x_T.device)
+            self.x0_cache = self.x0_store[B:]  # (K·B, H, D) view
         self.inpaint = inpaint
+        # the norms of an iteration's changes, in host memory that NumPy reads without a copy
+        self.norms = self.norms_host = None
+        if self.device.type == "cpu":
+            err_dtype = np.float64 if x_T.dtype == torch.float64 else np.float32  # as `_ConvergenceTest`
+            self.norms_host = np.empty(max_rows, dtype=err_dtype)
+            self.norms = torch.from_numpy(self.norms_host)
+        trailing = len(self.rest)
+        self.held = table.cached(("picard_rollout", trailing), lambda: HeldRollout(table, trailing))
 
     def known(self, samples: Tensor) -> Inpaint | None:
         """The known rows of each entry's sample ((E,) sample indices); one sample's broadcast as is."""
@@ -106,6 +123,10 @@ class _Trajectory:
     ) -> None:
         """Fill slots e+1 .. e+count of each sample by stepping from X[e] with x̂₀ held fixed (no network).
 
+        With x̂₀ held, step m is the affine map x -> a_m·x + c_m (`held_x0_affine`), so the M steps
+        after slot e are applied in closed form, x_{e+1+k} = A_k·x_e + Σ_{j<=k} W_kj·c_{e+j}
+        (`HeldRollout`): a few operations whatever M, instead of M.
+
         Args:
             samples: (A,) sample of each entry.
             ends: (A,) slot e the roll-out starts from (its value is ``x_end``).
@@ -119,32 +140,29 @@ class _Trajectory:
         A, B = samples.size, self.B
         if B == 1:  # one sample: steps e .. e+M-1 fill slots e+1 .. e+M, runs of consecutive rows
             e = int(ends[0])
-            steps, dest, inside = slice(e, e + M), _Rows(slice(e + 1, e + 1 + M)), None
-            noise_rows = _Rows(steps)
-        else:
-            k = np.arange(M)[:, None]  # (M, 1)
-            src = np.minimum(ends[None, :] + k, self.K - 1)  # (M, A) step leaving the previous slot
-            valid = np.flatnonzero((k < counts[None, :]).ravel())  # entries that land inside the window
-            dest_h = ((src + 1) * B + samples[None, :]).ravel()[valid]
-            n = M * A
-            noise_h = (src * B + samples[None, :]).ravel()  # (M·A,) noise row of each entry
-            idx = self.index(np.concatenate([src.ravel(), noise_h, valid, dest_h]))
-            steps, noise_rows, dest = idx[:n], _Rows(idx[n : 2 * n]), _Rows(idx[2 * n + valid.size :])
-            inside = None if valid.size == n else idx[2 * n : 2 * n + valid.size]
-        z = None
-        if self.noise is not None:
-            z = noise_rows.take(self.noise).view(M, A, *self.rest)  # (M, A, H, D)
+            rows, gain, weights = self.held.run(e, M)  # StepRows (M,), (1, M, 1), (1, M, M)
+            z = None if self.noise is None else self.noise[e : e + M]  # (M, H, D)
+            _, c = held_x0_affine(self.table, rows, x0, z)  # (M, H, D)
+            filled = torch.baddbmm(gain * x_end.view(1, 1, -1), weights, c.view(1, M, -1))  # (1, M, H·D)
+            self.flat[e + 1 : e + 1 + M] = filled.view(M, *self.rest)
+            return
+        k = np.arange(M)[:, None]  # (M, 1)
+        src = np.minimum(ends[None, :] + k, self.K - 1)  # (M, A) step leaving the previous slot
+        valid = np.flatnonzero((k < counts[None, :]).ravel())  # entries that land inside the window
+        dest_h = ((src + 1) * B + samples[None, :]).ravel()[valid]
+        n = M * A
+        noise_h = (src * B + samples[None, :]).ravel()  # (M·A,) noise row of each entry
+        idx = self.index(np.concatenate([src.ravel(), noise_h, valid, dest_h, ends]))
+        steps, noise_rows = idx[:n], idx[n : 2 * n]
+        inside, dest = idx[2 * n : 2 * n + valid.size], idx[2 * n + valid.size : -A]
+        z = None if self.noise is None else self.noise.index_select(0, noise_rows).view(M, A, *self.rest)
         rows = self.table.rows(steps, trailing=len(self.rest)).view(M, A)  # entry (j, s) at [j, s]
-        x0_all = x0.expand(M, *x0.shape)  # (M, A, H, D) view
-        a, c = held_x0_affine(self.table, rows, x0_all, z)  # (M, A, 1, 1), (M, A, H, D)
-        xs, x = [], x_end
-        for j in range(M):
-            x = torch.addcmul(c[j], a[j], x)  # (A, H, D)
-            xs.append(x)
-        filled = torch.stack(xs).view(M * A, *self.rest)  # (M·A, H, D)
-        if inside is not None:
-            filled = filled.index_select(0, inside)
-        dest.put_(self.flat, filled)
+        _, c = held_x0_affine(self.table, rows, x0.expand(M, *x0.shape), z)  # (M, A, H, D)
+        gain, weights = self.held.weights(idx[-A:], M)  # (A, M, 1), (A, M, M)
+        c = c.transpose(0, 1).reshape(A, M, -1)  # (A, M, H·D)
+        filled = torch.baddbmm(gain * x_end.view(A, 1, -1), weights, c)  # (A, M, H·D)
+        filled = filled.transpose(0, 1).reshape(M * A, *self.rest)  # (M·A, H, D), row = position·A + entry
+        self.flat.index_copy_(0, dest, filled if valid.size == n else filled.index_select(0, inside))
 
 
 def sample_picard(
@@ -190,8 +208,9 @@ def sample_picard(
     4. Error of refreshed slot j: mean over the sample's elements of (new - old)², compared with
        tol² · table.tol_variance[j] (the variance of the step leaving slot j; for DDIM/DPM-Solver++ the
        DDPM-equivalent η=1 variance; where that is 0 at the end of the schedule, the last positive earlier
-       variance; see `make_step_table`). A slot also passes when its RMS change is <= `abs_floor`. The
-       comparison is multiplicative, so nothing divides by 0 and a NaN change counts as unconverged. The
+       variance; see `make_step_table`). A slot also passes when its RMS change is <= `abs_floor`. It is
+       tested as the equivalent bound on the change's norm (`change_norm_thresholds`), so nothing
+       divides by 0 and a NaN change counts as unconverged. The
        final slot K is never tested (nothing leaves it; accepting slot K-1 ends the sample either way).
     5. Slide: b_s += min(first unconverged window position + 1, window), where a fully converged window
        counts position L_s (the sentinel). The whole window is written back; slots newly exposed by the
@@ -209,7 +228,7 @@ def sample_picard(
     ParaDPMSolver restarts at first order at every window start instead, which makes its result depend on
     where windows start.)
 
-    Host synchronisation: one device-to-host copy per iteration (the R squared changes; the slide is
+    Host synchronisation: one device-to-host copy per iteration (the R change norms; the slide is
     decided on the host, which also fixes the next call's row count).
 
     Args:
@@ -265,15 +284,17 @@ def sample_picard(
     K, B = table.num_steps, x_T.shape[0]
     p = min(window, K)
     x_T, inpaint = start_inpainting(table, x_T, inpaint)
-    traj = _Trajectory(table, x_T, noise, init, inpaint)
+    traj = _Trajectory(table, x_T, noise, init, inpaint, max_rows=p * B)
     refill = "none" if init is not None else refill  # the caller's guesses are kept
     if init is None and (x0_guess is not None or refill == "x0_rollout"):  # the first window
         guess = torch.zeros_like(x_T) if x0_guess is None else x0_guess.to(x_T)
         if inpaint is not None:
             guess = inpaint.pull(guess)
         traj.roll_out(np.arange(B), np.zeros(B, dtype=np.int64), np.full(B, p), x_T, guess)
+    n = math.prod(x_T.shape[1:])  # elements per sample
     test = table.cached(
-        ("picard_test", tol, abs_floor, x_T.dtype), lambda: _ConvergenceTest(table, tol, abs_floor, x_T.dtype)
+        ("picard_test", tol, abs_floor, x_T.dtype, n),
+        lambda: _ConvergenceTest(table, tol, abs_floor, x_T.dtype, n),
     )
     slopes: _PararealSlopes | _LinearCarry | None = None
     if coarse_jacobian is not None:
@@ -294,13 +315,13 @@ def sample_picard(
         w = _window(traj, b_h, L, R, p)
         x_r = w.flat.take(traj.flat)  # (R, H, D)
         c_r = None if cond is None else (cond.expand(w.R, -1) if B == 1 else cond.index_select(0, w.s_t))
-        out = denoise(x_r, w.slot.take(table.timesteps), c_r)  # (R, H, D)
+        out = denoise(x_r, w.timesteps, c_r)  # (R, H, D)
         # 2. The shared step on every row (full update, pre-drawn noise included).
         y, x0_r = _step_rows(traj, w, x_r, out)
         # 3. Picard update of the refreshed slots, written back.
-        new, err_h = _picard_update(traj, w, y, p, test.torch_dtype, slopes)
+        new, norm_h = _picard_update(traj, w, y, p, test.torch_dtype, slopes)
         # 4. Convergence of each refreshed slot.
-        ok = test.passed(w, err_h, residual)
+        ok = test.passed(w, norm_h, residual)
         # 5. Slide each window to its first unconverged slot and guess the newly exposed slots.
         _slide(traj, w, ok, b_h, p, new, x0_r, refill)
         iterations += 1
@@ -370,7 +391,7 @@ class _Window:
 
     __slots__ = (
         "A", "La", "La_r", "R", "act", "first", "flat", "flat_r", "grid", "grid1", "i_r", "last", "next",
-        "s_t", "slot", "slot_r", "starts",
+        "refreshed", "rows", "s_t", "slot", "slot_r", "starts", "timesteps",
     )  # fmt: skip
 
     def __init__(self, traj: _Trajectory, b_h: np.ndarray, L: np.ndarray, R: int, p: int) -> None:
@@ -386,12 +407,16 @@ class _Window:
         self.slot_r = slot_r = b_h[s_r] + i_r  # (R,) step index in 0..K-1
         self.flat_r = flat_r = slot_r * B + s_r  # (R,)
         self.starts: Tensor | int  # window starts of the active samples ((A,) on the device, or b)
+        table = traj.table
         if B == 1:  # one sample: slot = flat row, and every row set is a run
             b = int(b_h[0])
             self.slot = self.flat = _Rows(slice(b, b + R))
             self.next, self.last = _Rows(slice(b + 1, b + 1 + R)), _Rows(slice(R - 1, R))
             self.grid, self.grid1 = _Rows(slice(0, R)), _Rows(slice(1, R + 1))
             self.starts, self.s_t = b, None
+            self.refreshed = slice(b + 1, b + 1 + R)  # slots refreshed
+            self.rows = table.rows(slice(b, b + R), trailing=len(traj.rest))  # the steps' coefficients
+            self.timesteps = table.timesteps[b : b + R]  # (R,)
             return
         grid_r = np.repeat(np.arange(A), La) * (p + 1) + i_r  # (R,) row's cell in the (A, p+1) grid
         last_r = first + La - 1  # (A,)
@@ -401,6 +426,9 @@ class _Window:
         self.slot, self.flat, self.next = _Rows(slot_t), _Rows(flat_t), _Rows(next_t)
         self.grid, self.grid1 = _Rows(grid_t), _Rows(grid1_t)
         self.starts, self.last = idx[6 * R : 6 * R + A], _Rows(idx[6 * R + A :])
+        self.refreshed = slot_r + 1  # (R,) slots refreshed
+        self.rows = table.rows(slot_t, trailing=len(traj.rest))  # the steps' coefficients
+        self.timesteps = table.timesteps.index_select(0, slot_t)  # (R,)
 
 
 def _window(traj: _Trajectory, b_h: np.ndarray, L: np.ndarray, R: int, p: int) -> _Window:
@@ -408,7 +436,8 @@ def _window(traj: _Trajectory, b_h: np.ndarray, L: np.ndarray, R: int, p: int) -
     read-only, so it is kept per table (`StepTable.cached`) and reused by every later plan."""
     if traj.B != 1:
         return _Window(traj, b_h, L, R, p)
-    return traj.table.cached(("picard_window", int(b_h[0]), R, p), lambda: _Window(traj, b_h, L, R, p))
+    key = ("picard_window", int(b_h[0]), R, p, len(traj.rest))
+    return traj.table.cached(key, lambda: _Window(traj, b_h, L, R, p))
 
 
 def _step_rows(traj: _Trajectory, w: _Window, x_r: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
@@ -417,20 +446,19 @@ def _step_rows(traj: _Trajectory, w: _Window, x_r: Tensor, out: Tensor) -> tuple
     Multistep rules: a window's first row takes the x̂₀ cached when the previous slot was last
     evaluated, every other row the row above's (same call); the cache is refreshed with these rows.
     """
-    table, R = traj.table, w.R
-    rows = table.rows(w.slot.key, trailing=len(traj.rest))
+    table, R, rows = traj.table, w.R, w.rows
     prev_x0 = None
     x0_pre = None
     if traj.x0_cache is not None:
         x0_pre = predict_x0(table, rows, x_r, out)  # (R, H, D)
-        if isinstance(w.starts, int):  # one sample: only row 0 reads the cache (slot b-1)
-            b = max(w.starts, 1)  # step 0 is first order: any cached value serves it
-            prev_x0 = torch.cat([traj.x0_cache[b - 1 : b], x0_pre[:-1]])  # (R, H, D)
+        if isinstance(w.starts, int):  # one sample: row i reads slot b+i-1's x̂₀, once this is stored
+            w.flat.put_(traj.x0_cache, x0_pre)
+            prev_x0 = traj.x0_store[w.starts : w.starts + R]  # (R, H, D) view; slot -1 (zeros) for b = 0
         else:
             cached = traj.x0_cache.index_select(0, traj.index(np.maximum(w.flat_r - traj.B, 0)))  # (R, H, D)
             starts = traj.index(w.i_r == 0).view(R, *(1,) * len(traj.rest))  # (R, 1, 1) bool
             prev_x0 = torch.where(starts, cached, x0_pre.roll(1, dims=0))
-        w.flat.put_(traj.x0_cache, x0_pre)
+            w.flat.put_(traj.x0_cache, x0_pre)
     z_r = None if traj.noise is None else w.flat.take(traj.noise)  # (R, H, D)
     res = step(table, rows, x_r, out, z_r, prev_x0=prev_x0, inpaint=traj.known(w.s_t), x0_hat=x0_pre)
     return res.prev_sample, res.x0_hat
@@ -456,7 +484,7 @@ def _picard_update(
     sample).
 
     Returns:
-        (new (R, H, D), the (R,) mean squared change of each refreshed slot on the host: the one
+        (new (R, H, D), the (R,) norm of each refreshed slot's change on the host: the one
         device-to-host copy of the iteration).
     """
     rest, Xf = traj.rest, traj.flat
@@ -464,12 +492,11 @@ def _picard_update(
     if w.A == 1 and not isinstance(slopes, _LinearCarry):  # one window: one fused matrix product
         R = w.R
         if slopes is None:  # Picard: row i adds the changes of rows j < i
-            key = ("picard_carry", p, y.dtype)
-            ones = traj.table.cached(key, lambda: torch.ones(p, p, dtype=y.dtype, device=y.device).tril(-1))
-            weights = ones[:R, :R]  # (R, R)
+            key = ("picard_carry", R, y.dtype)
+            weights = traj.table.cached(key, lambda: y.new_ones(R, R).tril(-1))  # (R, R)
         else:  # Parareal: row i adds the changes of rows j < i, scaled by the slopes between
-            weights = slopes.weights(w.starts)[0, :R, 1 : R + 1]  # (R, R)
-        new = torch.addmm(y.reshape(R, -1), weights, (y - old).view(R, -1)).view_as(y)  # (R, H, D)
+            weights = slopes.window(w.starts, R)  # (R, R)
+        new = torch.addmm(y.view(R, -1), weights, (y - old).view(R, -1)).view_as(y)  # (R, H, D)
     else:
         grid = y.new_zeros((w.A * (p + 1), *rest))  # (A·(p+1), H, D)
         w.grid1.put_(grid, y - old)
@@ -478,10 +505,13 @@ def _picard_update(
         else:
             carried = slopes.carry(w.starts, grid.view(w.A, p + 1, -1), int(w.La.max()))  # (A, p+1, H·D)
         new = y + w.grid.take(carried.view(w.A * (p + 1), *rest))  # (R, H, D)
-    dims = tuple(range(1, new.dim()))
-    norm = torch.linalg.vector_norm(new - old, dim=dims, dtype=err_dtype).cpu().numpy()  # (R,)
+    if traj.norms is None:
+        norm = torch.linalg.vector_norm(new - old, dim=traj.sample_dims, dtype=err_dtype).cpu().numpy()
+    else:  # on the CPU, into host memory shared with NumPy: no copy, no conversion
+        torch.linalg.vector_norm(new - old, dim=traj.sample_dims, dtype=err_dtype, out=traj.norms[: w.R])
+        norm = traj.norms_host[: w.R]  # (R,)
     w.next.put_(Xf, new)  # after the change is measured: ``old`` may be a view of these rows
-    return new, norm * norm / math.prod(rest)
+    return new, norm
 
 
 class _PararealSlopes:
@@ -499,16 +529,12 @@ class _PararealSlopes:
 
     def __init__(self, table: StepTable, p: int) -> None:
         K, dev = table.num_steps, table.device
-        log_a = table.rollout_coef_x.to(torch.float64).clamp_min(1e-300).log()  # (K,); a = 0 -> -690
-        C = torch.zeros(K + p + 2, dtype=torch.float64, device=dev)  # (K+p+2,); past K: slope 1
-        C[1 : K + 1] = log_a.cumsum(0)
-        C[K + 1 :] = C[K]
-        self.C = C
+        self.C = log_slope_sums(table, K + p + 2)
         self.offsets = torch.arange(p + 2, device=dev)  # (p+2,)
         col = torch.arange(p + 1, device=dev)
         self.outside = (col[None, :] < 1) | (col[None, :] > col[:, None])  # (p+1, p+1) not 1 <= j <= i
         self.dtype = table.dtype
-        self.kept: dict[int, Tensor] = {}  # window start -> its (1, p+1, p+1) weights
+        self.kept: dict[int | tuple[int, int], Tensor] = {}  # start -> (1, p+1, p+1); (start, R) -> (R, R)
         self.max_kept = max(self.MAX_KEPT_ELEMENTS // (p + 1) ** 2, 1)
 
     def carry(self, starts: Tensor | int, grid: Tensor, length: int) -> Tensor:
@@ -526,6 +552,16 @@ class _PararealSlopes:
             W = self._from_logs(self.C[starts : starts + self.offsets.numel()][None])  # (1, p+2)
             if len(self.kept) < self.max_kept:
                 self.kept[starts] = W
+        return W
+
+    def window(self, start: int, R: int) -> Tensor:
+        """(R, R) weights of one window of R rows starting at ``start``: row i's weights on the
+        changes of rows j < i (contiguous; kept as `weights`' are)."""
+        W = self.kept.get((start, R))
+        if W is None:
+            W = self.weights(start)[0, :R, 1 : R + 1].contiguous()
+            if len(self.kept) < self.max_kept:
+                self.kept[(start, R)] = W
         return W
 
     def _from_logs(self, G: Tensor) -> Tensor:
@@ -568,31 +604,43 @@ class _LinearCarry:
         return out
 
 
-class _ConvergenceTest:
-    """Step 4 on the host: refreshed slot j passes when err² <= max(tol²·σ²_j, floor²).
+def change_norm_thresholds(
+    table: StepTable, tol: float, abs_floor: float, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(K+1,) float64 thresholds on the norm of a refreshed slot's change over a sample's n elements:
+    slot j passes when ‖change‖ <= thr[j] = √(n·max(tol²·σ²_j, floor²)), i.e. when its RMS change is
+    within max(tol·σ_j, floor) (σ²_j: `table.tol_variance`, the step leaving slot j; 1 at slot K);
+    and (K+1,) scale[j] = √(n·σ²_j), the norm of an RMS change of σ_j (for the residual)."""
+    K = table.num_steps
+    var = np.ones(K + 1)  # (K+1,) float64
+    var[:K] = table.tol_variance.double().cpu().numpy()
+    return np.sqrt(n * np.maximum(tol * tol * var, abs_floor**2)), np.sqrt(n * var)
 
-    Computed in the error dtype exactly as a device comparison would be; indexed by slot (1..K), and
+
+class _ConvergenceTest:
+    """Step 4 on the host: refreshed slot j passes when its mean squared change err² <= max(tol²·σ²_j,
+    floor²), tested as ‖change‖ <= √(n·max(tol²·σ²_j, floor²)) on the change's norm over the sample's
+    n elements (the norm is what the device hands over: no squaring or scaling per iteration).
+
+    Thresholds are computed in float64 and compared in the error dtype; indexed by slot (1..K), and
     slot K (nothing leaves it) always passes. A NaN change fails.
     """
 
-    def __init__(self, table: StepTable, tol: float, abs_floor: float, dtype: torch.dtype) -> None:
-        K = table.num_steps
-        self.K = K
+    def __init__(self, table: StepTable, tol: float, abs_floor: float, dtype: torch.dtype, n: int) -> None:
+        self.K = table.num_steps
         self.torch_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # of the error
         self.dtype = np.float64 if dtype == torch.float64 else np.float32
-        self.var = np.ones(K + 1, dtype=self.dtype)  # (K+1,) σ² of the step leaving each slot (1 at K)
-        self.var[:K] = table.tol_variance.cpu().numpy()
-        self.thr = np.maximum(
-            np.asarray(tol * tol, dtype=self.dtype) * self.var, np.asarray(abs_floor**2, dtype=self.dtype)
-        )
+        thr, scale = change_norm_thresholds(table, tol, abs_floor, n)
+        self.thr, self.scale = thr.astype(self.dtype), scale.astype(self.dtype)  # (K+1,) each
 
-    def passed(self, w: _Window, err_h: np.ndarray, residual: np.ndarray) -> np.ndarray:
-        """(R,) bool: which refreshed slots converged; writes each active sample's max RMS change / σ."""
-        refreshed = w.slot_r + 1  # (R,) in 1..K
-        ok = err_h <= self.thr[refreshed]
-        ratio = np.sqrt(err_h / self.var[refreshed])  # (R,) RMS change / σ
-        if refreshed[-1] == self.K or w.A > 1:  # the final slot: always accepted, residual 0
-            terminal = refreshed == self.K
+    def passed(self, w: _Window, norm_h: np.ndarray, residual: np.ndarray) -> np.ndarray:
+        """(R,) bool: which refreshed slots converged, from the (R,) norms of their changes; writes
+        each active sample's max RMS change / σ."""
+        refreshed = w.refreshed  # slots 1..K (a slice for one sample)
+        ok = norm_h <= self.thr[refreshed]
+        ratio = norm_h / self.scale[refreshed]  # (R,) RMS change / σ
+        if w.slot_r[-1] + 1 == self.K or w.A > 1:  # the final slot: always accepted, residual 0
+            terminal = w.slot_r + 1 == self.K
             ok[terminal], ratio[terminal] = True, 0.0
         residual[w.act] = np.maximum.reduceat(ratio, w.first)
         return ok

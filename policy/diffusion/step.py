@@ -18,8 +18,8 @@ Library module: imports torch only (no hydra, no zarr).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -41,9 +41,8 @@ __all__ = [
 StepIndex = Tensor | int | StepRows
 
 
-@dataclass(frozen=True)
-class StepOutput:
-    """Result of one reverse step.
+class StepOutput(NamedTuple):
+    """Result of one reverse step (a NamedTuple: built once per step, and cheaper than a dataclass).
 
     Attributes:
         prev_sample: x at the next (less noisy) level, same shape as the input `x_t`.
@@ -105,8 +104,9 @@ def _x0_and_eps(
     else:
         raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {table.prediction_type!r}")
     # 2. Optional clipping of x̂₀ (DiffusionPolicy trains and samples with clip_sample=True, range 1).
-    if table.clip_sample:
-        x0 = x0.clamp(-table.clip_sample_range, table.clip_sample_range)
+    if table.clip_sample:  # in place: x0 is this function's own tensor unless it is `model_out`
+        bound = table.clip_sample_range
+        x0 = x0.clamp(-bound, bound) if x0 is model_out else x0.clamp_(-bound, bound)
     return x0, eps
 
 

@@ -54,20 +54,26 @@ class StepRows(NamedTuple):
             table's column c.
         axis: the dim of `values` that runs over the columns (= the number of leading dims).
         index: column name -> column number (the table's).
+        selected: the columns read so far, by name (`column` keeps each view, so rows that a sampler
+            keeps, e.g. a one-sample Picard window's, select each column once).
     """
 
     values: Tensor
     axis: int
     index: Mapping[str, int]
+    selected: dict[str, Tensor]
 
     def column(self, name: str) -> Tensor:
         """Coefficient ``name`` of every row: the leading shape + (1,) * trailing (a view)."""
-        return self.values.select(self.axis, self.index[name])
+        c = self.selected.get(name)
+        if c is None:
+            c = self.selected[name] = self.values.select(self.axis, self.index[name])
+        return c
 
     def view(self, *shape: int) -> StepRows:
         """The same rows with the leading shape ``shape`` (e.g. (M·A,) -> (M, A))."""
         per_row = self.values.shape[self.axis :]  # (n_columns, 1, ..., 1)
-        return StepRows(self.values.view(*shape, *per_row), len(shape), self.index)
+        return StepRows(self.values.view(*shape, *per_row), len(shape), self.index, {})
 
 
 @dataclass(frozen=True)
@@ -168,7 +174,7 @@ class StepTable:
         else:
             values = self.coefficients.index_select(0, positions.reshape(-1))  # (R, n_columns)
             values, lead = values.view(*positions.shape, -1), positions.dim()
-        return StepRows(values.view(*values.shape, *(1,) * trailing), lead, self.index)
+        return StepRows(values.view(*values.shape, *(1,) * trailing), lead, self.index, {})
 
     @property
     def kind(self) -> str:

@@ -31,6 +31,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from parapolicy.policy.diffusion.picard import change_norm_thresholds
+from parapolicy.policy.diffusion.rollout import HeldRollout
 from parapolicy.policy.diffusion.sequential import SampleResult, check_inputs, finish_timing
 from parapolicy.policy.diffusion.step import held_x0_affine, step
 from parapolicy.policy.diffusion.step_table import StepTable
@@ -91,31 +93,32 @@ class PicardGraph:
         self.done = torch.zeros((), dtype=torch.bool, device=dev)  # all samples finished
         self.s = torch.arange(B, device=dev)[:, None]  # (B, 1) sample of each row
         self.i = torch.arange(p, device=dev)[None, :]  # (1, p) window position of each row
-        # threshold of refreshed slot j (1..K+p): err² <= max(tol²·σ²_j, 0); slot K and padding always pass
+        # threshold on the change's norm of refreshed slot j (1..K+p), as `sample_picard`'s; slot K and
+        # padding always pass
         err_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         thr = torch.full((K + p + 1,), math.inf, dtype=err_dtype, device=dev)
-        var = table.tol_variance.to(device=dev, dtype=err_dtype)  # (K,)
-        thr[:K] = torch.tensor(tol * tol, dtype=err_dtype) * var
+        thr[:K] = torch.from_numpy(change_norm_thresholds(table, tol, 0.0, H * D)[0][:K]).to(thr)
         self.thr, self.err_dtype = thr, err_dtype
+        self.held = HeldRollout(table, 2)
         self._graph: torch.cuda.CUDAGraph | None = None
 
     # ----------------------------------------------------------------------------------------------
     def _roll_out(self, ends: Tensor, counts: Tensor, x_end: Tensor, x0: Tensor) -> None:
-        """Slots e+1 .. e+count of each sample from X[e], x̂₀ held fixed (as `sample_picard`'s refill).
+        """Slots e+1 .. e+count of each sample from X[e], x̂₀ held fixed (as `sample_picard`'s refill,
+        in the same closed form: `rollout.HeldRollout`).
 
         Args:
             ends: (B,) slot e each roll-out starts from. counts: (B,) slots to fill (0..p).
             x_end: (B, H, D) the value at slot e. x0: (B, H, D) the held x̂₀.
         """
-        K, s = self.K, self.s[:, 0]
-        x = x_end
-        for k in range(self.p):
-            src = (ends + k).clamp(max=K - 1)  # (B,) step leaving slot e+k
-            z = self.noise[src, s] if self.table.is_stochastic else None  # (B, H, D)
-            a, c = held_x0_affine(self.table, self.table.rows(src), x0, z)  # (B, 1, 1), (B, H, D)
-            x = torch.addcmul(c, a, x)  # (B, H, D)
-            dest = torch.where(k < counts, ends + k + 1, K + 1 + k)  # padding slot when not filling
-            self.X[dest, s] = x
+        K, p, B = self.K, self.p, self.B
+        src = (ends[:, None] + self.i).clamp(max=K - 1)  # (B, p) step leaving slot e+k
+        z = self.noise[src, self.s] if self.table.is_stochastic else None  # (B, p, H, D)
+        _, c = held_x0_affine(self.table, self.table.rows(src, trailing=2), x0[:, None], z)  # (B, p, H, D)
+        gain, weights = self.held.weights(ends, p)  # (B, p, 1), (B, p, p)
+        filled = torch.baddbmm(gain * x_end.view(B, 1, -1), weights, c.view(B, p, -1))  # (B, p, H·D)
+        dest = torch.where(self.i < counts[:, None], ends[:, None] + 1 + self.i, K + 1 + self.i)  # (B, p)
+        self.X[dest, self.s] = filled.view(B, p, *self.rest)  # past the count: padding slots
 
     def _iteration(self) -> None:
         """One Picard iteration on the static state: `sample_picard`'s steps 1-5 with fixed shapes."""
@@ -137,7 +140,7 @@ class PicardGraph:
         new = y + grid.cumsum(1)[:, :p]  # (B, p, H, D): y_i + Σ_{j<i} (y_j - old_j)
         keep = valid[..., None, None]
         self.X[pos + 1, self.s] = torch.where(keep, new, old)
-        err = (new - old).to(self.err_dtype).square().flatten(2).mean(2)  # (B, p)
+        err = torch.linalg.vector_norm(new - old, dim=(2, 3), dtype=self.err_dtype)  # (B, p)
         ok = (err <= self.thr[pos + 1]) | ~valid  # slot K and padding always pass
         L = (K - self.b).clamp(max=p)  # (B,) window lengths (0: finished)
         first_bad = torch.where(ok, L[:, None], self.i).amin(1)  # (B,) sentinel L when all converged
