@@ -153,3 +153,42 @@ def test_the_policy_measures_the_model_on_its_first_plan_and_keeps_it(tiny_polic
     seq = policy.predict_action_chunk(obs, noise=noise)
     torch.testing.assert_close(first.plan, seq.plan, rtol=0, atol=1e-3)
     torch.testing.assert_close(again.plan, seq.plan, rtol=0, atol=1e-3)
+
+
+def test_one_window_linear_carry_is_the_recurrence() -> None:
+    """`_LinearCarry.window` (one sample) and `.carry` (the batched grid) both give
+    c_i = M_{b+i}·(c_{i-1} + change of row i-1), c_0 = 0."""
+    from parapolicy.policy.diffusion.picard import _LinearCarry
+
+    tab, x_T, noise, cond = setup("ddpm", 100, B=1)
+    J = measured(tab, x_T, noise, cond)
+    slopes = linear_slopes(tab, J).double()  # (K, 32, 32)
+    carry = _LinearCarry(linear_slopes(tab, J), p=24)
+    changes = torch.randn(24, 32, generator=torch.Generator().manual_seed(0))
+    for b, R in ((0, 24), (40, 24), (88, 12), (99, 1)):
+        c, want = torch.zeros(32, dtype=torch.float64), [torch.zeros(32, dtype=torch.float64)]
+        for i in range(1, R):
+            c = slopes[b + i] @ (c + changes[i - 1].double())
+            want.append(c)
+        want = torch.stack(want)  # (R, 32)
+        torch.testing.assert_close(carry.window(b, changes[:R]).double(), want, rtol=1e-5, atol=1e-6)
+        grid = torch.zeros(1, 25, 32)
+        grid[0, 1 : R + 1] = changes[:R]
+        got = carry.carry(torch.tensor([b]), grid, R)[0, :R]
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_linear_carry_is_kept_while_the_jacobian_is_unchanged() -> None:
+    from parapolicy.policy.diffusion.picard import _LinearCarry
+
+    tab, x_T, noise, cond = setup("ddpm", 20, B=1)
+    J = measured(tab, x_T, noise, cond)
+    first = _LinearCarry.for_jacobian(tab, J, 8)
+    assert _LinearCarry.for_jacobian(tab, J, 8) is first
+    assert _LinearCarry.for_jacobian(tab, J, 4) is not first  # another window
+    J.mul_(0.5)  # changed in place: built again, from the new values
+    halved = _LinearCarry.for_jacobian(tab, J, 8)
+    assert halved is not first and not torch.equal(halved.M, first.M)
+    copy = J.clone()  # another tensor, equal values: built again
+    assert _LinearCarry.for_jacobian(tab, copy, 8) is not halved
+    torch.testing.assert_close(_LinearCarry.for_jacobian(tab, copy, 8).M, halved.M, rtol=0, atol=0)

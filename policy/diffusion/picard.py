@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 
 import numpy as np
 import torch
@@ -298,7 +299,7 @@ def sample_picard(
     )
     slopes: _PararealSlopes | _LinearCarry | None = None
     if coarse_jacobian is not None:
-        slopes = _LinearCarry(linear_slopes(table, coarse_jacobian), p)
+        slopes = _LinearCarry.for_jacobian(table, coarse_jacobian, p)
     elif update == "parareal":
         slopes = table.cached(("parareal_slopes", p), lambda: _PararealSlopes(table, p))
 
@@ -386,12 +387,14 @@ class _Window:
     Row r (sample-major) is window position ``i_r`` of active sample ``s_r``, at buffer slot ``slot_r``.
     Row sets: ``slot`` (step positions), ``flat`` (buffer rows read), ``next`` (buffer rows refreshed),
     ``grid`` / ``grid1`` (cells i / i+1 of the (A, p+1) update grid) and ``last`` (each active sample's
-    last row); with one sample they are runs of consecutive rows, read as views (`_Rows`).
+    last row); with one sample they are runs of consecutive rows, read as views (`_Rows`). Also the
+    rows' step coefficients (``rows``) and timesteps, the refreshed slots (``refreshed``, for the
+    convergence thresholds) and the rows refreshing slot K (``terminal``, None when none does).
     """
 
     __slots__ = (
         "A", "La", "La_r", "R", "act", "first", "flat", "flat_r", "grid", "grid1", "i_r", "last", "next",
-        "refreshed", "rows", "s_t", "slot", "slot_r", "starts", "timesteps",
+        "refreshed", "rows", "s_t", "slot", "slot_r", "starts", "terminal", "timesteps",
     )  # fmt: skip
 
     def __init__(self, traj: _Trajectory, b_h: np.ndarray, L: np.ndarray, R: int, p: int) -> None:
@@ -415,6 +418,7 @@ class _Window:
             self.grid, self.grid1 = _Rows(slice(0, R)), _Rows(slice(1, R + 1))
             self.starts, self.s_t = b, None
             self.refreshed = slice(b + 1, b + 1 + R)  # slots refreshed
+            self.terminal = R - 1 if b + R == traj.K else None  # the row refreshing slot K, if any
             self.rows = table.rows(slice(b, b + R), trailing=len(traj.rest))  # the steps' coefficients
             self.timesteps = table.timesteps[b : b + R]  # (R,)
             return
@@ -427,6 +431,8 @@ class _Window:
         self.grid, self.grid1 = _Rows(grid_t), _Rows(grid1_t)
         self.starts, self.last = idx[6 * R : 6 * R + A], _Rows(idx[6 * R + A :])
         self.refreshed = slot_r + 1  # (R,) slots refreshed
+        terminal = self.refreshed == traj.K  # (R,) the rows refreshing slot K
+        self.terminal = terminal if terminal.any() else None
         self.rows = table.rows(slot_t, trailing=len(traj.rest))  # the steps' coefficients
         self.timesteps = table.timesteps.index_select(0, slot_t)  # (R,)
 
@@ -489,13 +495,16 @@ def _picard_update(
     """
     rest, Xf = traj.rest, traj.flat
     old = w.next.take(Xf)  # (R, H, D) previous guesses of the refreshed slots (a view for one sample)
-    if w.A == 1 and not isinstance(slopes, _LinearCarry):  # one window: one fused matrix product
-        R = w.R
+    if w.A == 1 and isinstance(slopes, _LinearCarry):  # one window: no grid
+        R, b = w.R, int(w.slot_r[0])  # b: the window start, on the host
+        new = (y.view(R, -1) + slopes.window(b, (y - old).view(R, -1))).view_as(y)  # (R, H, D)
+    elif w.A == 1:  # one window: one fused matrix product
+        R, b = w.R, int(w.slot_r[0])
         if slopes is None:  # Picard: row i adds the changes of rows j < i
             key = ("picard_carry", R, y.dtype)
             weights = traj.table.cached(key, lambda: y.new_ones(R, R).tril(-1))  # (R, R)
         else:  # Parareal: row i adds the changes of rows j < i, scaled by the slopes between
-            weights = slopes.window(w.starts, R)  # (R, R)
+            weights = slopes.window(b, R)  # (R, R)
         new = torch.addmm(y.view(R, -1), weights, (y - old).view(R, -1)).view_as(y)  # (R, H, D)
     else:
         grid = y.new_zeros((w.A * (p + 1), *rest))  # (A·(p+1), H, D)
@@ -573,34 +582,57 @@ class _PararealSlopes:
 class _LinearCarry:
     """The Parareal carry with matrix slopes M_j (`coarse.linear_slopes`): column i of a window
     starting at b carries c_i = M_{b+i}·(c_{i-1} + g_i), c_0 = 0, over the grid columns g_i (the
-    scalar `_PararealSlopes` in closed form, one matrix-vector product per window position here).
+    scalar `_PararealSlopes` in closed form). It is evaluated as c_i = h_i + M_{b+i}·c_{i-1} with
+    every h_i = M_{b+i}·g_i from one batched product first: one dependent operation per window
+    position. Kept per table and Jacobian (`for_jacobian`).
     """
 
     def __init__(self, slopes: Tensor, p: int) -> None:
         K = slopes.shape[0]
         pad = slopes[K - 1 :].expand(p + 1, -1, -1)  # positions past K: never read back
         self.M = torch.cat([slopes, pad])  # (K+p+1, H·D, H·D)
+        self.mats = self.M.unbind(0)  # each step's (H·D, H·D) view, read without an indexing op
         self.offsets = torch.arange(p + 1, device=slopes.device)  # (p+1,)
 
-    def carry(self, starts: Tensor | int, grid: Tensor, length: int) -> Tensor:
-        """(A, p+1, H·D) carried changes of the (A, p+1, H·D) grid of windows starting at ``starts``
-        (columns up to ``length - 1``, the longest window's last row, are computed; the rest stay 0)."""
-        if isinstance(starts, int):
-            M = self.M[starts : starts + grid.shape[1]].unsqueeze(0)  # (1, p+1, H·D, H·D)
-        else:
-            M = self.M[starts[:, None] + self.offsets]  # (A, p+1, H·D, H·D)
-        out = torch.zeros_like(grid)
-        if grid.shape[0] == 1:  # one sample (the latency case): matrix-vector products on row views
-            o, m, g = out[0], M[0], grid[0]
-            c = g[0]  # (H·D,): zeros
-            for i in range(1, length):
-                c = torch.mv(m[i], c + g[i])
-                o[i] = c
+    @staticmethod
+    def for_jacobian(table: StepTable, jacobian: Tensor, p: int) -> _LinearCarry:
+        """The carry of ``jacobian`` ((K, H·D, H·D), `coarse.x0_jacobian`) for windows of p rows,
+        built once per table while the same tensor is passed unchanged (weakly held: a new or
+        modified Jacobian builds anew)."""
+        version = -1 if jacobian.is_inference() else jacobian._version  # inference tensors keep none
+        kept = table.memo.get(("linear_carry", p))
+        if kept is not None and kept[0]() is jacobian and kept[1] == version:
+            return kept[2]
+        carry = _LinearCarry(linear_slopes(table, jacobian), p)
+        table.memo[("linear_carry", p)] = (weakref.ref(jacobian), version, carry)
+        return carry
+
+    def window(self, start: int, changes: Tensor) -> Tensor:
+        """(R, H·D) carried changes of one window of R rows starting at slot ``start``: row i gets
+        c_i of the changes of rows j < i (``changes``: (R, H·D); row 0 gets 0)."""
+        R = changes.shape[0]
+        out = changes.new_zeros(changes.shape)  # (R, H·D)
+        if R == 1:
             return out
-        c = grid[:, 0]  # (A, H·D): zeros
-        for i in range(1, length):
-            c = torch.matmul(M[:, i], (c + grid[:, i]).unsqueeze(-1)).squeeze(-1)  # (A, H·D)
-            out[:, i] = c
+        # h_i = M_{b+i}·(change of row i-1), i = 1..R-1, written into out[1:]
+        torch.bmm(self.M[start + 1 : start + R], changes[:-1].unsqueeze(-1), out=out[1:].unsqueeze(-1))
+        rows, mats = out.unbind(0), self.mats
+        for i in range(2, R):
+            rows[i].addmv_(mats[start + i], rows[i - 1])  # c_i = h_i + M_{b+i}·c_{i-1}
+        return out
+
+    def carry(self, starts: Tensor, grid: Tensor, length: int) -> Tensor:
+        """(A, p+1, H·D) carried changes of the (A, p+1, H·D) grid of windows starting at ``starts``
+        ((A,) on the device; columns up to ``length - 1``, the longest window's last row, are
+        computed; the rest stay 0)."""
+        M = self.M[starts[:, None] + self.offsets[1:length]]  # (A, n, H·D, H·D), n = length - 1
+        out = torch.zeros_like(grid)
+        if length < 2:
+            return out
+        h = torch.matmul(M, grid[:, 1:length].unsqueeze(-1))  # (A, n, H·D, 1): M_{b+i}·g_i
+        for i in range(1, length - 1):
+            h[:, i].baddbmm_(M[:, i], h[:, i - 1])  # c_i = h_i + M_{b+i}·c_{i-1}
+        out[:, 1:length] = h.squeeze(-1)
         return out
 
 
@@ -627,7 +659,6 @@ class _ConvergenceTest:
     """
 
     def __init__(self, table: StepTable, tol: float, abs_floor: float, dtype: torch.dtype, n: int) -> None:
-        self.K = table.num_steps
         self.torch_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # of the error
         self.dtype = np.float64 if dtype == torch.float64 else np.float32
         thr, scale = change_norm_thresholds(table, tol, abs_floor, n)
@@ -639,9 +670,8 @@ class _ConvergenceTest:
         refreshed = w.refreshed  # slots 1..K (a slice for one sample)
         ok = norm_h <= self.thr[refreshed]
         ratio = norm_h / self.scale[refreshed]  # (R,) RMS change / σ
-        if w.slot_r[-1] + 1 == self.K or w.A > 1:  # the final slot: always accepted, residual 0
-            terminal = w.slot_r + 1 == self.K
-            ok[terminal], ratio[terminal] = True, 0.0
+        if w.terminal is not None:  # the final slot: always accepted, residual 0
+            ok[w.terminal], ratio[w.terminal] = True, 0.0
         residual[w.act] = np.maximum.reduceat(ratio, w.first)
         return ok
 

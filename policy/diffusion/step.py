@@ -86,7 +86,7 @@ def _x0_and_eps(
             _coef(table, idx, nd, "sqrt_recip_alpha_bar"),
             _coef(table, idx, nd, "sqrt_recipm1_alpha_bar"),
         )
-        x0 = inv_sa * x_t - ratio * model_out
+        x0 = (inv_sa * x_t).addcmul_(ratio, model_out, value=-1)  # fused: fewer kernels
         eps = model_out
     elif table.prediction_type == "sample":
         x0 = model_out

@@ -55,9 +55,9 @@ def update(
     coef: Coef, x_t: Tensor, x0: Tensor, eps: Tensor | None, noise: Tensor | None, prev_x0: Tensor | None
 ) -> Tensor:
     """x' = (σ'/σ)·x_t + c₀·x̂₀(τ_i) [+ c₋₁·x̂₀(τ_{i-1}) when the history is given]."""
-    prev = coef("dpm_coef_x") * x_t + coef("dpm_coef_x0") * x0
+    prev = (coef("dpm_coef_x") * x_t).addcmul_(coef("dpm_coef_x0"), x0)  # fused: fewer kernels
     if prev_x0 is not None:
-        prev = prev + coef("dpm_coef_x0_prev") * prev_x0
+        prev = prev.addcmul_(coef("dpm_coef_x0_prev"), prev_x0)
     return prev
 
 
