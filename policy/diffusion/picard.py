@@ -483,9 +483,10 @@ def _picard_update(
     The differences sit on an (A, p+1) grid whose first column stays 0. Picard (``slopes`` None):
     w_ij = 1, an exclusive cumulative sum. Parareal: w_ij = Π_{m=j+1..i} a_{b+m}, one small batched
     matrix product per iteration (`_PararealSlopes`), or the matrix slopes of the linear coarse model
-    (`_LinearCarry`). With one window (the latency case) the scalar rules skip the grid: new = y +
-    W·(y - old), one fused matrix product with the (R, R) weights (each operation outside the network
-    costs most right after a network call). Either way a prefix of unchanged slots contributes
+    (`_LinearCarry`). With one window (the latency case) every rule skips the grid: the scalar rules
+    as new = y + W·(y - old), one fused matrix product with the (R, R) weights, the linear model as
+    `_LinearCarry.window` (each operation outside the network costs most right after a network
+    call). Either way a prefix of unchanged slots contributes
     exactly 0. The change is measured before the write-back (``old`` is a view of those rows for one
     sample).
 
@@ -598,7 +599,8 @@ class _LinearCarry:
     def for_jacobian(table: StepTable, jacobian: Tensor, p: int) -> _LinearCarry:
         """The carry of ``jacobian`` ((K, H·D, H·D), `coarse.x0_jacobian`) for windows of p rows,
         built once per table while the same tensor is passed unchanged (weakly held: a new or
-        modified Jacobian builds anew)."""
+        modified Jacobian builds anew; an inference tensor keeps no version, so its in-place changes
+        go unseen)."""
         version = -1 if jacobian.is_inference() else jacobian._version  # inference tensors keep none
         kept = table.memo.get(("linear_carry", p))
         if kept is not None and kept[0]() is jacobian and kept[1] == version:
