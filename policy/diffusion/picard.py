@@ -78,6 +78,7 @@ class _Trajectory:
         init: Tensor | None,
         inpaint: Inpaint | None,
         max_rows: int,
+        norm_dtype: type[np.floating],
     ) -> None:
         K, B = table.num_steps, x_T.shape[0]
         self.table, self.K, self.B, self.rest = table, K, B, tuple(x_T.shape[1:])
@@ -100,11 +101,10 @@ class _Trajectory:
             self.x0_store = torch.zeros(((K + 1) * B, *self.rest), dtype=x_T.dtype, device=x_T.device)
             self.x0_cache = self.x0_store[B:]  # (K·B, H, D) view
         self.inpaint = inpaint
-        # the norms of an iteration's changes, in host memory that NumPy reads without a copy
+        # the norms of an iteration's changes (in the convergence test's dtype), in host memory NumPy reads
         self.norms = self.norms_host = None
         if self.device.type == "cpu":
-            err_dtype = np.float64 if x_T.dtype == torch.float64 else np.float32  # as `_ConvergenceTest`
-            self.norms_host = np.empty(max_rows, dtype=err_dtype)
+            self.norms_host = np.empty(max_rows, dtype=norm_dtype)
             self.norms = torch.from_numpy(self.norms_host)
         trailing = len(self.rest)
         self.held = table.cached(("picard_rollout", trailing), lambda: HeldRollout(table, trailing))
@@ -285,18 +285,18 @@ def sample_picard(
     K, B = table.num_steps, x_T.shape[0]
     p = min(window, K)
     x_T, inpaint = start_inpainting(table, x_T, inpaint)
-    traj = _Trajectory(table, x_T, noise, init, inpaint, max_rows=p * B)
+    n = math.prod(x_T.shape[1:])  # elements per sample
+    test = table.cached(
+        ("picard_test", tol, abs_floor, x_T.dtype, n),
+        lambda: _ConvergenceTest(table, tol, abs_floor, x_T.dtype, n),
+    )
+    traj = _Trajectory(table, x_T, noise, init, inpaint, max_rows=p * B, norm_dtype=test.dtype)
     refill = "none" if init is not None else refill  # the caller's guesses are kept
     if init is None and (x0_guess is not None or refill == "x0_rollout"):  # the first window
         guess = torch.zeros_like(x_T) if x0_guess is None else x0_guess.to(x_T)
         if inpaint is not None:
             guess = inpaint.pull(guess)
         traj.roll_out(np.arange(B), np.zeros(B, dtype=np.int64), np.full(B, p), x_T, guess)
-    n = math.prod(x_T.shape[1:])  # elements per sample
-    test = table.cached(
-        ("picard_test", tol, abs_floor, x_T.dtype, n),
-        lambda: _ConvergenceTest(table, tol, abs_floor, x_T.dtype, n),
-    )
     slopes: _PararealSlopes | _LinearCarry | None = None
     if coarse_jacobian is not None:
         slopes = _LinearCarry.for_jacobian(table, coarse_jacobian, p)
