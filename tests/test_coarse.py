@@ -156,14 +156,14 @@ def test_the_policy_measures_the_model_on_its_first_plan_and_keeps_it(tiny_polic
 
 
 def test_one_window_linear_carry_is_the_recurrence() -> None:
-    """`_LinearCarry.window` (one sample) and `.carry` (the batched grid) both give
+    """`LinearCarry.window` (one sample) and `.carry` (the batched grid) both give
     c_i = M_{b+i}·(c_{i-1} + change of row i-1), c_0 = 0."""
-    from parapolicy.policy.diffusion.picard import _LinearCarry
+    from parapolicy.policy.diffusion.parareal import LinearCarry
 
     tab, x_T, noise, cond = setup("ddpm", 100, B=1)
     J = measured(tab, x_T, noise, cond)
     slopes = linear_slopes(tab, J).double()  # (K, 32, 32)
-    carry = _LinearCarry(linear_slopes(tab, J), p=24)
+    carry = LinearCarry(linear_slopes(tab, J), p=24)
     changes = torch.randn(24, 32, generator=torch.Generator().manual_seed(0))
     for b, R in ((0, 24), (40, 24), (88, 12), (99, 1)):
         c, want = torch.zeros(32, dtype=torch.float64), [torch.zeros(32, dtype=torch.float64)]
@@ -179,16 +179,16 @@ def test_one_window_linear_carry_is_the_recurrence() -> None:
 
 
 def test_the_linear_carry_is_kept_while_the_jacobian_is_unchanged() -> None:
-    from parapolicy.policy.diffusion.picard import _LinearCarry
+    from parapolicy.policy.diffusion.parareal import LinearCarry
 
     tab, x_T, noise, cond = setup("ddpm", 20, B=1)
     J = measured(tab, x_T, noise, cond)
-    first = _LinearCarry.for_jacobian(tab, J, 8)
-    assert _LinearCarry.for_jacobian(tab, J, 8) is first
-    assert _LinearCarry.for_jacobian(tab, J, 4) is not first  # another window
+    first = LinearCarry.for_jacobian(tab, J, 8)
+    assert LinearCarry.for_jacobian(tab, J, 8) is first
+    assert LinearCarry.for_jacobian(tab, J, 4) is not first  # another window
     J.mul_(0.5)  # changed in place: built again, from the new values
-    halved = _LinearCarry.for_jacobian(tab, J, 8)
+    halved = LinearCarry.for_jacobian(tab, J, 8)
     assert halved is not first and not torch.equal(halved.M, first.M)
     copy = J.clone()  # another tensor, equal values: built again
-    assert _LinearCarry.for_jacobian(tab, copy, 8) is not halved
-    torch.testing.assert_close(_LinearCarry.for_jacobian(tab, copy, 8).M, halved.M, rtol=0, atol=0)
+    assert LinearCarry.for_jacobian(tab, copy, 8) is not halved
+    torch.testing.assert_close(LinearCarry.for_jacobian(tab, copy, 8).M, halved.M, rtol=0, atol=0)

@@ -466,11 +466,11 @@ def test_parareal_batched_equals_per_sample() -> None:
 
 def test_parareal_carry_weights_match_a_naive_recurrence() -> None:
     """new_i = y_i + a_{b+i}·(new_{i-1} - old_{i-1}) written as a loop, against the batched weights."""
-    from parapolicy.policy.diffusion.picard import _PararealSlopes
+    from parapolicy.policy.diffusion.parareal import HeldX0Carry
 
     tab, *_ = setup("ddpm", 30)
     p = 6
-    slopes = _PararealSlopes(tab, p)
+    slopes = HeldX0Carry(tab, p)
 
     b = 20
     W = slopes.weights(torch.tensor([b]))[0].double()  # (p+1, p+1)
@@ -513,10 +513,10 @@ def test_what_a_table_caches_depends_on_the_settings() -> None:
 
 
 def test_parareal_weights_of_one_start_equal_the_gathered_ones() -> None:
-    from parapolicy.policy.diffusion.picard import _PararealSlopes
+    from parapolicy.policy.diffusion.parareal import HeldX0Carry
 
     tab, *_ = setup("ddpm", 30)
-    slopes = _PararealSlopes(tab, 6)
+    slopes = HeldX0Carry(tab, 6)
     gathered = slopes.weights(torch.tensor([3, 27]))  # (2, 7, 7)
     assert torch.equal(slopes.weights(27)[0], gathered[1])
     assert slopes.weights(3) is slopes.weights(3)  # kept after the first use
