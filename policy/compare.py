@@ -7,9 +7,10 @@ mode (default: ``frozen`` for sample quality over the 50 reference test seeds, b
 on the same seeds and the same per-episode noise, prints a line per run, and writes into the run folder:
 
 - ``compare.json``: the side-by-side table, every run's aggregated metrics and latency summary, the
-  differences to the baseline, the score-latency frontier (`control.frontier`: frozen score against
-  batch-1 chunk latency, which sampler wins at which latency budget), notes (e.g. when the samplers
-  did not draw identical noise), provenance;
+  differences to the baseline, paired episode by episode (`paired_differences`: each sampler against
+  the baseline, and each stitching rule of a sweep against its first), the score-latency frontier
+  (`control.frontier`: frozen score against batch-1 chunk latency, which sampler wins at which latency
+  budget), notes (e.g. when the samplers did not draw identical noise), provenance;
 - ``<sampler>/eval_info.json``: lerobot-compatible per-episode records of the first mode, with every
   mode's block under ``by_mode``; ``<sampler>/latency/steps_<mode>.csv`` and ``chunks_<mode>.csv``;
 - ``plots/*.png`` (latency CDF and histogram, per-step timeline, per-episode reward, baseline vs
@@ -35,7 +36,7 @@ import torch
 
 from parapolicy.policy.config import SamplerConfig
 from parapolicy.policy.control import plots
-from parapolicy.policy.control.evaluation import EvalConfig
+from parapolicy.policy.control.evaluation import EvalConfig, paired_difference
 from parapolicy.policy.control.frontier import (
     FrontierPoint,
     budget_winners,
@@ -70,7 +71,6 @@ class SamplerEntry:
             LatencyModel.parse(self.latency_model)
 
 
-# --- frontier2: the default samplers (few-step solvers beside DDPM-100) and the frontier -------------
 PARADDPM = SamplerConfig(algorithm="picard", window=24, update="parareal", coarse="linear")
 """ParaDDPM as `parapolicy-compare` runs it: DDPM-100 by Picard iteration, tol 0.1, the window, update and
 coarse model with the fewest milliseconds per chunk in `parapolicy-bench` on 2 CPU cores
@@ -120,9 +120,6 @@ def default_samplers() -> dict[str, SamplerEntry]:
 def default_run() -> list[str]:
     """The default comparison: DDPM-100, ParaDDPM, and each few-step solver then its Picard version."""
     return ["sequential", "paraddpm", *(n for name in FEW_STEP_SOLVERS for n in (name, f"para{name}"))]
-
-
-# --- end frontier2 ---------------------------------------------------------------------------------
 
 
 def _compare_eval() -> EvalConfig:
@@ -386,7 +383,8 @@ def run_compare(cfg: CompareConfig, out: Path) -> dict[str, Any]:
         "baseline": cfg.baseline,
         "notes": _notes(cfg),
         "checks": _checks(cfg, rows),
-        "frontier": frontier_summary(cfg, results),  # frontier2
+        "paired": paired_differences(cfg, results),
+        "frontier": frontier_summary(cfg, results),
         "window_choice": window_choice,
         "runs": {n: {m: run_block(r) for m, r in per.items()} for n, per in results.items()},
         "config": dataclasses.asdict(cfg),
@@ -401,7 +399,7 @@ def run_compare(cfg: CompareConfig, out: Path) -> dict[str, Any]:
         if cfg.latency_sweep:
             paths.append(plots.delay_sweep(rows, out / "plots" / "delay_sweep.png"))
         summary["plots"] = [str(p) for p in paths]
-        if summary["frontier"] is not None:  # frontier2
+        if summary["frontier"] is not None:
             summary["plots"].append(
                 str(
                     frontier_plot(
@@ -471,7 +469,7 @@ def _run_all(
                 on_steps=bar.update,
                 task=task,
             )
-            if cfg.eval.progress:  # frontier2: one line per run, also where stderr is not a terminal
+            if cfg.eval.progress:  # one line per run, also where stderr is not a terminal
                 agg, chunk = results[name][label].aggregated, results[name][label].latency["chunk"]
                 print(
                     f"compare [{i + 1}/{len(runs)}] {label} {name}: score {agg['mean_score']:.3f} over "
@@ -556,7 +554,46 @@ def _checks(cfg: CompareConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return checks
 
 
-# --- frontier2: the score-latency frontier -----------------------------------------------------------
+def paired_differences(cfg: CompareConfig, results: Results) -> list[dict[str, Any]]:
+    """Runs compared episode by episode (the same seeds, and the same noise where the samplers draw
+    alike): in every run label each sampler against the baseline, and under ``stitch_sweep`` each
+    stitching rule against the sweep's first rule at the same mode and latency model. Each entry is
+    `evaluation.paired_difference` with the label, the sampler and what it is compared with."""
+    pairs = []
+    for label in run_labels(cfg):
+        base = results[cfg.baseline][label].per_episode
+        for name in cfg.run:
+            if name != cfg.baseline:
+                diff = paired_difference(results[name][label].per_episode, base)
+                pairs.append({"label": label, "sampler": name, "against": cfg.baseline, **diff})
+    first = cfg.stitch_sweep[0] if cfg.stitch_sweep else None
+    for label, _, _, stitch in run_cells(cfg):
+        if stitch is None or stitch == first:
+            continue
+        ref = label.removesuffix(f"/{stitch}") + f"/{first}"
+        for name in cfg.run:
+            diff = paired_difference(results[name][label].per_episode, results[name][ref].per_episode)
+            pairs.append({"label": label, "sampler": name, "against": ref, **diff})
+    return pairs
+
+
+def format_paired(pairs: list[dict[str, Any]]) -> list[str]:
+    """The report lines of `paired_differences` (none when there is nothing to pair)."""
+    if not pairs:
+        return []
+    lines = [
+        "paired by episode (mean score difference [95%]; successes only in the first / only in the second):"
+    ]
+    for p in pairs:
+        ci = p["mean_score_diff_ci95"]
+        interval = "" if ci is None else f" [{ci[0]:+.4f}, {ci[1]:+.4f}]"
+        lines.append(
+            f"  {p['sampler']} {p['label']} - {p['against']}: {p['mean_score_diff']:+.4f}{interval}; "
+            f"{p['successes_only_here']} / {p['successes_only_there']} of {p['n_episodes']}"
+        )
+    return lines
+
+
 def frontier_summary(cfg: CompareConfig, results: Results) -> dict[str, Any] | None:
     """Each sampler's mean score (frozen mode if run, else the first mode) against its batch-1 chunk latency
     (median compute time in the first time-aware mode), the frontier and the winner per latency budget;
@@ -593,9 +630,6 @@ def _points(frontier: dict[str, Any]) -> list[FrontierPoint]:
     return [FrontierPoint(**p) for p in frontier["points"]]
 
 
-# --- end frontier2 ---------------------------------------------------------------------------------
-
-
 def format_report(summary: dict[str, Any], out: Path) -> str:
     """What `parapolicy-compare` prints: the table, the notes, the checks and the machine load."""
     lines = [format_table(summary["table"])]
@@ -606,7 +640,8 @@ def format_report(summary: dict[str, Any], out: Path) -> str:
         mode = name.split("_score")[0]
         rule = f"within +-{check['tolerance']}" if "tolerance" in check else "not below"
         lines.append(f"{mode} mean score vs {baseline}: {diffs} ({'ok' if check['ok'] else 'NOT'} {rule})")
-    if summary.get("frontier") is not None:  # frontier2
+    lines += format_paired(summary.get("paired", []))
+    if summary.get("frontier") is not None:
         fr = summary["frontier"]
         lines.append(
             f"scores: {fr['score_mode']} mode; latencies: median batch-1 chunk compute, {fr['latency_mode']}"

@@ -10,9 +10,16 @@ import sys
 
 import pytest
 
-from parapolicy.policy.compare import PARADDPM, CompareConfig, SamplerEntry, format_table, run_compare
+from parapolicy.policy.compare import (
+    PARADDPM,
+    CompareConfig,
+    SamplerEntry,
+    format_report,
+    format_table,
+    run_compare,
+)
 from parapolicy.policy.config import SamplerConfig
-from parapolicy.policy.control.evaluation import EvalConfig, wilson_interval
+from parapolicy.policy.control.evaluation import EvalConfig, paired_difference, wilson_interval
 from parapolicy.policy.control.plots import delay_sweep
 from parapolicy.policy.control.rollout import ControlConfig
 from parapolicy.policy.model.checkpoint import CheckpointError
@@ -144,6 +151,10 @@ def test_compare_same_seeds_and_noise_give_matching_frozen_scores(checkpoint, tm
     data = run_compare(cfg, tmp_path / "run")
     check = data["checks"]["frozen_score_within_tolerance"]
     assert check["ok"] and abs(check["diff_vs_baseline"]["paraddpm"]) < 1e-4
+    (pair,) = data["paired"]  # paraddpm against the baseline, episode by episode
+    assert pair["label"] == "frozen" and pair["sampler"] == "paraddpm" and pair["against"] == "sequential"
+    assert pair["n_episodes"] == 2
+    assert pair["mean_score_diff"] == pytest.approx(check["diff_vs_baseline"]["paraddpm"], abs=1e-12)
     assert not [n for n in data["notes"] if "noise" in n]  # identical noise: nothing to flag
     assert any("batched calls" in n for n in data["notes"])
 
@@ -373,6 +384,41 @@ def test_compare_sweeps_latency_models_and_stitching(checkpoint, tmp_path):
     assert (out / "plots" / "delay_sweep.png").read_bytes()[:4] == PNG
     text = format_table(summary["table"])
     assert "realtime_sim@fixed:350/inpaint" in text and "bnd/in" in text
+    # each rule after the sweep's first is paired with the first, at the same latency model
+    pairs = {p["label"]: p for p in summary["paired"]}
+    assert list(pairs) == [f"realtime_sim@fixed:{ms}/inpaint" for ms in (150, 350)]
+    for ms in (150, 350):
+        p = pairs[f"realtime_sim@fixed:{ms}/inpaint"]
+        assert p["against"] == f"realtime_sim@fixed:{ms}/drop" and p["n_episodes"] == 2
+        inpaint, drop = (rows[f"realtime_sim@fixed:{ms}/{st}"]["mean_score"] for st in ("inpaint", "drop"))
+        assert p["mean_score_diff"] == pytest.approx(inpaint - drop, abs=1e-12)
+    report = format_report(summary, out)
+    assert "paraddpm realtime_sim@fixed:350/inpaint - realtime_sim@fixed:350/drop: " in report
+
+
+def test_paired_difference_golden_values_and_refusals():
+    """Episodes are matched by seed, whatever their order; the interval is the normal one on the
+    per-episode differences (sample standard deviation)."""
+    runs = [
+        {"seed": 1, "max_reward": 1.0, "success": True},
+        {"seed": 2, "max_reward": 0.5, "success": False},
+        {"seed": 3, "max_reward": 0.8, "success": False},
+    ]
+    against = [
+        {"seed": 2, "max_reward": 0.7, "success": False},
+        {"seed": 3, "max_reward": 0.8, "success": True},
+        {"seed": 1, "max_reward": 0.9, "success": False},
+    ]
+    pair = paired_difference(runs, against)  # differences +0.1, -0.2, 0.0
+    assert pair["n_episodes"] == 3 and pair["mean_score_diff"] == pytest.approx(-0.1 / 3)
+    half = 1.959964 * (0.07 / 3) ** 0.5 / 3**0.5  # sample variance of the differences: 0.07 / 3
+    assert pair["mean_score_diff_ci95"] == pytest.approx([-0.1 / 3 - half, -0.1 / 3 + half])
+    assert pair["successes_only_here"] == 1 and pair["successes_only_there"] == 1
+    assert paired_difference(runs[:1], against[2:])["mean_score_diff_ci95"] is None  # one episode
+    with pytest.raises(ValueError, match="same episode seeds"):
+        paired_difference(runs, against[:2])
+    with pytest.raises(ValueError, match="each seed once"):
+        paired_difference([runs[0], runs[0], runs[1]], against)
 
 
 def test_delay_sweep_plot_takes_an_all_success_cell(tmp_path):

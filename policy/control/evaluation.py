@@ -11,7 +11,8 @@ batch. As the reference's MultiStepWrapper: the first observation is repeated to
 history, a chunk of Ta actions is executed one by one and stops early when the episode ends, and an
 episode ends at success or after ``max_steps`` steps.
 Metrics: ``mean_score`` (the reference's headline: mean over episodes of the max reward), success rate
-with a Wilson 95% interval, steps and final coverage.
+with a Wilson 95% interval, steps and final coverage; two runs over the same seeds compare paired
+(`paired_difference`).
 """
 
 from __future__ import annotations
@@ -68,6 +69,38 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     lo = 0.0 if successes == 0 else max(0.0, centre - half)  # the edges exactly (rounding misses them)
     hi = 1.0 if successes == n else min(1.0, centre + half)
     return lo, hi
+
+
+def paired_difference(
+    runs: list[dict[str, Any]], against: list[dict[str, Any]], z: float = 1.959964
+) -> dict[str, Any]:
+    """One run against another on the same episodes (matched by seed): the mean of the per-episode
+    max-reward differences ``runs - against`` with a normal 95% interval (None below 2 episodes), and
+    how many episodes only one of the two runs succeeded in.
+
+    Paired, the seed-to-seed spread of the task cancels, so the interval is far narrower than the
+    difference of two runs' own intervals when both ran the same seeds (and noise).
+
+    Raises:
+        ValueError: the two runs did not run the same seeds, or a run repeats a seed.
+    """
+    by_seed = {e["seed"]: e for e in against}
+    seeds = [e["seed"] for e in runs]
+    if len(by_seed) != len(against) or len(set(seeds)) != len(seeds) or set(seeds) != set(by_seed):
+        raise ValueError("paired_difference needs two runs over the same episode seeds, each seed once")
+    diffs = np.array([e["max_reward"] - by_seed[e["seed"]]["max_reward"] for e in runs], dtype=np.float64)
+    mean = float(diffs.mean()) if diffs.size else 0.0
+    ci = None
+    if diffs.size >= 2:
+        half = z * float(diffs.std(ddof=1)) / math.sqrt(diffs.size)
+        ci = [mean - half, mean + half]
+    return {
+        "n_episodes": int(diffs.size),
+        "mean_score_diff": mean,
+        "mean_score_diff_ci95": ci,
+        "successes_only_here": sum(1 for e in runs if e["success"] and not by_seed[e["seed"]]["success"]),
+        "successes_only_there": sum(1 for e in runs if by_seed[e["seed"]]["success"] and not e["success"]),
+    }
 
 
 def episode_generator(noise_seed: int, episode_seed: int) -> torch.Generator:
