@@ -3,7 +3,7 @@
 With x̂₀ held, step m is the affine map x -> a_m·x + c_m (`step.held_x0_affine`; a_m is the table's
 `rollout_coef_x`, read off the shared step). M such steps from slot e are one matrix product over the
 c's, with weights from the cumulative log-slopes, instead of M dependent operations. The Parareal
-update's carry weights (`picard`) are built from the same sums.
+update's carry weights (`parareal`) are built from the same sums.
 
 Library module: imports torch only.
 """
