@@ -558,14 +558,15 @@ def paired_differences(cfg: CompareConfig, results: Results) -> list[dict[str, A
     """Runs compared episode by episode (the same seeds, and the same noise where the samplers draw
     alike): in every run label each sampler against the baseline, and under ``stitch_sweep`` each
     stitching rule against the sweep's first rule at the same mode and latency model. Each entry is
-    `evaluation.paired_difference` with the label, the sampler and what it is compared with."""
+    `evaluation.paired_difference` of run (``sampler``, ``label``) against run (``against_sampler``,
+    ``against_label``)."""
     pairs = []
     for label in run_labels(cfg):
         base = results[cfg.baseline][label].per_episode
         for name in cfg.run:
             if name != cfg.baseline:
                 diff = paired_difference(results[name][label].per_episode, base)
-                pairs.append({"label": label, "sampler": name, "against": cfg.baseline, **diff})
+                pairs.append(_pair(name, label, cfg.baseline, label, diff))
     first = cfg.stitch_sweep[0] if cfg.stitch_sweep else None
     for label, _, _, stitch in run_cells(cfg):
         if stitch is None or stitch == first:
@@ -573,8 +574,18 @@ def paired_differences(cfg: CompareConfig, results: Results) -> list[dict[str, A
         ref = label.removesuffix(f"/{stitch}") + f"/{first}"
         for name in cfg.run:
             diff = paired_difference(results[name][label].per_episode, results[name][ref].per_episode)
-            pairs.append({"label": label, "sampler": name, "against": ref, **diff})
+            pairs.append(_pair(name, label, name, ref, diff))
     return pairs
+
+
+def _pair(sampler: str, label: str, against_sampler: str, against_label: str, diff: dict) -> dict[str, Any]:
+    return {
+        "sampler": sampler,
+        "label": label,
+        "against_sampler": against_sampler,
+        "against_label": against_label,
+        **diff,
+    }
 
 
 def format_paired(pairs: list[dict[str, Any]]) -> list[str]:
@@ -588,7 +599,8 @@ def format_paired(pairs: list[dict[str, Any]]) -> list[str]:
         ci = p["mean_score_diff_ci95"]
         interval = "" if ci is None else f" [{ci[0]:+.4f}, {ci[1]:+.4f}]"
         lines.append(
-            f"  {p['sampler']} {p['label']} - {p['against']}: {p['mean_score_diff']:+.4f}{interval}; "
+            f"  {p['sampler']} {p['label']} - {p['against_sampler']} {p['against_label']}: "
+            f"{p['mean_score_diff']:+.4f}{interval}; "
             f"{p['successes_only_here']} / {p['successes_only_there']} of {p['n_episodes']}"
         )
     return lines

@@ -152,7 +152,8 @@ def test_compare_same_seeds_and_noise_give_matching_frozen_scores(checkpoint, tm
     check = data["checks"]["frozen_score_within_tolerance"]
     assert check["ok"] and abs(check["diff_vs_baseline"]["paraddpm"]) < 1e-4
     (pair,) = data["paired"]  # paraddpm against the baseline, episode by episode
-    assert pair["label"] == "frozen" and pair["sampler"] == "paraddpm" and pair["against"] == "sequential"
+    assert (pair["sampler"], pair["label"]) == ("paraddpm", "frozen")
+    assert (pair["against_sampler"], pair["against_label"]) == ("sequential", "frozen")
     assert pair["n_episodes"] == 2
     assert pair["mean_score_diff"] == pytest.approx(check["diff_vs_baseline"]["paraddpm"], abs=1e-12)
     assert not [n for n in data["notes"] if "noise" in n]  # identical noise: nothing to flag
@@ -389,11 +390,12 @@ def test_compare_sweeps_latency_models_and_stitching(checkpoint, tmp_path):
     assert list(pairs) == [f"realtime_sim@fixed:{ms}/inpaint" for ms in (150, 350)]
     for ms in (150, 350):
         p = pairs[f"realtime_sim@fixed:{ms}/inpaint"]
-        assert p["against"] == f"realtime_sim@fixed:{ms}/drop" and p["n_episodes"] == 2
+        assert (p["sampler"], p["against_sampler"]) == ("paraddpm", "paraddpm") and p["n_episodes"] == 2
+        assert p["against_label"] == f"realtime_sim@fixed:{ms}/drop"
         inpaint, drop = (rows[f"realtime_sim@fixed:{ms}/{st}"]["mean_score"] for st in ("inpaint", "drop"))
         assert p["mean_score_diff"] == pytest.approx(inpaint - drop, abs=1e-12)
     report = format_report(summary, out)
-    assert "paraddpm realtime_sim@fixed:350/inpaint - realtime_sim@fixed:350/drop: " in report
+    assert "paraddpm realtime_sim@fixed:350/inpaint - paraddpm realtime_sim@fixed:350/drop: " in report
 
 
 def test_paired_difference_golden_values_and_refusals():
