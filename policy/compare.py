@@ -578,7 +578,9 @@ def paired_differences(cfg: CompareConfig, results: Results) -> list[dict[str, A
     return pairs
 
 
-def _pair(sampler: str, label: str, against_sampler: str, against_label: str, diff: dict) -> dict[str, Any]:
+def _pair(
+    sampler: str, label: str, against_sampler: str, against_label: str, diff: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "sampler": sampler,
         "label": label,
