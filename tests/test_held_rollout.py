@@ -38,7 +38,7 @@ def test_closed_form_roll_out_is_the_stepped_one(kind: str, K: int, e: int, M: i
     held = HeldRollout(tab, trailing=2)
     rows, gain, weights = held.run(e, M)
     _, c = held_x0_affine(tab, rows, x0, None if z is None else z[e : e + M])  # (M, H, D)
-    got = torch.baddbmm(gain * x_end.view(1, 1, -1), weights, c.view(1, M, -1)).view(M, 16, 2)
+    got = HeldRollout.apply(gain, weights, x_end, c.view(1, M, -1)).view(M, 16, 2)
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
     if e + M == K and kind != "ddpm":  # the last step lands on clean data: slope 0, the held x̂₀ itself
         torch.testing.assert_close(got[-1], x0[0], rtol=0, atol=1e-6)

@@ -13,6 +13,7 @@ a free function over a `Denoiser` callable, so this package runs wherever torch 
     picard.py       sample_picard (ParaDiGMS sliding-window Picard iteration)
     rollout.py      the Picard refill's x̂₀-held roll-out, in closed form
     coarse.py       the Parareal update's linear coarse model (the denoiser's x̂₀ Jacobian)
+    parareal.py     the Parareal update's carry along a window, per coarse model
     warm_start.py   shifted previous sample / common random numbers for the next chunk
     dispatch.py     run_sampler: sequential or Picard, by the settings' is_parallel
     denoiser.py     the Denoiser protocol

@@ -105,8 +105,7 @@ class _Trajectory:
         if self.device.type == "cpu":
             self.norms_host = np.empty(max_rows, dtype=norm_dtype)
             self.norms = torch.from_numpy(self.norms_host)
-        trailing = len(self.rest)
-        self.held = table.cached(("picard_rollout", trailing), lambda: HeldRollout(table, trailing))
+        self.held = HeldRollout.of(table, len(self.rest))
 
     def known(self, samples: Tensor) -> Inpaint | None:
         """The known rows of each entry's sample ((E,) sample indices); one sample's broadcast as is."""
@@ -143,7 +142,7 @@ class _Trajectory:
             rows, gain, weights = self.held.run(e, M)  # StepRows (M,), (1, M, 1), (1, M, M)
             z = None if self.noise is None else self.noise[e : e + M]  # (M, H, D)
             _, c = held_x0_affine(self.table, rows, x0, z)  # (M, H, D)
-            filled = torch.baddbmm(gain * x_end.view(1, 1, -1), weights, c.view(1, M, -1))  # (1, M, H·D)
+            filled = HeldRollout.apply(gain, weights, x_end, c.view(1, M, -1))  # (1, M, H·D)
             self.flat[e + 1 : e + 1 + M] = filled.view(M, *self.rest)
             return
         k = np.arange(M)[:, None]  # (M, 1)
@@ -160,7 +159,7 @@ class _Trajectory:
         _, c = held_x0_affine(self.table, rows, x0.expand(M, *x0.shape), z)  # (M, A, H, D)
         gain, weights = self.held.weights(idx[-A:], M)  # (A, M, 1), (A, M, M)
         c = c.transpose(0, 1).reshape(A, M, -1)  # (A, M, H·D)
-        filled = torch.baddbmm(gain * x_end.view(A, 1, -1), weights, c)  # (A, M, H·D)
+        filled = HeldRollout.apply(gain, weights, x_end, c)  # (A, M, H·D)
         filled = filled.transpose(0, 1).reshape(M * A, *self.rest)  # (M·A, H, D), row = position·A + entry
         self.flat.index_copy_(0, dest, filled if valid.size == n else filled.index_select(0, inside))
 

@@ -38,9 +38,9 @@ class HeldRollout:
 
     From slot e, x_{e+1+k} = A_k·x_e + Σ_{j<=k} W_kj·c_{e+j} with A_k = Π_{m=e..e+k} a_m and
     W_kj = Π_{m=e+j+1..e+k} a_m (1 on the diagonal, 0 above it), from the cumulative log-slopes
-    (`log_slope_sums`) in float64, cast to the table's dtype. Built once per table
-    (`StepTable.cached`); one sample's (rows, A, W) are kept per (e, M) as first computed, up to
-    `MAX_KEPT` of them.
+    (`log_slope_sums`) in float64, cast to the table's dtype (`weights`, or `run` for one sample),
+    applied by `apply`. Built once per table (`of`); one sample's (rows, A, W) are kept per (e, M) as
+    first computed, up to `MAX_KEPT` of them.
     """
 
     MAX_KEPT = 4096
@@ -49,6 +49,19 @@ class HeldRollout:
         self.table, self.trailing = table, trailing
         self.C = log_slope_sums(table, 2 * table.num_steps + 2)  # e + M <= 2K
         self.kept: dict[tuple[int, int], tuple[StepRows, Tensor, Tensor]] = {}
+
+    @staticmethod
+    def of(table: StepTable, trailing: int) -> HeldRollout:
+        """The table's roll-out for samples with ``trailing`` dims after the row, built once
+        (`StepTable.cached`)."""
+        return table.cached(("held_rollout", trailing), lambda: HeldRollout(table, trailing))
+
+    @staticmethod
+    def apply(gain: Tensor, weights: Tensor, x_end: Tensor, c: Tensor) -> Tensor:
+        """(A, M, H·D) slots e+1 .. e+M of A roll-outs, A_k·x_e + Σ_{j<=k} W_kj·c_{e+j}: from the
+        (A, M, 1) gains and (A, M, M) weights (`weights`, `run`), the (A, H, D) values at slot e and
+        the (A, M, H·D) offsets c of the steps."""
+        return torch.baddbmm(gain * x_end.view(x_end.shape[0], 1, -1), weights, c)
 
     def weights(self, starts: Tensor, M: int) -> tuple[Tensor, Tensor]:
         """(A, M, 1) gains A and (A, M, M) weights W of roll-outs from the slots ``starts`` ((A,) int64)."""

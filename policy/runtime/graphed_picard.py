@@ -99,7 +99,7 @@ class PicardGraph:
         thr = torch.full((K + p + 1,), math.inf, dtype=err_dtype, device=dev)
         thr[:K] = torch.from_numpy(change_norm_thresholds(table, tol, 0.0, H * D)[0][:K]).to(thr)
         self.thr, self.err_dtype = thr, err_dtype
-        self.held = HeldRollout(table, 2)
+        self.held = HeldRollout.of(table, 2)
         self._graph: torch.cuda.CUDAGraph | None = None
 
     # ----------------------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ class PicardGraph:
         z = self.noise[src, self.s] if self.table.is_stochastic else None  # (B, p, H, D)
         _, c = held_x0_affine(self.table, self.table.rows(src, trailing=2), x0[:, None], z)  # (B, p, H, D)
         gain, weights = self.held.weights(ends, p)  # (B, p, 1), (B, p, p)
-        filled = torch.baddbmm(gain * x_end.view(B, 1, -1), weights, c.view(B, p, -1))  # (B, p, H·D)
+        filled = HeldRollout.apply(gain, weights, x_end, c.view(B, p, -1))  # (B, p, H·D)
         dest = torch.where(self.i < counts[:, None], ends[:, None] + 1 + self.i, K + 1 + self.i)  # (B, p)
         self.X[dest, self.s] = filled.view(B, p, *self.rest)  # past the count: padding slots
 
