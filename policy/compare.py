@@ -46,10 +46,10 @@ from parapolicy.policy.control.frontier import (
 from parapolicy.policy.control.latency import write_csv
 from parapolicy.policy.control.records import RolloutResult
 from parapolicy.policy.control.rollout import check_policy_settings, run_rollouts
-from parapolicy.policy.control.run_support import fmt, open_policy, progress_bar, run_block
+from parapolicy.policy.control.run_support import PolicyRunConfig, fmt, open_policy, progress_bar, run_block
 from parapolicy.policy.control.settings import MODES, STITCH_RULES, ControlConfig, LatencyModel
-from parapolicy.policy.control.tasks import check_task_name, task_for_policy
-from parapolicy.policy.model.policy import DiffusionPolicy, check_compile_mode
+from parapolicy.policy.control.tasks import task_for_policy
+from parapolicy.policy.model.policy import DiffusionPolicy
 from parapolicy.policy.run_dir import claim_run_dir
 from parapolicy.policy.run_info import run_info
 from parapolicy.policy.runtime.auto_window import resolve_sampler
@@ -127,20 +127,9 @@ def _compare_eval() -> EvalConfig:
 
 
 @dataclass
-class CompareConfig:
+class CompareConfig(PolicyRunConfig):
     """`parapolicy-compare` settings."""
 
-    policy_path: str = "assets/default_policy"
-    """Checkpoint directory (config.json, model.safetensors, normalizer.safetensors)."""
-    device: str = "cpu"
-    """Torch device."""
-    compile: str = "trace"
-    """How the denoiser runs (`DiffusionPolicy.set_compile`): ``trace`` (one `torch.jit.trace` graph: less
-    time per call than eager, the same outputs bit for bit on the shipped policy), ``none`` (eager) or
-    ``cuda_graph`` (CUDA devices)."""
-    task: str = "pusht"
-    """Environment: ``pusht`` (PushT-v0 of this repository) or ``gym_pusht`` (HuggingFace's gym-pusht,
-    same reference starts; `control.tasks.gym_pusht`)."""
     samplers: dict[str, SamplerEntry] = field(default_factory=default_samplers)
     """Named samplers (edit one with ``samplers.<name>.sampler.window=16``; add new names in a YAML)."""
     run: list[str] = field(default_factory=default_run)
@@ -179,8 +168,7 @@ class CompareConfig:
     compute times (and the speedup column) are then those of batched calls. Other runs use 1."""
 
     def __post_init__(self) -> None:
-        check_compile_mode(self.compile)
-        check_task_name(self.task)
+        super().__post_init__()
         for text in self.latency_sweep:
             LatencyModel.parse(text)
         if len(set(self.latency_sweep)) != len(self.latency_sweep):

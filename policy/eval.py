@@ -32,11 +32,11 @@ from parapolicy.policy.config import SamplerConfig
 from parapolicy.policy.control.controller import aggregate_episodes
 from parapolicy.policy.control.evaluation import EvalConfig
 from parapolicy.policy.control.rollout import evaluate_policy, reference_control, run_rollouts
+from parapolicy.policy.control.run_support import PolicyRunConfig, open_policy
 from parapolicy.policy.control.smoothness import smoothness
 from parapolicy.policy.control.task import Task
-from parapolicy.policy.control.tasks import check_task_name, task_for_policy
-from parapolicy.policy.model.policy import DiffusionPolicy, check_compile_mode
-from parapolicy.policy.model.pretrained import load_policy
+from parapolicy.policy.control.tasks import task_for_policy
+from parapolicy.policy.model.policy import DiffusionPolicy
 from parapolicy.policy.run_health import DEFAULT_MAX_REJECTED_SHARE
 from parapolicy.policy.run_info import run_info
 from parapolicy.policy.runtime.auto_window import resolve_sampler
@@ -47,19 +47,9 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class EvalJobConfig:
+class EvalJobConfig(PolicyRunConfig):
     """`parapolicy-eval` settings."""
 
-    policy_path: str = "assets/default_policy"
-    """Checkpoint directory (config.json, model.safetensors, normalizer.safetensors)."""
-    device: str = "cpu"
-    """Torch device."""
-    compile: str = "trace"
-    """How the denoiser runs (`DiffusionPolicy.set_compile`): ``trace`` (one `torch.jit.trace` graph: less
-    time per call than eager, the same outputs bit for bit on the shipped policy), ``none`` (eager) or
-    ``cuda_graph`` (CUDA devices)."""
-    task: str = "pusht"
-    """Environment: ``pusht`` (PushT-v0 of this repository) or ``gym_pusht`` (HuggingFace's gym-pusht)."""
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     """Sampler used for evaluation (default: the reference's sequential DDPM-100)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -68,8 +58,7 @@ class EvalJobConfig:
     """Exit non-zero (code 8, records still written) when the output guard rejects more plans than this."""
 
     def __post_init__(self) -> None:
-        check_compile_mode(self.compile)
-        check_task_name(self.task)
+        super().__post_init__()
         if not 0.0 <= self.max_rejected_share <= 1.0:
             raise ValueError(f"max_rejected_share must be in [0, 1], got {self.max_rejected_share}")
 
@@ -85,8 +74,7 @@ def run_eval(cfg: EvalJobConfig, out: Path) -> dict[str, Any] | None:
     device = cfg.device
     if ranks.world_size > 1 and device == "cuda":
         device = f"cuda:{ranks.local_rank}"  # one GPU per rank
-    policy = load_policy(cfg.policy_path, device=device)
-    policy.set_compile(cfg.compile)
+    policy = open_policy(cfg.policy_path, device, cfg.compile)
     sampler, auto_window = _resolve_sampler_on_rank0(policy, cfg.sampler, ranks)
     policy.set_sampler(sampler)
     video_dir = out / "videos" if cfg.eval.max_videos else None

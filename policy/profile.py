@@ -22,29 +22,18 @@ from parapolicy.policy.control.evaluation import EvalConfig
 from parapolicy.policy.control.latency import write_csv
 from parapolicy.policy.control.records import RolloutResult
 from parapolicy.policy.control.rollout import check_policy_settings, run_rollouts
-from parapolicy.policy.control.run_support import fmt, open_policy, progress_bar, run_block
+from parapolicy.policy.control.run_support import PolicyRunConfig, fmt, open_policy, progress_bar, run_block
 from parapolicy.policy.control.settings import ControlConfig
-from parapolicy.policy.control.tasks import check_task_name, task_for_policy
-from parapolicy.policy.model.policy import check_compile_mode
+from parapolicy.policy.control.tasks import task_for_policy
 from parapolicy.policy.run_dir import claim_run_dir
 from parapolicy.policy.run_info import run_info
 from parapolicy.policy.runtime.auto_window import resolve_sampler
 
 
 @dataclass
-class ProfileConfig:
+class ProfileConfig(PolicyRunConfig):
     """`parapolicy-profile` settings."""
 
-    policy_path: str = "assets/default_policy"
-    """Checkpoint directory."""
-    device: str = "cpu"
-    """Torch device."""
-    compile: str = "trace"
-    """How the denoiser runs (`DiffusionPolicy.set_compile`): ``trace`` (one `torch.jit.trace` graph: less
-    time per call than eager, the same outputs bit for bit on the shipped policy), ``none`` (eager) or
-    ``cuda_graph`` (CUDA devices)."""
-    task: str = "pusht"
-    """Environment: ``pusht`` (PushT-v0 of this repository) or ``gym_pusht`` (HuggingFace's gym-pusht)."""
     sampler: SamplerConfig = field(default_factory=lambda: dataclasses.replace(PARADDPM))
     """The sampler to profile (default: `compare.PARADDPM`, as `parapolicy-compare`'s ``paraddpm``)."""
     control: ControlConfig = field(default_factory=lambda: ControlConfig(mode="realtime_sim"))
@@ -57,8 +46,7 @@ class ProfileConfig:
     """torch intra-op threads (None: torch's default)."""
 
     def __post_init__(self) -> None:
-        check_compile_mode(self.compile)
-        check_task_name(self.task)
+        super().__post_init__()
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1 or null, got {self.num_threads}")
 

@@ -9,9 +9,13 @@ import sys
 
 import pytest
 
+from parapolicy.policy.compare import CompareConfig
 from parapolicy.policy.config import SamplerConfig
 from parapolicy.policy.control.evaluation import EvalConfig
+from parapolicy.policy.control.run_support import PolicyRunConfig
 from parapolicy.policy.eval import EvalJobConfig, format_eval, run_eval
+from parapolicy.policy.model.checkpoint import CheckpointError
+from parapolicy.policy.profile import ProfileConfig
 
 
 def job(checkpoint, task: str) -> EvalJobConfig:
@@ -31,6 +35,21 @@ def test_run_eval_writes_eval_info_and_both_tasks_agree(checkpoint, tmp_path):
         assert (ea["n_steps"], ea["success"]) == (eb["n_steps"], eb["success"])
         assert eb["max_reward"] == pytest.approx(ea["max_reward"], abs=1e-6)
     assert "over 2 episodes" in format_eval(a)
+
+
+@pytest.mark.parametrize("job", [EvalJobConfig, CompareConfig, ProfileConfig])
+def test_every_rollout_job_refuses_an_unknown_task_or_compile_mode(job):
+    """The three rollout jobs share `PolicyRunConfig` and its checks."""
+    assert issubclass(job, PolicyRunConfig)
+    with pytest.raises(ValueError, match="task must be one of .*'mujoco'"):
+        job(task="mujoco")
+    with pytest.raises(ValueError, match="compile mode must be one of .*'jit'"):
+        job(compile="jit")
+
+
+def test_run_eval_names_a_missing_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match=r"cannot load policy_path=.*nowhere.*does not exist. Point"):
+        run_eval(EvalJobConfig(policy_path=str(tmp_path / "nowhere")), tmp_path / "run")
 
 
 def test_unknown_task_fails_at_compose_time(tmp_path):

@@ -7,5 +7,6 @@
 - `records`, `faults`, `episode`: typed records (plans, episode records, results), fault codes, the
   live state of an episode.
 - `latency`: step/chunk logs and summaries; `evaluation`: the reference protocol's settings and
-  metrics; `rollout`: the entry points; `run_support`: helpers of the jobs; `plots`: figures.
+  metrics; `rollout`: the entry points; `run_support`: the rollout jobs' shared settings
+  (`PolicyRunConfig`) and helpers; `plots`: figures.
 """

@@ -1,19 +1,44 @@
-"""Helpers the rollout jobs share (`compare.py`, `profile.py`, `eval.py`): opening the checkpoint with a
-message that says what to do, claiming a run folder, the progress bar, the per-mode output block and
-number formatting for the printed tables.
+"""Helpers the rollout jobs share (`compare.py`, `profile.py`, `eval.py`): their common settings
+(`PolicyRunConfig`), opening the checkpoint with a message that says what to do, the progress bar, the
+per-mode output block and number formatting for the printed tables.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from tqdm import tqdm
 
 from parapolicy.policy.control.records import RolloutResult
+from parapolicy.policy.control.tasks import check_task_name
 from parapolicy.policy.model.checkpoint import CheckpointError
-from parapolicy.policy.model.policy import DiffusionPolicy
+from parapolicy.policy.model.policy import DiffusionPolicy, check_compile_mode
 from parapolicy.policy.model.pretrained import load_policy
+
+
+@dataclass
+class PolicyRunConfig:
+    """What every rollout job opens and where it runs it: the settings `parapolicy-compare`,
+    `parapolicy-eval` and `parapolicy-profile` share (their configs extend this one)."""
+
+    policy_path: str = "assets/default_policy"
+    """Checkpoint: a parapolicy directory (config.json, model.safetensors, normalizer.safetensors), a
+    LeRobot diffusion directory or a Diffusion Policy ``.ckpt`` file."""
+    device: str = "cpu"
+    """Torch device."""
+    compile: str = "trace"
+    """How the denoiser runs (`DiffusionPolicy.set_compile`): ``trace`` (one `torch.jit.trace` graph: less
+    time per call than eager, the same outputs bit for bit on the shipped policy), ``none`` (eager) or
+    ``cuda_graph`` (CUDA devices)."""
+    task: str = "pusht"
+    """Environment: ``pusht`` (PushT-v0 of this repository) or ``gym_pusht`` (HuggingFace's gym-pusht,
+    same reference starts; `control.tasks.gym_pusht`)."""
+
+    def __post_init__(self) -> None:
+        check_compile_mode(self.compile)
+        check_task_name(self.task)
 
 
 def open_policy(path: str, device: str, compile: str = "none") -> DiffusionPolicy:
