@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from parapolicy.envs import PushTEnv, reference_initial_state
-from parapolicy.policy.config import SamplerConfig
+from parapolicy.policy.config import SamplerConfig, shipped_path
 from parapolicy.policy.control.stitching import known_rows
 from parapolicy.policy.diffusion.coarse import x0_jacobian
 from parapolicy.policy.diffusion.dispatch import run_sampler
@@ -158,11 +158,14 @@ class BenchJobConfig:
     """`parapolicy-bench` settings."""
 
     policy_path: str = "assets/default_policy"
-    """Checkpoint directory."""
+    """Checkpoint directory (``assets/...``: the shipped ones, from any working directory)."""
     device: str = "cpu"
     """Torch device."""
     bench: SamplerBenchConfig = field(default_factory=SamplerBenchConfig)
     """What to measure."""
+
+    def __post_init__(self) -> None:
+        self.policy_path = shipped_path(self.policy_path)
 
 
 @torch.no_grad()

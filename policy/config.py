@@ -8,13 +8,14 @@ config fails when it is built, before anything runs.
 A leaf of the package: it imports only the diffusion core's torch-free option names
 (`diffusion/options.py`, re-exported here), so every layer can import it (`tests/test_layout.py`).
 The settings rules other modules need (`validate_horizon`, `check_action_steps`,
-`check_inference_steps`) are defined here once and called from there.
+`check_inference_steps`, `shipped_path`) are defined here once and called from there.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from parapolicy.policy.diffusion.options import (
@@ -64,6 +65,22 @@ IMAGE_NORMS = ("group_norm", "batch_norm")
 IMAGE_POOLS = ("spatial_softmax", "avg")
 # channels of each backbone's last stage (what `avg` pooling gives per image)
 BACKBONE_WIDTHS = {"resnet18": 512}
+
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+"""The checkout this package runs from (an editable install); its ``assets/`` holds the shipped files."""
+
+
+def shipped_path(path: str) -> str:
+    """``path`` as given, except a relative ``assets/...`` path that does not exist from the working
+    directory but names a file this checkout ships: then that file's absolute path, so that the
+    shipped defaults (``assets/default_policy``, ``assets/pusht_expert.zarr``, ...) work from any
+    working directory."""
+    given = Path(path)
+    shipped = REPOSITORY_ROOT / given
+    if given.parts[:1] == ("assets",) and not given.exists() and shipped.exists():
+        return str(shipped)
+    return path
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -10,7 +10,7 @@ keeps its traceback (exit code 1). The codes are listed in docs/reliability.md:
  2    invalid configuration value (`ConfigError`)
  3    run folder already used (`RunFolderError`), or nothing to resume there (`NoRunToResumeError`)
  4    checkpoint refused (`CheckpointError`)
- 5    demonstration store refused (`DatasetError`, `StoreLockedError`, `ReadOnlyStoreError`)
+ 5    demonstration store missing or refused (`DatasetError`, `StoreLockedError`, `ReadOnlyStoreError`)
  6    observation or policy-API input refused (`ObservationError`)
  7    requested device unavailable (`DeviceUnavailableError`)
  8    the run finished, its records are written, but it is not trustworthy (`RunFailedError`)

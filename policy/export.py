@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from parapolicy.policy.config import shipped_path
 from parapolicy.policy.errors import ConfigError, RunFolderError
 from parapolicy.policy.model.lerobot_format import save_lerobot_policy
 from parapolicy.policy.model.pretrained import load_policy, save_policy
@@ -35,6 +36,7 @@ class ExportConfig:
     agent position in the PushT layout) and the rest ``observation.environment_state``."""
 
     def __post_init__(self) -> None:
+        self.policy_path = shipped_path(self.policy_path)
         if self.format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
         if self.state_dim < 1:

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from parapolicy.policy.config import PolicyConfig, SamplerConfig
+from parapolicy.policy.config import PolicyConfig, SamplerConfig, shipped_path
 from parapolicy.policy.control.evaluation import EvalConfig
 from parapolicy.policy.data.dataset import PushTLowdimDataset
 from parapolicy.policy.data.image_dataset import make_dataset
@@ -124,6 +124,8 @@ class TrainConfig:
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
+        self.dataset_path = shipped_path(self.dataset_path)
+        self.init_policy = shipped_path(self.init_policy)
         for name in ("num_steps", "batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

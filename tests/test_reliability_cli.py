@@ -122,7 +122,22 @@ def test_known_refusal_is_one_line_without_traceback(tmp_path):
         ["parapolicy-eval", f"policy_path={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'r'}"],
         tmp_path,
     )
-    assert_one_line_refusal(proc, 4, str(tmp_path / "nowhere"), "does not exist")
+    assert_one_line_refusal(proc, 4, "policy_path", str(tmp_path / "nowhere"), "does not exist")
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        (["dataset_path={nowhere}"], 5, ["no demonstration store at {nowhere}", "parapolicy-collect"]),
+        (["init_policy={nowhere}"], 4, ["{nowhere}", "does not exist"]),
+    ],
+)
+def test_train_refuses_a_missing_input_in_one_line(tmp_path, args, code, words):
+    nowhere = tmp_path / "nowhere"
+    overrides = [a.format(nowhere=nowhere) for a in args]
+    proc = run(["parapolicy-train", *overrides, "num_steps=1", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path)
+    assert_one_line_refusal(proc, code, *(w.format(nowhere=nowhere) for w in words))
+    assert not (tmp_path / "r" / "checkpoints").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

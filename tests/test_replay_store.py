@@ -16,7 +16,12 @@ import pytest
 import zarr
 
 from parapolicy.policy.data.dataset import PushTLowdimDataset
-from parapolicy.policy.data.replay_store import DatasetError, ReadOnlyStoreError, ReplayStore
+from parapolicy.policy.data.replay_store import (
+    DatasetError,
+    ReadOnlyStoreError,
+    ReplayStore,
+    StoreNotFoundError,
+)
 
 
 def make_episode(length: int, first_row: int = 0, img: bool = False) -> dict[str, np.ndarray]:
@@ -307,8 +312,9 @@ def test_open_validation_errors(tmp_path: Path, arrays, ends, match: str, zarr_f
 
 def test_dataset_error_is_value_error_and_open_errors(tmp_path: Path) -> None:
     assert issubclass(DatasetError, ValueError)
-    with pytest.raises(FileNotFoundError, match="no demonstration store at"):
+    with pytest.raises(StoreNotFoundError, match="no demonstration store at") as missing:
         ReplayStore.open(tmp_path / "nope.zarr")
+    assert isinstance(missing.value, DatasetError) and isinstance(missing.value, FileNotFoundError)
     (tmp_path / "plain").mkdir()
     with pytest.raises(DatasetError, match="not a zarr group"):
         ReplayStore.open(tmp_path / "plain")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from parapolicy.policy.config import SamplerConfig
+from parapolicy.policy.bench import BenchJobConfig
+from parapolicy.policy.config import SamplerConfig, shipped_path
 from parapolicy.policy.control.evaluation import EvalConfig
 from parapolicy.policy.control.rollout import evaluate_policy
 from parapolicy.policy.data.replay_store import ReplayStore
+from parapolicy.policy.eval import EvalJobConfig
 from parapolicy.policy.model.pretrained import load_policy
+from parapolicy.policy.train import TrainConfig
 
 ASSETS = Path(__file__).parents[1] / "assets"
 
@@ -44,3 +47,19 @@ def test_default_policy_solves_pusht():
     cfg = EvalConfig(n_episodes=4, batch_size=4, max_videos=0, progress=False)
     result = evaluate_policy(policy, cfg)
     assert result["aggregated"]["mean_score"] >= 0.85, [e["max_reward"] for e in result["per_episode"]]
+
+
+def test_the_shipped_defaults_resolve_from_any_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no assets/ here
+    assert shipped_path("assets/default_policy") == str(ASSETS / "default_policy")
+    assert TrainConfig().dataset_path == str(ASSETS / "pusht_expert.zarr")
+    assert EvalJobConfig().policy_path == str(ASSETS / "default_policy")
+    assert BenchJobConfig(policy_path="assets/multimodal_policy").policy_path == str(
+        ASSETS / "multimodal_policy"
+    )
+    # anything else stays as given: a missing asset, another relative path, an absolute one
+    for path in ("assets/nowhere", "default_policy", "outputs/assets/default_policy", "/abs/assets", ""):
+        assert shipped_path(path) == path
+    # a path that exists from the working directory wins over the shipped file of the same name
+    (tmp_path / "assets" / "default_policy").mkdir(parents=True)
+    assert shipped_path("assets/default_policy") == "assets/default_policy"

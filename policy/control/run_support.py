@@ -11,6 +11,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from parapolicy.policy.config import shipped_path
 from parapolicy.policy.control.records import RolloutResult
 from parapolicy.policy.control.tasks import check_task_name
 from parapolicy.policy.model.checkpoint import CheckpointError
@@ -25,7 +26,8 @@ class PolicyRunConfig:
 
     policy_path: str = "assets/default_policy"
     """Checkpoint: a parapolicy directory (config.json, model.safetensors, normalizer.safetensors), a
-    LeRobot diffusion directory or a Diffusion Policy ``.ckpt`` file."""
+    LeRobot diffusion directory or a Diffusion Policy ``.ckpt`` file (``assets/...``: the shipped ones,
+    from any working directory; `config.shipped_path`)."""
     device: str = "cpu"
     """Torch device."""
     compile: str = "trace"
@@ -37,6 +39,7 @@ class PolicyRunConfig:
     same reference starts; `control.tasks.gym_pusht`)."""
 
     def __post_init__(self) -> None:
+        self.policy_path = shipped_path(self.policy_path)
         check_compile_mode(self.compile)
         check_task_name(self.task)
 

@@ -73,6 +73,7 @@ __all__ = [
     "ReadOnlyStoreError",
     "ReplayStore",
     "StoreLockedError",
+    "StoreNotFoundError",
 ]
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,10 @@ class DatasetError(ParapolicyError, ValueError):
     """
 
     exit_code = 5
+
+
+class StoreNotFoundError(DatasetError, FileNotFoundError):
+    """No demonstration store at the given path."""
 
 
 class ReadOnlyStoreError(ParapolicyError, PermissionError):
@@ -299,7 +304,7 @@ class ReplayStore:
             The opened store.
 
         Raises:
-            FileNotFoundError: ``path`` does not exist.
+            StoreNotFoundError: ``path`` does not exist (a `DatasetError` and a `FileNotFoundError`).
             DatasetError: The store is not in the layout, or fails validation (missing key, bad
                 ``episode_ends``, arrays shorter than the episodes, empty episode, non-finite values).
             ReadOnlyStoreError: ``mode="a"`` on a format-2 or zip store.
@@ -309,7 +314,10 @@ class ReplayStore:
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
         root = Path(path)
         if not root.exists():
-            raise FileNotFoundError(f"no demonstration store at {root}")
+            raise StoreNotFoundError(
+                f"no demonstration store at {root}: write one with parapolicy-collect, or give the path "
+                "of a zarr store in the reference layout (a directory or a .zip)"
+            )
         is_zip = root.is_file() and root.suffix == ".zip"
         if is_zip and mode == "a":
             raise ReadOnlyStoreError(f"{root}: zip stores are read-only; append to a directory store instead")

@@ -28,11 +28,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from parapolicy.envs.geometry import KEYPOINTS_LOCAL, rotation
+from parapolicy.policy.config import REPOSITORY_ROOT
 from parapolicy.policy.model.checkpoint import write_atomic_dir
 
 __all__ = ["BlockMotionModel", "block_pose_from_keypoints", "DEFAULT_BLOCK_MODEL"]
 
-DEFAULT_BLOCK_MODEL = Path(__file__).resolve().parents[3] / "assets" / "pusht_block_model"
+DEFAULT_BLOCK_MODEL = REPOSITORY_ROOT / "assets" / "pusht_block_model"
 _CONFIG, _WEIGHTS = "config.json", "model.safetensors"
 _PATH_SCALE, _MOVE_SCALE, _ANGLE_SCALE = 100.0, 10.0, 10.0  # px, px, 1/rad: inputs and targets near 1
 
