@@ -6,7 +6,8 @@ against the allowed values in ``__post_init__``, which also checks every cross-f
 config fails when it is built, before anything runs.
 
 A leaf of the package: it imports only the diffusion core's torch-free option names
-(`diffusion/options.py`, re-exported here), so every layer can import it (`tests/test_layout.py`).
+(`diffusion/options.py`, re-exported here) and the refusal types (`errors.py`, itself a leaf), so every
+layer can import it (`tests/test_layout.py`).
 The settings rules other modules need (`validate_horizon`, `check_action_steps`,
 `check_inference_steps`, `shipped_path`) are defined here once and called from there.
 """
@@ -30,6 +31,7 @@ from parapolicy.policy.diffusion.options import (
     TIMESTEP_SPACINGS,
     UPDATE_RULES,
 )
+from parapolicy.policy.errors import ConfigError
 
 __all__ = [
     "ALGORITHMS",
@@ -123,11 +125,11 @@ def check_action_steps(
     """Check that a plan of ``horizon`` rows holds ``n_action_steps`` executed rows after To - 1 context rows.
 
     Raises:
-        ValueError: ``n_action_steps > horizon - n_obs_steps + 1`` (the message calls it ``name``).
+        ConfigError: ``n_action_steps > horizon - n_obs_steps + 1`` (the message calls it ``name``).
     """
     max_ta = max_action_steps(horizon, n_obs_steps)
     if n_action_steps > max_ta:
-        raise ValueError(
+        raise ConfigError(
             f"{name}={n_action_steps} must be <= horizon - n_obs_steps + 1 = {max_ta} "
             f"(horizon={horizon}, n_obs_steps={n_obs_steps})"
         )
@@ -137,10 +139,10 @@ def check_inference_steps(num_inference_steps: int, num_train_timesteps: int) ->
     """Check that a sampler takes no more inference steps than the schedule has training timesteps.
 
     Raises:
-        ValueError: ``num_inference_steps > num_train_timesteps``.
+        ConfigError: ``num_inference_steps > num_train_timesteps``.
     """
     if num_inference_steps > num_train_timesteps:
-        raise ValueError(
+        raise ConfigError(
             f"sampler.num_inference_steps={num_inference_steps} must be <= the policy's "
             f"num_train_timesteps={num_train_timesteps}"
         )
@@ -444,11 +446,11 @@ class PolicyConfig:
         return max_action_steps(self.horizon, self.n_obs_steps)
 
     def check_action_steps(self, n_action_steps: int, name: str = "n_action_steps") -> None:
-        """Raise ValueError unless ``n_action_steps <= max_action_steps`` (see `check_action_steps`)."""
+        """Raise ConfigError unless ``n_action_steps <= max_action_steps`` (see `check_action_steps`)."""
         check_action_steps(n_action_steps, self.horizon, self.n_obs_steps, name)
 
     def check_sampler(self, sampler: SamplerConfig) -> None:
-        """Raise ValueError when ``sampler`` needs more inference steps than the training schedule has."""
+        """Raise ConfigError when ``sampler`` needs more inference steps than the training schedule has."""
         check_inference_steps(sampler.num_inference_steps, self.schedule.num_train_timesteps)
 
     @property

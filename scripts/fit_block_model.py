@@ -9,11 +9,13 @@ learns: `parapolicy.policy.control.tasks.pusht_block_model`.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 
 from parapolicy.policy.control.tasks.pusht_block_model import BlockMotionModel, block_pose_from_keypoints
 from parapolicy.policy.data.replay_store import ReplayStore
+from parapolicy.policy.errors import ParapolicyError
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,12 +28,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-delay", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3000)
     args = parser.parse_args(argv)
-    store = ReplayStore.open(args.store, keys=("state", "keypoint"), mode="r")
-    block = np.stack([block_pose_from_keypoints(k) for k in store["keypoint"]])  # (T, 3)
-    ends = store.episode_ends
-    model = BlockMotionModel.fit(
-        store["state"][:, 0:2], block, ends, max_delay=args.max_delay, steps=args.steps
-    )
+    if args.max_delay < 1 or args.steps < 1:
+        parser.error(f"--max-delay and --steps must be >= 1, got {args.max_delay} and {args.steps}")
+    if Path(args.out).exists():
+        parser.error(f"{args.out} exists; the model is written to a new directory (never overwritten)")
+    try:
+        with ReplayStore.open(args.store, keys=("state", "keypoint"), mode="r") as store:
+            keypoints, pusher, ends = store["keypoint"], store["state"][:, 0:2], store.episode_ends
+    except ParapolicyError as exc:  # no store there, or not one in the layout: one line, its exit code
+        parser.exit(exc.exit_code, f"{parser.prog}: error: {exc}\n")
+    block = np.stack([block_pose_from_keypoints(k) for k in keypoints])  # (T, 3)
+    model = BlockMotionModel.fit(pusher, block, ends, max_delay=args.max_delay, steps=args.steps)
     info = {"fitted_on": str(args.store), "episodes": int(len(ends)), "steps": args.steps}
     print(f"wrote {model.save(args.out, info)}")
 

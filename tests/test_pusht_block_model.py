@@ -64,6 +64,22 @@ def test_the_fit_script_writes_a_model_that_loads(tmp_path):
     assert json.loads((tmp_path / "m" / "config.json").read_text())["fitted_on"] == str(STORE)
 
 
+def test_the_fit_script_refuses_bad_inputs_in_one_line_before_fitting(tmp_path, capsys):
+    from parapolicy.scripts.fit_block_model import main
+
+    cases = [
+        ([str(tmp_path / "nowhere"), str(tmp_path / "m")], 5, "no demonstration store at"),
+        ([str(STORE), str(tmp_path)], 2, "exists; the model is written to a new directory"),
+        ([str(STORE), str(tmp_path / "m"), "--steps", "0"], 2, "--steps must be >= 1"),
+    ]
+    for args, code, message in cases:
+        with pytest.raises(SystemExit) as stop:
+            main(args)
+        err = capsys.readouterr().err
+        assert stop.value.code == code and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "m").exists()
+
+
 def test_the_shipped_model_forecasts_the_block_against_the_envs_own_physics():
     """Fresh expert episodes in PushT-v0 from test seeds (not in the training store): 4 ticks ahead the
     shipped model puts the block far closer to where the physics takes it than holding its pose does."""

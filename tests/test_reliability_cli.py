@@ -140,6 +140,19 @@ def test_train_refuses_a_missing_input_in_one_line(tmp_path, args, code, words):
     assert not (tmp_path / "r" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize(
+    ("command", "override"),
+    [
+        ("parapolicy-eval", "sampler.num_inference_steps=101"),
+        ("parapolicy-profile", "sampler.num_inference_steps=101"),
+        ("parapolicy-bench", "bench.num_inference_steps=101"),
+    ],
+)
+def test_a_sampler_the_policy_cannot_run_is_a_one_line_config_error(tmp_path, command, override):
+    proc = run([command, f"policy_path={POLICY}", override, f"hydra.run.dir={tmp_path / 'r'}"], tmp_path)
+    assert_one_line_refusal(proc, 2, "num_inference_steps=101 must be <=", "num_train_timesteps=100")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda_says_so_in_one_line(tmp_path):
     proc = run(

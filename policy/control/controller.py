@@ -200,7 +200,7 @@ def check_policy_settings(
     """Fail at start, with a clear message, on settings this policy cannot run.
 
     Raises:
-        ValueError: ``n_action_steps`` larger than the policy's horizon allows, or a sampler with more
+        ConfigError: ``n_action_steps`` larger than the policy's horizon allows, or a sampler with more
             inference steps than the policy was trained with.
     """
     cfg = policy.config
