@@ -60,6 +60,7 @@ def test_the_shipped_defaults_resolve_from_any_working_directory(tmp_path, monke
     # anything else stays as given: a missing asset, another relative path, an absolute one
     for path in ("assets/nowhere", "default_policy", "outputs/assets/default_policy", "/abs/assets", ""):
         assert shipped_path(path) == path
+    assert load_policy("assets/default_policy").config.unet.down_dims == (64, 128, 256)  # the API too
     # a path that exists from the working directory wins over the shipped file of the same name
     (tmp_path / "assets" / "default_policy").mkdir(parents=True)
     assert shipped_path("assets/default_policy") == "assets/default_policy"

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from parapolicy.policy.config import PolicyConfig, SamplerConfig
+from parapolicy.policy.config import PolicyConfig, SamplerConfig, shipped_path
 from parapolicy.policy.errors import check_device
 from parapolicy.policy.model.checkpoint import (
     MODEL_FILE,
@@ -62,7 +62,8 @@ def load_policy(
         path: the checkpoint directory (``config.json``, ``model.safetensors``, ``normalizer.safetensors``),
             a LeRobot diffusion directory in the 0.3.x or 0.4+ layout (`lerobot_format.py`), or a
             Diffusion Policy ``.ckpt`` file of a U-Net or transformer policy (low-dim or image)
-            (`diffusion_policy_format.py`; read as data, its pickled code never runs).
+            (`diffusion_policy_format.py`; read as data, its pickled code never runs). A relative
+            ``assets/...`` path names a shipped policy from any working directory (`config.shipped_path`).
         device: where to put the policy.
         sampler: optional inference sampler replacing the one saved in the config. ``window="auto"``
             is refused: choosing the window times the network, which is a job's step (load, then
@@ -77,7 +78,7 @@ def load_policy(
         DeviceUnavailableError: ``device`` does not exist on this machine (e.g. cuda without CUDA).
     """
     check_device(str(device))
-    root = Path(path)
+    root = Path(shipped_path(str(path)))
     if is_diffusion_policy_checkpoint(root):
         loader = load_diffusion_policy_checkpoint
     elif is_lerobot_checkpoint(root):
