@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from parapolicy.policy.config import PolicyConfig, SamplerConfig, shipped_path
 from parapolicy.policy.control.evaluation import EvalConfig
-from parapolicy.policy.data.dataset import PushTLowdimDataset
+from parapolicy.policy.data.dataset import PushTLowdimDataset, check_split
 from parapolicy.policy.data.image_dataset import make_dataset
 from parapolicy.policy.errors import ConfigError, NoRunToResumeError
 from parapolicy.policy.eval import evaluate_across_ranks
@@ -134,6 +134,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        check_split(self.val_ratio, self.max_train_episodes)
         self.betas = tuple(float(b) for b in self.betas)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")

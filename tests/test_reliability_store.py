@@ -138,11 +138,21 @@ def test_upgrade_tool_adds_checksums(tmp_path):
     assert attrs["format_version"] == 2 and len(attrs["episode_crc32"]["action"]) == 3
 
 
-def test_shipped_store_opens_without_warnings(caplog):
+@pytest.mark.parametrize("name", ["pusht_expert.zarr", "pusht_multimodal.zarr"])
+def test_shipped_stores_open_without_warnings(caplog, name):
+    """Both shipped stores carry per-episode checksums (format 2), so reading them warns of nothing."""
     with caplog.at_level(logging.WARNING):
-        store = ReplayStore.open(ROOT / "assets" / "pusht_expert.zarr", keys=KEYS)
+        store = ReplayStore.open(ROOT / "assets" / name, keys=KEYS)
     assert store.attrs["format_version"] == 2 and store.n_episodes > 0
     assert caplog.text == ""
+
+
+def test_an_unwritable_place_is_refused_in_one_line_naming_it(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(DatasetError, match=r"cannot write a store at .*file/s\.zarr: its lock file"):
+        ReplayStore.create(blocker / "s.zarr")
+    assert blocker.read_text() == "not a directory"
 
 
 # --------------------------------------------------------------------------------------- item 3

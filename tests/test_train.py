@@ -148,6 +148,11 @@ def test_bad_train_settings():
         TrainConfig(num_steps=0)
     with pytest.raises(ValueError, match="betas"):
         TrainConfig(betas=(0.9, 1.5))
+    # the split is checked when the config is built, not when the store is read
+    with pytest.raises(ValueError, match=r"val_ratio must be in \[0, 1\), got 1.5"):
+        TrainConfig(val_ratio=1.5, dataset_path="/nowhere")
+    with pytest.raises(ValueError, match="max_train_episodes must be >= 1"):
+        TrainConfig(max_train_episodes=0, dataset_path="/nowhere")
 
 
 def test_a_transformer_policy_trains_and_its_loss_falls(tmp_path, tiny_store):

@@ -41,6 +41,7 @@ __all__ = [
     "N_KEYPOINTS",
     "OBS_DIM",
     "PushTLowdimDataset",
+    "check_split",
     "downsample_mask",
     "make_val_mask",
     "make_window_indices",
@@ -137,6 +138,18 @@ def make_window_indices(
     return np.concatenate(blocks)
 
 
+def check_split(val_ratio: float, max_train_episodes: int | None) -> None:
+    """Refuse split settings no store can satisfy (the dataset's and `TrainConfig`'s check).
+
+    Raises:
+        ValueError: ``val_ratio`` outside [0, 1), or ``max_train_episodes`` below 1.
+    """
+    if not 0.0 <= val_ratio < 1.0:
+        raise ValueError(f"val_ratio must be in [0, 1), got {val_ratio}")
+    if max_train_episodes is not None and max_train_episodes < 1:
+        raise ValueError(f"max_train_episodes must be >= 1 or None, got {max_train_episodes}")
+
+
 def make_val_mask(n_episodes: int, val_ratio: float, seed: int = 0) -> np.ndarray:
     """Seeded episode-level validation mask, as the reference's `get_val_mask`.
 
@@ -218,10 +231,7 @@ class PushTLowdimDataset(Dataset):
                 f"{n_action_steps}"
             )
         check_action_steps(n_action_steps, horizon, n_obs_steps)
-        if not 0.0 <= val_ratio < 1.0:
-            raise ValueError(f"val_ratio must be in [0, 1), got {val_ratio}")
-        if max_train_episodes is not None and max_train_episodes < 1:
-            raise ValueError(f"max_train_episodes must be >= 1 or None, got {max_train_episodes}")
+        check_split(val_ratio, max_train_episodes)
 
         if isinstance(store_or_path, ReplayStore):
             missing = [key for key in LOWDIM_KEYS if key not in store_or_path]

@@ -133,8 +133,14 @@ class _WriterLock:
 
     def __init__(self, root: Path, timeout: float) -> None:
         path = lock_path(root)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # an unwritable or missing place: say so in one line
+            raise DatasetError(
+                f"cannot write a store at {root}: its lock file {path} cannot be created "
+                f"({exc.strerror or exc}); choose a writable directory"
+            ) from exc
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
             try:
