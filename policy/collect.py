@@ -15,7 +15,6 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import datetime
-import json
 import multiprocessing as mp
 import os
 import signal
@@ -32,7 +31,7 @@ from parapolicy.envs import ENV_ID
 from parapolicy.envs.expert import EpisodeRecord, ExpertConfig, run_expert_episode
 from parapolicy.policy.data.replay_store import ReplayStore
 from parapolicy.policy.errors import ConfigError, RunFolderError
-from parapolicy.policy.run_dir import claim_run_dir
+from parapolicy.policy.run_dir import claim_run_dir, write_result
 
 LOWDIM_RECORD_KEYS = ("state", "keypoint", "n_contacts")
 
@@ -205,5 +204,5 @@ def collect(cfg: CollectConfig, out_dir: Path) -> dict[str, Any]:
     finally:
         bar.close()
         store.close()
-    (out_dir / "collect_info.json").write_text(json.dumps(info, indent=2))
+    write_result(out_dir / "collect_info.json", info)
     return info

@@ -23,11 +23,11 @@ The environment is a controller `Task` chosen by name (``task=pusht``, the defau
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ from parapolicy.policy.control.run_support import PolicyRunConfig, fmt, open_pol
 from parapolicy.policy.control.settings import MODES, STITCH_RULES, ControlConfig, LatencyModel
 from parapolicy.policy.control.tasks import task_for_policy
 from parapolicy.policy.model.policy import DiffusionPolicy
-from parapolicy.policy.run_dir import claim_run_dir
+from parapolicy.policy.run_dir import claim_run_dir, write_result
 from parapolicy.policy.run_info import run_info
 from parapolicy.policy.runtime.auto_window import resolve_sampler
 
@@ -362,9 +362,8 @@ def run_compare(cfg: CompareConfig, out: Path) -> dict[str, Any]:
         samplers[n], report = resolve_sampler(policy, cfg.samplers[n].sampler)
         if report is not None:
             window_choice[n] = {"window": samplers[n].window, **report}
-    results = _run_all(cfg, policy, samplers, out / "videos" if cfg.eval.max_videos else None)
+    results = _run_all(cfg, policy, samplers, out)
     rows = _table_rows(cfg, results)
-    _write_sampler_outputs(cfg, results, out)
     machine = {"load_avg_1m_start": load_start[0], "load_avg_1m_end": os.getloadavg()[0]}
     summary = {
         "table": rows,
@@ -381,7 +380,7 @@ def run_compare(cfg: CompareConfig, out: Path) -> dict[str, Any]:
     for per in summary["runs"].values():
         for block in per.values():
             block.pop("per_episode")  # per-episode records live in <sampler>/eval_info.json
-    (out / "compare.json").write_text(json.dumps(summary, indent=2))  # the results, before any plot
+    write_result(out / "compare.json", summary)  # the results, before any plot
     if cfg.plots:
         paths = compare_plots(cfg, results, out / "plots")
         if cfg.latency_sweep:
@@ -398,7 +397,7 @@ def run_compare(cfg: CompareConfig, out: Path) -> dict[str, Any]:
                     )
                 )
             )
-        (out / "compare.json").write_text(json.dumps(summary, indent=2))  # with the plots' paths
+        write_result(out / "compare.json", summary)  # with the plots' paths
     return summary
 
 
@@ -434,15 +433,47 @@ def _runs(cfg: CompareConfig) -> list[tuple[str, str, EvalConfig, ControlConfig]
 
 
 def _run_all(
-    cfg: CompareConfig, policy: DiffusionPolicy, samplers: dict[str, SamplerConfig], video_dir: Path | None
+    cfg: CompareConfig, policy: DiffusionPolicy, samplers: dict[str, SamplerConfig], out: Path
 ) -> Results:
-    """Run every sampler in every mode on the task, with one progress bar over all control steps."""
+    """Run every sampler in every mode, writing each run's records into ``out`` as it finishes
+    (`_write_run_outputs`), so that an interrupted comparison keeps them; says so on Ctrl-C."""
+    results: Results = {n: {} for n in cfg.run}
+    try:
+        _run_each(
+            cfg,
+            policy,
+            samplers,
+            out / "videos" if cfg.eval.max_videos else None,
+            results,
+            lambda name, label: _write_run_outputs(cfg, results, out, name, label),
+        )
+    except KeyboardInterrupt:
+        done = sum(len(per) for per in results.values())
+        print(
+            f"compare: interrupted after {done} of {len(_runs(cfg))} runs; the finished runs' records are in "
+            f"{out}/<sampler>/eval_info.json and latency/ (compare.json is written by a finished comparison)",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise
+    return results
+
+
+def _run_each(
+    cfg: CompareConfig,
+    policy: DiffusionPolicy,
+    samplers: dict[str, SamplerConfig],
+    video_dir: Path | None,
+    results: Results,
+    on_run: Callable[[str, str], None],
+) -> None:
+    """Run every sampler in every mode on the task, with one progress bar over all control steps; each
+    result goes into ``results`` and ``on_run(sampler, label)`` is called as soon as it is there."""
     runs = _runs(cfg)
     task = task_for_policy(cfg.task, policy.config)  # the policy's observations (state or images)
     bar = progress_bar(
         sum(ec.n_episodes * ec.max_steps for _, _, ec, _ in runs), cfg.eval.progress, "compare"
     )
-    results: Results = {n: {} for n in cfg.run}
     try:
         for i, (label, name, ec, control) in enumerate(runs):
             bar.set_description(f"compare {name}/{label}")
@@ -457,6 +488,7 @@ def _run_all(
                 on_steps=bar.update,
                 task=task,
             )
+            on_run(name, label)
             if cfg.eval.progress:  # one line per run, also where stderr is not a terminal
                 agg, chunk = results[name][label].aggregated, results[name][label].latency["chunk"]
                 print(
@@ -468,7 +500,6 @@ def _run_all(
                 )
     finally:
         bar.close()
-    return results
 
 
 def _table_rows(cfg: CompareConfig, results: Results) -> list[dict[str, Any]]:
@@ -487,29 +518,27 @@ def _table_rows(cfg: CompareConfig, results: Results) -> list[dict[str, Any]]:
     return rows
 
 
-def _write_sampler_outputs(cfg: CompareConfig, results: Results, out: Path) -> None:
-    """``<sampler>/eval_info.json`` (first run, others under ``by_mode``) and the latency CSVs."""
-    labels = run_labels(cfg)
-    for name in cfg.run:
-        sdir = out / name
-        by_mode = {label: run_block(results[name][label]) for label in labels}
-        first = labels[0]
-        info = {
-            **by_mode[first],
-            "by_mode": {m: b for m, b in by_mode.items() if m != first},
-            "run": {
-                **run_info(cfg.device),
-                "policy_path": cfg.policy_path,
-                "sampler_name": name,
-                "task": cfg.task,
-            },
-        }
-        sdir.mkdir(parents=True, exist_ok=True)
-        (sdir / "eval_info.json").write_text(json.dumps(info, indent=2))
-        for label in labels:
-            r, fl, extra = results[name][label], file_label(label), {"sampler": name, "mode": label}
-            write_csv(r.steps, sdir / "latency" / f"steps_{fl}.csv", extra)
-            write_csv(r.chunks, sdir / "latency" / f"chunks_{fl}.csv", extra)
+def _write_run_outputs(cfg: CompareConfig, results: Results, out: Path, name: str, label: str) -> None:
+    """The outputs of one finished run, written as it finishes (an interrupted comparison keeps them):
+    its latency CSVs, and ``<sampler>/eval_info.json`` rewritten with every run of the sampler so far
+    (the first run's block at the top, the others under ``by_mode``)."""
+    sdir, r = out / name, results[name][label]
+    extra = {"sampler": name, "mode": label}
+    write_csv(r.steps, sdir / "latency" / f"steps_{file_label(label)}.csv", extra)
+    write_csv(r.chunks, sdir / "latency" / f"chunks_{file_label(label)}.csv", extra)
+    by_mode = {m: run_block(results[name][m]) for m in run_labels(cfg) if m in results[name]}
+    first = next(iter(by_mode))
+    info = {
+        **by_mode[first],
+        "by_mode": {m: b for m, b in by_mode.items() if m != first},
+        "run": {
+            **run_info(cfg.device),
+            "policy_path": cfg.policy_path,
+            "sampler_name": name,
+            "task": cfg.task,
+        },
+    }
+    write_result(sdir / "eval_info.json", info)
 
 
 def _notes(cfg: CompareConfig) -> list[str]:

@@ -19,7 +19,6 @@ ranks that run them, under the one-process names.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from parapolicy.policy.control.smoothness import smoothness
 from parapolicy.policy.control.task import Task
 from parapolicy.policy.control.tasks import task_for_policy
 from parapolicy.policy.model.policy import DiffusionPolicy
+from parapolicy.policy.run_dir import write_result
 from parapolicy.policy.run_health import DEFAULT_MAX_REJECTED_SHARE
 from parapolicy.policy.run_info import run_info
 from parapolicy.policy.runtime.auto_window import resolve_sampler
@@ -91,8 +91,7 @@ def run_eval(cfg: EvalJobConfig, out: Path) -> dict[str, Any] | None:
         "task": cfg.task,
         "world_size": ranks.world_size,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval_info.json").write_text(json.dumps(result, indent=2))
+    write_result(out / "eval_info.json", result)
     return result
 
 

@@ -8,7 +8,6 @@ miss rate, time per section), ``eval_info.json`` and plots into the run folder.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from parapolicy.policy.control.rollout import check_policy_settings, run_rollout
 from parapolicy.policy.control.run_support import PolicyRunConfig, fmt, open_policy, progress_bar, run_block
 from parapolicy.policy.control.settings import ControlConfig
 from parapolicy.policy.control.tasks import task_for_policy
-from parapolicy.policy.run_dir import claim_run_dir
+from parapolicy.policy.run_dir import claim_run_dir, write_result
 from parapolicy.policy.run_info import run_info
 from parapolicy.policy.runtime.auto_window import resolve_sampler
 
@@ -91,9 +90,9 @@ def run_profile(cfg: ProfileConfig, out: Path) -> dict[str, Any]:
         "control": dataclasses.asdict(cfg.control),
         "run": {**run_info(cfg.device), "policy_path": cfg.policy_path, "task": cfg.task},
     }
-    (ldir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_result(ldir / "summary.json", summary)
     info = {**run_block(result), "run": summary["run"]}
-    (out / "eval_info.json").write_text(json.dumps(info, indent=2))
+    write_result(out / "eval_info.json", info)
     if cfg.plots:
         summary["plots"] = [str(p) for p in profile_plots(result, cfg.sampler.algorithm, out / "plots")]
     return summary

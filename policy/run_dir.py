@@ -1,15 +1,19 @@
-"""Run folders are never reused: the one check every command makes before it writes (torch-free).
+"""Run folders are never reused, and results are never half-written (torch-free).
 
 A command owns a few names in its run folder (``eval_info.json``, ``bench.json``, ``checkpoints`` ...).
 `claim_run_dir` refuses a folder in which any of them already exists, so an earlier result is never
 overwritten, and creates the folder otherwise. Every entry point calls it through
 `scripts/_hydra.py`; `parapolicy-train` alone may continue its own folder (``resume=true``).
+`write_result` writes a JSON result whole or not at all, so a killed command leaves no truncated file.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from parapolicy.policy.errors import RunFolderError
 
@@ -40,3 +44,19 @@ def claim_run_dir(
         )
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def write_result(path: str | Path, content: Any) -> Path:
+    """Write ``content`` as indented JSON to ``path`` whole or not at all (a temporary sibling, then an
+    atomic rename); creates the parent folder. Returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(content, indent=2)  # a value JSON cannot hold fails here, before any write
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

@@ -6,7 +6,6 @@ Settings: `parapolicy.policy.bench.BenchJobConfig`; the measurement: `run_sample
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import hydra
 
@@ -18,6 +17,7 @@ from parapolicy.policy.bench import (
     run_sampler_benchmark,
 )
 from parapolicy.policy.model.pretrained import load_policy
+from parapolicy.policy.run_dir import write_result
 from parapolicy.policy.run_info import run_info
 
 from ._hydra import CONFIG_PATH, VERSION_BASE, command, register_schema, run_dir, to_dataclass
@@ -39,9 +39,7 @@ def main(cfg) -> None:
         "bench": dataclasses.asdict(app.bench),
     }
     print((format_inpaint_overhead if inpaint else format_sampler_benchmark)(result))
-    out = run_dir() / "bench.json"
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    print(f"wrote {write_result(run_dir() / 'bench.json', result)}")
 
 
 if __name__ == "__main__":

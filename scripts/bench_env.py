@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import hydra
 
 from parapolicy.envs.benchmark import EnvBenchConfig, format_env_benchmark, run_env_benchmark
+from parapolicy.policy.run_dir import write_result
 
 from ._hydra import CONFIG_PATH, VERSION_BASE, command, register_schema, run_dir, to_dataclass
 
@@ -19,9 +18,7 @@ def main(cfg) -> None:
     """Run the benchmark, print the table and write ``bench_env.json`` in the run dir."""
     result = run_env_benchmark(to_dataclass(cfg))
     print(format_env_benchmark(result))
-    out = run_dir() / "bench_env.json"
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    print(f"wrote {write_result(run_dir() / 'bench_env.json', result)}")
 
 
 if __name__ == "__main__":

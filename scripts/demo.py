@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import hydra
 
 from parapolicy.envs.demo import DemoConfig, run_demo
+from parapolicy.policy.run_dir import write_result
 
 from ._hydra import CONFIG_PATH, VERSION_BASE, command, register_schema, run_dir, to_dataclass
 
@@ -23,7 +22,7 @@ def main(cfg) -> None:
         f"{summary['final_coverage']:.3f} (max {summary['max_coverage']:.3f}), success={summary['success']}"
     )
     print(f"video: {summary['video']}\nstrip: {summary['strip']}")
-    (run_dir() / "demo.json").write_text(json.dumps(summary, indent=2))
+    write_result(run_dir() / "demo.json", summary)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+import parapolicy.policy.compare as compare_module
 from parapolicy.policy.compare import (
     PARADDPM,
     CompareConfig,
@@ -138,6 +139,34 @@ def test_compare_writes_table_json_eval_info_csvs_plots_videos(checkpoint, tmp_p
     )
     table = format_table(summary["table"])
     assert "step p50/p90/p99/max ms" in table and "paraddpm" in table and "lost/ep" in table
+
+
+def test_an_interrupted_compare_keeps_the_runs_it_finished(checkpoint, tmp_path, monkeypatch, capsys):
+    """Each run's records are written as it finishes: Ctrl-C in the fourth run keeps the first three."""
+    real, calls = compare_module.run_rollouts, []
+
+    def interrupt_the_fourth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compare_module, "run_rollouts", interrupt_the_fourth)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run_compare(small_compare(checkpoint, eval=EvalConfig(n_episodes=2, batch_size=2, max_steps=8)), out)
+    assert not (out / "compare.json").exists()  # only a finished comparison writes it
+    assert "interrupted after 3 of 4 runs" in capsys.readouterr().err
+    seq = json.loads((out / "sequential" / "eval_info.json").read_text())  # frozen, then realtime_sim
+    assert seq["mode"] == "frozen" and set(seq["by_mode"]) == {"realtime_sim"}
+    assert [e["seed"] for e in seq["per_episode"]] == [100000, 100001]
+    para = json.loads((out / "paraddpm" / "eval_info.json").read_text())  # frozen only
+    assert para["mode"] == "frozen" and para["by_mode"] == {} and len(para["per_episode"]) == 2
+    assert sorted(p.name for p in (out / "paraddpm" / "latency").iterdir()) == [
+        "chunks_frozen.csv",
+        "steps_frozen.csv",
+    ]
+    assert not list(out.rglob(".*.tmp"))
 
 
 def test_compare_same_seeds_and_noise_give_matching_frozen_scores(checkpoint, tmp_path):

@@ -15,7 +15,7 @@ from conftest import console_script
 from safetensors.torch import load_file, save_file
 
 from parapolicy.policy.errors import ParapolicyError, RunFolderError
-from parapolicy.policy.run_dir import claim_run_dir
+from parapolicy.policy.run_dir import claim_run_dir, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = ROOT / "assets" / "default_policy"
@@ -55,6 +55,15 @@ def test_every_command_refuses_a_used_run_folder(tmp_path, command, result, args
     proc = run([command, *args, f"hydra.run.dir={out}"], tmp_path)
     assert_one_line_refusal(proc, RunFolderError.exit_code, str(out), result, "never overwritten")
     assert json.loads((out / result).read_text()) == {"earlier": "result"}
+
+
+def test_write_result_writes_whole_or_not_at_all(tmp_path):
+    path = write_result(tmp_path / "sub" / "eval_info.json", {"mean_score": 0.5})
+    assert json.loads(path.read_text()) == {"mean_score": 0.5}
+    with pytest.raises(TypeError):  # fails while serialising: the earlier result stays whole
+        write_result(path, {"mean_score": object()})
+    assert json.loads(path.read_text()) == {"mean_score": 0.5}
+    assert [p.name for p in path.parent.iterdir()] == ["eval_info.json"]
 
 
 def test_claim_run_dir_is_the_one_helper(tmp_path):
