@@ -10,11 +10,11 @@ overwritten, and creates the folder otherwise. Every entry point calls it throug
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from parapolicy.policy.atomic_write import write_atomically
 from parapolicy.policy.errors import RunFolderError
 
 
@@ -47,16 +47,7 @@ def claim_run_dir(
 
 
 def write_result(path: str | Path, content: Any) -> Path:
-    """Write ``content`` as indented JSON to ``path`` whole or not at all (a temporary sibling, then an
-    atomic rename); creates the parent folder. Returns ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``content`` as indented JSON to ``path`` whole or not at all (`write_atomically`); creates
+    the parent folder. Returns ``path``."""
     text = json.dumps(content, indent=2)  # a value JSON cannot hold fails here, before any write
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, lambda tmp: tmp.write_text(text))

@@ -22,14 +22,16 @@ PKG = "parapolicy.policy"
 # modules of policy/ (one per CLI verb, run_info) and the public surface `parapolicy.policy` itself).
 # `errors` (policy/errors.py: the known-refusal types and their exit codes) is a leaf like config: it
 # imports nothing of the package, and every room above the diffusion core may raise its errors.
+# `atomic_write` (files written whole or not at all) is such a leaf too.
+LEAVES = {"errors", "atomic_write"}
 ALLOWED = {
     "diffusion": {"diffusion"},
-    "errors": set(),
-    "data": {"config", "errors", "diffusion", "data"},
-    "model": {"config", "errors", "diffusion", "model", "runtime"},
-    "runtime": {"config", "errors", "diffusion", "model", "runtime"},
-    "control": {"config", "errors", "diffusion", "data", "model", "runtime", "control", "envs"},
-    "jobs": {"config", "errors", "diffusion", "data", "model", "runtime", "control", "envs", "jobs"},
+    **{leaf: set() for leaf in LEAVES},
+    "data": {"config", *LEAVES, "diffusion", "data"},
+    "model": {"config", *LEAVES, "diffusion", "model", "runtime"},
+    "runtime": {"config", *LEAVES, "diffusion", "model", "runtime"},
+    "control": {"config", *LEAVES, "diffusion", "data", "model", "runtime", "control", "envs"},
+    "jobs": {"config", *LEAVES, "diffusion", "data", "model", "runtime", "control", "envs", "jobs"},
 }
 # config is a leaf: the only package modules it may import are the core's torch-free name modules
 # (option names shared with the core without a copy; docs/design.md, "Option names") and the errors
@@ -77,7 +79,7 @@ def _room_of_module(module: str) -> str | None:
         return "outside" if module.startswith("parapolicy") else None
     head = module[len(PKG) + 1 :].split(".")[0]
     if head in ALLOWED or head == "config":
-        return head  # includes the "errors" leaf
+        return head  # includes the leaves
     return "jobs"
 
 
@@ -85,7 +87,7 @@ def _room_of_file(path: Path) -> str:
     rel = path.relative_to(POLICY)
     if len(rel.parts) > 1:
         return rel.parts[0]
-    return rel.stem if rel.stem in ("config", "errors") else "jobs"
+    return rel.stem if rel.stem in ("config", *LEAVES) else "jobs"
 
 
 def _module_of_file(path: Path) -> str:

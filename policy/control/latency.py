@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from parapolicy.policy.atomic_write import write_atomically
 from parapolicy.policy.control.faults import Fault
 
 ACTION_SOURCES = ("fresh", "queued", "held", "fallback")
@@ -170,17 +171,21 @@ def _cell(name: str, value: Any) -> Any:
 
 
 def write_csv(log: ColumnLog, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``log`` as CSV (header row first); ``extra`` adds constant columns (e.g. the sampler)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``log`` as CSV (header row first); ``extra`` adds constant columns (e.g. the sampler).
+
+    Whole or not at all (`atomic_write.write_atomically`).
+    """
     extra = extra or {}
     cols = {name: log.column(name) for name in log.names}
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow([*log.names, *extra])
-        for i in range(len(log)):
-            writer.writerow([*(_cell(n, cols[n][i]) for n in log.names), *extra.values()])
-    return path
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow([*log.names, *extra])
+            for i in range(len(log)):
+                writer.writerow([*(_cell(n, cols[n][i]) for n in log.names), *extra.values()])
+
+    return write_atomically(path, write)
 
 
 def percentiles(values: Iterable[float] | np.ndarray) -> dict[str, float | int | None]:
