@@ -102,6 +102,9 @@ def test_per_sample_generators_do_not_depend_on_the_batch() -> None:
     assert torch.equal(x_T[1:2], x1) and torch.equal(noise[:, 1:2], n1)
     with pytest.raises(ValueError, match="one generator per sample \\(2\\), got 3"):
         draw_noise(tab, (2, 16, 2), gens)
+    for bad in (5, [5, 6], []):  # a seed is not a generator: say how to make one
+        with pytest.raises(ValueError, match=r"generator must be a CPU torch.Generator.*manual_seed\(seed\)"):
+            draw_noise(tab, (2, 16, 2), bad)
 
 
 def test_input_validation() -> None:

@@ -85,6 +85,9 @@ def draw_noise(
 
     Returns:
         (x_T, noise) with shapes (B, H, D) and (K, B, H, D).
+
+    Raises:
+        ValueError: ``generator`` is none of those (e.g. an int seed), or a sequence of the wrong length.
     """
     shape = tuple(int(s) for s in shape)
     K = table.num_steps
@@ -92,7 +95,12 @@ def draw_noise(
         x_T = torch.randn(shape, generator=generator, dtype=torch.float32)  # (B, H, D)
         noise = torch.randn((K, *shape), generator=generator, dtype=torch.float32)  # (K, B, H, D)
     else:
-        gens = list(generator)
+        gens = list(generator) if isinstance(generator, Sequence) else []
+        if not gens or not all(isinstance(g, torch.Generator) for g in gens):
+            raise ValueError(
+                "generator must be a CPU torch.Generator, a sequence of one per sample, or None; got "
+                f"{type(generator).__name__} (for a seed, pass torch.Generator().manual_seed(seed))"
+            )
         if len(gens) != shape[0]:
             raise ValueError(f"need one generator per sample ({shape[0]}), got {len(gens)}")
         xs, ns = [], []
