@@ -14,6 +14,7 @@ import torch
 from conftest import console_script
 from safetensors.torch import load_file, save_file
 
+from parapolicy.policy.atomic_write import write_atomically
 from parapolicy.policy.errors import ParapolicyError, RunFolderError
 from parapolicy.policy.run_dir import claim_run_dir, write_result
 
@@ -64,6 +65,19 @@ def test_write_result_writes_whole_or_not_at_all(tmp_path):
         write_result(path, {"mean_score": object()})
     assert json.loads(path.read_text()) == {"mean_score": 0.5}
     assert [p.name for p in path.parent.iterdir()] == ["eval_info.json"]
+
+
+def test_a_write_that_fails_half_way_leaves_the_earlier_file(tmp_path):
+    path = tmp_path / "steps.csv"
+    path.write_text("earlier")
+
+    def half(tmp: Path) -> None:
+        tmp.write_text("half a ")
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        write_atomically(path, half)
+    assert path.read_text() == "earlier" and [p.name for p in tmp_path.iterdir()] == ["steps.csv"]
 
 
 def test_claim_run_dir_is_the_one_helper(tmp_path):
