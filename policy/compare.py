@@ -362,7 +362,8 @@ def run_compare(cfg: CompareConfig, out: Path) -> dict[str, Any]:
         samplers[n], report = resolve_sampler(policy, cfg.samplers[n].sampler)
         if report is not None:
             window_choice[n] = {"window": samplers[n].window, **report}
-    results = _run_all(cfg, policy, samplers, out)
+    versions = run_info(cfg.device)  # once: it asks git for the commit
+    results = _run_all(cfg, policy, samplers, out, versions)
     rows = _table_rows(cfg, results)
     machine = {"load_avg_1m_start": load_start[0], "load_avg_1m_end": os.getloadavg()[0]}
     summary = {
@@ -375,7 +376,7 @@ def run_compare(cfg: CompareConfig, out: Path) -> dict[str, Any]:
         "window_choice": window_choice,
         "runs": {n: {m: run_block(r) for m, r in per.items()} for n, per in results.items()},
         "config": dataclasses.asdict(cfg),
-        "run": {**run_info(cfg.device), **machine, "policy_path": cfg.policy_path, "task": cfg.task},
+        "run": {**versions, **machine, "policy_path": cfg.policy_path, "task": cfg.task},
     }
     for per in summary["runs"].values():
         for block in per.values():
@@ -433,10 +434,15 @@ def _runs(cfg: CompareConfig) -> list[tuple[str, str, EvalConfig, ControlConfig]
 
 
 def _run_all(
-    cfg: CompareConfig, policy: DiffusionPolicy, samplers: dict[str, SamplerConfig], out: Path
+    cfg: CompareConfig,
+    policy: DiffusionPolicy,
+    samplers: dict[str, SamplerConfig],
+    out: Path,
+    versions: dict[str, Any],
 ) -> Results:
     """Run every sampler in every mode, writing each run's records into ``out`` as it finishes
-    (`_write_run_outputs`), so that an interrupted comparison keeps them; says so on Ctrl-C."""
+    (`_write_run_outputs`, with the ``versions`` of `run_info`), so that an interrupted comparison
+    keeps them; says so on Ctrl-C."""
     results: Results = {n: {} for n in cfg.run}
     try:
         _run_each(
@@ -445,7 +451,7 @@ def _run_all(
             samplers,
             out / "videos" if cfg.eval.max_videos else None,
             results,
-            lambda name, label: _write_run_outputs(cfg, results, out, name, label),
+            lambda name, label: _write_run_outputs(cfg, results, out, name, label, versions),
         )
     except KeyboardInterrupt:
         done = sum(len(per) for per in results.values())
@@ -518,10 +524,12 @@ def _table_rows(cfg: CompareConfig, results: Results) -> list[dict[str, Any]]:
     return rows
 
 
-def _write_run_outputs(cfg: CompareConfig, results: Results, out: Path, name: str, label: str) -> None:
+def _write_run_outputs(
+    cfg: CompareConfig, results: Results, out: Path, name: str, label: str, versions: dict[str, Any]
+) -> None:
     """The outputs of one finished run, written as it finishes (an interrupted comparison keeps them):
     its latency CSVs, and ``<sampler>/eval_info.json`` rewritten with every run of the sampler so far
-    (the first run's block at the top, the others under ``by_mode``)."""
+    (the first run's block at the top, the others under ``by_mode``; ``versions``: `run_info`'s)."""
     sdir, r = out / name, results[name][label]
     extra = {"sampler": name, "mode": label}
     write_csv(r.steps, sdir / "latency" / f"steps_{file_label(label)}.csv", extra)
@@ -532,7 +540,7 @@ def _write_run_outputs(cfg: CompareConfig, results: Results, out: Path, name: st
         **by_mode[first],
         "by_mode": {m: b for m, b in by_mode.items() if m != first},
         "run": {
-            **run_info(cfg.device),
+            **versions,
             "policy_path": cfg.policy_path,
             "sampler_name": name,
             "task": cfg.task,
