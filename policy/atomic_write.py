@@ -26,3 +26,8 @@ def write_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def write_text_atomically(path: str | Path, text: str) -> Path:
+    """``text`` written to ``path`` whole or not at all (`write_atomically`). Returns ``path``."""
+    return write_atomically(path, lambda tmp: tmp.write_text(text))

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from parapolicy.policy.atomic_write import write_atomically
+from parapolicy.policy.atomic_write import write_text_atomically
 from parapolicy.policy.errors import RunFolderError
 
 
@@ -47,7 +47,7 @@ def claim_run_dir(
 
 
 def write_result(path: str | Path, content: Any) -> Path:
-    """Write ``content`` as indented JSON to ``path`` whole or not at all (`write_atomically`); creates
+    """Write ``content`` as indented JSON to ``path`` whole or not at all (`write_text_atomically`); creates
     the parent folder. Returns ``path``."""
     text = json.dumps(content, indent=2)  # a value JSON cannot hold fails here, before any write
-    return write_atomically(path, lambda tmp: tmp.write_text(text))
+    return write_text_atomically(path, text)

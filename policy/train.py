@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from parapolicy.policy.atomic_write import write_atomically
+from parapolicy.policy.atomic_write import write_text_atomically
 from parapolicy.policy.config import PolicyConfig, SamplerConfig, shipped_path
 from parapolicy.policy.control.evaluation import EvalConfig
 from parapolicy.policy.data.dataset import PushTLowdimDataset, check_split
@@ -248,14 +248,14 @@ def _config_json(cfg: TrainConfig) -> str:
 
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metrics rows written after the checkpoint a resumed run restarts from, and a last row a
-    killed run left half-written; the file is replaced whole (`write_atomically`)."""
+    killed run left half-written; the file is replaced whole (`write_text_atomically`)."""
     if path.exists():
         text = path.read_text()
         lines = text.splitlines()
         if lines and not text.endswith("\n"):
             lines.pop()  # cut off mid-row by a kill
         rows = [line for line in lines if line and json.loads(line)["step"] <= step]
-        write_atomically(path, lambda tmp: tmp.write_text("".join(row + "\n" for row in rows)))
+        write_text_atomically(path, "".join(row + "\n" for row in rows))
 
 
 def _save_checkpoint(
@@ -384,8 +384,7 @@ def _resume_point(run: _Run) -> int:
     or write ``train_config.json`` of a new run (returns -1)."""
     cfg, out = run.cfg, run.out
     if not cfg.resume:
-        text = _config_json(cfg)
-        write_atomically(out / "train_config.json", lambda tmp: tmp.write_text(text))
+        write_text_atomically(out / "train_config.json", _config_json(cfg))
         return -1
     saved = (out / "train_config.json").read_text()
     if saved != _config_json(cfg):

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from parapolicy.policy.atomic_write import write_atomically
+from parapolicy.policy.atomic_write import write_text_atomically
 from parapolicy.policy.config import SamplerConfig
 from parapolicy.policy.diffusion.dispatch import run_sampler
 from parapolicy.policy.diffusion.sequential import draw_noise
@@ -135,8 +135,7 @@ def denoiser_cost_curve(
     if use_cache:
         entry = cache.setdefault(key, {"run": device_facts(policy.device), "ms_per_call": {}})
         entry["ms_per_call"].update({str(b): ms for b, ms in curve.items()})
-        text = json.dumps(cache, indent=1)
-        write_atomically(path, lambda tmp: tmp.write_text(text))
+        write_text_atomically(path, json.dumps(cache, indent=1))
     return curve
 
 
