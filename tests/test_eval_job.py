@@ -70,6 +70,8 @@ def test_a_traced_denoiser_plays_the_same_episodes_as_the_eager_one(checkpoint, 
     traced = run_eval(job(checkpoint, "pusht"), tmp_path / "traced")  # the default: trace
     assert job(checkpoint, "pusht").compile == "trace"
     for a, b in zip(eager["per_episode"], traced["per_episode"], strict=True):
-        assert (a["n_steps"], a["max_reward"], a["success"]) == (b["n_steps"], b["max_reward"], b["success"])
+        # the CPU graphs compute the eager network within float32 rounding (cpu_graphs.CpuGraphs)
+        assert (a["n_steps"], a["success"]) == (b["n_steps"], b["success"])
+        assert a["max_reward"] == pytest.approx(b["max_reward"], abs=1e-5)
     with pytest.raises(ValueError, match="compile mode must be one of"):
         EvalJobConfig(compile="jit")

@@ -209,10 +209,10 @@ def test_traced_denoiser_matches_eager_and_survives_device_moves(tiny_policy):
         torch.randn(5, 40),
     )
     eager = tiny_policy.denoise(x, t, cond)
-    tiny_policy.set_compile("trace")
-    torch.testing.assert_close(tiny_policy.denoise(x, t, cond), eager, atol=1e-6, rtol=0)
+    tiny_policy.set_compile("trace")  # on the CPU: oneDNN-prepacked graphs, within float32 rounding
+    torch.testing.assert_close(tiny_policy.denoise(x, t, cond), eager, atol=1e-5, rtol=1e-5)
     tiny_policy.to("cpu")
-    torch.testing.assert_close(tiny_policy.denoise(x, t, cond), eager, atol=1e-6, rtol=0)
+    torch.testing.assert_close(tiny_policy.denoise(x, t, cond), eager, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="compile mode"):
         tiny_policy.set_compile("inductor")
 
@@ -230,8 +230,8 @@ def test_a_traced_policy_follows_loaded_weights(tiny_policy):
         after = tiny_policy.denoise(x, t, cond)
         tiny_policy.set_compile("none")
         eager = tiny_policy.denoise(x, t, cond)
-    assert not torch.equal(after, before)
-    assert torch.equal(after, eager)
+    assert (after - before).abs().max() > 1e-2  # the new weights, not float rounding
+    torch.testing.assert_close(after, eager, atol=1e-5, rtol=1e-5)
 
 
 def test_set_denoiser_routes_sampling(tiny_policy):

@@ -250,4 +250,5 @@ def test_traced_denoiser_serves_image_policies(image_policy):
         traced = image_policy.predict_action_chunk(obs, generator=torch.Generator().manual_seed(0))
     finally:
         image_policy.set_compile("none")
-    torch.testing.assert_close(traced.plan, eager.plan, rtol=0, atol=1e-4)
+    # pixel units; the CPU graphs compute the network within float32 rounding (cpu_graphs.CpuGraphs)
+    torch.testing.assert_close(traced.plan, eager.plan, rtol=1e-5, atol=1e-3)

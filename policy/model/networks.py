@@ -268,6 +268,8 @@ class ConditionalUnet1d(nn.Module):
     layout, within float32 rounding, and cheaper per call on 2 CPU cores: at every row count for the
     shipped network (most at 1-8 rows), at 1-4 rows for the reference-size one (within 4 % at 8-50
     rows; docs/benchmarks.md, session 9). Training and other devices use the (B, C, L) layout.
+    `DiffusionPolicy.set_compile("trace")` on the CPU runs this layout through oneDNN with prepacked
+    weights instead (`runtime.cpu_graphs`).
 
     Args:
         input_dim: action dimension Da.

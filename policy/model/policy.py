@@ -48,6 +48,7 @@ from parapolicy.policy.model.image_observation import (
 )
 from parapolicy.policy.model.normalizer import MinMaxNormalizer
 from parapolicy.policy.model.vision import build_network
+from parapolicy.policy.runtime.cpu_graphs import CpuGraphs, prepacking_available, trace_network
 from parapolicy.policy.runtime.cuda_graphs import GraphedDenoiser
 
 OBS_KEY = "obs"
@@ -240,14 +241,27 @@ class DiffusionPolicy(nn.Module):
         """The denoiser installed with `set_denoiser`, or None when `local_denoise` serves."""
         return self._denoiser
 
+    @property
+    def compiled_as(self) -> str:
+        """How `local_denoise` runs the network: ``"eager"``, ``"trace"`` (one trace),
+        ``"cpu_graphs"`` (`cpu_graphs.CpuGraphs`) or ``"cuda_graph"`` (see `set_compile`)."""
+        if self._compiled is None:
+            return "eager"
+        if isinstance(self._compiled, CpuGraphs):
+            return "cpu_graphs"
+        return self._compile_mode
+
     def set_compile(self, mode: str) -> None:
         """Inference compilation of the denoiser: ``"none"`` (eager), ``"trace"`` or ``"cuda_graph"``.
 
-        ``"trace"``: `torch.jit.trace` recorded once at batch 2; it serves every batch size (the network
-        has no value-dependent control flow), so sequential and Picard sampling use the same compiled
-        code, and it returns what the eager network returns, bit for bit. The trace holds the
-        convolutions' channels-last weight copies (`networks.Conv1d`), so loading weights
-        (`load_state_dict`) records it again.
+        ``"trace"``: `torch.jit.trace` recorded at batch 2; it serves every batch size (the network
+        has no value- or size-dependent control flow). On the CPU in float32 (with oneDNN) it is
+        `cpu_graphs.CpuGraphs`: two traces of the network with oneDNN-prepacked convolutions, one
+        for calls of fewer than `cpu_graphs.WIDE_ROWS` rows (sequential steps) and one for wider
+        calls (Picard windows); they return the eager network's numbers within float32 rounding.
+        Elsewhere it is one trace of the network, which returns the eager numbers bit for bit. A
+        trace holds copies of the convolution weights, so loading weights (`load_state_dict`)
+        records it again.
         ``"cuda_graph"`` (CUDA devices only): `cuda_graphs.GraphedDenoiser`, one CUDA graph per
         power-of-two row bucket, captured on first use. Training always uses the eager network.
 
@@ -262,14 +276,17 @@ class DiffusionPolicy(nn.Module):
             )
         self._compiled, self._compile_mode = None, mode
         if mode == "trace":
-            x = torch.zeros(2, cfg.horizon, cfg.action_dim, device=self.device)  # (2, H, Da)
-            t = torch.zeros(2, dtype=torch.long, device=self.device)  # (2,)
-            cond = torch.zeros(2, cfg.global_cond_dim, device=self.device)  # (2, C)
             network = self.network.eval()
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # jit.trace's deprecation and tracer warnings
-                network(x, t, cond)  # caches the convolutions' channels-last weights: the trace holds them
-                self._compiled = torch.jit.trace(network, (x, t, cond), check_trace=False)
+            dtype = next(network.parameters()).dtype
+            example = (
+                torch.zeros(2, cfg.horizon, cfg.action_dim, device=self.device, dtype=dtype),  # (2, H, Da)
+                torch.zeros(2, dtype=torch.long, device=self.device),  # (2,)
+                torch.zeros(2, cfg.global_cond_dim, device=self.device, dtype=dtype),  # (2, C)
+            )
+            if prepacking_available(self.device, dtype):
+                self._compiled = CpuGraphs(network, example)
+            else:
+                self._compiled = trace_network(network, example)
         elif mode == "cuda_graph":
             shape = (cfg.horizon, cfg.action_dim)
             self._compiled = GraphedDenoiser(self.network.eval(), self.device, shape, cfg.global_cond_dim)

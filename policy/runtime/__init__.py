@@ -1,1 +1,1 @@
-"""How the denoiser runs: device layouts (threads, processes), CUDA graphs, timing, the auto window."""
+"""How the denoiser runs: device layouts (threads, processes), CPU and CUDA graphs, timing, auto window."""
