@@ -31,6 +31,22 @@ def test_cost_curve_is_measured_once_and_cached(tiny_policy, monkeypatch):
     assert denoiser_cost_curve(tiny_policy, (1, 4)) == curve
 
 
+def test_each_way_of_running_the_network_has_its_own_cost_curve(tiny_policy, monkeypatch):
+    measured = []
+
+    def measure(policy, rows, *args):
+        measured.append(policy.compiled_as)
+        return 1.0
+
+    monkeypatch.setattr(auto_window, "measure_denoiser_ms", measure)
+    denoiser_cost_curve(tiny_policy, (1,))
+    tiny_policy.set_compile("trace")
+    denoiser_cost_curve(tiny_policy, (1,))
+    denoiser_cost_curve(tiny_policy, (1,))  # cached now
+    assert tiny_policy.compiled_as in ("trace", "cpu_graphs")
+    assert measured == ["eager", tiny_policy.compiled_as]
+
+
 def test_corrupt_cache_is_remeasured(tiny_policy):
     cache_path().parent.mkdir(parents=True)
     cache_path().write_text("{oops")

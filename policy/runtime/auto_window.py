@@ -3,9 +3,10 @@
 Two measurements, both cheap:
 
 1. The denoiser's cost against batch rows (`denoiser_cost_curve`): median wall time of one call at
-   each batch size, on the policy's device, after warm-up. It depends only on the network, the device
-   and the thread count, so it is cached on disk (``$PARAPOLICY_CACHE_DIR`` or
-   ``~/.cache/parapolicy/denoiser_cost.json``) under a key naming all three; it is measured once.
+   each batch size, on the policy's device, after warm-up. It depends only on the network, the device,
+   the thread count and how the network runs (`DiffusionPolicy.compiled_as`), so it is cached on disk
+   (``$PARAPOLICY_CACHE_DIR`` or ``~/.cache/parapolicy/denoiser_cost.json``) under a key naming them
+   all; it is measured once.
 2. The rows each Picard call evaluates for a candidate window (`SampleResult.rows_per_call`), from
    one real sampling run on calibration observations. This does not depend on the device.
 
@@ -67,7 +68,12 @@ def _cache_key(policy: DiffusionPolicy) -> str:
     info = device_facts(policy.device)
     net = json.dumps(dataclasses.asdict(policy.config.unet), sort_keys=True)
     shape = (policy.config.horizon, policy.config.action_dim, policy.config.global_cond_dim)
-    facts = (info["device_name"], info["device"], info["torch_version"], info["torch_threads"], net, shape)
+    facts = (
+        *(info[k] for k in ("device_name", "device", "torch_version", "torch_threads")),
+        net,
+        shape,
+        policy.compiled_as,  # eager, one trace and the CPU graphs cost different things per call
+    )
     raw = "|".join(str(f) for f in facts)
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
