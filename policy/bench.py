@@ -82,8 +82,9 @@ class SamplerBenchConfig:
     """Rounds; each round runs every sampler once, in the same order (medians, [min, max] reported)."""
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     """Rows at which the denoiser's cost is measured."""
-    compile: str = "none"
-    """Denoiser compilation for every sampler alike: ``none``, ``trace`` or ``cuda_graph`` (CUDA only)."""
+    compile: str = "trace"
+    """Denoiser compilation for every sampler alike (`DiffusionPolicy.set_compile`): ``trace`` (what
+    compare, eval and profile run by default), ``none`` (eager) or ``cuda_graph`` (CUDA only)."""
     inpaint_delay: int | None = None
     """Measure instead what inpainting adds to the chunk latency (`run_inpaint_overhead`): each chunk
     sampled with and without continuing the previous chunk over this expected delay (ticks)."""
