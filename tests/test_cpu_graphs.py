@@ -120,6 +120,16 @@ def test_the_copies_share_the_parameters_and_replace_every_convolution(exp_mish)
     assert kinds.count(torch.nn.Mish) == mish - kinds.count(ExpMish)
 
 
+@needs_onednn
+def test_the_narrow_copy_packs_only_the_large_convolutions() -> None:
+    net = _net()
+    convs = {name: m for name, m in net.named_modules() if type(m) in (Conv1d, ConvTranspose1d)}
+    copy = cpu_graphs._inference_copy(net, 1, exp_mish=False, min_packed=5_000)
+    packed = {name for name, m in copy.named_modules() if isinstance(m, PackedConv1d | PackedConvTranspose1d)}
+    assert packed == {name for name, m in convs.items() if m.weight.numel() >= 5_000}
+    assert 0 < len(packed) < len(convs)
+
+
 def test_without_prepacking_the_policy_trace_is_the_eager_network_bit_for_bit(tiny_policy) -> None:
     policy = tiny_policy.double()  # float64: no prepacking
     assert not prepacking_available(policy.device, torch.float64)

@@ -8,10 +8,12 @@ PyTorch kernel runs on one thread below 32,768 elements (a 24-row call of the sh
 24,576 per layer). So `CpuGraphs` keeps two copies of the network's inference layout
 (`networks.ConditionalUnet1d`, (1, C, R, L) channels last), each traced once:
 
-- every 1-D convolution runs through oneDNN with its weight reordered once, ahead of time, into the
+- the convolutions run through oneDNN with their weights reordered once, ahead of time, into the
   layout oneDNN picks for the graph's row count (`PackedConv1d`, `PackedConvTranspose1d`; PyTorch's
-  own call reorders it on every call, or takes its im2col kernel for small inputs); the narrow
-  graph packs for one row, the wide graph for `WIDE_PACK_ROWS`;
+  own call reorders the weight on every call, or takes its im2col kernel for small inputs). The
+  wide graph packs every convolution, for `WIDE_PACK_ROWS` rows; the narrow graph packs for one
+  row those with at least `NARROW_PACKED_MIN_WEIGHTS` weights and leaves the smaller ones to
+  PyTorch's im2col kernel, which is the cheaper of the two there;
 - the wide graph's Conv1dBlocks run Mish in closed form (`ExpMish`), five cheap elementwise kernels
   instead of one slow one: cheaper on wide calls, dearer on narrow ones.
 
@@ -33,6 +35,7 @@ from torch import Tensor, nn
 from parapolicy.policy.model.networks import Conv1d, Conv1dBlock, ConvTranspose1d
 
 __all__ = [
+    "NARROW_PACKED_MIN_WEIGHTS",
     "WIDE_PACK_ROWS",
     "WIDE_ROWS",
     "CpuGraphs",
@@ -46,6 +49,7 @@ __all__ = [
 WIDE_ROWS = 8  # calls of at least this many rows take the wide graph
 WIDE_PACK_ROWS = 24  # the row count the wide graph's weights are packed for (a Picard window)
 _NARROW_PACK_ROWS = 1
+NARROW_PACKED_MIN_WEIGHTS = 150_000  # the narrow graph packs the convolutions with this many weights
 
 
 def prepacking_available(device: torch.device, dtype: torch.dtype) -> bool:
@@ -174,16 +178,18 @@ class ExpMish(nn.Module):
         return torch.addcdiv(x, x, d, value=-2)
 
 
-def _inference_copy(network: nn.Module, rows: int, exp_mish: bool) -> nn.Module:
-    """A copy of ``network`` sharing its parameters and buffers, its convolutions packed for ``rows``
-    rows and, with ``exp_mish``, its Conv1dBlocks' Mish replaced by `ExpMish`."""
+def _inference_copy(network: nn.Module, rows: int, exp_mish: bool, min_packed: int = 0) -> nn.Module:
+    """A copy of ``network`` sharing its parameters and buffers, its convolutions with at least
+    ``min_packed`` weights packed for ``rows`` rows and, with ``exp_mish``, its Conv1dBlocks' Mish
+    replaced by `ExpMish`."""
     memo = {id(t): t for t in (*network.parameters(), *network.buffers())}
     clone = copy.deepcopy(network, memo)
     for module in list(clone.modules()):
         for name, child in module.named_children():
-            if isinstance(child, Conv1d):
+            packs = isinstance(child, Conv1d | ConvTranspose1d) and child.weight.numel() >= min_packed
+            if packs and isinstance(child, Conv1d):
                 setattr(module, name, PackedConv1d(child, rows))
-            elif isinstance(child, ConvTranspose1d):
+            elif packs:
                 setattr(module, name, PackedConvTranspose1d(child, rows))
             elif exp_mish and isinstance(child, Conv1dBlock):
                 child.block[2] = ExpMish()
@@ -200,7 +206,8 @@ class CpuGraphs:
     """
 
     def __init__(self, network: nn.Module, example: tuple[Tensor, Tensor, Tensor]) -> None:
-        self.narrow = trace_network(_inference_copy(network, _NARROW_PACK_ROWS, exp_mish=False), example)
+        narrow = _inference_copy(network, _NARROW_PACK_ROWS, False, NARROW_PACKED_MIN_WEIGHTS)
+        self.narrow = trace_network(narrow, example)
         self.wide = trace_network(_inference_copy(network, WIDE_PACK_ROWS, exp_mish=True), example)
 
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
