@@ -84,6 +84,7 @@ def test_paraddpm_and_the_trace_give_the_sequential_sample(variant):
         b = para.predict_action_chunk(obs, noise=noise)
         seq.set_compile("trace")
         c = seq.predict_action_chunk(obs, noise=noise).plan
+    assert seq.compiled_as == "trace"  # no convolutions to pack: one trace, not the CPU graphs
     assert b.result.iterations < 100
     torch.testing.assert_close(b.plan, a, atol=1e-3, rtol=0)
     torch.testing.assert_close(c, a, atol=1e-4, rtol=0)

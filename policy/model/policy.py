@@ -48,7 +48,7 @@ from parapolicy.policy.model.image_observation import (
 )
 from parapolicy.policy.model.normalizer import MinMaxNormalizer
 from parapolicy.policy.model.vision import build_network
-from parapolicy.policy.runtime.cpu_graphs import CpuGraphs, prepacking_available, trace_network
+from parapolicy.policy.runtime import cpu_graphs
 from parapolicy.policy.runtime.cuda_graphs import GraphedDenoiser
 
 OBS_KEY = "obs"
@@ -247,7 +247,7 @@ class DiffusionPolicy(nn.Module):
         ``"cpu_graphs"`` (`cpu_graphs.CpuGraphs`) or ``"cuda_graph"`` (see `set_compile`)."""
         if self._compiled is None:
             return "eager"
-        if isinstance(self._compiled, CpuGraphs):
+        if isinstance(self._compiled, cpu_graphs.CpuGraphs):
             return "cpu_graphs"
         return self._compile_mode
 
@@ -255,10 +255,11 @@ class DiffusionPolicy(nn.Module):
         """Inference compilation of the denoiser: ``"none"`` (eager), ``"trace"`` or ``"cuda_graph"``.
 
         ``"trace"``: `torch.jit.trace` recorded at batch 2; it serves every batch size (the network
-        has no value- or size-dependent control flow). On the CPU in float32 (with oneDNN) it is
-        `cpu_graphs.CpuGraphs`: two traces of the network with oneDNN-prepacked convolutions, one
-        for calls of fewer than `cpu_graphs.WIDE_ROWS` rows (sequential steps) and one for wider
-        calls (Picard windows); they return the eager network's numbers within float32 rounding.
+        has no value- or size-dependent control flow). For a network with convolutions on the CPU in
+        float32, with oneDNN (`cpu_graphs.serves`), it is `cpu_graphs.CpuGraphs`: two traces with
+        oneDNN-prepacked convolutions, one for calls of fewer than `cpu_graphs.WIDE_ROWS` rows
+        (sequential steps) and one for wider calls (Picard windows); they return the eager
+        network's numbers within float32 rounding.
         Elsewhere it is one trace of the network, which returns the eager numbers bit for bit. A
         trace holds copies of the convolution weights, so loading weights (`load_state_dict`)
         records it again.
@@ -283,10 +284,10 @@ class DiffusionPolicy(nn.Module):
                 torch.zeros(2, dtype=torch.long, device=self.device),  # (2,)
                 torch.zeros(2, cfg.global_cond_dim, device=self.device, dtype=dtype),  # (2, C)
             )
-            if prepacking_available(self.device, dtype):
-                self._compiled = CpuGraphs(network, example)
+            if cpu_graphs.serves(network, self.device, dtype):
+                self._compiled = cpu_graphs.CpuGraphs(network, example)
             else:
-                self._compiled = trace_network(network, example)
+                self._compiled = cpu_graphs.trace_network(network, example)
         elif mode == "cuda_graph":
             shape = (cfg.horizon, cfg.action_dim)
             self._compiled = GraphedDenoiser(self.network.eval(), self.device, shape, cfg.global_cond_dim)

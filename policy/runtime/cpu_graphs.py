@@ -43,6 +43,7 @@ __all__ = [
     "PackedConv1d",
     "PackedConvTranspose1d",
     "prepacking_available",
+    "serves",
     "trace_network",
 ]
 
@@ -63,6 +64,13 @@ def prepacking_available(device: torch.device, dtype: torch.dtype) -> bool:
         and hasattr(ops, "_convolution_pointwise")
         and hasattr(ops, "_convolution_transpose_pointwise")
     )
+
+
+def serves(network: nn.Module, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether `CpuGraphs` applies to ``network``: `prepacking_available` there, and the network has
+    convolutions to pack (a transformer denoiser has none: one trace serves it)."""
+    has_convolutions = any(isinstance(m, Conv1d | ConvTranspose1d) for m in network.modules())
+    return has_convolutions and prepacking_available(device, dtype)
 
 
 def _packed_conv(
@@ -204,7 +212,7 @@ class CpuGraphs:
     the wide one from there (see the module docstring).
 
     Args:
-        network: the denoiser network on the CPU in float32 (`prepacking_available`).
+        network: the denoiser network on the CPU in float32 (`serves`).
         example: ``(x, t, cond)``, inputs of two rows to trace with.
     """
 
