@@ -116,16 +116,20 @@ with warnings.catch_warnings():
 class _Packed(nn.Module):
     """A convolution of the inference layout whose weight oneDNN packs on the first call, for the
     call's channels and length and a fixed row count; the packed copy is a non-persistent buffer, so
-    a trace made after that call holds it."""
+    a trace made after that call holds it. ``geometry``: the arguments oneDNN's reorder and
+    convolution take after the weight, the 1-D ones as those of a (1, k) kernel over (R, L)."""
 
     def __init__(self, conv: Conv1d | ConvTranspose1d, rows: int) -> None:
         super().__init__()
-        conv.__dict__.pop("_channels_last", None)  # the copy of `networks.Conv1d`'s cache: unused here
+        for cache in ("_channels_last", "_channels_last_key"):  # `networks.Conv1d`'s, copied: unused here
+            conv.__dict__.pop(cache, None)
         self.conv, self.rows = conv, rows  # the original module: its weight and bias
-        # the 1-D geometry as the 2-D one of a (1, k) kernel over (R, L)
-        self.padding, self.stride = [0, conv.padding[0]], [1, conv.stride[0]]
-        self.dilation, self.groups = [1, conv.dilation[0]], conv.groups
+        self.geometry = self._geometry(conv)
         self.register_buffer("packed", None, persistent=False)
+
+    @staticmethod
+    def _geometry(conv: nn.Module) -> tuple:
+        raise NotImplementedError
 
     def _pack(self, weight: Tensor, size: list[int]) -> Tensor:
         raise NotImplementedError
@@ -144,33 +148,34 @@ class PackedConv1d(_Packed):
     """`networks.Conv1d` in the inference layout, (1, C_in, R, L) -> (1, C_out, R, L_out) channels
     last, with its weight packed by oneDNN once."""
 
+    @staticmethod
+    def _geometry(conv: nn.Module) -> tuple:
+        """padding, stride, dilation, groups."""
+        return [0, conv.padding[0]], [1, conv.stride[0]], [1, conv.dilation[0]], conv.groups
+
     def _pack(self, weight: Tensor, size: list[int]) -> Tensor:
-        reorder = torch.ops.mkldnn._reorder_convolution_weight
-        return reorder(weight, self.padding, self.stride, self.dilation, self.groups, size)
+        return torch.ops.mkldnn._reorder_convolution_weight(weight, *self.geometry, size)
 
     def forward(self, x: Tensor) -> Tensor:
         """(1, C_in, R, L) channels last -> (1, C_out, R, L_out) channels last."""
-        weight, bias = self._weight(x), self.conv.bias
-        return _packed_conv(x, weight, bias, self.padding, self.stride, self.dilation, self.groups)
+        return _packed_conv(x, self._weight(x), self.conv.bias, *self.geometry)
 
 
 class PackedConvTranspose1d(_Packed):
     """`networks.ConvTranspose1d` in the inference layout, with its weight packed by oneDNN once."""
 
-    def __init__(self, conv: ConvTranspose1d, rows: int) -> None:
-        super().__init__(conv, rows)
-        self.output_padding = [0, conv.output_padding[0]]
+    @staticmethod
+    def _geometry(conv: nn.Module) -> tuple:
+        """padding, output padding, stride, dilation, groups."""
+        stride, dilation = [1, conv.stride[0]], [1, conv.dilation[0]]
+        return [0, conv.padding[0]], [0, conv.output_padding[0]], stride, dilation, conv.groups
 
     def _pack(self, weight: Tensor, size: list[int]) -> Tensor:
-        reorder = torch.ops.mkldnn._reorder_convolution_transpose_weight
-        geometry = (self.padding, self.output_padding, self.stride, self.dilation, self.groups)
-        return reorder(weight, *geometry, size)
+        return torch.ops.mkldnn._reorder_convolution_transpose_weight(weight, *self.geometry, size)
 
     def forward(self, x: Tensor) -> Tensor:
         """(1, C_in, R, L) channels last -> (1, C_out, R, L_out) channels last."""
-        weight, bias = self._weight(x), self.conv.bias
-        geometry = (self.padding, self.output_padding, self.stride, self.dilation, self.groups)
-        return _packed_conv_transpose(x, weight, bias, *geometry)
+        return _packed_conv_transpose(x, self._weight(x), self.conv.bias, *self.geometry)
 
 
 class ExpMish(nn.Module):
