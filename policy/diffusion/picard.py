@@ -11,8 +11,10 @@ Conventions (as the reference; see `sample_picard`): buffer slot j holds the sam
 variance); a window [b, e) evaluates the rows at slots b..e-1 and refreshes slots b+1..e.
 
 Bookkeeping runs on the host: the window starts are needed there anyway (they fix the next call's row
-count), so the row layout, the convergence test and the slide are a few small NumPy operations per
-iteration, and the device does only the gathers, the step, the cumulative update and the write-back.
+count), so the convergence test and the slide are plain Python over ints and the changes' norms (right
+after a network call each NumPy or PyTorch call costs several times a few Python operations: its code
+is no longer in the CPU's caches), and the device does only the gathers, the step, the cumulative
+update and the write-back.
 With one sample (the latency case) every row set of an iteration is a run of consecutive buffer rows,
 read and written as views instead of gathered; what depends on the table alone (the convergence
 thresholds, the Parareal carry weights) is built once per table (`StepTable.cached`). Every operation
@@ -118,7 +120,7 @@ class _Trajectory:
         return torch.from_numpy(rows).to(self.device)
 
     def roll_out(
-        self, samples: np.ndarray, ends: np.ndarray, counts: np.ndarray, x_end: Tensor, x0: Tensor
+        self, samples: list[int], ends: list[int], counts: list[int], x_end: Tensor, x0: Tensor
     ) -> None:
         """Fill slots e+1 .. e+count of each sample by stepping from X[e] with x̂₀ held fixed (no network).
 
@@ -127,24 +129,25 @@ class _Trajectory:
         (`HeldRollout`): a few operations whatever M, instead of M.
 
         Args:
-            samples: (A,) sample of each entry.
-            ends: (A,) slot e the roll-out starts from (its value is ``x_end``).
-            counts: (A,) number of slots to fill after e (0 allowed; e + count <= K).
+            samples: the sample of each of the A entries.
+            ends: each entry's slot e the roll-out starts from (its value is ``x_end``).
+            counts: each entry's number of slots to fill after e (0 allowed; e + count <= K).
             x_end: (A, H, D) the value at slot e.
             x0: (A, H, D) the held data prediction.
         """
-        M = int(counts.max(initial=0))
+        M = max(counts, default=0)
         if M == 0:
             return
-        A, B = samples.size, self.B
+        A, B = len(samples), self.B
         if B == 1:  # one sample: steps e .. e+M-1 fill slots e+1 .. e+M, runs of consecutive rows
-            e = int(ends[0])
+            e = ends[0]
             rows, gain, weights = self.held.run(e, M)  # StepRows (M,), (1, M, 1), (1, M, M)
             z = None if self.noise is None else self.noise[e : e + M]  # (M, H, D)
             _, c = held_x0_affine(self.table, rows, x0, z)  # (M, H, D)
             filled = HeldRollout.apply(gain, weights, x_end, c.view(1, M, -1))  # (1, M, H·D)
             self.flat[e + 1 : e + 1 + M] = filled.view(M, *self.rest)
             return
+        samples, ends, counts = (np.array(v, dtype=np.int64) for v in (samples, ends, counts))  # (A,) each
         k = np.arange(M)[:, None]  # (M, 1)
         src = np.minimum(ends[None, :] + k, self.K - 1)  # (M, A) step leaving the previous slot
         valid = np.flatnonzero((k < counts[None, :]).ravel())  # entries that land inside the window
@@ -294,20 +297,20 @@ def sample_picard(
         guess = torch.zeros_like(x_T) if x0_guess is None else x0_guess.to(x_T)
         if inpaint is not None:
             guess = inpaint.pull(guess)
-        traj.roll_out(np.arange(B), np.zeros(B, dtype=np.int64), np.full(B, p), x_T, guess)
+        traj.roll_out(list(range(B)), [0] * B, [p] * B, x_T, guess)
     slopes: HeldX0Carry | LinearCarry | None = None
     if coarse_jacobian is not None:
         slopes = LinearCarry.for_jacobian(table, coarse_jacobian, p)
     elif update == "parareal":
         slopes = table.cached(("parareal_slopes", p), lambda: HeldX0Carry(table, p))
 
-    b_h = np.zeros(B, dtype=np.int64)  # (B,) window starts (trusted slots)
+    b_h = [0] * B  # each sample's window start (trusted slot); host ints, as every decision below
     residual = np.zeros(B, dtype=test.dtype)  # (B,) last window's max normalised RMS change
     iterations = 0
     rows_per_call: list[int] = []
     while True:
-        L = np.minimum(K - b_h, p)  # (B,) window lengths; 0 = done (6. finished samples drop out)
-        R = int(L.sum())
+        L = [min(K - b, p) for b in b_h]  # window lengths; 0 = done (6. finished samples drop out)
+        R = sum(L)
         if R == 0 or (max_iters is not None and iterations >= max_iters):
             break
         # 1. Rows of every active window, sample-major, in ONE denoiser call.
@@ -319,16 +322,16 @@ def sample_picard(
         y, x0_r = _step_rows(traj, w, x_r, out)
         # 3. Picard update of the refreshed slots, written back.
         new, norm_h = _picard_update(traj, w, y, p, test.torch_dtype, slopes)
-        # 4. Convergence of each refreshed slot.
-        ok = test.passed(w, norm_h, residual)
+        # 4. Convergence of each refreshed slot: each window's first unconverged position.
+        first_bad = test.first_unconverged(w, norm_h, residual)
         # 5. Slide each window to its first unconverged slot and guess the newly exposed slots.
-        _slide(traj, w, ok, b_h, p, new, x0_r, refill)
+        _slide(traj, w, first_bad, b_h, p, new, x0_r, refill)
         iterations += 1
         rows_per_call.append(w.R)
 
-    converged_host = torch.from_numpy(b_h >= K)  # (B,) bool
+    converged = [b >= K for b in b_h]
     fallback = 0
-    if on_max_iters == "finish_sequential":
+    if on_max_iters == "finish_sequential" and not all(converged):
         fallback = _finish_sequential(traj, denoise, cond, b_h, rows_per_call)
     X = traj.X
     return SampleResult(
@@ -337,8 +340,8 @@ def sample_picard(
         model_calls=iterations + fallback,
         rows_evaluated=sum(rows_per_call),
         sequential_passes=iterations + fallback,
-        converged=converged_host,
-        all_converged=bool(converged_host.all()),
+        converged=torch.from_numpy(np.array(converged)),  # (B,) bool
+        all_converged=all(converged),
         final_residual=torch.from_numpy(residual),
         wall_time_s=finish_timing(X, start),
         rows_per_call=tuple(rows_per_call),
@@ -380,67 +383,64 @@ def _check_arguments(
 
 
 class _Window:
-    """Step 1's row layout (host arrays, and the device row sets they index) for one iteration.
+    """Step 1's row layout (host values, and the device row sets they index) for one iteration.
 
     Row r (sample-major) is window position ``i_r`` of active sample ``s_r``, at buffer slot ``slot_r``.
-    Row sets: ``slot`` (step positions), ``flat`` (buffer rows read), ``next`` (buffer rows refreshed),
-    ``grid`` / ``grid1`` (cells i / i+1 of the (A, p+1) update grid) and ``last`` (each active sample's
-    last row); with one sample they are runs of consecutive rows, read as views (`_Rows`). Also the
-    rows' step coefficients (``rows``) and timesteps, the refreshed slots (``refreshed``, for the
-    convergence thresholds) and the rows refreshing slot K (``terminal``, None when none does).
+    The host decisions read ``spans``: (sample, window start, first row, length) of each active
+    sample, as Python ints (a NumPy call costs several times a few Python operations right after a
+    network call). Row sets: ``slot`` (step positions), ``flat`` (buffer rows read), ``next`` (buffer
+    rows refreshed), ``grid`` / ``grid1`` (cells i / i+1 of the (A, p+1) update grid) and ``last``
+    (each active sample's last row); with one sample they are runs of consecutive rows, read as views
+    (`_Rows`). Also the rows' step coefficients (``rows``) and timesteps.
     """
 
     __slots__ = (
-        "A", "La", "La_r", "R", "act", "first", "flat", "flat_r", "grid", "grid1", "i_r", "last", "next",
-        "refreshed", "rows", "s_t", "slot", "slot_r", "starts", "terminal", "timesteps",
+        "A", "R", "first_row", "flat", "flat_r", "grid", "grid1", "last", "next", "rows", "s_t", "slot",
+        "spans", "starts", "timesteps",
     )  # fmt: skip
 
-    def __init__(self, traj: _Trajectory, b_h: np.ndarray, L: np.ndarray, R: int, p: int) -> None:
-        B = traj.B
-        self.act = act = np.flatnonzero(L)  # (A,) active samples
-        self.La = La = L[act]  # (A,)
-        self.A = A = act.size
-        self.R = R
-        self.first = first = np.cumsum(La) - La  # (A,) first row of each active sample
-        s_r = np.repeat(act, La)  # (R,)
-        self.i_r = i_r = np.arange(R) - np.repeat(first, La)  # (R,)
-        self.La_r = np.repeat(La, La)  # (R,) each row's window length
-        self.slot_r = slot_r = b_h[s_r] + i_r  # (R,) step index in 0..K-1
-        self.flat_r = flat_r = slot_r * B + s_r  # (R,)
+    def __init__(self, traj: _Trajectory, b_h: list[int], L: list[int], R: int, p: int) -> None:
+        B, table = traj.B, traj.table
+        self.spans: list[tuple[int, int, int, int]] = []  # (sample, start, first row, length)
+        row = 0
+        for s, (b, n) in enumerate(zip(b_h, L, strict=True)):
+            if n:
+                self.spans.append((s, b, row, n))
+                row += n
+        self.A, self.R = len(self.spans), R
         self.starts: Tensor | int  # window starts of the active samples ((A,) on the device, or b)
-        table = traj.table
         if B == 1:  # one sample: slot = flat row, and every row set is a run
-            b = int(b_h[0])
+            b = b_h[0]
             self.slot = self.flat = _Rows(slice(b, b + R))
             self.next, self.last = _Rows(slice(b + 1, b + 1 + R)), _Rows(slice(R - 1, R))
             self.grid, self.grid1 = _Rows(slice(0, R)), _Rows(slice(1, R + 1))
-            self.starts, self.s_t = b, None
-            self.refreshed = slice(b + 1, b + 1 + R)  # slots refreshed
-            self.terminal = R - 1 if b + R == traj.K else None  # the row refreshing slot K, if any
+            self.starts, self.s_t, self.flat_r, self.first_row = b, None, None, None
             self.rows = table.rows(slice(b, b + R), trailing=len(traj.rest))  # the steps' coefficients
             self.timesteps = table.timesteps[b : b + R]  # (R,)
             return
-        grid_r = np.repeat(np.arange(A), La) * (p + 1) + i_r  # (R,) row's cell in the (A, p+1) grid
-        last_r = first + La - 1  # (A,)
-        rows = np.concatenate([slot_r, flat_r, flat_r + B, grid_r, grid_r + 1, s_r, b_h[act], last_r])
+        act, starts, first, La = np.array(self.spans, dtype=np.int64).T  # (A,) each
+        i_r = np.arange(R) - np.repeat(first, La)  # (R,) window position of each row
+        s_r = np.repeat(act, La)  # (R,)
+        slot_r = np.repeat(starts, La) + i_r  # (R,) step index in 0..K-1
+        self.flat_r = flat_r = slot_r * B + s_r  # (R,)
+        self.first_row = i_r == 0  # (R,) each window's first row
+        grid_r = np.repeat(np.arange(self.A), La) * (p + 1) + i_r  # (R,) row's cell in the (A, p+1) grid
+        rows = np.concatenate([slot_r, flat_r, flat_r + B, grid_r, grid_r + 1, s_r, starts, first + La - 1])
         idx = traj.index(rows)
         slot_t, flat_t, next_t, grid_t, grid1_t, self.s_t = idx[: 6 * R].view(6, R)
         self.slot, self.flat, self.next = _Rows(slot_t), _Rows(flat_t), _Rows(next_t)
         self.grid, self.grid1 = _Rows(grid_t), _Rows(grid1_t)
-        self.starts, self.last = idx[6 * R : 6 * R + A], _Rows(idx[6 * R + A :])
-        self.refreshed = slot_r + 1  # (R,) slots refreshed
-        terminal = self.refreshed == traj.K  # (R,) the rows refreshing slot K
-        self.terminal = terminal if terminal.any() else None
+        self.starts, self.last = idx[6 * R : 6 * R + self.A], _Rows(idx[6 * R + self.A :])
         self.rows = table.rows(slot_t, trailing=len(traj.rest))  # the steps' coefficients
         self.timesteps = table.timesteps.index_select(0, slot_t)  # (R,)
 
 
-def _window(traj: _Trajectory, b_h: np.ndarray, L: np.ndarray, R: int, p: int) -> _Window:
+def _window(traj: _Trajectory, b_h: list[int], L: list[int], R: int, p: int) -> _Window:
     """Step 1's `_Window`; with one sample it depends on the window start and length alone and is
     read-only, so it is kept per table (`StepTable.cached`) and reused by every later plan."""
     if traj.B != 1:
         return _Window(traj, b_h, L, R, p)
-    key = ("picard_window", int(b_h[0]), R, p, len(traj.rest))
+    key = ("picard_window", b_h[0], R, p, len(traj.rest))
     return traj.table.cached(key, lambda: _Window(traj, b_h, L, R, p))
 
 
@@ -460,7 +460,7 @@ def _step_rows(traj: _Trajectory, w: _Window, x_r: Tensor, out: Tensor) -> tuple
             prev_x0 = traj.x0_store[w.starts : w.starts + R]  # (R, H, D) view; slot -1 (zeros) for b = 0
         else:
             cached = traj.x0_cache.index_select(0, traj.index(np.maximum(w.flat_r - traj.B, 0)))  # (R, H, D)
-            starts = traj.index(w.i_r == 0).view(R, *(1,) * len(traj.rest))  # (R, 1, 1) bool
+            starts = traj.index(w.first_row).view(R, *(1,) * len(traj.rest))  # (R, 1, 1) bool
             prev_x0 = torch.where(starts, cached, x0_pre.roll(1, dims=0))
             w.flat.put_(traj.x0_cache, x0_pre)
     z_r = None if traj.noise is None else w.flat.take(traj.noise)  # (R, H, D)
@@ -495,10 +495,10 @@ def _picard_update(
     rest, Xf = traj.rest, traj.flat
     old = w.next.take(Xf)  # (R, H, D) previous guesses of the refreshed slots (a view for one sample)
     if w.A == 1 and isinstance(slopes, LinearCarry):  # one window: no grid
-        R, b = w.R, int(w.slot_r[0])  # b: the window start, on the host
+        R, b = w.R, w.spans[0][1]  # b: the window start, on the host
         new = (y.view(R, -1) + slopes.window(b, (y - old).view(R, -1))).view_as(y)  # (R, H, D)
     elif w.A == 1:  # one window: one fused matrix product
-        R, b = w.R, int(w.slot_r[0])
+        R, b = w.R, w.spans[0][1]
         if slopes is None:  # Picard: row i adds the changes of rows j < i
             key = ("picard_carry", R, y.dtype)
             weights = traj.table.cached(key, lambda: y.new_ones(R, R).tril(-1))  # (R, R)
@@ -511,7 +511,7 @@ def _picard_update(
         if slopes is None:
             carried = grid.view(w.A, p + 1, *rest).cumsum(1)  # (A, p+1, H, D)
         else:
-            carried = slopes.carry(w.starts, grid.view(w.A, p + 1, -1), int(w.La.max()))  # (A, p+1, H·D)
+            carried = slopes.carry(w.starts, grid.view(w.A, p + 1, -1), max(n for *_, n in w.spans))
         new = y + w.grid.take(carried.view(w.A * (p + 1), *rest))  # (R, H, D)
     if traj.norms is None:
         norm = torch.linalg.vector_norm(new - old, dim=traj.sample_dims, dtype=err_dtype).cpu().numpy()
@@ -540,33 +540,45 @@ class _ConvergenceTest:
     floor²), tested as ‖change‖ <= √(n·max(tol²·σ²_j, floor²)) on the change's norm over the sample's
     n elements (the norm is what the device hands over: no squaring or scaling per iteration).
 
-    Thresholds are computed in float64 and compared in the error dtype; indexed by slot (1..K), and
-    slot K (nothing leaves it) always passes. A NaN change fails.
+    Thresholds are computed in float64 and rounded to the error dtype (kept as Python floats, exact,
+    so the comparison is the error dtype's); indexed by slot (1..K), and slot K (nothing leaves it)
+    always passes. A NaN change fails.
     """
 
     def __init__(self, table: StepTable, tol: float, abs_floor: float, dtype: torch.dtype, n: int) -> None:
         self.torch_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # of the error
         self.dtype = np.float64 if dtype == torch.float64 else np.float32
         thr, scale = change_norm_thresholds(table, tol, abs_floor, n)
-        self.thr, self.scale = thr.astype(self.dtype), scale.astype(self.dtype)  # (K+1,) each
+        self.K = table.num_steps
+        self.thr, self.scale = thr.astype(self.dtype).tolist(), scale.astype(self.dtype).tolist()  # (K+1,)
 
-    def passed(self, w: _Window, norm_h: np.ndarray, residual: np.ndarray) -> np.ndarray:
-        """(R,) bool: which refreshed slots converged, from the (R,) norms of their changes; writes
-        each active sample's max RMS change / σ."""
-        refreshed = w.refreshed  # slots 1..K (a slice for one sample)
-        ok = norm_h <= self.thr[refreshed]
-        ratio = norm_h / self.scale[refreshed]  # (R,) RMS change / σ
-        if w.terminal is not None:  # the final slot: always accepted, residual 0
-            ok[w.terminal], ratio[w.terminal] = True, 0.0
-        residual[w.act] = np.maximum.reduceat(ratio, w.first)
-        return ok
+    def first_unconverged(self, w: _Window, norm_h: np.ndarray, residual: np.ndarray) -> list[int]:
+        """Each active window's first unconverged position (its length when every slot passed), from
+        the (R,) norms of the refreshed slots' changes; writes each active sample's max RMS change / σ
+        (NaN if any change is NaN). Plain Python over the rows: cheaper than NumPy's calls here."""
+        norms, thr, scale, K = norm_h.tolist(), self.thr, self.scale, self.K
+        out = []
+        for s, b, first, n in w.spans:
+            bad, worst = n, 0.0
+            for i, norm in enumerate(norms[first : first + n]):
+                slot = b + 1 + i  # the refreshed slot
+                if slot == K:  # the final slot: always accepted, ratio 0
+                    break
+                ratio = norm / scale[slot]
+                if ratio > worst or ratio != ratio:  # a NaN ratio sticks
+                    worst = ratio
+                if bad == n and not norm <= thr[slot]:
+                    bad = i
+            residual[s] = worst
+            out.append(bad)
+        return out
 
 
 def _slide(
     traj: _Trajectory,
     w: _Window,
-    ok: np.ndarray,
-    b_h: np.ndarray,
+    first_bad: list[int],
+    b_h: list[int],
     p: int,
     new: Tensor,
     x0_r: Tensor,
@@ -574,30 +586,35 @@ def _slide(
 ) -> None:
     """Step 5: b_s += min(first unconverged position + 1, p) (a converged window counts L_s), then
     guess the slots the slide exposes (up to the new window end) by the ``refill`` rule."""
-    act, La, K, B = w.act, w.La, traj.K, traj.B
-    first_bad = np.minimum.reduceat(np.where(ok, w.La_r, w.i_r), w.first)  # (A,)
-    ends = b_h[act] + La  # (A,) old window ends (last written slot)
-    b_h[act] = np.minimum(b_h[act] + np.minimum(first_bad + 1, p), K)
-    counts = np.maximum(np.minimum(b_h[act] + p, K) - ends, 0)  # (A,) newly exposed slots
-    if refill == "window_end" and counts.any():  # exposed slots e+1 .. get X[e]
-        k = np.arange(int(counts.max()))[:, None]  # (M, 1)
-        keep = k < counts[None, :]  # (M, A)
-        dest = ((ends[None, :] + 1 + k) * B + act[None, :])[keep]
+    K = traj.K
+    ends, counts = [], []  # per active sample: old window end (last written slot), newly exposed slots
+    for (s, b, _, n), bad in zip(w.spans, first_bad, strict=True):
+        b_h[s] = min(b + min(bad + 1, p), K)
+        ends.append(b + n)
+        counts.append(max(min(b_h[s] + p, K) - b - n, 0))
+    if refill == "window_end" and any(counts):  # exposed slots e+1 .. get X[e]
+        act = np.array([s for s, *_ in w.spans], dtype=np.int64)  # (A,)
+        ends_h, counts_h = np.array(ends, dtype=np.int64), np.array(counts, dtype=np.int64)  # (A,) each
+        k = np.arange(counts_h.max())[:, None]  # (M, 1)
+        keep = k < counts_h[None, :]  # (M, A)
+        dest = ((ends_h[None, :] + 1 + k) * traj.B + act[None, :])[keep]
         src = np.broadcast_to(np.arange(w.A)[None, :], keep.shape)[keep]
         traj.flat.index_copy_(0, traj.index(dest), w.last.take(new).index_select(0, traj.index(src)))
     elif refill == "x0_rollout":  # roll forward from X[e], holding the window's last x̂₀ fixed
+        act = [s for s, *_ in w.spans]
         x0_last = w.last.take(x0_r)  # (A, H, D)
         if traj.inpaint is not None:  # onto the known rows: the inpainted step with x̂₀ held
-            x0_last = traj.known(traj.index(act)).pull(x0_last)
+            x0_last = traj.known(traj.index(np.array(act, dtype=np.int64))).pull(x0_last)
         traj.roll_out(act, ends, counts, w.last.take(new), x0_last)
 
 
 def _finish_sequential(
-    traj: _Trajectory, denoise: Denoiser, cond: Tensor | None, b_h: np.ndarray, rows_per_call: list[int]
+    traj: _Trajectory, denoise: Denoiser, cond: Tensor | None, starts: list[int], rows_per_call: list[int]
 ) -> int:
     """Run the remaining steps of the samples still running at the cap sequentially from their
-    trusted slot b_s (exact for the accepted prefix); returns the number of denoiser calls."""
+    trusted slot b_s (``starts``; exact for the accepted prefix); returns the number of denoiser calls."""
     table, X, K, B, rest = traj.table, traj.X, traj.K, traj.B, traj.rest
+    b_h = np.array(starts, dtype=np.int64)  # (B,)
     unfinished = np.nonzero(b_h < K)[0]
     if not unfinished.size:
         return 0
