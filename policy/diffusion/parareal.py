@@ -91,9 +91,10 @@ class HeldX0Carry:
 class LinearCarry:
     """The Parareal carry with matrix slopes M_j (`coarse.linear_slopes`): column i of a window
     starting at b carries c_i = M_{b+i}·(c_{i-1} + g_i), c_0 = 0, over the grid columns g_i (the
-    scalar `HeldX0Carry` in closed form). It is evaluated as c_i = h_i + M_{b+i}·c_{i-1} with
-    every h_i = M_{b+i}·g_i from one batched product first: one dependent operation per window
-    position. Kept per table and Jacobian (`for_jacobian`).
+    scalar `HeldX0Carry` in closed form), with one dependent operation per window position: in
+    `carry` (the batched grid) as c_i = h_i + M_{b+i}·c_{i-1}, every h_i = M_{b+i}·g_i from one
+    batched product first; in `window` (one sample) on c_i + g_{i+1}. Kept per table and Jacobian
+    (`for_jacobian`).
     """
 
     def __init__(self, slopes: Tensor, p: int) -> None:
@@ -119,17 +120,17 @@ class LinearCarry:
 
     def window(self, start: int, changes: Tensor) -> Tensor:
         """(R, H·D) carried changes of one window of R rows starting at slot ``start``: row i gets
-        c_i of the changes of rows j < i (``changes``: (R, H·D); row 0 gets 0)."""
-        R = changes.shape[0]
-        out = changes.new_zeros(changes.shape)  # (R, H·D)
-        if R == 1:
-            return out
-        # h_i = M_{b+i}·(change of row i-1), i = 1..R-1, written into out[1:]
-        torch.bmm(self.M[start + 1 : start + R], changes[:-1].unsqueeze(-1), out=out[1:].unsqueeze(-1))
-        rows, mats = out.unbind(0), self.mats
-        for i in range(2, R):
-            rows[i].addmv_(mats[start + i], rows[i - 1])  # c_i = h_i + M_{b+i}·c_{i-1}
-        return out
+        c_i of the changes of rows j < i (``changes``: (R, H·D); row 0 gets 0).
+
+        With u_i = c_i + g_{i+1} (g_{i+1}: the change of row i), u_i = g_{i+1} + M_{b+i}·u_{i-1} is one
+        in-place matrix-vector product per row on a copy of the changes, and c_i = u_i - g_{i+1}
+        (exactly 0 while every earlier change is 0): three kinds of operation in all, since each
+        new kind costs most right after a network call."""
+        u = changes.clone()  # (R, H·D); u_0 = c_0 + g_1 = g_1
+        rows, mats = u.unbind(0), self.mats
+        for i in range(1, changes.shape[0]):
+            rows[i].addmv_(mats[start + i], rows[i - 1])  # u_i = g_{i+1} + M_{b+i}·u_{i-1}
+        return u.sub_(changes)  # c_i
 
     def carry(self, starts: Tensor, grid: Tensor, length: int) -> Tensor:
         """(A, p+1, H·D) carried changes of the (A, p+1, H·D) grid of windows starting at ``starts``
