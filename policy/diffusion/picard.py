@@ -79,7 +79,7 @@ class _Trajectory:
         init: Tensor | None,
         inpaint: Inpaint | None,
         max_rows: int,
-        norm_dtype: type[np.floating],
+        norm_dtype: torch.dtype,
     ) -> None:
         K, B = table.num_steps, x_T.shape[0]
         self.table, self.K, self.B, self.rest = table, K, B, tuple(x_T.shape[1:])
@@ -105,8 +105,8 @@ class _Trajectory:
         # the norms of an iteration's changes (in the convergence test's dtype), in host memory NumPy reads
         self.norms = self.norms_host = None
         if self.device.type == "cpu":
-            self.norms_host = np.empty(max_rows, dtype=norm_dtype)
-            self.norms = torch.from_numpy(self.norms_host)
+            self.norms = torch.empty(max_rows, dtype=norm_dtype)
+            self.norms_host = self.norms.numpy()
         self.held = HeldRollout.of(table, len(self.rest))
 
     def known(self, samples: Tensor) -> Inpaint | None:
@@ -120,7 +120,7 @@ class _Trajectory:
         return torch.from_numpy(rows).to(self.device)
 
     def roll_out(
-        self, samples: list[int], ends: list[int], counts: list[int], x_end: Tensor, x0: Tensor
+        self, samples: list[int], ends: list[int], counts: list[int], x_end: Tensor, x0: Tensor | None
     ) -> None:
         """Fill slots e+1 .. e+count of each sample by stepping from X[e] with x̂₀ held fixed (no network).
 
@@ -133,7 +133,7 @@ class _Trajectory:
             ends: each entry's slot e the roll-out starts from (its value is ``x_end``).
             counts: each entry's number of slots to fill after e (0 allowed; e + count <= K).
             x_end: (A, H, D) the value at slot e.
-            x0: (A, H, D) the held data prediction.
+            x0: (A, H, D) the held data prediction; None holds 0 (the default first guess).
         """
         M = max(counts, default=0)
         if M == 0:
@@ -143,10 +143,14 @@ class _Trajectory:
             e = ends[0]
             rows, gain, weights = self.held.run(e, M)  # StepRows (M,), (1, M, 1), (1, M, M)
             z = None if self.noise is None else self.noise[e : e + M]  # (M, H, D)
-            _, c = held_x0_affine(self.table, rows, x0, z)  # (M, H, D)
-            filled = HeldRollout.apply(gain, weights, x_end, c.view(1, M, -1))  # (1, M, H·D)
+            if x0 is None and z is None:  # x̂₀ = 0 and no noise: every c is 0, x_{e+1+k} = A_k·x_e
+                filled = gain * x_end.view(1, 1, -1)  # (1, M, H·D)
+            else:
+                _, c = held_x0_affine(self.table, rows, torch.zeros_like(x_end) if x0 is None else x0, z)
+                filled = HeldRollout.apply(gain, weights, x_end, c.view(1, M, -1))  # (1, M, H·D)
             self.flat[e + 1 : e + 1 + M] = filled.view(M, *self.rest)
             return
+        x0 = torch.zeros_like(x_end) if x0 is None else x0
         samples, ends, counts = (np.array(v, dtype=np.int64) for v in (samples, ends, counts))  # (A,) each
         k = np.arange(M)[:, None]  # (M, 1)
         src = np.minimum(ends[None, :] + k, self.K - 1)  # (M, A) step leaving the previous slot
@@ -291,12 +295,12 @@ def sample_picard(
         ("picard_test", tol, abs_floor, x_T.dtype, n),
         lambda: _ConvergenceTest(table, tol, abs_floor, x_T.dtype, n),
     )
-    traj = _Trajectory(table, x_T, noise, init, inpaint, max_rows=p * B, norm_dtype=test.dtype)
+    traj = _Trajectory(table, x_T, noise, init, inpaint, max_rows=p * B, norm_dtype=test.torch_dtype)
     refill = "none" if init is not None else refill  # the caller's guesses are kept
     if init is None and (x0_guess is not None or refill == "x0_rollout"):  # the first window
-        guess = torch.zeros_like(x_T) if x0_guess is None else x0_guess.to(x_T)
+        guess = None if x0_guess is None else x0_guess.to(x_T)  # None: 0
         if inpaint is not None:
-            guess = inpaint.pull(guess)
+            guess = inpaint.pull(torch.zeros_like(x_T) if guess is None else guess)
         traj.roll_out(list(range(B)), [0] * B, [p] * B, x_T, guess)
     slopes: HeldX0Carry | LinearCarry | None = None
     if coarse_jacobian is not None:
@@ -600,7 +604,7 @@ def _slide(
         dest = ((ends_h[None, :] + 1 + k) * traj.B + act[None, :])[keep]
         src = np.broadcast_to(np.arange(w.A)[None, :], keep.shape)[keep]
         traj.flat.index_copy_(0, traj.index(dest), w.last.take(new).index_select(0, traj.index(src)))
-    elif refill == "x0_rollout":  # roll forward from X[e], holding the window's last x̂₀ fixed
+    elif refill == "x0_rollout" and any(counts):  # roll forward from X[e], holding the last x̂₀ fixed
         act = [s for s, *_ in w.spans]
         x0_last = w.last.take(x0_r)  # (A, H, D)
         if traj.inpaint is not None:  # onto the known rows: the inpainted step with x̂₀ held

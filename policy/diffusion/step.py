@@ -105,9 +105,16 @@ def _x0_and_eps(
         raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {table.prediction_type!r}")
     # 2. Optional clipping of x̂₀ (DiffusionPolicy trains and samples with clip_sample=True, range 1).
     if table.clip_sample:  # in place: x0 is this function's own tensor unless it is `model_out`
-        bound = table.clip_sample_range
-        x0 = x0.clamp(-bound, bound) if x0 is model_out else x0.clamp_(-bound, bound)
+        lo, hi = table.cached("clip_bounds", lambda: _clip_bounds(table))
+        x0 = x0.clamp(lo, hi) if x0 is model_out else x0.clamp_(lo, hi)
     return x0, eps
+
+
+def _clip_bounds(table: StepTable) -> tuple[Tensor, Tensor]:
+    """(-clip_sample_range, clip_sample_range) as 0-d tensors on the table's device, for `_x0_and_eps`'s
+    clamp: right after a network call its scalar form costs more to call than its tensor form."""
+    bound = torch.tensor(table.clip_sample_range, dtype=table.dtype, device=table.device)
+    return -bound, bound
 
 
 def predict_x0(table: StepTable, idx: StepIndex, x_t: Tensor, model_out: Tensor) -> Tensor:
