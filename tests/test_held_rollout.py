@@ -78,3 +78,20 @@ def test_norm_thresholds_are_the_rms_bound(tol: float, floor: float) -> None:
     assert thr[100] == pytest.approx(np.sqrt(n) * max(tol, floor))  # slot K: σ² taken as 1
     if tol == 0.0 and floor == 0.0:
         assert not thr.any()  # only an unchanged slot passes
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("B", [1, 2])
+def test_roll_out_from_the_default_guess_is_the_roll_out_from_zero(kind: str, B: int) -> None:
+    """``x0=None`` (the first window's default guess) fills the same slots, bit for bit, as an explicit
+    x̂₀ of 0: one sample of a deterministic rule takes the shortcut x_{e+1+k} = A_k·x_e."""
+    from parapolicy.policy.diffusion.picard import _Trajectory
+
+    tab, x_T, noise, _ = setup(kind, 20, B=B)
+    filled = []
+    for guess in (None, torch.zeros_like(x_T)):
+        traj = _Trajectory(tab, x_T, noise, None, None, max_rows=8 * B, norm_dtype=torch.float32)
+        traj.roll_out(list(range(B)), [0] * B, [8] * B, x_T, guess)
+        filled.append(traj.X.clone())
+    assert torch.equal(filled[0], filled[1])
+    assert not torch.equal(filled[0][1:9], x_T.expand(8, *x_T.shape))  # the slots were rolled out

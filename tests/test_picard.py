@@ -235,6 +235,10 @@ def test_nan_model_output_is_never_accepted() -> None:
     res = sample_picard(broken, x_T, tab, noise, cond, window=100, tol=10.0)
     assert res.iterations <= 100
     assert res.iterations >= 50  # the NaN slots slide one step per iteration
+    cut = sample_picard(
+        broken, x_T, tab, noise, cond, window=100, tol=10.0, max_iters=1, on_max_iters="return_iterate"
+    )
+    assert math.isnan(float(cut.final_residual[0])) and not cut.all_converged  # NaN, not the largest finite
 
 
 def test_input_validation() -> None:
