@@ -395,7 +395,9 @@ class _Window:
     network call). Row sets: ``slot`` (step positions), ``flat`` (buffer rows read), ``next`` (buffer
     rows refreshed), ``grid`` / ``grid1`` (cells i / i+1 of the (A, p+1) update grid) and ``last``
     (each active sample's last row); with one sample they are runs of consecutive rows, read as views
-    (`_Rows`). Also the rows' step coefficients (``rows``) and timesteps.
+    (`_Rows`). Also the rows' step coefficients (``rows``) and timesteps and, with several samples,
+    the host arrays the multistep history reads: ``flat_r`` (each row's buffer row) and ``first_row``
+    (each window's first row).
     """
 
     __slots__ = (
