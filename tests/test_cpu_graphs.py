@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from parapolicy.policy.model.networks import ConditionalUnet1d, Conv1d, ConvTranspose1d
+from parapolicy.policy.model.networks import ConditionalUnet1d, Conv1d, Conv1dBlock, ConvTranspose1d
 from parapolicy.policy.runtime import cpu_graphs
 from parapolicy.policy.runtime.cpu_graphs import (
     WIDE_ROWS,
@@ -103,6 +103,20 @@ def test_narrow_and_wide_graphs_compute_the_eager_network() -> None:
             x, t, cond = _inputs(rows, seed=rows)
             torch.testing.assert_close(graphs(x, t, cond), net(x, t, cond), atol=1e-5, rtol=1e-5)
     assert calls == ["narrow", "narrow", "wide", "wide", "wide"]
+
+
+@needs_onednn
+def test_a_wide_call_converts_no_constant_per_mish() -> None:
+    """The wide graph's Mish adds a 0-d float buffer, not a traced int 1 that every call converts
+    (one conversion per Conv1dBlock: an operation more each, on the latency path)."""
+    net = _net()
+    graphs = CpuGraphs(net, _inputs(2))
+    x, t, cond = _inputs(24)
+    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        graphs(x, t, cond)
+    blocks = sum(isinstance(m, Conv1dBlock) for m in net.modules())  # each with an ExpMish
+    conversions = [e for e in prof.events() if e.name == "aten::_to_copy"]
+    assert blocks > 10 and len(conversions) <= 1  # the step embedding's one cast of t
 
 
 @needs_onednn

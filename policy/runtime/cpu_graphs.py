@@ -190,7 +190,7 @@ class ExpMish(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Elementwise, any shape."""
-        e1 = x.exp().add_(1)  # eˣ + 1
+        e1 = x.exp().add_(self.one)  # eˣ + 1 (the 0-d float buffer: a traced int 1 is converted per call)
         return torch.addcdiv(x, x, torch.addcmul(self.one, e1, e1), value=-2)
 
 
