@@ -145,12 +145,16 @@ class GroupNorm1d(nn.GroupNorm):
         """(B, C, L) -> (B, C, L), or (1, C, R, L) -> (1, C, R, L)."""
         if x.dim() != 4:
             return super().forward(x)
-        _, C, R, L = x.shape
+        C, R, L = self.num_channels, x.shape[2], x.shape[3]
         x = x.contiguous(memory_format=torch.channels_last)  # (a no-op in the network)
-        rows = x.as_strided((R, C, 1, L), (C * L, 1, C * L, C))  # (R, C, 1, L), canonical strides
+        # C·L and C, the strides of a row and of a position, do not depend on R: read off the tensor, a
+        # trace keeps them as constants and multiplies no traced sizes per call but R·C·L (where a
+        # size is 1 its stride is free, and so is what a tensor of one row reports there)
+        image, column = x.stride(2), x.stride(3)
+        rows = x.as_strided((R, C, 1, L), (image, 1, image, column))  # (R, C, 1, L), canonical strides
         y = F.group_norm(rows, self.num_groups, self.weight, self.bias, self.eps)
         y = y.contiguous(memory_format=torch.channels_last)  # (a no-op: group_norm keeps the format)
-        return y.as_strided((1, C, R, L), (R * C * L, 1, C * L, C))  # back to (1, C, R, L)
+        return y.as_strided((1, C, R, L), (R * image, 1, image, column))  # back to (1, C, R, L)
 
 
 class Conv1dBlock(nn.Sequential):
