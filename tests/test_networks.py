@@ -213,6 +213,32 @@ def test_group_norm_of_the_inference_layout_normalises_each_row() -> None:
     torch.testing.assert_close(out[0].permute(1, 0, 2), norm(x), rtol=1e-5, atol=1e-5)
 
 
+def test_group_norm_of_one_row_takes_any_stride_of_its_size_one_dims() -> None:
+    """A (1, C, 1, L) tensor is channels last whatever its size-1 dims' strides say: the norm reads the
+    strides it needs (a position's, C) and its size-1 strides are free."""
+    torch.manual_seed(0)
+    norm = GroupNorm1d(4, 16)
+    x = torch.randn(1, 16, 8)  # (1, C, L)
+    odd = torch.empty(16 * 8).as_strided((1, 16, 1, 8), (7, 1, 3, 16))  # size-1 strides 7 and 3
+    odd.copy_(x.unsqueeze(2).contiguous(memory_format=torch.channels_last))
+    assert odd.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(norm(odd)[:, :, 0], norm(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # jit.trace is deprecated in torch >= 2.13
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # torch's own group_norm size check
+def test_a_trace_multiplies_one_traced_size_per_group_norm() -> None:
+    """The inference layout's strides are constants of the trace: per GroupNorm1d only R·C·L is
+    computed on each call (a size product is an interpreter operation on every call)."""
+    net = _small_net()
+    with torch.no_grad():
+        net(*_inputs(2))
+        graph = str(torch.jit.trace(net, _inputs(2)).inlined_graph)
+    norms = sum(isinstance(m, GroupNorm1d) for m in net.modules())
+    assert norms > 4 and graph.count("aten::mul(") <= norms + 2  # (+ the step embedding's)
+
+
 @pytest.mark.parametrize(
     "make",
     [
