@@ -334,8 +334,9 @@ def sample_picard(
         rows_per_call.append(w.R)
 
     converged = [b >= K for b in b_h]
+    all_converged = all(converged)
     fallback = 0
-    if on_max_iters == "finish_sequential" and not all(converged):
+    if on_max_iters == "finish_sequential" and not all_converged:
         fallback = _finish_sequential(traj, denoise, cond, b_h, rows_per_call)
     X = traj.X
     return SampleResult(
@@ -345,7 +346,7 @@ def sample_picard(
         rows_evaluated=sum(rows_per_call),
         sequential_passes=iterations + fallback,
         converged=torch.from_numpy(np.array(converged)),  # (B,) bool
-        all_converged=all(converged),
+        all_converged=all_converged,
         final_residual=torch.from_numpy(residual),
         wall_time_s=finish_timing(X, start),
         rows_per_call=tuple(rows_per_call),
@@ -593,21 +594,20 @@ def _slide(
     """Step 5: b_s += min(first unconverged position + 1, p) (a converged window counts L_s), then
     guess the slots the slide exposes (up to the new window end) by the ``refill`` rule."""
     K = traj.K
-    ends, counts = [], []  # per active sample: old window end (last written slot), newly exposed slots
+    act, ends, counts = [], [], []  # per active sample: sample, old window end, newly exposed slots
     for (s, b, _, n), bad in zip(w.spans, first_bad, strict=True):
         b_h[s] = min(b + min(bad + 1, p), K)
+        act.append(s)
         ends.append(b + n)
         counts.append(max(min(b_h[s] + p, K) - b - n, 0))
     if refill == "window_end" and any(counts):  # exposed slots e+1 .. get X[e]
-        act = np.array([s for s, *_ in w.spans], dtype=np.int64)  # (A,)
-        ends_h, counts_h = np.array(ends, dtype=np.int64), np.array(counts, dtype=np.int64)  # (A,) each
+        act_h, ends_h, counts_h = (np.array(v, dtype=np.int64) for v in (act, ends, counts))  # (A,) each
         k = np.arange(counts_h.max())[:, None]  # (M, 1)
         keep = k < counts_h[None, :]  # (M, A)
-        dest = ((ends_h[None, :] + 1 + k) * traj.B + act[None, :])[keep]
+        dest = ((ends_h[None, :] + 1 + k) * traj.B + act_h[None, :])[keep]
         src = np.broadcast_to(np.arange(w.A)[None, :], keep.shape)[keep]
         traj.flat.index_copy_(0, traj.index(dest), w.last.take(new).index_select(0, traj.index(src)))
     elif refill == "x0_rollout" and any(counts):  # roll forward from X[e], holding the last x̂₀ fixed
-        act = [s for s, *_ in w.spans]
         x0_last = w.last.take(x0_r)  # (A, H, D)
         if traj.inpaint is not None:  # onto the known rows: the inpainted step with x̂₀ held
             x0_last = traj.known(traj.index(np.array(act, dtype=np.int64))).pull(x0_last)
@@ -617,13 +617,12 @@ def _slide(
 def _finish_sequential(
     traj: _Trajectory, denoise: Denoiser, cond: Tensor | None, starts: list[int], rows_per_call: list[int]
 ) -> int:
-    """Run the remaining steps of the samples still running at the cap sequentially from their
-    trusted slot b_s (``starts``; exact for the accepted prefix); returns the number of denoiser calls."""
+    """Run the remaining steps of the samples still running at the cap (at least one) sequentially
+    from their trusted slot b_s (``starts``; exact for the accepted prefix); returns the number of
+    denoiser calls."""
     table, X, K, B, rest = traj.table, traj.X, traj.K, traj.B, traj.rest
     b_h = np.array(starts, dtype=np.int64)  # (B,)
     unfinished = np.nonzero(b_h < K)[0]
-    if not unfinished.size:
-        return 0
     X0_steps = None if traj.x0_cache is None else traj.x0_cache.view(K, B, *rest)  # (K, B, H, D)
     noise_steps = None if traj.noise is None else traj.noise.view(K, B, *rest)  # (K, B, H, D)
     order = unfinished[np.argsort(b_h[unfinished], kind="stable")]
