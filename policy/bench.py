@@ -202,19 +202,48 @@ def record_chunks(policy: DiffusionPolicy, cfg: SamplerBenchConfig) -> list[dict
     return chunks
 
 
+@dataclass(frozen=True)
+class PreparedSampler:
+    """A sampler ready to run on recorded chunks: its step table and, with ``coarse="linear"``, the
+    Jacobian of its linear coarse model (`coarse_model`)."""
+
+    sampler: SamplerConfig
+    table: StepTable
+    jacobian: Tensor | None
+
+
+def prepare_samplers(
+    policy: DiffusionPolicy, samplers: list[SamplerConfig], cfg: SamplerBenchConfig
+) -> tuple[list[PreparedSampler], float]:
+    """Each sampler checked against the policy, with its table and coarse model; also the seconds the
+    coarse models took to measure (`coarse_model`: on another episode's chunk, once per table)."""
+    tables = []
+    for sampler in samplers:
+        policy.config.check_sampler(sampler)
+        tables.append(build_step_table(policy.config, sampler, policy.device))
+    uses_linear = [s.is_parallel and s.coarse == "linear" for s in samplers]
+    linear = {
+        (s.kind, s.num_inference_steps): t
+        for s, t, lin in zip(samplers, tables, uses_linear, strict=True)
+        if lin
+    }
+    models, seconds = coarse_model(policy, cfg, linear) if linear else ({}, 0.0)
+    prepared = [
+        PreparedSampler(s, t, models[(s.kind, s.num_inference_steps)] if lin else None)
+        for s, t, lin in zip(samplers, tables, uses_linear, strict=True)
+    ]
+    return prepared, seconds
+
+
 def _run_config(
-    policy: DiffusionPolicy,
-    sampler: SamplerConfig,
-    table: StepTable,
-    chunks: list[dict[str, Tensor]],
-    denoise: Any,
-    coarse_jacobian: Tensor | None = None,
+    policy: DiffusionPolicy, prepared: PreparedSampler, chunks: list[dict[str, Tensor]], denoise: Any
 ) -> list[tuple[float, SampleResult]]:
     """Sample every chunk in order (warm-starting from the previous one if asked); per-chunk results.
 
     Every sampler starts from the chunk's x_T and takes the first K of its step noises (the
-    deterministic kinds ignore them). ``coarse_jacobian``: the linear coarse model's (`coarse_model`).
+    deterministic kinds ignore them).
     """
+    sampler, table = prepared.sampler, prepared.table
     Ta = policy.config.n_action_steps
     K = table.num_steps
     out: list[tuple[float, SampleResult]] = []
@@ -230,13 +259,49 @@ def _run_config(
                 chunk["noise"][:K],
                 chunk["cond"],
                 x0_guess=guess,
-                coarse_jacobian=coarse_jacobian,
+                coarse_jacobian=prepared.jacobian,
             ),
             policy.device,
         )
         out.append((seconds, res))
         previous = res.sample
     return out
+
+
+def time_round(
+    policy: DiffusionPolicy, prepared: list[PreparedSampler], chunks: list[dict[str, Tensor]]
+) -> list[tuple[float, list[SampleResult]]]:
+    """One interleaved round: every sampler in turn samples every chunk; each one's mean ms per chunk
+    and its per-chunk results."""
+    out = []
+    for p in prepared:
+        runs = _run_config(policy, p, chunks, policy.denoise)
+        out.append((1e3 * sum(t for t, _ in runs) / len(runs), [r for _, r in runs]))
+    return out
+
+
+@torch.no_grad()
+def interleaved_ms_per_chunk(
+    policy: DiffusionPolicy, samplers: list[SamplerConfig], cfg: SamplerBenchConfig
+) -> list[list[float]]:
+    """Each sampler's mean ms per chunk in each of ``cfg.repeats`` interleaved rounds, batch 1, by the
+    bench's protocol: the ``cfg.n_chunks`` observations and noises of one episode (`record_chunks`,
+    driven by the sampler with the most steps, whose noise every other one shares), one warm-up chunk
+    each, then rounds that run every sampler in turn, so a machine's drift hits them alike. Leaves the
+    policy's sampler set to that longest one."""
+    policy.eval()
+    policy.set_sampler(max(samplers, key=lambda s: s.num_inference_steps))
+    chunks = record_chunks(policy, cfg)
+    prepared, _ = prepare_samplers(policy, samplers, cfg)
+    for p in prepared:  # warm-up (allocator, caches)
+        _run_config(policy, p, chunks[:1], policy.denoise)
+    times: list[list[float]] = [[] for _ in samplers]
+    for round_index in range(cfg.repeats):
+        for i, (ms, _) in enumerate(time_round(policy, prepared, chunks)):
+            times[i].append(ms)
+        if cfg.progress:
+            print(f"latency round {round_index + 1}/{cfg.repeats}", file=sys.stderr, flush=True)
+    return times
 
 
 def coarse_model(
@@ -290,41 +355,24 @@ def run_sampler_benchmark(policy: DiffusionPolicy, cfg: SamplerBenchConfig) -> d
     samplers = bench_samplers(cfg)
     policy.set_sampler(samplers[0])
     chunks = record_chunks(policy, cfg)
-    tables = []
-    for sampler in samplers:
-        policy.config.check_sampler(sampler)
-        tables.append(build_step_table(policy.config, sampler, policy.device))
     names = [sampler_name(s) for s in samplers]
-    linear = {
-        (s.kind, s.num_inference_steps): t
-        for s, t in zip(samplers, tables, strict=True)
-        if s.is_parallel and s.coarse == "linear"
-    }
-    models, calibration_s = coarse_model(policy, cfg, linear) if linear else ({}, 0.0)
-    jacobians = [
-        models.get((s.kind, s.num_inference_steps)) if s.is_parallel and s.coarse == "linear" else None
-        for s in samplers
-    ]
-    for sampler, table, jac in zip(samplers, tables, jacobians, strict=True):  # warm-up (allocator, caches)
-        _run_config(policy, sampler, table, chunks[:1], policy.denoise, jac)
+    prepared, calibration_s = prepare_samplers(policy, samplers, cfg)
+    for p in prepared:  # warm-up (allocator, caches)
+        _run_config(policy, p, chunks[:1], policy.denoise)
     times: list[list[float]] = [[] for _ in samplers]
     outside: list[list[float]] = [[] for _ in samplers]
     results: list[list[SampleResult]] = [[] for _ in samplers]
     probes = []
     for round_index in range(cfg.repeats):
         with LoadProbe() as probe:
-            for i, (sampler, table) in enumerate(zip(samplers, tables, strict=True)):
-                runs = _run_config(policy, sampler, table, chunks, policy.denoise, jacobians[i])
-                times[i].append(1e3 * sum(t for t, _ in runs) / len(runs))  # ms per chunk, this round
-                results[i] = [r for _, r in runs]
+            for i, (ms, res) in enumerate(time_round(policy, prepared, chunks)):
+                times[i].append(ms)  # ms per chunk, this round
+                results[i] = res
         probes.append(probe.result)
-        for i, (sampler, table) in enumerate(zip(samplers, tables, strict=True)):
+        for i, ps in enumerate(prepared):
             timed = TimedDenoiser(policy.denoise, policy.device)
             wall, _ = timed_call(
-                lambda sampler=sampler, table=table, timed=timed, jac=jacobians[i]: _run_config(
-                    policy, sampler, table, chunks, timed, jac
-                ),
-                policy.device,
+                lambda ps=ps, timed=timed: _run_config(policy, ps, chunks, timed), policy.device
             )
             outside[i].append(100.0 * max(0.0, 1.0 - timed.seconds / wall))
         if cfg.progress:

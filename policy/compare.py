@@ -4,13 +4,15 @@
 solvers DPM-Solver++(2M)-5/-10 and DDIM-8/-16 each sequential and as Picard) in every configured control
 mode (default: ``frozen`` for sample quality over the 50 reference test seeds, batched, then
 ``realtime_sim`` at 10 Hz over the first ``realtime_episodes`` (2) of those seeds, one plan at a time)
-on the same seeds and the same per-episode noise, prints a line per run, and writes into the run folder:
+on the same seeds and the same per-episode noise, prints a line per run, then times every sampler in
+``frontier_rounds`` interleaved rounds on the same recorded observations (batch 1, the bench's
+protocol) for the frontier's latencies, and writes into the run folder:
 
 - ``compare.json``: the side-by-side table, every run's aggregated metrics and latency summary, the
   differences to the baseline, paired episode by episode (`paired_differences`: each sampler against
   the baseline, and each stitching rule of a sweep against its first), the score-latency frontier
-  (`control.frontier`: frozen score against batch-1 chunk latency, which sampler wins at which latency
-  budget), notes (e.g. when the samplers did not draw identical noise), provenance;
+  (`control.frontier`: frozen score against the interleaved batch-1 ms per chunk, which sampler wins at
+  which latency budget), notes (e.g. when the samplers did not draw identical noise), provenance;
 - ``<sampler>/eval_info.json``: lerobot-compatible per-episode records of the first mode, with every
   mode's block under ``by_mode``; ``<sampler>/latency/steps_<mode>.csv`` and ``chunks_<mode>.csv``;
 - ``plots/*.png`` (latency CDF and histogram, per-step timeline, per-episode reward, baseline vs
@@ -25,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -34,6 +37,7 @@ from typing import Any
 
 import torch
 
+from parapolicy.policy.bench import SamplerBenchConfig, interleaved_ms_per_chunk
 from parapolicy.policy.config import SamplerConfig
 from parapolicy.policy.control import plots
 from parapolicy.policy.control.evaluation import EvalConfig, paired_difference
@@ -142,12 +146,16 @@ class CompareConfig(PolicyRunConfig):
     """Episodes, seeds, batching (frozen), videos (per sampler and mode; default none: add them with
     ``eval.max_videos=2``), noise seed."""
     realtime_episodes: int = 2
-    """Episodes (the first seeds) of the time-aware modes, run one plan at a time; 0: all. They give the
-    batch-1 chunk latency of the frontier; scores come from the frozen 50 seeds. The default keeps the
-    whole default run near 5 minutes on 2 CPU cores (docs/benchmarks.md)."""
+    """Episodes (the first seeds) of the time-aware modes, run one plan at a time; 0: all. The default
+    keeps the whole default run well under 5 minutes on 2 CPU cores (docs/benchmarks.md)."""
     frontier_score_tol: float = 0.01
     """Score-latency frontier: a slower sampler wins a latency budget only if its mean score is more than
     this above every faster sampler's (`control.frontier`)."""
+    frontier_rounds: int = 3
+    """Rounds of the frontier's latency pass, after the rollouts: every sampler in turn samples the same
+    recorded observations, round after round (`bench.interleaved_ms_per_chunk`, batch 1), and the
+    frontier takes each one's median ms per chunk. Interleaved, so that a shared machine's drift hits
+    every sampler alike (the closed-loop runs of two samplers happen minutes apart). 0: no frontier."""
     control: ControlConfig = field(default_factory=ControlConfig)
     """Controller settings (its ``mode`` is set per run from ``modes``)."""
     plots: bool = True
@@ -199,6 +207,8 @@ class CompareConfig(PolicyRunConfig):
             raise ValueError(f"num_threads must be >= 1 or null, got {self.num_threads}")
         if self.frontier_score_tol < 0:
             raise ValueError(f"frontier_score_tol must be >= 0, got {self.frontier_score_tol}")
+        if self.frontier_rounds < 0:
+            raise ValueError(f"frontier_rounds must be >= 0, got {self.frontier_rounds}")
         for name in self.samplers:
             if not name or any(c in name for c in "/\\ ") or name.startswith("."):
                 raise ValueError(f"sampler name {name!r} must be a plain folder name")
@@ -364,6 +374,7 @@ def run_compare(cfg: CompareConfig, out: Path) -> dict[str, Any]:
             window_choice[n] = {"window": samplers[n].window, **report}
     versions = run_info(cfg.device)  # once: it asks git for the commit
     results = _run_all(cfg, policy, samplers, out, versions)
+    latency_rounds = _frontier_latencies(cfg, policy, samplers) if cfg.frontier_rounds else None
     rows = _table_rows(cfg, results)
     machine = {"load_avg_1m_start": load_start[0], "load_avg_1m_end": os.getloadavg()[0]}
     summary = {
@@ -372,7 +383,7 @@ def run_compare(cfg: CompareConfig, out: Path) -> dict[str, Any]:
         "notes": _notes(cfg),
         "checks": _checks(cfg, rows),
         "paired": paired_differences(cfg, results),
-        "frontier": frontier_summary(cfg, results),
+        "frontier": frontier_summary(cfg, results, latency_rounds),
         "window_choice": window_choice,
         "runs": {n: {m: run_block(r) for m, r in per.items()} for n, per in results.items()},
         "config": dataclasses.asdict(cfg),
@@ -633,27 +644,43 @@ def format_paired(pairs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def frontier_summary(cfg: CompareConfig, results: Results) -> dict[str, Any] | None:
-    """Each sampler's mean score (frozen mode if run, else the first mode) against its batch-1 chunk latency
-    (median compute time in the first time-aware mode), the frontier and the winner per latency budget;
-    None without a time-aware mode (frozen latencies are those of batched calls)."""
-    labels = run_labels(cfg)  # modes, or `<mode>@<latency>/<stitch>` under sweeps
-    timed = [label for label in labels if label != "frozen"]
-    if not timed:
+def _frontier_latencies(
+    cfg: CompareConfig, policy: DiffusionPolicy, samplers: dict[str, SamplerConfig]
+) -> dict[str, list[float]]:
+    """Each sampler's batch-1 ms per chunk in each of ``frontier_rounds`` interleaved rounds."""
+    if cfg.eval.progress:
+        print(
+            f"compare: frontier latencies, {cfg.frontier_rounds} interleaved rounds of "
+            f"{len(cfg.run)} samplers",
+            file=sys.stderr,
+            flush=True,
+        )
+    bench = SamplerBenchConfig(repeats=cfg.frontier_rounds, few_step=(), progress=cfg.eval.progress)
+    rounds = interleaved_ms_per_chunk(policy, [samplers[n] for n in cfg.run], bench)
+    return dict(zip(cfg.run, rounds, strict=True))
+
+
+def frontier_summary(
+    cfg: CompareConfig, results: Results, latency_rounds: dict[str, list[float]] | None
+) -> dict[str, Any] | None:
+    """Each sampler's mean score (frozen mode if run, else the first mode) against its batch-1 ms per
+    chunk (the median of its interleaved ``latency_rounds``), the frontier and the winner per latency
+    budget; None without latency rounds (``frontier_rounds=0``)."""
+    if not latency_rounds:
         return None
+    labels = run_labels(cfg)  # modes, or `<mode>@<latency>/<stitch>` under sweeps
     score_mode = "frozen" if "frozen" in labels else labels[0]
     points = [
         FrontierPoint(
-            n,
-            results[n][score_mode].aggregated["mean_score"],
-            results[n][timed[0]].latency["chunk"]["compute"]["p50_ms"],
+            n, results[n][score_mode].aggregated["mean_score"], statistics.median(latency_rounds[n])
         )
         for n in cfg.run
     ]
     winners = budget_winners(points, cfg.frontier_score_tol)
     return {
         "score_mode": score_mode,
-        "latency_mode": timed[0],
+        "latency": "batch-1 ms per chunk, median of interleaved rounds (bench.interleaved_ms_per_chunk)",
+        "latency_rounds_ms": latency_rounds,
         "score_tol": cfg.frontier_score_tol,
         "points": [dataclasses.asdict(p) for p in points],
         "frontier": [p.name for _, _, p in winners],
@@ -682,8 +709,10 @@ def format_report(summary: dict[str, Any], out: Path) -> str:
     lines += format_paired(summary.get("paired", []))
     if summary.get("frontier") is not None:
         fr = summary["frontier"]
+        n_rounds = len(next(iter(fr["latency_rounds_ms"].values())))
         lines.append(
-            f"scores: {fr['score_mode']} mode; latencies: median batch-1 chunk compute, {fr['latency_mode']}"
+            f"scores: {fr['score_mode']} mode; latencies: batch-1 ms per chunk, median of {n_rounds} "
+            "interleaved rounds over the same recorded observations"
         )
         lines.append(fr["text"])
     run = summary["run"]

@@ -10,14 +10,17 @@ import pytest
 import torch
 from conftest import console_script, image_config
 
+import parapolicy.policy.bench as bench_module
 from parapolicy.policy.bench import (
     SamplerBenchConfig,
     format_inpaint_overhead,
     format_sampler_benchmark,
+    interleaved_ms_per_chunk,
     record_chunks,
     run_inpaint_overhead,
     run_sampler_benchmark,
 )
+from parapolicy.policy.config import SamplerConfig
 from parapolicy.policy.model.policy import DiffusionPolicy
 from parapolicy.policy.runtime.load_probe import LoadProbe, machine_info
 
@@ -78,6 +81,26 @@ def test_benchmark_rows(tiny_policy):
     text = format_sampler_benchmark(result)
     assert "ddim-5 parareal w=5 tol=0.1" in text and "machine:" in text and "load:" in text
     assert "linear: Parareal's linear coarse model, measured once before the rounds" in text
+
+
+def test_interleaved_rounds_run_every_sampler_in_turn(tiny_policy, monkeypatch):
+    """What compare's frontier latencies rest on: one warm-up chunk each, then rounds in which every
+    sampler samples every recorded chunk in turn (A A B B, A A B B, ...), never one sampler's rounds
+    in a row; the chunks come from the sampler with the most steps, whose noise the other one shares."""
+    order = []
+    real = bench_module.run_sampler
+
+    def recording(sampler, *args, **kwargs):
+        order.append(sampler.kind)
+        return real(sampler, *args, **kwargs)
+
+    monkeypatch.setattr(bench_module, "run_sampler", recording)
+    samplers = [SamplerConfig(kind="ddim", num_inference_steps=4), SamplerConfig(num_inference_steps=10)]
+    cfg = SamplerBenchConfig(n_chunks=2, repeats=3, few_step=(), progress=False)
+    times = interleaved_ms_per_chunk(tiny_policy, samplers, cfg)
+    assert order == ["ddim", "ddpm"] + ["ddim", "ddim", "ddpm", "ddpm"] * 3
+    assert [len(t) for t in times] == [3, 3] and min(min(t) for t in times) > 0
+    assert tiny_policy.sampler.num_inference_steps == 10  # recorded with the longest chain's noise
 
 
 def test_inpaint_overhead_rows(tiny_policy):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import statistics
 import subprocess
 import sys
 
@@ -91,12 +92,13 @@ def test_compare_writes_table_json_eval_info_csvs_plots_videos(checkpoint, tmp_p
     assert rows[("paraddpm", "frozen")]["iters_per_chunk"] > 0
     assert "frozen_score_within_tolerance" in data["checks"]
     assert data["runs"]["paraddpm"]["realtime_sim"]["latency"]["warmup"]["n"] == 1
-    # the frontier: frozen scores against measured batch-1 compute latencies of realtime_sim
+    # the frontier: frozen scores against the medians of the interleaved latency rounds (batch 1)
     fr = data["frontier"]
-    assert fr["score_mode"] == "frozen" and fr["latency_mode"] == "realtime_sim" and fr["score_tol"] == 0.01
+    assert fr["score_mode"] == "frozen" and fr["score_tol"] == 0.01
     points = {p["name"]: p for p in fr["points"]}
     assert points["paraddpm"]["score"] == rows[("paraddpm", "frozen")]["mean_score"]
-    assert points["sequential"]["latency_ms"] == rows[("sequential", "realtime_sim")]["chunk_compute_p50_ms"]
+    for name, ms in fr["latency_rounds_ms"].items():
+        assert len(ms) == 3 and min(ms) > 0 and points[name]["latency_ms"] == statistics.median(ms)
     fastest = min(points.values(), key=lambda p: p["latency_ms"])
     assert fr["frontier"][0] == fastest["name"] and fr["winners"][0]["from_ms"] == fastest["latency_ms"]
     assert fr["winners"][-1]["to_ms"] is None and "score-latency frontier" in fr["text"]
@@ -187,6 +189,9 @@ def test_compare_same_seeds_and_noise_give_matching_frozen_scores(checkpoint, tm
     assert pair["mean_score_diff"] == pytest.approx(check["diff_vs_baseline"]["paraddpm"], abs=1e-12)
     assert not [n for n in data["notes"] if "noise" in n]  # identical noise: nothing to flag
     assert any("batched calls" in n for n in data["notes"])
+    # frozen scores alone still get a frontier: its latencies come from the interleaved rounds
+    assert data["frontier"]["score_mode"] == "frozen"
+    assert set(data["frontier"]["latency_rounds_ms"]) == {"sequential", "paraddpm"}
 
 
 def test_compare_notes_when_noise_differs(checkpoint, tmp_path):
@@ -196,8 +201,10 @@ def test_compare_notes_when_noise_differs(checkpoint, tmp_path):
     )
     cfg.samplers["paraddpm"] = SamplerEntry(crn)
     cfg.eval = dataclasses.replace(cfg.eval, n_episodes=1, batch_size=1, max_videos=0)
+    cfg.frontier_rounds = 0  # no latency pass, no frontier
     data = run_compare(cfg, tmp_path / "run")
     assert any("common_random_numbers" in n for n in data["notes"])
+    assert data["frontier"] is None and not (tmp_path / "run" / "plots" / "frontier.png").exists()
 
 
 def test_compare_refuses_to_overwrite_a_run(checkpoint, tmp_path):
@@ -234,6 +241,8 @@ def test_default_run_has_the_few_step_solvers_and_their_picard_versions():
     assert cfg.eval.n_episodes == 50  # the 50 reference seeds stay frozen
     with pytest.raises(ValueError, match="frontier_score_tol"):
         CompareConfig(frontier_score_tol=-1.0)
+    with pytest.raises(ValueError, match="frontier_rounds must be >= 0, got -1"):
+        CompareConfig(frontier_rounds=-1)
 
 
 def test_compare_missing_checkpoint_fails_clearly(tmp_path):
