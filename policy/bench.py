@@ -212,11 +212,15 @@ class PreparedSampler:
     jacobian: Tensor | None
 
 
-def prepare_samplers(
+def _prepare_run(
     policy: DiffusionPolicy, samplers: list[SamplerConfig], cfg: SamplerBenchConfig
-) -> tuple[list[PreparedSampler], float]:
-    """Each sampler checked against the policy, with its table and coarse model; also the seconds the
-    coarse models took to measure (`coarse_model`: on another episode's chunk, once per table)."""
+) -> tuple[list[dict[str, Tensor]], list[PreparedSampler], float]:
+    """The recorded chunks (`record_chunks`, driven by the sampler with the most steps, the first such:
+    every other one takes the first K of its noise), each sampler checked against the policy with its
+    table and coarse model and run on one warm-up chunk (allocator, caches), and the seconds the coarse
+    models took to measure (`coarse_model`: on another episode's chunk, once per table)."""
+    policy.set_sampler(max(samplers, key=lambda s: s.num_inference_steps))
+    chunks = record_chunks(policy, cfg)
     tables = []
     for sampler in samplers:
         policy.config.check_sampler(sampler)
@@ -232,7 +236,9 @@ def prepare_samplers(
         PreparedSampler(s, t, models[(s.kind, s.num_inference_steps)] if lin else None)
         for s, t, lin in zip(samplers, tables, uses_linear, strict=True)
     ]
-    return prepared, seconds
+    for p in prepared:
+        _run_config(policy, p, chunks[:1], policy.denoise)
+    return chunks, prepared, seconds
 
 
 def _run_config(
@@ -268,7 +274,7 @@ def _run_config(
     return out
 
 
-def time_round(
+def _time_round(
     policy: DiffusionPolicy, prepared: list[PreparedSampler], chunks: list[dict[str, Tensor]]
 ) -> list[tuple[float, list[SampleResult]]]:
     """One interleaved round: every sampler in turn samples every chunk; each one's mean ms per chunk
@@ -285,19 +291,14 @@ def interleaved_ms_per_chunk(
     policy: DiffusionPolicy, samplers: list[SamplerConfig], cfg: SamplerBenchConfig
 ) -> list[list[float]]:
     """Each sampler's mean ms per chunk in each of ``cfg.repeats`` interleaved rounds, batch 1, by the
-    bench's protocol: the ``cfg.n_chunks`` observations and noises of one episode (`record_chunks`,
-    driven by the sampler with the most steps, whose noise every other one shares), one warm-up chunk
-    each, then rounds that run every sampler in turn, so a machine's drift hits them alike. Leaves the
-    policy's sampler set to that longest one."""
+    bench's protocol: the ``cfg.n_chunks`` observations and noises of one episode, one warm-up chunk
+    each (`_prepare_run`), then rounds that run every sampler in turn, so a machine's drift hits them
+    alike. Leaves the policy's sampler set to the one with the most steps."""
     policy.eval()
-    policy.set_sampler(max(samplers, key=lambda s: s.num_inference_steps))
-    chunks = record_chunks(policy, cfg)
-    prepared, _ = prepare_samplers(policy, samplers, cfg)
-    for p in prepared:  # warm-up (allocator, caches)
-        _run_config(policy, p, chunks[:1], policy.denoise)
+    chunks, prepared, _ = _prepare_run(policy, samplers, cfg)
     times: list[list[float]] = [[] for _ in samplers]
     for round_index in range(cfg.repeats):
-        for i, (ms, _) in enumerate(time_round(policy, prepared, chunks)):
+        for i, (ms, _) in enumerate(_time_round(policy, prepared, chunks)):
             times[i].append(ms)
         if cfg.progress:
             print(f"latency round {round_index + 1}/{cfg.repeats}", file=sys.stderr, flush=True)
@@ -352,20 +353,16 @@ def run_sampler_benchmark(policy: DiffusionPolicy, cfg: SamplerBenchConfig) -> d
     """
     policy.eval()
     policy.set_compile(cfg.compile)
-    samplers = bench_samplers(cfg)
-    policy.set_sampler(samplers[0])
-    chunks = record_chunks(policy, cfg)
+    samplers = bench_samplers(cfg)  # the baseline first, with the most steps: it drives the episode
     names = [sampler_name(s) for s in samplers]
-    prepared, calibration_s = prepare_samplers(policy, samplers, cfg)
-    for p in prepared:  # warm-up (allocator, caches)
-        _run_config(policy, p, chunks[:1], policy.denoise)
+    chunks, prepared, calibration_s = _prepare_run(policy, samplers, cfg)
     times: list[list[float]] = [[] for _ in samplers]
     outside: list[list[float]] = [[] for _ in samplers]
     results: list[list[SampleResult]] = [[] for _ in samplers]
     probes = []
     for round_index in range(cfg.repeats):
         with LoadProbe() as probe:
-            for i, (ms, res) in enumerate(time_round(policy, prepared, chunks)):
+            for i, (ms, res) in enumerate(_time_round(policy, prepared, chunks)):
                 times[i].append(ms)  # ms per chunk, this round
                 results[i] = res
         probes.append(probe.result)
