@@ -344,21 +344,18 @@ def _load_summary(rounds: list[dict[str, Any]], usable_cpus: int | None) -> dict
     return out
 
 
-@torch.no_grad()
-def run_sampler_benchmark(policy: DiffusionPolicy, cfg: SamplerBenchConfig) -> dict[str, Any]:
-    """Measure every sampler of `bench_samplers`; returns the rows, the load probes and the cost curve.
-
-    Rounds interleave the samplers (ABAB...): each round times every sampler once, then runs one
-    instrumented pass of each (`TimedDenoiser`) for the share of time outside the denoiser.
-    """
-    policy.eval()
-    policy.set_compile(cfg.compile)
-    samplers = bench_samplers(cfg)  # the baseline first, with the most steps: it drives the episode
-    names = [sampler_name(s) for s in samplers]
-    chunks, prepared, calibration_s = _prepare_run(policy, samplers, cfg)
-    times: list[list[float]] = [[] for _ in samplers]
-    outside: list[list[float]] = [[] for _ in samplers]
-    results: list[list[SampleResult]] = [[] for _ in samplers]
+def _timed_rounds(
+    policy: DiffusionPolicy,
+    prepared: list[PreparedSampler],
+    chunks: list[dict[str, Tensor]],
+    cfg: SamplerBenchConfig,
+) -> tuple[list[list[float]], list[list[float]], list[list[SampleResult]], list[dict[str, Any]]]:
+    """``cfg.repeats`` interleaved rounds (`_time_round`), each followed by one instrumented pass per
+    sampler (`TimedDenoiser`): per sampler its ms per chunk and % of wall time outside the denoiser in
+    each round and its results of the last round; and each round's load probe."""
+    times: list[list[float]] = [[] for _ in prepared]
+    outside: list[list[float]] = [[] for _ in prepared]
+    results: list[list[SampleResult]] = [[] for _ in prepared]
     probes = []
     for round_index in range(cfg.repeats):
         with LoadProbe() as probe:
@@ -376,11 +373,69 @@ def run_sampler_benchmark(policy: DiffusionPolicy, cfg: SamplerBenchConfig) -> d
             p = probe.result
             foreign = "n/a" if p["foreign_busy_cpus"] is None else f"{p['foreign_busy_cpus']:.2f}"
             print(
-                f"bench round {round_index + 1}/{cfg.repeats}: {len(samplers)} samplers timed in "
+                f"bench round {round_index + 1}/{cfg.repeats}: {len(prepared)} samplers timed in "
                 f"{p['wall_s']:.1f} s, loadavg {p['loadavg_after']:.1f}, CPUs busy with others {foreign}",
                 file=sys.stderr,
                 flush=True,
             )
+    return times, outside, results, probes
+
+
+def _result_row(
+    policy: DiffusionPolicy,
+    sampler: SamplerConfig,
+    chunks: list[dict[str, Tensor]],
+    results: list[SampleResult],
+    reference: list[SampleResult],
+    times: list[float],
+    outside: list[float],
+) -> dict[str, Any]:
+    """One sampler's row: its settings, the spread of its ms per chunk over the rounds, its statistics
+    and its max |difference| in px to its own rule's sequential samples (``reference``) and to the
+    recorded baseline plans (speedups are added by the caller, who knows the baseline)."""
+    plans = [policy.normalizer.unnormalize("action", r.sample) for r in results]
+    own_diff = max(
+        float((p - policy.normalizer.unnormalize("action", q.sample)).abs().max())
+        for p, q in zip(plans, reference, strict=True)
+    )
+    base_diff = max(float((p - c["reference"]).abs().max()) for p, c in zip(plans, chunks, strict=True))
+    return {
+        "name": sampler_name(sampler),
+        "kind": sampler.kind,
+        "num_inference_steps": sampler.num_inference_steps,
+        "algorithm": sampler.algorithm,
+        "update": sampler.update if sampler.is_parallel else None,
+        "coarse": sampler.coarse if sampler.is_parallel and sampler.update == "parareal" else None,
+        "window": sampler.window if sampler.is_parallel else None,
+        "tol": sampler.tol if sampler.is_parallel else None,
+        "warm_start": sampler.warm_start,
+        "ms_per_chunk": _spread(times),
+        "ms_per_chunk_rounds": times,
+        "iterations": float(np.mean([r.iterations for r in results])),
+        "model_calls": float(np.mean([r.model_calls for r in results])),
+        "model_rows": float(np.mean([r.rows_evaluated for r in results])),
+        "converged": all(r.all_converged for r in results),
+        "max_abs_diff_px": own_diff,
+        "max_abs_diff_to_baseline_px": base_diff,
+        # share of wall time outside the denoiser: Picard bookkeeping (sequential: the step math)
+        "outside_denoiser_pct": statistics.median(outside),
+        "outside_denoiser_pct_range": [min(outside), max(outside)],
+    }
+
+
+@torch.no_grad()
+def run_sampler_benchmark(policy: DiffusionPolicy, cfg: SamplerBenchConfig) -> dict[str, Any]:
+    """Measure every sampler of `bench_samplers`; returns the rows, the load probes and the cost curve.
+
+    Rounds interleave the samplers (ABAB...): each round times every sampler once, then runs one
+    instrumented pass of each (`TimedDenoiser`) for the share of time outside the denoiser.
+    """
+    policy.eval()
+    policy.set_compile(cfg.compile)
+    samplers = bench_samplers(cfg)  # the baseline first, with the most steps: it drives the episode
+    names = [sampler_name(s) for s in samplers]
+    chunks, prepared, calibration_s = _prepare_run(policy, samplers, cfg)
+    times, outside, results, probes = _timed_rounds(policy, prepared, chunks, cfg)
     base_ms = statistics.median(times[0])
     seq_ms = {
         n: statistics.median(t) for n, s, t in zip(names, samplers, times, strict=True) if not s.is_parallel
@@ -389,41 +444,11 @@ def run_sampler_benchmark(policy: DiffusionPolicy, cfg: SamplerBenchConfig) -> d
     own_seq = {(s.kind, s.num_inference_steps): i for i, s in enumerate(samplers) if not s.is_parallel}
     rows = []
     for i, sampler in enumerate(samplers):
-        res = results[i]
-        ref = results[own_seq[(sampler.kind, sampler.num_inference_steps)]]
-        plans = [policy.normalizer.unnormalize("action", r.sample) for r in res]
-        own_diff = max(
-            float((p - policy.normalizer.unnormalize("action", q.sample)).abs().max())
-            for p, q in zip(plans, ref, strict=True)
-        )
-        base_diff = max(float((p - c["reference"]).abs().max()) for p, c in zip(plans, chunks, strict=True))
-        ms = _spread(times[i])
-        rows.append(
-            {
-                "name": names[i],
-                "kind": sampler.kind,
-                "num_inference_steps": sampler.num_inference_steps,
-                "algorithm": sampler.algorithm,
-                "update": sampler.update if sampler.is_parallel else None,
-                "coarse": sampler.coarse if sampler.is_parallel and sampler.update == "parareal" else None,
-                "window": sampler.window if sampler.is_parallel else None,
-                "tol": sampler.tol if sampler.is_parallel else None,
-                "warm_start": sampler.warm_start,
-                "ms_per_chunk": ms,
-                "ms_per_chunk_rounds": times[i],
-                "speedup": base_ms / ms["median"],
-                "speedup_vs_fastest_sequential": seq_ms[fastest_seq] / ms["median"],
-                "iterations": float(np.mean([r.iterations for r in res])),
-                "model_calls": float(np.mean([r.model_calls for r in res])),
-                "model_rows": float(np.mean([r.rows_evaluated for r in res])),
-                "converged": all(r.all_converged for r in res),
-                "max_abs_diff_px": own_diff,
-                "max_abs_diff_to_baseline_px": base_diff,
-                # share of wall time outside the denoiser: Picard bookkeeping (sequential: the step math)
-                "outside_denoiser_pct": statistics.median(outside[i]),
-                "outside_denoiser_pct_range": [min(outside[i]), max(outside[i])],
-            }
-        )
+        reference = results[own_seq[(sampler.kind, sampler.num_inference_steps)]]
+        row = _result_row(policy, sampler, chunks, results[i], reference, times[i], outside[i])
+        row["speedup"] = base_ms / row["ms_per_chunk"]["median"]
+        row["speedup_vs_fastest_sequential"] = seq_ms[fastest_seq] / row["ms_per_chunk"]["median"]
+        rows.append(row)
     curve = denoiser_cost_curve(policy, tuple(cfg.batch_sizes), use_cache=False)
     machine = machine_info(torch.get_num_threads())
     return {

@@ -12,7 +12,6 @@ MAX_FUNCTION_LINES = 60
 # Known exceptions, all outside policy/control and the rollout jobs (to be split by their owners);
 # remove an entry when it is fixed (the second test says so).
 KNOWN_EXCEPTIONS: set[str] = {
-    "bench.py:run_sampler_benchmark",
     "collect.py:collect",
     "data/replay_store.py:create",
     "model/policy.py:DiffusionPolicy",
