@@ -46,6 +46,7 @@ from parapolicy.policy.diffusion.warm_start import warm_start_guess
 from parapolicy.policy.model.image_observation import env_obs_type, env_observation, history_observation
 from parapolicy.policy.model.policy import DiffusionPolicy, build_step_table
 from parapolicy.policy.runtime.auto_window import denoiser_cost_curve
+from parapolicy.policy.runtime.gc_freeze import frozen_heap
 from parapolicy.policy.runtime.load_probe import LoadProbe, machine_info
 from parapolicy.policy.runtime.timing import TimedDenoiser, timed_call
 
@@ -297,11 +298,12 @@ def interleaved_ms_per_chunk(
     policy.eval()
     chunks, prepared, _ = _prepare_run(policy, samplers, cfg)
     times: list[list[float]] = [[] for _ in samplers]
-    for round_index in range(cfg.repeats):
-        for i, (ms, _) in enumerate(_time_round(policy, prepared, chunks)):
-            times[i].append(ms)
-        if cfg.progress:
-            print(f"latency round {round_index + 1}/{cfg.repeats}", file=sys.stderr, flush=True)
+    with frozen_heap():  # no full garbage collection inside a timed chunk
+        for round_index in range(cfg.repeats):
+            for i, (ms, _) in enumerate(_time_round(policy, prepared, chunks)):
+                times[i].append(ms)
+            if cfg.progress:
+                print(f"latency round {round_index + 1}/{cfg.repeats}", file=sys.stderr, flush=True)
     return times
 
 
@@ -435,7 +437,8 @@ def run_sampler_benchmark(policy: DiffusionPolicy, cfg: SamplerBenchConfig) -> d
     samplers = bench_samplers(cfg)  # the baseline first, with the most steps: it drives the episode
     names = [sampler_name(s) for s in samplers]
     chunks, prepared, calibration_s = _prepare_run(policy, samplers, cfg)
-    times, outside, results, probes = _timed_rounds(policy, prepared, chunks, cfg)
+    with frozen_heap():  # no full garbage collection inside a timed chunk
+        times, outside, results, probes = _timed_rounds(policy, prepared, chunks, cfg)
     base_ms = statistics.median(times[0])
     seq_ms = {
         n: statistics.median(t) for n, s, t in zip(names, samplers, times, strict=True) if not s.is_parallel
@@ -513,7 +516,10 @@ def run_inpaint_overhead(policy: DiffusionPolicy, cfg: SamplerBenchConfig) -> di
         return 1e3 * seconds, res
 
     once(seq, chunks[1], known[0])  # warm-up
-    rows = [_inpaint_row(name, smp, once, chunks[1:], known, cfg.repeats) for name, smp in configs.items()]
+    with frozen_heap():  # no full garbage collection inside a timed chunk
+        rows = [
+            _inpaint_row(name, smp, once, chunks[1:], known, cfg.repeats) for name, smp in configs.items()
+        ]
     return {"inpaint_rows": rows, "delay": cfg.inpaint_delay, "n_chunks": len(known)}
 
 

@@ -28,6 +28,7 @@ from parapolicy.policy.control.smoothness import smoothness
 from parapolicy.policy.control.task import Task, check_task_serves
 from parapolicy.policy.control.timeline import Timeline
 from parapolicy.policy.model.policy import DiffusionPolicy
+from parapolicy.policy.runtime.gc_freeze import frozen_heap
 from parapolicy.policy.runtime.timing import timed_denoiser
 
 EpisodeCallback = Callable[[dict[str, Any]], None]
@@ -81,7 +82,7 @@ class Controller:
         batch = ec.batch_size if _lockstep(control) else 1
         pool = ThreadPoolExecutor(1, thread_name_prefix="planner") if control.mode == "wallclock" else None
         try:
-            with timed_denoiser(self.policy) as timer:
+            with frozen_heap(), timed_denoiser(self.policy) as timer:
                 planner.timer = timer
                 warmup_ms = self._warmup(planner, min(batch, ec.n_episodes), pool)
                 records = self._episodes(timeline, batch, pool, video_dir, video_prefix, on_episode)

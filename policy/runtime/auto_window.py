@@ -37,6 +37,7 @@ from parapolicy.policy.diffusion.dispatch import run_sampler
 from parapolicy.policy.diffusion.sequential import draw_noise
 from parapolicy.policy.model.image_observation import batch_size
 from parapolicy.policy.model.policy import OBS_KEY, DiffusionPolicy
+from parapolicy.policy.runtime.gc_freeze import frozen_heap
 from parapolicy.policy.runtime.timing import TimedDenoiser
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,8 @@ def denoiser_cost_curve(
             cache.pop(key)
     was_training = policy.training
     policy.eval()
-    curve = {b: measure_denoiser_ms(policy, b, repeats) for b in batch_sizes}
+    with frozen_heap():  # no full garbage collection inside a timed call
+        curve = {b: measure_denoiser_ms(policy, b, repeats) for b in batch_sizes}
     policy.train(was_training)
     if use_cache:
         entry = cache.setdefault(key, {"run": device_facts(policy.device), "ms_per_call": {}})
