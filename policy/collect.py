@@ -132,6 +132,46 @@ def _episode(args: tuple[int, ExpertConfig, int, tuple[str, ...]]) -> EpisodeRec
     return run_expert_episode(seed, expert_cfg, max_steps=max_steps, record_keys=keys)
 
 
+def _open_store(cfg: CollectConfig, path: Path, expert_settings: dict[str, Any]) -> ReplayStore:
+    """The store at ``path``: opened for appending (``cfg.append``; refused otherwise) or created."""
+    if path.exists():
+        if not cfg.append:
+            raise RunFolderError(f"{path} exists; pass append=true to add episodes to it")
+        return ReplayStore.open(path, keys=(), mode="a")
+    return ReplayStore.create(
+        path,
+        env_version=ENV_ID,
+        expert=expert_settings,
+        metadata={"collector": "parapolicy-collect", "keep": cfg.keep},
+    )
+
+
+def _run_experts(
+    cfg: CollectConfig, store: ReplayStore, start_seed: int, bar: tqdm
+) -> tuple[int, int, int, int]:
+    """Run the expert on seeds from ``start_seed`` in ``cfg.workers`` processes and append the
+    episodes ``cfg.keep`` keeps, until ``cfg.n_episodes`` are kept or ``cfg.attempt_limit`` seeds
+    are tried; returns (episodes tried, kept, successful, steps kept)."""
+    tried = kept = successes = kept_steps = 0
+    seeds = range(start_seed, start_seed + cfg.attempt_limit)
+    jobs = ((s, cfg.expert, cfg.max_steps, cfg.record_keys) for s in seeds)
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(cfg.workers, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
+        for rec in pool.imap(_episode, jobs, chunksize=1):
+            tried += 1
+            successes += rec.success
+            if rec.success or cfg.keep == "all":
+                store.append_episode(rec.data, seed=rec.seed)
+                kept += 1
+                kept_steps += rec.n_steps
+                bar.update(1)
+            bar.set_postfix(success=f"{successes}/{tried} ({100.0 * successes / tried:.0f}%)")
+            if kept >= cfg.n_episodes:
+                pool.terminate()
+                break
+    return tried, kept, successes, kept_steps
+
+
 def collect(cfg: CollectConfig, out_dir: Path) -> dict[str, Any]:
     """Collect demonstrations; returns the summary also written to ``out_dir/collect_info.json``.
 
@@ -145,17 +185,7 @@ def collect(cfg: CollectConfig, out_dir: Path) -> dict[str, Any]:
     path = Path(cfg.output_path)
     path = path if path.is_absolute() else out_dir / path
     expert_settings = dataclasses.asdict(cfg.expert)
-    if path.exists():
-        if not cfg.append:
-            raise RunFolderError(f"{path} exists; pass append=true to add episodes to it")
-        store = ReplayStore.open(path, keys=(), mode="a")
-    else:
-        store = ReplayStore.create(
-            path,
-            env_version=ENV_ID,
-            expert=expert_settings,
-            metadata={"collector": "parapolicy-collect", "keep": cfg.keep},
-        )
+    store = _open_store(cfg, path, expert_settings)
     try:
         start_seed = _start_seed(cfg, store.episode_seeds, path)
     except BaseException:
@@ -163,26 +193,10 @@ def collect(cfg: CollectConfig, out_dir: Path) -> dict[str, Any]:
         raise
     started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     start = time.perf_counter()
-    tried = kept = successes = kept_steps = 0
-    seeds = range(start_seed, start_seed + cfg.attempt_limit)
-    jobs = ((s, cfg.expert, cfg.max_steps, cfg.record_keys) for s in seeds)
     bar = tqdm(total=cfg.n_episodes, desc="collect", disable=not cfg.progress)
-    ctx = mp.get_context("spawn")
     info: dict[str, Any] = {}
     try:
-        with ctx.Pool(cfg.workers, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
-            for rec in pool.imap(_episode, jobs, chunksize=1):
-                tried += 1
-                successes += rec.success
-                if rec.success or cfg.keep == "all":
-                    store.append_episode(rec.data, seed=rec.seed)
-                    kept += 1
-                    kept_steps += rec.n_steps
-                    bar.update(1)
-                bar.set_postfix(success=f"{successes}/{tried} ({100.0 * successes / tried:.0f}%)")
-                if kept >= cfg.n_episodes:
-                    pool.terminate()
-                    break
+        tried, kept, successes, kept_steps = _run_experts(cfg, store, start_seed, bar)
         info = {
             "store": str(path),
             "run_dir": str(out_dir),

@@ -256,6 +256,20 @@ def _as_seed(seed: Any) -> int | None:
     return int(seed)
 
 
+def _clear_for_create(root: Path, overwrite: bool, lock: _WriterLock) -> None:
+    """Remove whatever is at ``root`` before a store is created there; without ``overwrite``, release
+    ``lock`` and refuse (FileExistsError)."""
+    if not root.exists():
+        return
+    if not overwrite:
+        lock.release()
+        raise FileExistsError(f"{root} already exists (pass overwrite=True to replace it)")
+    if root.is_dir():
+        shutil.rmtree(root)
+    else:
+        root.unlink()
+
+
 class ReplayStore:
     """Episodes of per-step arrays in one zarr group; see the module docstring for the layout.
 
@@ -427,14 +441,7 @@ class ReplayStore:
             _CRC_ATTR: {},
         }
         lock = _WriterLock(root, lock_timeout)
-        if root.exists():
-            if not overwrite:
-                lock.release()
-                raise FileExistsError(f"{root} already exists (pass overwrite=True to replace it)")
-            if root.is_dir():
-                shutil.rmtree(root)
-            else:
-                root.unlink()
+        _clear_for_create(root, overwrite, lock)
         group = zarr.open_group(root, mode="w", zarr_format=3, attributes=attrs)
         group.require_group("data")
         group.require_group("meta").create_array(

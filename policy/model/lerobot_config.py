@@ -119,6 +119,26 @@ def _get(root: Path, cfg: Mapping[str, Any], key: str) -> Any:
     return cfg[key]
 
 
+def _vision_config(root: Path, cfg: Mapping[str, Any], layout: LeRobotLayout) -> VisionConfig:
+    """The image encoder's settings of a LeRobot ``DiffusionConfig`` dict (the defaults for a
+    state-only policy); refuses a backbone other than ResNet-18."""
+    if layout.image is None:
+        return VisionConfig()
+    g = lambda key: _get(root, cfg, key)  # noqa: E731
+    backbone = g("vision_backbone")
+    if backbone != "resnet18":
+        raise refuse(root, f"vision_backbone {backbone!r} is unknown here (only 'resnet18')")
+    crop = g("crop_shape")
+    return VisionConfig(
+        image_shape=layout.image[1],
+        crop_shape=tuple(crop) if crop is not None else None,
+        crop_is_random=bool(cfg.get("crop_is_random", True)),
+        backbone=backbone,
+        norm="group_norm" if g("use_group_norm") else "batch_norm",
+        num_keypoints=int(g("spatial_softmax_num_keypoints")),
+    )
+
+
 def policy_config_from_lerobot(root: Path, cfg: Mapping[str, Any], layout: LeRobotLayout) -> PolicyConfig:
     """The `PolicyConfig` of a LeRobot ``DiffusionConfig`` dict; refuses what cannot be represented."""
     g = lambda key: _get(root, cfg, key)  # noqa: E731
@@ -137,20 +157,7 @@ def policy_config_from_lerobot(root: Path, cfg: Mapping[str, Any], layout: LeRob
         raise refuse(root, f"resize_shape={cfg['resize_shape']} (image resizing) is not supported")
     n_steps = cfg.get("num_inference_steps") or g("num_train_timesteps")
     try:
-        vision = VisionConfig()
-        if layout.image is not None:
-            backbone = g("vision_backbone")
-            if backbone != "resnet18":
-                raise refuse(root, f"vision_backbone {backbone!r} is unknown here (only 'resnet18')")
-            crop = g("crop_shape")
-            vision = VisionConfig(
-                image_shape=layout.image[1],
-                crop_shape=tuple(crop) if crop is not None else None,
-                crop_is_random=bool(cfg.get("crop_is_random", True)),
-                backbone=backbone,
-                norm="group_norm" if g("use_group_norm") else "batch_norm",
-                num_keypoints=int(g("spatial_softmax_num_keypoints")),
-            )
+        vision = _vision_config(root, cfg, layout)
         obs_dim = layout.state[1] + (layout.env[1] if layout.env else 0)
         return PolicyConfig(
             obs_dim=obs_dim,
@@ -184,21 +191,14 @@ def policy_config_from_lerobot(root: Path, cfg: Mapping[str, Any], layout: LeRob
         raise refuse(root, f"config cannot be represented: {exc}") from exc
 
 
-def lerobot_config_from_policy(config: PolicyConfig, state_dim: int) -> dict[str, Any]:
-    """The config.json of `save_lerobot_policy`: every field LeRobot 0.4's DiffusionConfig writes.
-
-    Raises:
-        ValueError: for what LeRobot cannot represent (a transformer network, n_groups != 8, a sampler
-            other than DDPM / DDIM with leading spacing and offset 0, v-prediction, an average-pooled
-            image encoder).
-    """
+def _check_representable(config: PolicyConfig) -> None:
+    """Refuse (ValueError naming the setting) what LeRobot's diffusion policy cannot represent."""
     u, s, sp = config.unet, config.schedule, config.sampler
     if config.network != "unet":
         raise ValueError(f"network={config.network!r}: LeRobot's diffusion policy is a U-Net")
     if u.n_groups != 8:
         raise ValueError(f"unet.n_groups={u.n_groups}: LeRobot's final block always has 8 groups")
-    kinds = {v: k for k, v in _SCHEDULERS.items()}
-    if sp.kind not in kinds or sp.timestep_spacing != "leading" or sp.steps_offset != 0:
+    if sp.kind not in _SCHEDULERS.values() or sp.timestep_spacing != "leading" or sp.steps_offset != 0:
         raise ValueError(
             f"sampler kind={sp.kind!r}, spacing={sp.timestep_spacing!r}, offset={sp.steps_offset}: LeRobot "
             "runs diffusers' DDPM or DDIM with leading spacing and offset 0 (set the sampler to ddpm or ddim)"
@@ -207,15 +207,32 @@ def lerobot_config_from_policy(config: PolicyConfig, state_dim: int) -> dict[str
         raise ValueError("sampler.set_alpha_to_one=False: LeRobot's DDIM uses diffusers' default (True)")
     if s.prediction_type not in ("epsilon", "sample"):
         raise ValueError(f"prediction_type={s.prediction_type!r}: LeRobot supports epsilon and sample")
-    image = config.obs_type == "pixels_agent_pos"
-    v = config.vision
-    if image and v.pool != "spatial_softmax":
-        raise ValueError(f"vision.pool={v.pool!r}: LeRobot's image encoder always ends in a spatial softmax")
+    if config.obs_type == "pixels_agent_pos" and config.vision.pool != "spatial_softmax":
+        raise ValueError(
+            f"vision.pool={config.vision.pool!r}: LeRobot's image encoder always ends in a spatial softmax"
+        )
+
+
+def _input_features(config: PolicyConfig, state_dim: int) -> dict[str, Any]:
+    """LeRobot's ``input_features``: the image (image policies) or the environment state, and the
+    agent state."""
     inputs: dict[str, Any] = {STATE_FEATURE: {"type": "STATE", "shape": [state_dim]}}
-    if image:
-        inputs = {IMAGE_FEATURE: {"type": "VISUAL", "shape": list(v.image_shape)}, **inputs}
-    else:
-        inputs[ENV_FEATURE] = {"type": "ENV", "shape": [config.obs_dim - state_dim]}
+    if config.obs_type == "pixels_agent_pos":
+        return {IMAGE_FEATURE: {"type": "VISUAL", "shape": list(config.vision.image_shape)}, **inputs}
+    inputs[ENV_FEATURE] = {"type": "ENV", "shape": [config.obs_dim - state_dim]}
+    return inputs
+
+
+def lerobot_config_from_policy(config: PolicyConfig, state_dim: int) -> dict[str, Any]:
+    """The config.json of `save_lerobot_policy`: every field LeRobot 0.4's DiffusionConfig writes.
+
+    Raises:
+        ValueError: for what LeRobot cannot represent (`_check_representable`: a transformer network,
+            n_groups != 8, a sampler other than DDPM / DDIM with leading spacing and offset 0,
+            v-prediction, an average-pooled image encoder).
+    """
+    _check_representable(config)
+    u, s, sp, v = config.unet, config.schedule, config.sampler, config.vision
     return {
         "type": LEROBOT_TYPE,
         "n_obs_steps": config.n_obs_steps,
@@ -225,7 +242,7 @@ def lerobot_config_from_policy(config: PolicyConfig, state_dim: int) -> dict[str
             "ACTION": "MIN_MAX",
             "ENV": "MIN_MAX",
         },
-        "input_features": inputs,
+        "input_features": _input_features(config, state_dim),
         "output_features": {ACTION_FEATURE: {"type": "ACTION", "shape": [config.action_dim]}},
         "device": "cpu",
         "use_amp": False,
@@ -249,7 +266,7 @@ def lerobot_config_from_policy(config: PolicyConfig, state_dim: int) -> dict[str
         "n_groups": u.n_groups,
         "diffusion_step_embed_dim": u.diffusion_step_embed_dim,
         "use_film_scale_modulation": u.cond_predict_scale,
-        "noise_scheduler_type": kinds[sp.kind],
+        "noise_scheduler_type": {kind: name for name, kind in _SCHEDULERS.items()}[sp.kind],
         "num_train_timesteps": s.num_train_timesteps,
         "beta_schedule": s.beta_schedule,
         "beta_start": s.beta_start,

@@ -81,6 +81,24 @@ __all__ = ["is_lerobot_checkpoint", "lerobot_tensors", "load_lerobot_policy", "s
 # load
 
 
+def _renamed_weights(
+    root: Path, model: dict[str, torch.Tensor], image: bool, separate_encoder: bool
+) -> dict[str, torch.Tensor]:
+    """LeRobot's tensors under this project's names (`lerobot_to_ours`); refuses a tensor that maps
+    to nothing here."""
+    weights: dict[str, torch.Tensor] = {}
+    unexpected = []
+    for name, tensor in model.items():
+        ours = lerobot_to_ours(name, image, separate_encoder)
+        if ours is None:
+            unexpected.append(name)
+        else:
+            weights[ours] = tensor
+    if unexpected:
+        raise refuse(root, f"{MODEL_FILE} has tensors this policy does not use: {sorted(unexpected)[:8]}")
+    return weights
+
+
 def load_lerobot_policy(path: str | Path) -> DiffusionPolicy:
     """Build a `DiffusionPolicy` from a LeRobot diffusion directory (0.3.x or 0.4+ layout), strictly.
 
@@ -105,16 +123,7 @@ def load_lerobot_policy(path: str | Path) -> DiffusionPolicy:
         outputs = {restore_legacy_name(k, layout): v for k, v in outputs.items()}
     image = layout.image is not None
 
-    weights: dict[str, torch.Tensor] = {}
-    unexpected = []
-    for name, tensor in model.items():
-        ours = lerobot_to_ours(name, image, layout.separate_encoder)
-        if ours is None:
-            unexpected.append(name)
-        else:
-            weights[ours] = tensor
-    if unexpected:
-        raise refuse(root, f"{MODEL_FILE} has tensors this policy does not use: {sorted(unexpected)[:8]}")
+    weights = _renamed_weights(root, model, image, layout.separate_encoder)
     state_dim = layout.state[1]
     weights = permute_film(weights, film_permutation(config, state_dim, to_ours=True))
 

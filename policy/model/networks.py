@@ -250,6 +250,16 @@ class ConditionalResidualBlock1d(nn.Module):
         return h + self.residual_conv(x)
 
 
+def _check_unet_shape(down_dims: tuple[int, ...], kernel_size: int, n_groups: int) -> None:
+    """Refuse a U-Net shape its layers cannot build (ValueError naming the setting)."""
+    if not down_dims:
+        raise ValueError("down_dims must name at least one level")
+    if kernel_size % 2 != 1:
+        raise ValueError(f"kernel_size must be odd to preserve the length, got {kernel_size}")
+    if any(d % n_groups != 0 for d in down_dims):
+        raise ValueError(f"n_groups={n_groups} must divide every width in down_dims={down_dims}")
+
+
 class ConditionalUnet1d(nn.Module):
     """Diffusion Policy's 1-D temporal U-Net with FiLM conditioning on the step and observation.
 
@@ -297,13 +307,7 @@ class ConditionalUnet1d(nn.Module):
     ) -> None:
         super().__init__()
         down_dims = tuple(int(d) for d in down_dims)
-        if not down_dims:
-            raise ValueError("down_dims must name at least one level")
-        if kernel_size % 2 != 1:
-            raise ValueError(f"kernel_size must be odd to preserve the length, got {kernel_size}")
-        bad = [d for d in down_dims if d % n_groups != 0]
-        if bad:
-            raise ValueError(f"n_groups={n_groups} must divide every width in down_dims={down_dims}")
+        _check_unet_shape(down_dims, kernel_size, n_groups)
         self.input_dim = input_dim
         self.global_cond_dim = global_cond_dim
         self.down_dims = down_dims
