@@ -61,6 +61,17 @@ def test_an_exception_inside_still_unfreezes():
     assert gc.get_freeze_count() == 0
 
 
+def test_a_freeze_made_before_is_kept():
+    gc.freeze()  # the program's own, e.g. after start-up
+    try:
+        mine = gc.get_freeze_count()
+        with frozen_heap():
+            assert gc.get_freeze_count() >= mine
+        assert gc.get_freeze_count() >= mine > 0  # not handed back: unfreeze cannot tell whose it is
+    finally:
+        gc.unfreeze()
+
+
 def _recording_freeze(policy) -> list[int]:
     """Make every denoiser call of ``policy`` record `gc.get_freeze_count` at that moment."""
     seen: list[int] = []

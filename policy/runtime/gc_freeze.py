@@ -24,6 +24,7 @@ __all__ = ["frozen_heap"]
 
 _lock = threading.Lock()
 _depth = 0  # sections open now; the outermost one freezes and unfreezes
+_unfreeze_at_exit = False  # whether the outermost section found nothing frozen before it
 
 
 @contextmanager
@@ -32,16 +33,19 @@ def frozen_heap() -> Iterator[None]:
 
     On entry (outermost section only) `gc.freeze`; on exit `gc.unfreeze`, which hands those objects
     back to the oldest generation. Nested and concurrent sections share the outermost one's freeze.
+    A program that froze objects itself before (a server freezing after start-up, say) keeps them and
+    the section's frozen: `gc.unfreeze` cannot tell the two apart.
     """
-    global _depth
+    global _depth, _unfreeze_at_exit
     with _lock:
         _depth += 1
         if _depth == 1:
+            _unfreeze_at_exit = gc.get_freeze_count() == 0
             gc.freeze()
     try:
         yield
     finally:
         with _lock:
             _depth -= 1
-            if _depth == 0:
+            if _depth == 0 and _unfreeze_at_exit:
                 gc.unfreeze()
