@@ -19,7 +19,6 @@ KNOWN_EXCEPTIONS: set[str] = {
     "diffusion/picard.py:sample_picard",
     "diffusion/schedules.py:make_step_table",
     "runtime/distributed.py:DistributedDenoiser",
-    "runtime/distributed.py:main",
 }
 
 

@@ -33,6 +33,7 @@ Library module: imports torch only (no hydra). `python -m parapolicy.policy.runt
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import itertools
 import logging
@@ -43,7 +44,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -643,33 +644,9 @@ class _LocalError(Exception):
 
 # --------------------------------------------------------------------------------------------------
 # self-check entry point
-def main(argv: Sequence[str] | None = None) -> int:
-    """Self-check under torchrun: sample with the distributed and a local denoiser, print the difference.
-
-    Every rank loads the policy (`--checkpoint`, or a tiny random one seeded identically on every rank);
-    rank 0 samples the same noise and conditioning twice, locally and through `DistributedDenoiser`, and
-    prints one JSON line with the largest absolute difference. Exit status 0 when it is <= `--atol`.
-    Meaningful for `--algorithm sequential` or `--tol 0` (with tol > 0, float noise between batch splits
-    may move a Picard convergence decision and so the result by up to the tolerance).
-
-    With `--time-calls N`, rank 0 then times N calls of the distributed and of the local denoiser at each
-    row count of `--rows` (`runtime.timing.TimedDenoiser`, after 3 untimed calls) and adds the median ms
-    per call to the JSON line: the cost of the split. `--device cuda` puts each rank's replica on a CUDA
-    device (gloo then carries the rows through host memory; NCCL keeps them on the device).
-
-    Example: `torchrun --standalone --nproc-per-node=2 -m parapolicy.policy.runtime.distributed --steps 20`.
-    """
-    import argparse
-    import dataclasses
-    import json
-    import statistics
+def _self_check_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    """`main`'s command line, parsed."""
     from pathlib import Path
-
-    from parapolicy.policy.config import PolicyConfig, UNetConfig
-    from parapolicy.policy.diffusion.dispatch import run_sampler
-    from parapolicy.policy.diffusion.sequential import draw_noise
-    from parapolicy.policy.model.policy import DiffusionPolicy
-    from parapolicy.policy.model.pretrained import load_policy
 
     parser = argparse.ArgumentParser(
         prog="python -m parapolicy.policy.runtime.distributed", description=main.__doc__
@@ -696,44 +673,114 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--embed", type=int, default=16, help="step-embedding width of the random policy")
     parser.add_argument("--time-calls", type=int, default=0, help="timed calls per row count (0: none)")
     parser.add_argument("--rows", default="1,8,16,32", help="row counts timed with --time-calls")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def _self_check_policy(args: argparse.Namespace, device: torch.device) -> Any:
+    """`main`'s policy on ``device`` (``--checkpoint``, or a tiny random one seeded alike on every
+    rank), its sampler set from the command line."""
+    import dataclasses
+
+    from parapolicy.policy.config import PolicyConfig, UNetConfig
+    from parapolicy.policy.model.policy import DiffusionPolicy
+    from parapolicy.policy.model.pretrained import load_policy
+
+    if args.checkpoint is not None:
+        policy = load_policy(args.checkpoint, device=device)
+    else:
+        torch.manual_seed(args.seed)
+        dims = tuple(int(d) for d in args.down_dims.split(","))
+        unet = UNetConfig(down_dims=dims, diffusion_step_embed_dim=args.embed)
+        policy = DiffusionPolicy(PolicyConfig(unet=unet)).to(device).eval()
+    sampler = dataclasses.replace(
+        policy.sampler,
+        algorithm=args.algorithm,
+        window=args.window,
+        tol=args.tol,
+        num_inference_steps=args.steps or policy.sampler.num_inference_steps,
+    )
+    policy.set_sampler(sampler)
+    return policy
+
+
+def _sample_twice(
+    policy: Any, denoise: DistributedDenoiser, batch: int, gen: torch.Generator, device: torch.device
+) -> tuple[Any, Any]:
+    """`main`'s two samples of the same noise and conditioning (``batch`` samples, drawn from
+    ``gen``): with the local denoiser and through ``denoise``, after one warm-up call of each."""
+    from parapolicy.policy.diffusion.dispatch import run_sampler
+    from parapolicy.policy.diffusion.sequential import draw_noise
+
+    cfg, table = policy.config, policy.table
+    cond = torch.randn(batch, cfg.global_cond_dim, generator=gen).to(device)  # (B, C)
+    x_T, noise = draw_noise(table, (batch, cfg.horizon, cfg.action_dim), gen, device=device)
+    with torch.no_grad():
+        policy.local_denoise(x_T, table.timesteps[:1].expand(batch), cond)  # warm-up
+        denoise(x_T, table.timesteps[:1].expand(batch), cond)
+        ref = run_sampler(policy.sampler, policy.local_denoise, x_T, table, noise, cond)
+        got = run_sampler(policy.sampler, denoise, x_T, table, noise, cond)
+    return ref, got
+
+
+def _time_calls(
+    args: argparse.Namespace,
+    policy: Any,
+    denoise: DistributedDenoiser,
+    gen: torch.Generator,
+    device: torch.device,
+) -> dict[str, dict[int, float]]:
+    """Median ms per call of the distributed and of the local denoiser at each ``--rows`` row count
+    (``--time-calls`` timed calls after 3 untimed ones)."""
+    import statistics
+
+    cfg, out = policy.config, {}
+    for rows in (int(r) for r in args.rows.split(",")):
+        x = torch.randn(rows, cfg.horizon, cfg.action_dim, generator=gen).to(device)  # (N, H, D)
+        c = torch.randn(rows, cfg.global_cond_dim, generator=gen).to(device)  # (N, C)
+        t = policy.table.timesteps[:1].expand(rows)  # (N,)
+        for name, fn in (("distributed", denoise), ("local", policy.local_denoise)):
+            timer = TimedDenoiser(fn, device)
+            with torch.no_grad():
+                for _ in range(3 + args.time_calls):
+                    timer(x, t, c)
+            out.setdefault(f"{name}_ms_per_call", {})[rows] = 1e3 * statistics.median(timer.call_seconds[3:])
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Self-check under torchrun: sample with the distributed and a local denoiser, print the difference.
+
+    Every rank loads the policy (`--checkpoint`, or a tiny random one seeded identically on every rank);
+    rank 0 samples the same noise and conditioning twice, locally and through `DistributedDenoiser`, and
+    prints one JSON line with the largest absolute difference. Exit status 0 when it is <= `--atol`.
+    Meaningful for `--algorithm sequential` or `--tol 0` (with tol > 0, float noise between batch splits
+    may move a Picard convergence decision and so the result by up to the tolerance).
+
+    With `--time-calls N`, rank 0 then times N calls of the distributed and of the local denoiser at each
+    row count of `--rows` (`runtime.timing.TimedDenoiser`, after 3 untimed calls) and adds the median ms
+    per call to the JSON line: the cost of the split. `--device cuda` puts each rank's replica on a CUDA
+    device (gloo then carries the rows through host memory; NCCL keeps them on the device).
+
+    Example: `torchrun --standalone --nproc-per-node=2 -m parapolicy.policy.runtime.distributed --steps 20`.
+    """
+    import json
+
+    args = _self_check_arguments(argv)
     info = init_distributed(args.backend, args.timeout_s)
-    device = info.device
-    if args.device == "cpu":
-        device = torch.device("cpu")
-    elif args.device == "cuda":
-        device = torch.device("cuda", info.local_rank % max(torch.cuda.device_count(), 1))
+    device = {
+        "backend": info.device,
+        "cpu": torch.device("cpu"),
+        "cuda": torch.device("cuda", info.local_rank % max(torch.cuda.device_count(), 1)),
+    }[args.device]
     try:
-        if args.checkpoint is not None:
-            policy = load_policy(args.checkpoint, device=device)
-        else:
-            torch.manual_seed(args.seed)
-            dims = tuple(int(d) for d in args.down_dims.split(","))
-            unet = UNetConfig(down_dims=dims, diffusion_step_embed_dim=args.embed)
-            policy = DiffusionPolicy(PolicyConfig(unet=unet)).to(device).eval()
-        sampler = dataclasses.replace(
-            policy.sampler,
-            algorithm=args.algorithm,
-            window=args.window,
-            tol=args.tol,
-            num_inference_steps=args.steps or policy.sampler.num_inference_steps,
-        )
-        policy.set_sampler(sampler)
+        policy = _self_check_policy(args, device)
+        sampler = policy.sampler
         with DistributedDenoiser(policy.local_denoise, timeout_s=args.timeout_s) as denoise:
             if not denoise.is_main:
                 denoise.serve_forever()
                 return 0
-            cfg = policy.config
             gen = torch.Generator().manual_seed(args.seed)
-            cond = torch.randn(args.batch, cfg.global_cond_dim, generator=gen).to(device)  # (B, C)
-            shape = (args.batch, cfg.horizon, cfg.action_dim)
-            x_T, noise = draw_noise(policy.table, shape, gen, device=device)
-            with torch.no_grad():
-                policy.local_denoise(x_T, policy.table.timesteps[:1].expand(args.batch), cond)  # warm-up
-                denoise(x_T, policy.table.timesteps[:1].expand(args.batch), cond)
-                ref = run_sampler(sampler, policy.local_denoise, x_T, policy.table, noise, cond)
-                got = run_sampler(sampler, denoise, x_T, policy.table, noise, cond)
+            ref, got = _sample_twice(policy, denoise, args.batch, gen, device)
             diff = float((got.sample - ref.sample).abs().max())
             report = {
                 "world_size": denoise.world_size,
@@ -748,17 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "ok": diff <= args.atol,
                 "device": str(device),
             }
-            for rows in (int(r) for r in args.rows.split(",")) if args.time_calls > 0 else ():
-                x = torch.randn(rows, cfg.horizon, cfg.action_dim, generator=gen).to(device)  # (N, H, D)
-                c = torch.randn(rows, cfg.global_cond_dim, generator=gen).to(device)  # (N, C)
-                t = policy.table.timesteps[:1].expand(rows)  # (N,)
-                for name, fn in (("distributed", denoise), ("local", policy.local_denoise)):
-                    timer = TimedDenoiser(fn, device)
-                    with torch.no_grad():
-                        for _ in range(3 + args.time_calls):
-                            timer(x, t, c)
-                    ms = 1e3 * statistics.median(timer.call_seconds[3:])
-                    report.setdefault(f"{name}_ms_per_call", {})[rows] = ms
+            report.update(_time_calls(args, policy, denoise, gen, device) if args.time_calls > 0 else {})
             print(json.dumps(report), flush=True)
             return 0 if diff <= args.atol else 1
     finally:
