@@ -451,6 +451,8 @@ def run_sampler_benchmark(policy: DiffusionPolicy, cfg: SamplerBenchConfig) -> d
         row = _result_row(policy, sampler, chunks, results[i], reference, times[i], outside[i])
         row["speedup"] = base_ms / row["ms_per_chunk"]["median"]
         row["speedup_vs_fastest_sequential"] = seq_ms[fastest_seq] / row["ms_per_chunk"]["median"]
+        # paired: the baseline's and this sampler's times of the same round (the spread of a run)
+        row["speedup_per_round"] = [b / t for b, t in zip(times[0], times[i], strict=True)]
         rows.append(row)
     curve = denoiser_cost_curve(policy, tuple(cfg.batch_sizes), use_cache=False)
     machine = machine_info(torch.get_num_threads())
@@ -573,6 +575,25 @@ def format_inpaint_overhead(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _paired_speedup_line(result: dict[str, Any]) -> str:
+    """The fastest parallel sampler of the baseline's rule and K (the bench's grid, never empty): its
+    speedup over the baseline round by round (both times from the same round), median [min, max]:
+    the spread of one run."""
+    base = result["rows"][0]
+    grid = [
+        r
+        for r in result["rows"][1:]
+        if r["algorithm"] != "sequential"
+        and (r["kind"], r["num_inference_steps"]) == (base["kind"], base["num_inference_steps"])
+    ]
+    best = min(grid, key=lambda r: r["ms_per_chunk"]["median"])
+    per_round = best["speedup_per_round"]
+    return (
+        f"paired per round: {best['name']} over {base['name']} in each of the {len(per_round)} rounds: "
+        f"median {statistics.median(per_round):.2f}x [{min(per_round):.2f}, {max(per_round):.2f}]"
+    )
+
+
 def format_sampler_benchmark(result: dict[str, Any]) -> str:
     """A plain-text table of `run_sampler_benchmark`'s result, with the machine and its load."""
     head = (
@@ -594,6 +615,7 @@ def format_sampler_benchmark(result: dict[str, Any]) -> str:
         f"({result['fastest_sequential']}; compare scores with parapolicy-eval before picking one). "
         "|d| own / base: max |difference| in px to the same rule's sequential sample / to the baseline's."
     )
+    lines.append(_paired_speedup_line(result))
     if any(r.get("coarse") == "linear" for r in result["rows"]):
         lines.append(
             f"linear: Parareal's linear coarse model, measured once before the rounds on another episode's "

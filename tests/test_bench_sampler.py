@@ -74,6 +74,8 @@ def test_benchmark_rows(tiny_policy):
         assert r["speedup_vs_fastest_sequential"] == pytest.approx(min(seq_ms.values()) / ms)
         first, second = r["ms_per_chunk_rounds"]  # one figure per round; the median of two is their mean
         assert ms == pytest.approx((first + second) / 2) and r["ms_per_chunk"]["min"] == min(first, second)
+        base_rounds = rows["ddpm-20"]["ms_per_chunk_rounds"]
+        assert r["speedup_per_round"] == pytest.approx([base_rounds[0] / first, base_rounds[1] / second])
     assert set(result["denoiser_ms_per_call"]) == {"1", "4"}
     assert result["machine"]["torch_threads"] >= 1 and result["machine"]["cpu_model"]
     assert len(result["load"]["rounds"]) == 2
@@ -81,6 +83,11 @@ def test_benchmark_rows(tiny_policy):
     text = format_sampler_benchmark(result)
     assert "ddim-5 parareal w=5 tol=0.1" in text and "machine:" in text and "load:" in text
     assert "linear: Parareal's linear coarse model, measured once before the rounds" in text
+    grid = [r for r in result["rows"][1:] if r["name"].startswith("ddpm-20 ")]
+    best = min(grid, key=lambda r: r["ms_per_chunk"]["median"])
+    lo, hi = min(best["speedup_per_round"]), max(best["speedup_per_round"])
+    assert f"paired per round: {best['name']} over ddpm-20 in each of the 2 rounds: median " in text
+    assert f"[{lo:.2f}, {hi:.2f}]" in text
 
 
 def test_interleaved_rounds_run_every_sampler_in_turn(tiny_policy, monkeypatch):
