@@ -767,11 +767,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = _self_check_arguments(argv)
     info = init_distributed(args.backend, args.timeout_s)
-    device = {
-        "backend": info.device,
-        "cpu": torch.device("cpu"),
-        "cuda": torch.device("cuda", info.local_rank % max(torch.cuda.device_count(), 1)),
-    }[args.device]
+    device = info.device
+    if args.device == "cpu":
+        device = torch.device("cpu")
+    elif args.device == "cuda":
+        device = torch.device("cuda", info.local_rank % max(torch.cuda.device_count(), 1))
     try:
         policy = _self_check_policy(args, device)
         sampler = policy.sampler
