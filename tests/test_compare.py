@@ -16,6 +16,7 @@ from parapolicy.policy.compare import (
     PARADDPM,
     CompareConfig,
     SamplerEntry,
+    _checks,
     format_report,
     format_table,
     run_compare,
@@ -487,8 +488,27 @@ def test_delay_sweep_plot_takes_an_all_success_cell(tmp_path):
         ({"latency_sweep": ["fixed:x"]}, "control.latency_model must be"),
         ({"latency_sweep": ["fixed:1", "fixed:1"]}, "latency_sweep must not repeat"),
         ({"stitch_sweep": ["blend"]}, "stitch_sweep must be distinct values"),
+        (
+            {"modes": ["frozen", "wallclock"], "latency_sweep": ["fixed:150", "fixed:550"]},
+            r"latency_sweep sweeps realtime_sim's latency: add realtime_sim to modes=\['frozen'",
+        ),
+        (
+            {"modes": ["frozen"], "stitch_sweep": ["drop", "inpaint"]},
+            r"stitch_sweep sweeps a time-aware mode's stitching: add realtime_sim or wallclock",
+        ),
     ],
 )
 def test_compare_sweep_settings_fail_at_start(checkpoint, kwargs, message):
     with pytest.raises(ValueError, match=message):
         small_compare(checkpoint, **kwargs)
+
+
+def test_the_not_below_check_forgives_float_rounding_only(checkpoint):
+    cfg = small_compare(checkpoint, modes=["realtime_sim"])
+    rows = [
+        {"sampler": "sequential", "mode": "realtime_sim", "score_diff_vs_baseline": 0.0},
+        {"sampler": "paraddpm", "mode": "realtime_sim", "score_diff_vs_baseline": -9.4e-7},
+    ]
+    assert _checks(cfg, rows)["realtime_sim_score_not_below_baseline"]["ok"]
+    rows[1]["score_diff_vs_baseline"] = -2e-6
+    assert not _checks(cfg, rows)["realtime_sim_score_not_below_baseline"]["ok"]

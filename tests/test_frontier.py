@@ -35,6 +35,9 @@ def test_score_tolerance_keeps_the_faster_sampler():
     pts = [FrontierPoint("fast", 0.98, 30.0), FrontierPoint("slow", 0.985, 600.0)]
     assert [p.name for p in pareto_frontier(pts, score_tol=0.0)] == ["fast", "slow"]
     assert [p.name for p in pareto_frontier(pts, score_tol=0.01)] == ["fast"]
+    # the tolerance is over the frontier's best so far: B is within it of A, so C is compared with A
+    abc = [FrontierPoint("A", 0.500, 10.0), FrontierPoint("B", 0.505, 20.0), FrontierPoint("C", 0.512, 30.0)]
+    assert [p.name for p in pareto_frontier(abc, score_tol=0.01)] == ["A", "C"]
 
 
 def test_equal_latency_goes_to_the_higher_score():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from parapolicy.policy.control.faults import Fault
-from parapolicy.policy.control.latency import ChunkLog, write_csv
+from parapolicy.policy.control.latency import ChunkLog, StepLog, latency_summary, write_csv
 from parapolicy.policy.control.records import EpisodeRecord, Plan
 
 # the per_episode keys of eval_info.json, in order (the schema before the records were typed)
@@ -62,15 +62,30 @@ def test_fault_codes_labels_and_counters():
 
 def test_a_plan_fills_every_chunk_column_and_the_csv_names_its_fault(tmp_path):
     plan = Plan(
-        chunk=2, request=16, actions=None, fault=Fault.ERROR, latency_ms=120.0, compute_ms=110.0,
-        denoiser_ms=0.0, observation_ms=0.0, t_obs_ns=0, t_ready_ns=1, batch_rows=1,
+        chunk=2, start=16, actions=None, fault=Fault.ERROR, latency_ms=120.0, compute_ms=110.0,
+        denoiser_ms=0.0, observation_ms=0.0, t_obs_ns=0, t_ready_ns=1, batch_rows=1, lead=3,
     )  # fmt: skip
     log = ChunkLog()
     row = plan.chunk_row(episode=1, ready_step=18, budget_ms=100.0)
     assert list(row) == list(log.names)
     log.append(**row)
-    assert row["over_budget"] and row["ticks_late"] == 2 and np.isnan(row["final_residual"])
+    assert row["over_budget"] and np.isnan(row["final_residual"])
+    # requested at tick 13 for ticks 16 on (a forecast 3 ticks ahead), installed at 18
+    assert (row["request_step"], row["start_step"], row["ticks_late"], row["delay_ticks"]) == (13, 16, 2, 5)
     text = write_csv(log, tmp_path / "chunks.csv").read_text().splitlines()
     header, cells = text[0].split(","), text[1].split(",")
     assert cells[header.index("fault")] == "error"
     assert cells[header.index("expected_delay")] == "-1" and cells[header.index("inpainted_rows")] == "0"
+
+
+def test_the_chunk_summary_counts_plans_over_budget_among_the_plans_it_counts():
+    """A fault plan is not in the chunk percentiles' n, so it is not among those over the budget either."""
+    log = ChunkLog()
+    for chunk, (fault, ms) in enumerate([(Fault.NONE, 120.0), (Fault.NAN, 130.0), (Fault.NONE, 50.0)]):
+        plan = Plan(
+            chunk=chunk, start=8 * chunk, actions=None, fault=fault, latency_ms=ms, compute_ms=ms,
+            denoiser_ms=0.0, observation_ms=0.0, t_obs_ns=0, t_ready_ns=1, batch_rows=1,
+        )  # fmt: skip
+        log.append(**plan.chunk_row(episode=0, ready_step=8 * chunk + 1, budget_ms=100.0))
+    chunk = latency_summary(StepLog(), log, budget_ms=100.0)["chunk"]
+    assert (chunk["n"], chunk["over_budget"], chunk["n_faults"]) == (2, 1, 1)

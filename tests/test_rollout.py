@@ -82,6 +82,8 @@ def sources(result, episode=0) -> list[str]:
         ({"latency_model": "fixed:-3"}, "control.latency_model must be"),
         ({"latency_model": "gauss:3"}, "control.latency_model must be"),
         ({"mode": "wallclock", "latency_model": "fixed:10"}, "must be 'measured' in wallclock"),
+        ({"mode": "frozen", "latency_model": "fixed:550"}, "must be 'measured' in frozen mode"),
+        ({"mode": "frozen", "latency_model": "per_call:4.5,0.37"}, "must be 'measured' in frozen mode"),
         ({"budget_margin": 1.5}, "budget_margin must be in"),
     ],
 )

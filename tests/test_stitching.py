@@ -278,6 +278,8 @@ def test_realtime_sim_with_a_fixed_model_runs_batched_with_the_same_results(tiny
         tiny_policy, ec(n=2, steps=10, batch=2), dataclasses.replace(control, latency_model="measured")
     )
     assert measured.latency["batch_size"] == 1  # measured latency: one plan at a time
+    capped = run_rollouts(tiny_policy, ec(n=2, steps=10, batch=50), control)
+    assert capped.latency["batch_size"] == 2 and set(capped.chunks.column("batch_rows")) == {2}  # as ran
 
 
 class ActionLog(PushTEnv):
@@ -392,9 +394,18 @@ def test_forecast_conditions_each_plan_on_the_pusher_at_its_first_tick(tiny_poli
     )
     r, env = run_logged(tiny_policy, PusherLog, control)
     seen, executed = np.stack(env.observations), np.stack(env.actions)  # (T, 20), (T, 2)
-    firsts = r.chunks.column("request_step")
+    firsts, asked = r.chunks.column("start_step"), r.chunks.column("request_step")
     assert len(firsts) >= 4 and list(r.chunks.column("expected_delay")[1:]) == [4] * (len(firsts) - 1)
+    assert list(firsts[1:] - asked[1:]) == [4] * (len(firsts) - 1)
     assert (r.chunks.column("ticks_late") == 0).all() and r.per_episode[0]["ticks_lost"] == 0
+    assert list(r.chunks.column("delay_ticks")[1:]) == [4] * (len(firsts) - 1)  # realised as expected
+    delay = r.latency["chunk"]["delay"]
+    assert delay["mean_realised"] == delay["mean_expected"] == 4 and delay["overestimated"] == 0
+    fresh = r.steps.column("action_source") == 0  # a fresh step's decision started at its request tick
+    ticks = r.steps.column("step")[fresh][1:].astype(np.int64)
+    asked_ns = r.steps.column("t_obs_ns")[fresh][1:]
+    np.testing.assert_array_equal(asked_ns, (ticks - 4) * 100_000_000)
+    np.testing.assert_array_equal(r.steps.column("t_ready_ns")[fresh][1:], asked_ns + 350_000_000)
     assert r.latency["forecast"] == "robot"
     start = tiny_policy.config.action_start
     for k in range(1, len(firsts)):

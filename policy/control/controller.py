@@ -79,12 +79,12 @@ class Controller:
         planner = Planner(self.policy, control, self.n_rows, logs[2])
         timeline = Timeline(planner, control, self.task, self.Ta, ec.max_steps, logs, on_steps)
         start, cpu_start = time.perf_counter(), time.process_time()
-        batch = ec.batch_size if _lockstep(control) else 1
+        batch = min(ec.batch_size, ec.n_episodes) if _lockstep(control) else 1  # episodes per planning call
         pool = ThreadPoolExecutor(1, thread_name_prefix="planner") if control.mode == "wallclock" else None
         try:
             with frozen_heap(), timed_denoiser(self.policy) as timer:
                 planner.timer = timer
-                warmup_ms = self._warmup(planner, min(batch, ec.n_episodes), pool)
+                warmup_ms = self._warmup(planner, batch, pool)
                 records = self._episodes(timeline, batch, pool, video_dir, video_prefix, on_episode)
         finally:
             if pool is not None:

@@ -2,7 +2,9 @@
 
 Each sampler is one point: its mean score and its chunk latency. Walking the points from the fastest to
 the slowest, a sampler joins the frontier when it scores more than ``score_tol`` above every faster
-sampler: a slower sampler that is not clearly better is not worth its latency. For a latency budget B,
+sampler on the frontier (the frontier's best so far): a slower sampler that is not clearly better than
+the current winner is not worth its latency. A faster sampler off the frontier (within ``score_tol`` of
+a winner) does not count: it would lose its budget to that winner anyway. For a latency budget B,
 the winner is the frontier sampler with the highest score among those no slower than B; it changes only
 at the frontier's latencies, so the budget axis splits into intervals, one winner each.
 """
@@ -41,7 +43,8 @@ def _check(points: Sequence[FrontierPoint], score_tol: float) -> None:
 
 
 def pareto_frontier(points: Sequence[FrontierPoint], score_tol: float = 0.0) -> list[FrontierPoint]:
-    """The frontier, fastest first: each point scores more than ``score_tol`` above every faster one.
+    """The frontier, fastest first: each point scores more than ``score_tol`` above the faster frontier
+    points (the one before it).
 
     Ties in latency go to the higher score (then the name, for a deterministic order).
     """

@@ -21,7 +21,8 @@ Step row:
 - ``chunk``: the plan the action came from (-1 for none); sampler statistics (``model_evals``,
   ``sequential_passes``, ``picard_iters``, ``converged``, ``final_residual``) are the plan's on its
   fresh step and empty on the others, so column sums are totals.
-- ``ticks_late``: on a fresh step, the ticks between the plan's observation and its first use.
+- ``ticks_late``: on a fresh step, the ticks between the plan's first tick and its first use (its rows
+  dropped for being late; without ``control.forecast`` its first tick is its request's).
 - ``env_ms``: the environment step's wall time; ``batch_rows``: episodes planned in the same call.
 """
 
@@ -118,7 +119,8 @@ STEP_COLUMNS: tuple[tuple[str, Any], ...] = (
 CHUNK_COLUMNS: tuple[tuple[str, Any], ...] = (
     ("episode", np.int32),
     ("chunk", np.int32),
-    ("request_step", np.int32),
+    ("request_step", np.int32),  # the tick it was requested at
+    ("start_step", np.int32),  # its first tick (request + the forecast's d with control.forecast)
     ("ready_step", np.int32),
     ("latency_ms", np.float64),  # the latency that drove the timeline (measured or modelled)
     ("compute_ms", np.float64),  # measured wall time of the plan
@@ -126,7 +128,8 @@ CHUNK_COLUMNS: tuple[tuple[str, Any], ...] = (
     ("observation_ms", np.float64),
     ("budget_ms", np.float64),
     ("over_budget", np.bool_),
-    ("ticks_late", np.int32),
+    ("ticks_late", np.int32),  # ready - start: its rows for ticks already past, dropped
+    ("delay_ticks", np.int32),  # ready - request: the realised delay
     ("batch_rows", np.int16),
     ("model_calls", np.int32),
     ("model_evals", np.float32),
@@ -260,7 +263,7 @@ def latency_summary(
         **percentiles(chunks.column("latency_ms")[ok]),
         "compute": percentiles(chunks.column("compute_ms")[ok]),
         "denoiser": percentiles(chunks.column("denoiser_ms")[ok]),
-        "over_budget": int(chunks.column("over_budget").sum()),
+        "over_budget": int(chunks.column("over_budget")[ok].sum()),
         "n_faults": int((~ok).sum()),
         "mean_model_calls": float(chunks.column("model_calls")[ok].mean()) if ok.any() else None,
         "mean_model_evals": float(chunks.column("model_evals")[ok].mean()) if ok.any() else None,
@@ -285,7 +288,7 @@ def delay_accuracy(chunks: ChunkLog) -> dict[str, float | int | None]:
     """
     exp = chunks.column("expected_delay")
     keep = (exp >= 0) & (chunks.column("fault") == 0)
-    real = chunks.column("ticks_late")[keep]
+    real = chunks.column("delay_ticks")[keep]
     exp = exp[keep]
     if not keep.any():
         return {

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -101,6 +101,8 @@ class Planner:
     ) -> list[Plan]:
         """Plan for ``eps`` in one batched call; faults become fault plans.
 
+        ``ticks``: each plan's first tick (the request's tick plus its expectation's ``start_offset``).
+
         ``histories``: one To-step policy observation per episode (`image_observation.history_observation`:
         ``{"obs": (To, Do)}``, or ``{"pixels": (To, S, S, 3), "agent_pos": (To, Do)}`` for images).
 
@@ -126,7 +128,12 @@ class Planner:
             )
             for b, p in zip(ok_idx, made, strict=True):
                 plans[b] = p
-        return plans  # type: ignore[return-value]
+        done = cast(list[Plan], plans)
+        for p, x in zip(done, expect, strict=True):
+            p.lead = x.start_offset
+            p.expected_delay, p.expected_latency_ms = x.ticks, x.latency_ms
+            p.inpainted_rows = x.inpainted_rows
+        return done
 
     def _plan_valid(
         self,
@@ -159,12 +166,6 @@ class Planner:
             self._episode_plan(e, t, j, pred, rows, warm[j], times)
             for j, (e, t) in enumerate(zip(eps, ticks, strict=True))
         ]
-        for p, x in zip(plans, expect, strict=True):
-            p.expected_delay, p.expected_latency_ms, p.inpainted_rows = (
-                x.ticks,
-                x.latency_ms,
-                x.inpainted_rows,
-            )
         return plans
 
     def _inpaint(self, expect: Sequence[Expectation]) -> Inpaint | None:
@@ -215,7 +216,7 @@ class Planner:
         )
         plan = Plan(
             chunk=e.n_chunks,
-            request=tick,
+            start=tick,
             actions=rows[j].astype(np.float64),
             fault=Fault.NONE,
             latency_ms=self.model.latency_ms(compute_ms, res.rows_per_call),
@@ -269,7 +270,7 @@ class Planner:
         e.previous = None
         plan = Plan(
             chunk=e.n_chunks,
-            request=tick,
+            start=tick,
             actions=None,
             fault=fault,
             latency_ms=self.model.ms if self.model.kind == "fixed" else ms,  # no calls to model

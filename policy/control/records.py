@@ -34,7 +34,10 @@ class PlanStats:
 
 @dataclass
 class Plan:
-    """One plan for one episode: its actions for ticks ``request .. request + len(actions) - 1``.
+    """One plan for one episode: its actions for ticks ``start .. start + len(actions) - 1``.
+
+    It was requested ``lead`` ticks before ``start`` (``control.forecast``: the expected delay d it was
+    forecast through; 0 without a forecast), at tick ``request``.
 
     Times are ``perf_counter_ns`` stamps; ``latency_ms`` is what drives the timeline (measured or from
     the latency model), ``compute_ms`` the measured wall time. ``arrival``, ``next_row`` and ``used``
@@ -42,7 +45,7 @@ class Plan:
     """
 
     chunk: int
-    request: int
+    start: int  # its first tick
     actions: np.ndarray | None  # (n_rows, Da); None on a fault
     fault: Fault
     latency_ms: float
@@ -59,6 +62,12 @@ class Plan:
     arrival: int = 0
     next_row: int = 0
     used: bool = False
+    lead: int = 0  # ticks from its request to ``start``
+
+    @property
+    def request(self) -> int:
+        """The tick it was requested at (the tick of its observation)."""
+        return self.start - self.lead
 
     def chunk_row(self, episode: int, ready_step: int, budget_ms: float) -> dict[str, Any]:
         """The `latency.ChunkLog` row of this plan, installed at tick ``ready_step``."""
@@ -67,6 +76,7 @@ class Plan:
             "episode": episode,
             "chunk": self.chunk,
             "request_step": self.request,
+            "start_step": self.start,
             "ready_step": ready_step,
             "latency_ms": self.latency_ms,
             "compute_ms": self.compute_ms,
@@ -74,7 +84,8 @@ class Plan:
             "observation_ms": self.observation_ms,
             "budget_ms": budget_ms,
             "over_budget": self.latency_ms > budget_ms,
-            "ticks_late": ready_step - self.request,
+            "ticks_late": ready_step - self.start,
+            "delay_ticks": ready_step - self.request,
             "batch_rows": self.batch_rows,
             "model_calls": st.model_calls,
             "model_evals": st.model_evals,

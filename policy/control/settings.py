@@ -164,6 +164,11 @@ class ControlConfig:
         model = LatencyModel.parse(self.latency_model)
         if self.mode == "wallclock" and model.kind != "measured":
             raise ValueError("control.latency_model must be 'measured' in wallclock mode (time is real)")
+        if self.mode == "frozen" and model.kind != "measured":
+            raise ValueError(
+                "control.latency_model must be 'measured' in frozen mode (the world waits for every plan; "
+                f"a modelled latency drives realtime_sim only), got {self.latency_model!r}"
+            )
 
     @property
     def period_ms(self) -> float:

@@ -210,9 +210,10 @@ def executed_actions(
     return np.asarray(rows, dtype=np.float64)
 
 
-def in_time_request(current_request: int, n_rows: int, delay: int, margin: int) -> int:
-    """The tick at which the current plan's remaining rows fall to ``delay + margin`` (request then)."""
-    return current_request + n_rows - delay - margin
+def in_time_request(current_start: int, n_rows: int, delay: int, margin: int) -> int:
+    """The tick at which the current plan's remaining rows fall to ``delay + margin`` (request then);
+    ``current_start``: the current plan's first tick."""
+    return current_start + n_rows - delay - margin
 
 
 class DelayEstimator:

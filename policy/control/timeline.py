@@ -133,7 +133,7 @@ class Timeline:
             e.next_request = tick + 1  # replan from the next observation
             return
         self.delay.observe(p.latency_ms)
-        skip = tick - p.request
+        skip = tick - p.start
         if skip >= len(p.actions):
             skip = len(p.actions) - 1  # every action is in the past: execute the last one now
         e.record.ticks_lost += skip
@@ -142,7 +142,7 @@ class Timeline:
         e.plan = p
         if self.control.request == "in_time" and self.control.mode != "frozen":
             d, margin = self.delay.ticks(), self.control.request_margin
-            e.next_request = in_time_request(p.request, len(p.actions), d, margin)
+            e.next_request = in_time_request(p.start, len(p.actions), d, margin)
 
     # ---------------------------------------------------------------------------------------------
     # one control step
@@ -206,7 +206,7 @@ class Timeline:
                 t_obs, t_rdy = p.t_obs_ns, p.t_ready_ns
             st = p.stats
             stats = (st.model_evals, st.sequential_passes, st.picard_iters, st.converged, st.final_residual)
-            ticks_late = e.tick - p.request
+            ticks_late = e.tick - p.start
         else:
             t_obs = tick_ns if sim else t0
             t_rdy = t_obs + (t_ready - t0)
@@ -290,7 +290,7 @@ class Timeline:
         plans = self.planner.plan(need, starts, histories, expect)
         for e, plan in zip(need, plans, strict=True):
             # a forecast plan is installed at its first tick at the earliest
-            plan.arrival = max(e.tick + self.ticks_late(plan, plan.chunk == 0), plan.request)
+            plan.arrival = max(e.tick + self.ticks_late(plan, plan.chunk == 0), plan.start)
             e.next_request = e.tick + self.Ta
             if plan.arrival <= e.tick:
                 self.install(e, plan, e.tick)
@@ -332,7 +332,7 @@ class Timeline:
                     e.record.pacing_overruns += 1  # the loop itself fell a whole tick behind
                 if future is not None and future.done():
                     e.pending, future = future.result(), None
-                if e.pending is not None and e.pending.request <= e.tick:  # a forecast plan: its first tick
+                if e.pending is not None and e.pending.start <= e.tick:  # a forecast plan: its first tick
                     self.install(e, e.pending, e.tick)
                     e.pending = None
                 if future is None and e.pending is None and e.tick >= e.next_request:
