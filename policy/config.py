@@ -237,7 +237,8 @@ class VisionConfig:
     image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
     """Per-channel standard deviation that images in [0, 1] are divided by."""
     backbone_weights: str | None = None
-    """Optional local safetensors file of torchvision ``resnet18`` weights (batch_norm only)."""
+    """Optional local safetensors file of torchvision ``resnet18`` weights (batch_norm only): the trunk's
+    initialisation when training starts; a checkpoint loads without it."""
 
     def __post_init__(self) -> None:
         self.image_shape = tuple(int(d) for d in self.image_shape)

@@ -53,6 +53,7 @@ from parapolicy.policy.model.ema import EMA
 from parapolicy.policy.model.policy import DiffusionPolicy, TrainingNoise
 from parapolicy.policy.model.pretrained import load_policy, load_raw_weights, save_policy
 from parapolicy.policy.model.training_state import load_training_state, save_training_state
+from parapolicy.policy.model.vision import init_backbones
 from parapolicy.policy.run_dir import claim_run_dir
 from parapolicy.policy.runtime.distributed import DistInfo
 from parapolicy.policy.runtime.ranks import (
@@ -367,6 +368,8 @@ def _setup(cfg: TrainConfig, out: Path) -> _Run:
     device = _training_device(cfg, ranks)
     torch.manual_seed(cfg.seed)
     policy = DiffusionPolicy(p, train_set.get_normalizer())
+    if p.vision.backbone_weights is not None:  # the image encoders' initialisation
+        init_backbones(policy.network, p.vision.backbone_weights)
     if cfg.init_policy:
         policy.network.load_state_dict(load_policy(cfg.init_policy).network.state_dict(), strict=True)
     policy.to(device)

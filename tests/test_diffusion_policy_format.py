@@ -187,6 +187,15 @@ def test_pickled_code_is_refused_without_running_and_other_archives_are_named(pa
         load_policy(weights_only)
 
 
+def test_a_truncated_checkpoint_is_named_unreadable_not_a_pickle(tmp_path):
+    data = CKPT.read_bytes()
+    for share in (0.5, 0.98):  # a copy cut short: its zip directory is gone
+        path = tmp_path / f"cut_{share}.ckpt"
+        path.write_bytes(data[: int(len(data) * share)])
+        with pytest.raises(CheckpointError, match=r"not a readable torch archive \(truncated or corrupt\?\)"):
+            load_policy(path)
+
+
 def test_a_dill_type_other_than_a_builtin_container_is_refused(payload, tmp_path, monkeypatch):
     def _load_type(name: str) -> type:  # pickled as dill's own global
         raise AssertionError("never called")

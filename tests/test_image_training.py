@@ -136,3 +136,31 @@ def test_an_image_transformer_policy_trains_and_reloads(tmp_path, image_store):
     obs = {"pixels": torch.zeros(2, 96, 96, 3, dtype=torch.uint8), "agent_pos": torch.rand(2, 2) * 512}
     out = policy.predict_action_chunk(obs, generator=torch.Generator().manual_seed(0))
     assert out.action.shape == (1, 8, 2) and bool(torch.isfinite(out.action).all())
+
+
+def test_backbone_weights_initialise_training_and_the_checkpoint_loads_without_the_file(tmp_path, image_store):
+    from safetensors.torch import save_file
+
+    from parapolicy.policy.config import VisionConfig
+    from parapolicy.policy.model.vision import resnet_trunk
+
+    torchvision_names = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
+    torch.manual_seed(5)
+    init = {  # a torchvision-named ResNet-18 file, with values no fresh trunk has
+        f"{torchvision_names[k.partition('.')[0]]}.{k.partition('.')[2]}": v + 0.25 if v.is_floating_point() else v
+        for k, v in resnet_trunk(VisionConfig(norm="batch_norm")).state_dict().items()
+    }
+    weights = tmp_path / "resnet18.safetensors"
+    save_file(init, str(weights))
+    vision = VisionConfig(norm="batch_norm", backbone_weights=str(weights))
+    cfg = TrainConfig(
+        dataset_path=str(image_store), policy=dataclasses.replace(image_policy_config(), vision=vision),
+        num_steps=1, batch_size=4, log_every=1, val_every=1, checkpoint_every=1, val_ratio=0.25,
+        lr=1e-12, progress=False,
+    )  # fmt: skip
+    saved = train(cfg, tmp_path / "run") / "pretrained_model"
+    weights.unlink()  # the checkpoint holds the trunk: another machine has no init file
+    policy = load_policy(saved)
+    assert policy.config.vision.backbone_weights == str(weights)  # recorded, not needed
+    trunk = policy.network.rgb_encoder.backbone.state_dict()
+    torch.testing.assert_close(trunk["0.weight"], init["conv1.weight"])  # one step at lr 1e-12: as it was

@@ -93,6 +93,18 @@ def test_export_writes_the_lerobot_0_4_layout(exported):
     assert stats["observation.state.min"].shape == (2,)
 
 
+def test_an_image_policys_agent_state_is_exported_whole(tmp_path):
+    """``state_dim`` splits low-dim observations only: a 3-d agent state stays ``observation.state``."""
+    policy = DiffusionPolicy(
+        PolicyConfig(obs_dim=3, obs_type="pixels_agent_pos", unet=SMALL, sampler=SamplerConfig(kind="ddim"))
+    )
+    policy.normalizer.fit({"obs": torch.rand(50, 3) * 512, "action": torch.rand(50, 2) * 512})
+    path = save_lerobot_policy(policy.eval(), tmp_path / "out")  # the default state_dim=2
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["input_features"]["observation.state"] == {"type": "STATE", "shape": [3]}
+    assert load_policy(path).config.obs_dim == 3
+
+
 def test_round_trip_is_bit_identical(exported):
     policy, path = exported
     loaded = load_policy(path)
@@ -358,6 +370,17 @@ def test_image_checkpoints_with_unsupported_encoders_are_refused(tmp_path):
         load_policy(root)
 
 
+def test_non_finite_weights_are_refused(good_dir, tmp_path):
+    nan_weight = tmp_path / "nan_weight"
+    shutil.copytree(good_dir, nan_weight)
+    tensors = load_file(nan_weight / "model.safetensors")
+    key = "diffusion.unet.final_conv.1.weight"
+    tensors[key][0, 0, 0] = float("nan")
+    save_file(tensors, str(nan_weight / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="non-finite value"):
+        load_policy(nan_weight)
+
+
 def test_bad_statistics_and_processors_are_refused(good_dir, tmp_path):
     no_stats = tmp_path / "no_stats"
     shutil.copytree(good_dir, no_stats)
@@ -410,13 +433,26 @@ def test_export_refuses_what_lerobot_cannot_represent(tmp_path):
     cfg = PolicyConfig(unet=UNetConfig(down_dims=(16, 32), diffusion_step_embed_dim=16, n_groups=4))
     with pytest.raises(ValueError, match="n_groups=4"):
         save_lerobot_policy(DiffusionPolicy(cfg), tmp_path / "b")
-    flat = make_policy("state")
-    data = {"obs": torch.rand(10, 20) * 512, "action": torch.rand(10, 2)}
+    assert not (tmp_path / "a").exists()
+
+
+def test_exported_statistics_reproduce_the_normalisers_transform(tmp_path):
+    """A constant dimension (centred, not scaled) and a normaliser whose scale and offset are not its
+    stored limits (as a Diffusion Policy checkpoint of robomimic's max-abs mode loads) normalise the same
+    after the export."""
+    policy = make_policy("state")
+    data = {"obs": torch.rand(10, 20) * 512, "action": torch.rand(10, 2) * 512}
     data["obs"][:, 3] = 7.0
-    flat.normalizer.fit(data)
-    with pytest.raises(ValueError, match=r"constant dimension\(s\) \[3\]"):
-        save_lerobot_policy(flat, tmp_path / "c")
-    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+    policy.normalizer.fit(data)
+    act = policy.normalizer.stats["action"]
+    act.scale.fill_(1 / 512.0)
+    act.offset.zero_()  # x / max|x|: min and max stay the data's
+    loaded = load_policy(save_lerobot_policy(policy, tmp_path / "c"))
+    obs, action = torch.rand(5, 20) * 600, torch.rand(5, 2) * 600
+    for key, x in (("obs", obs), ("action", action)):
+        torch.testing.assert_close(
+            loaded.normalizer.normalize(key, x), policy.normalizer.normalize(key, x), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_the_hub_pusht_config_builds_lerobots_network_size(tmp_path):

@@ -12,13 +12,14 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import image_config
 from safetensors.torch import load_file, save_file
 
 from parapolicy.envs import ENV_ID
 from parapolicy.policy.config import PolicyConfig
 from parapolicy.policy.diffusion.sequential import draw_noise
 from parapolicy.policy.model.checkpoint import CheckpointError
-from parapolicy.policy.model.policy import ObservationError
+from parapolicy.policy.model.policy import DiffusionPolicy, ObservationError
 from parapolicy.policy.model.pretrained import load_policy, save_policy
 from parapolicy.policy.runtime import auto_window
 
@@ -148,6 +149,17 @@ def test_checkpoint_config_missing_architecture_fields_is_refused(saved, drop, f
     with pytest.raises(
         CheckpointError, match=rf"lacks required field\(s\) {field}.*schema_version 1 requires"
     ):
+        load_policy(saved)
+
+
+@pytest.mark.parametrize("field", ["crop_shape", "image_mean", "pool"])
+def test_an_image_checkpoint_missing_its_encoder_or_pixel_transform_is_refused(tmp_path, field):
+    policy = DiffusionPolicy(image_config(crop_shape=None, image_mean=(0.485, 0.456, 0.406)))
+    policy.normalizer.fit({"obs": torch.rand(20, 2) * 512, "action": torch.rand(20, 2) * 512})
+    saved = save_policy(policy.eval(), tmp_path / "image")
+    assert load_policy(saved).config.vision == policy.config.vision
+    _rewrite_config(saved, lambda p: p["vision"].pop(field))  # the default would load silently
+    with pytest.raises(CheckpointError, match=rf"lacks required field\(s\) policy\.vision\.{field};"):
         load_policy(saved)
 
 

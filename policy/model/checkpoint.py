@@ -66,6 +66,18 @@ TRANSFORMER_FIELDS = (
     "transformer.causal_attn",
     "transformer.n_cond_layers",
 )
+# What an image policy (``obs_type="pixels_agent_pos"``) also requires: its encoder's layout and the
+# transform of its pixels (a wrong crop can keep every weight's shape: ResNet-18 maps 84 and 96 px alike).
+VISION_FIELDS = (
+    "vision.image_shape",
+    "vision.crop_shape",
+    "vision.backbone",
+    "vision.norm",
+    "vision.pool",
+    "vision.num_keypoints",
+    "vision.image_mean",
+    "vision.image_std",
+)
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol >= 2, and torch.save's zip container
 
 
@@ -155,12 +167,18 @@ def _pickle_hint(path: Path) -> str:
     )
 
 
-def _missing_fields(policy: Mapping[str, Any]) -> list[str]:
-    missing = []
+def _required_fields(policy: Mapping[str, Any]) -> tuple[str, ...]:
     required = REQUIRED_POLICY_FIELDS[SCHEMA_VERSION]
     if policy.get("network") == "transformer":  # its sizes, not the (unused) U-Net's defaults
         required = (*required, *TRANSFORMER_FIELDS)
-    for name in required:
+    if policy.get("obs_type") == "pixels_agent_pos":  # (absent: a low-dim policy, the default)
+        required = (*required, *VISION_FIELDS)
+    return required
+
+
+def _missing_fields(policy: Mapping[str, Any]) -> list[str]:
+    missing = []
+    for name in _required_fields(policy):
         node: Any = policy
         for part in name.split("."):
             if not isinstance(node, Mapping) or part not in node:
@@ -192,7 +210,7 @@ def check_required_fields(policy: Mapping[str, Any], source: str) -> None:
     if missing:
         raise CheckpointError(
             f"{source} lacks required field(s) {', '.join('policy.' + m for m in missing)}; "
-            f"schema_version {SCHEMA_VERSION} requires: {', '.join(REQUIRED_POLICY_FIELDS[SCHEMA_VERSION])}"
+            f"schema_version {SCHEMA_VERSION} requires for this policy: {', '.join(_required_fields(policy))}"
         )
 
 

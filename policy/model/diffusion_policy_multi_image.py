@@ -107,11 +107,13 @@ def multi_image_vision_config(
         m = torch.tensor(IMAGENET_MEAN, dtype=torch.float64)
         s = torch.tensor(IMAGENET_STD, dtype=torch.float64)
         mean, std = (m - offset) / scale, s / scale
+    # MultiImageObsEncoder swaps BatchNorm for GroupNorm in its per-camera copies only (a shared one keeps it)
+    group_norm = bool(enc.get("use_group_norm", False)) and not bool(enc.get("share_rgb_model", False))
     try:
         return VisionConfig(
             image_shape=(C, H, W),
             crop_shape=crop,
-            norm="group_norm" if bool(enc.get("use_group_norm", False)) else "batch_norm",
+            norm="group_norm" if group_norm else "batch_norm",
             pool="avg",
             image_mean=tuple(float(v) for v in mean),
             image_std=tuple(float(v) for v in std),

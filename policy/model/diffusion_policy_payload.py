@@ -86,11 +86,18 @@ class DiffusionPolicyPayload:
     weights: str
 
 
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
 def is_diffusion_policy_checkpoint(path: str | Path) -> bool:
-    """Whether ``path`` is a file in torch's zip format (as Diffusion Policy's ``.ckpt`` files are)."""
+    """Whether ``path`` is a file in torch's zip format (as Diffusion Policy's ``.ckpt`` files are), or
+    a zip file too damaged to tell (a truncated copy: `read_payload` then says it is unreadable)."""
     p = Path(path)
-    if not p.is_file() or not zipfile.is_zipfile(p):
+    if not p.is_file():
         return False
+    if not zipfile.is_zipfile(p):
+        with open(p, "rb") as f:
+            return f.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC  # a zip's first entry, its directory gone
     with zipfile.ZipFile(p) as z:
         return any(name.endswith("/data.pkl") for name in z.namelist())
 
@@ -109,7 +116,7 @@ def read_payload(path: str | Path) -> DiffusionPolicyPayload:
     except pickle.UnpicklingError as exc:
         raise refuse(p, f"it pickles {_what(exc)}, which is not data; refused without running it") from exc
     except (OSError, RuntimeError, EOFError) as exc:
-        raise refuse(p, f"not a readable torch archive: {exc}") from exc
+        raise refuse(p, f"not a readable torch archive (truncated or corrupt?): {exc}") from exc
     if not isinstance(raw, Mapping) or not isinstance(raw.get("state_dicts"), Mapping) or "cfg" not in raw:
         raise refuse(p, "not a workspace checkpoint (expected a dict with 'cfg' and 'state_dicts')")
     cfg = _plain(raw["cfg"])

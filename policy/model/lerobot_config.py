@@ -215,10 +215,11 @@ def _check_representable(config: PolicyConfig) -> None:
 
 def _input_features(config: PolicyConfig, state_dim: int) -> dict[str, Any]:
     """LeRobot's ``input_features``: the image (image policies) or the environment state, and the
-    agent state."""
-    inputs: dict[str, Any] = {STATE_FEATURE: {"type": "STATE", "shape": [state_dim]}}
+    agent state (an image policy's whole low-dim observation; ``state_dim`` splits a low-dim one)."""
     if config.obs_type == "pixels_agent_pos":
-        return {IMAGE_FEATURE: {"type": "VISUAL", "shape": list(config.vision.image_shape)}, **inputs}
+        state = {STATE_FEATURE: {"type": "STATE", "shape": [config.obs_dim]}}
+        return {IMAGE_FEATURE: {"type": "VISUAL", "shape": list(config.vision.image_shape)}, **state}
+    inputs: dict[str, Any] = {STATE_FEATURE: {"type": "STATE", "shape": [state_dim]}}
     inputs[ENV_FEATURE] = {"type": "ENV", "shape": [config.obs_dim - state_dim]}
     return inputs
 

@@ -41,6 +41,7 @@ from safetensors.torch import save_file
 from parapolicy.policy.model.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
+    check_finite,
     check_state_dict,
     read_tensors,
     write_atomic_dir,
@@ -147,6 +148,7 @@ def load_lerobot_policy(path: str | Path) -> DiffusionPolicy:
     with torch.device("meta"):  # names and shapes checked before anything is allocated or computed
         expected = build_network(config).state_dict()
     check_state_dict(expected, weights, f"{root / MODEL_FILE} (LeRobot names mapped)")
+    check_finite(weights, f"{root / MODEL_FILE}")
     policy = DiffusionPolicy(config)
     policy.network.load_state_dict(weights, strict=True)
     stats = {**normalizer_state(OBS_KEY, obs_parts), **normalizer_state("action", [act])}

@@ -26,7 +26,6 @@ from parapolicy.policy.model.lerobot_config import (
     LeRobotLayout,
     refuse,
 )
-from parapolicy.policy.model.normalizer import DEFAULT_RANGE_EPS
 from parapolicy.policy.model.policy import OBS_KEY, DiffusionPolicy
 
 # processor steps that do not change the values this project computes
@@ -196,36 +195,42 @@ def restore_legacy_name(flat_key: str, layout: LeRobotLayout) -> str:
     return flat_key
 
 
+def _min_max_of_transform(st: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (min, max) whose MIN_MAX transform is the normaliser's own ``x·scale + offset``, per dimension.
+
+    That is the stored min and max wherever they are the transform's fit (this project's rule outside
+    constant dimensions), else the ends of the transform's [-1, 1] preimage: a constant dimension (which
+    this project centres without scaling) or a Diffusion Policy normaliser fitted in another mode
+    (robomimic's max-abs scaling, ``gaussian``), whose scale and offset are not its stored limits.
+    """
+    scale, offset = st["scale"].double(), st["offset"].double()  # (D,)
+    lo, hi = (-1 - offset) / scale, (1 - offset) / scale  # x·scale + offset = ∓1
+    stored_lo, stored_hi = st["min"].double(), st["max"].double()
+    tol = 1e-4 * (hi - lo).abs()
+    fit = ((lo - stored_lo).abs() <= tol) & ((hi - stored_hi).abs() <= tol)
+    return torch.where(fit, stored_lo, lo).float(), torch.where(fit, stored_hi, hi).float()
+
+
 def lerobot_stats(
     policy: DiffusionPolicy, state_dim: int = 2
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(preprocessor stats, postprocessor stats) of ``policy``, keyed ``<feature>.<stat>``.
-
-    Raises:
-        ValueError: if a dimension is constant (range below the normaliser's eps): LeRobot would scale it
-            where this project centres it, so the policies would differ.
-    """
+    """(preprocessor stats, postprocessor stats) of ``policy``, keyed ``<feature>.<stat>``: MIN_MAX
+    limits that give LeRobot the normaliser's own transform (`_min_max_of_transform`)."""
     config, norm = policy.config, policy.normalizer
-    obs, act = norm.get_stats(OBS_KEY), norm.get_stats("action")
-    for key, st in ((OBS_KEY, obs), ("action", act)):
-        flat = (st["max"] - st["min"]) < DEFAULT_RANGE_EPS
-        if bool(flat.any()):
-            raise ValueError(
-                f"normaliser key {key!r} has constant dimension(s) {flat.nonzero().flatten().tolist()}: "
-                "LeRobot's MIN_MAX would scale them by 2 / (max - min) where this project centres them"
-            )
+    obs_lo, obs_hi = _min_max_of_transform(norm.get_stats(OBS_KEY))
+    act_lo, act_hi = _min_max_of_transform(norm.get_stats("action"))
     pre: dict[str, torch.Tensor] = {}
     if config.obs_type == "pixels_agent_pos":
         v = config.vision
         pre[f"{IMAGE_FEATURE}.mean"] = torch.tensor(v.image_mean, dtype=torch.float32).view(-1, 1, 1)
         pre[f"{IMAGE_FEATURE}.std"] = torch.tensor(v.image_std, dtype=torch.float32).view(-1, 1, 1)
-        pre[f"{STATE_FEATURE}.min"], pre[f"{STATE_FEATURE}.max"] = obs["min"], obs["max"]
+        pre[f"{STATE_FEATURE}.min"], pre[f"{STATE_FEATURE}.max"] = obs_lo, obs_hi
     else:
         De = config.obs_dim - state_dim
-        pre[f"{ENV_FEATURE}.min"], pre[f"{ENV_FEATURE}.max"] = obs["min"][:De], obs["max"][:De]
-        pre[f"{STATE_FEATURE}.min"], pre[f"{STATE_FEATURE}.max"] = obs["min"][De:], obs["max"][De:]
-    pre[f"{ACTION_FEATURE}.min"], pre[f"{ACTION_FEATURE}.max"] = act["min"], act["max"]
-    post = {f"{ACTION_FEATURE}.min": act["min"], f"{ACTION_FEATURE}.max": act["max"]}
+        pre[f"{ENV_FEATURE}.min"], pre[f"{ENV_FEATURE}.max"] = obs_lo[:De], obs_hi[:De]
+        pre[f"{STATE_FEATURE}.min"], pre[f"{STATE_FEATURE}.max"] = obs_lo[De:], obs_hi[De:]
+    pre[f"{ACTION_FEATURE}.min"], pre[f"{ACTION_FEATURE}.max"] = act_lo, act_hi
+    post = {f"{ACTION_FEATURE}.min": act_lo, f"{ACTION_FEATURE}.max": act_hi}
     return {k: v.contiguous() for k, v in pre.items()}, {k: v.contiguous() for k, v in post.items()}
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "BasicBlock",
     "RgbEncoder",
     "resnet_trunk",
+    "init_backbones",
     "SpatialSoftmax",
     "trunk_name",
     "VisionUnet",
@@ -180,8 +181,6 @@ def resnet_trunk(cfg: VisionConfig) -> nn.Sequential:
         elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-    if cfg.backbone_weights is not None:
-        _load_backbone_weights(trunk, Path(cfg.backbone_weights))
     return trunk
 
 
@@ -194,6 +193,15 @@ def trunk_name(torchvision_name: str) -> str:
     (names outside the trunk come back unchanged, for the strict check to report)."""
     head, _, rest = torchvision_name.partition(".")
     return f"{_TORCHVISION_CHILDREN.get(head, head)}.{rest}"
+
+
+def init_backbones(network: nn.Module, path: str | Path) -> None:
+    """Load torchvision ResNet weights (``vision.backbone_weights``) into the trunk of every image encoder
+    of ``network``: training's initialisation, not part of the architecture (a checkpoint loads its own
+    trunk weights, without the file)."""
+    for module in network.modules():
+        if isinstance(module, RgbEncoder):
+            _load_backbone_weights(module.backbone, Path(path))
 
 
 def _load_backbone_weights(trunk: nn.Module, path: Path) -> None:
