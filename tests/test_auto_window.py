@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
+import torch
 
 from parapolicy.policy.config import SamplerConfig
+from parapolicy.policy.diffusion.sequential import draw_noise
 from parapolicy.policy.model.pretrained import load_policy, save_policy
 from parapolicy.policy.runtime import auto_window
 from parapolicy.policy.runtime.auto_window import (
     cache_path,
+    calibration_jacobian,
+    calibration_observations,
     choose_window,
     denoiser_cost_curve,
     interpolate_cost,
+    picard_rows_per_call,
     resolve_sampler,
 )
 
@@ -77,6 +83,27 @@ def test_choose_window_minimises_the_expected_latency(tiny_policy, monkeypatch):
         tiny_policy, SamplerConfig(num_inference_steps=20, algorithm="picard"), candidates=(1, 4, 20)
     )
     assert window == 1
+
+
+def test_a_linear_coarse_model_is_calibrated_as_the_first_plan_measures_it(tiny_policy, monkeypatch):
+    """coarse=linear: the window is chosen from the calls of the linear Parareal update, with the
+    Jacobian a first plan on the same observation and noise would measure (not the held-x̂₀ update's)."""
+    linear = SamplerConfig(
+        num_inference_steps=16, algorithm="picard", update="parareal", coarse="linear", window=8
+    )
+    tiny_policy.set_sampler(linear)
+    obs = calibration_observations(tiny_policy, n=1)
+    x_T, noise = draw_noise(tiny_policy.table, (1, 16, 2), torch.Generator().manual_seed(0))
+    tiny_policy.predict_action_chunk({"obs": obs}, noise=(x_T, noise))  # the first plan measures it
+    jacobian = calibration_jacobian(tiny_policy, linear, obs)
+    torch.testing.assert_close(jacobian, tiny_policy.coarse_jacobian, rtol=0, atol=0)
+    rows = picard_rows_per_call(tiny_policy, linear, obs, coarse_jacobian=jacobian)
+    held = picard_rows_per_call(tiny_policy, dataclasses.replace(linear, coarse="held_x0"), obs)
+    assert rows != held  # the two updates take different calls here
+    flat = dict.fromkeys((1, 2, 4, 8, 16), 1.0)
+    monkeypatch.setattr(auto_window, "denoiser_cost_curve", lambda policy, sizes: flat)
+    _, report = choose_window(tiny_policy, linear, obs, candidates=(4, 8))
+    assert report["calls"][8] == len(rows)
 
 
 def test_auto_is_resolved_by_the_job_and_refused_at_load(tmp_path, tiny_policy, monkeypatch):

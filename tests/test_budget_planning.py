@@ -32,7 +32,7 @@ def device(monkeypatch, tiny_policy):
     def curve(policy, sizes):
         return {s: cost[s] for s in sizes}
 
-    def rows(policy, sampler, obs, seed=0):
+    def rows(policy, sampler, obs, seed=0, coarse_jacobian=None):
         assert policy.table.num_steps == 10
         return ROWS[sampler.window]
 

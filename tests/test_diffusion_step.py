@@ -92,6 +92,8 @@ def test_dpmsolver_first_and_second_order_closed_form() -> None:
     torch.testing.assert_close(last.prev_sample, last.x0_hat, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="step 4 is of order 2 and needs prev_x0"):
         step(tab, 4, x, eps, None)  # second order without history
+    with pytest.raises(ValueError, match="steps indexed by a tensor need prev_x0"):
+        step(tab, torch.tensor([4]), x.unsqueeze(0), eps.unsqueeze(0), None)  # the same, row-wise
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])

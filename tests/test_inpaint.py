@@ -214,3 +214,18 @@ def test_prepare_inpaint_errors() -> None:
         prepare_inpaint(Inpaint(torch.full_like(x, math.nan), ok_w), x)
     got = prepare_inpaint(Inpaint(x.double(), ok_w.double()), x)
     assert got.target.dtype == got.weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_clipping_bound_below_one_still_ends_the_known_rows_at_their_values(kind):
+    """The held-x̂₀ map's x̂₀ weight is read with a probe inside the clamp: with clip_sample_range 0.5 it
+    is the step's own (DDPM: the posterior's), and known rows end where they are imposed."""
+    table = make_step_table(AC, make_timesteps(T, 10), kind=kind, clip_sample=True, clip_sample_range=0.5)
+    unclipped = make_step_table(AC, make_timesteps(T, 10), kind=kind, clip_sample=False)
+    torch.testing.assert_close(table.rollout_coef_x0, unclipped.rollout_coef_x0, rtol=1e-6, atol=0)
+    x_T, noise = draw_noise(table, (1, H, D), torch.Generator().manual_seed(0))
+    weight = torch.zeros(1, H, 1)
+    weight[:, :3] = 1.0
+    target = torch.full((1, H, D), 0.25)
+    out = sample_sequential(mixture_denoiser, x_T, table, noise, None, inpaint=Inpaint(target, weight)).sample
+    torch.testing.assert_close(out[0, :3], target[0, :3], rtol=0, atol=1e-6)

@@ -255,6 +255,17 @@ def test_input_validation() -> None:
         sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=4, tol=0.1, on_max_iters="hold")  # type: ignore[arg-type]
 
 
+def test_a_module_denoiser_with_gradients_on_samples_as_the_sequential_loop() -> None:
+    """An nn.Module's parameters require grad: the sampler's norms must not take their autograd graph."""
+    tab, x_T, noise, cond = setup("ddpm", 10)
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(2, 2)
+    den = lambda x, t, c: layer(x)  # noqa: E731
+    seq = sample_sequential(den, x_T, tab, noise, cond).sample
+    par = sample_picard(den, x_T, tab, noise, cond, window=4, tol=0.0).sample
+    assert par.requires_grad and torch.equal(par.detach(), seq.detach())
+
+
 def naive_picard(den, x_T, tab: StepTable, noise, cond, window: int, tol: float) -> tuple[torch.Tensor, int]:
     """ParaDiGMS' loop for one sample written the plain way (paradigms.md §1.3): X[b] + cumsum(drift + σz),
     one Python step per window slot, with this package's tolerance-variance convention."""

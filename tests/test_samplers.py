@@ -118,3 +118,8 @@ def test_input_validation() -> None:
         sample_sequential(linear_denoiser, x_T, tab, noise, torch.zeros(3, 4))
     with pytest.raises(ValueError, match="table is on meta but x_T is on cpu"):
         sample_sequential(linear_denoiser, x_T, tab.to("meta"), noise, None)
+    wide = make_step_table(AC, make_timesteps(T, 10), dtype=torch.float64)
+    x64, noise64 = draw_noise(wide, (2, 16, 2), torch.Generator().manual_seed(0))  # the table's dtype
+    assert x64.dtype == noise64.dtype == torch.float64
+    with pytest.raises(ValueError, match="table is torch.float64 but x_T is torch.float32: draw x_T"):
+        sample_sequential(linear_denoiser, x_T, wide, noise.double(), None)

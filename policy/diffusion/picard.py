@@ -223,8 +223,10 @@ def sample_picard(
        slide (up to the new window end) are refilled by the `refill` rule unless `init` was given, in
        which case the caller's guesses for those slots are kept.
     6. A sample whose start reaches K is done and drops out: the rows per call shrink accordingly. Each
-       sample has its own window (no max over the batch), so a batched call returns exactly what per-sample
-       calls would return for a row-independent denoiser.
+       sample has its own window (no max over the batch), so a batched call returns what per-sample calls
+       would return for a row-independent denoiser, up to float rounding (one sample sums a window's
+       changes with one matrix product, several with a cumulative sum: the iterates may differ in the
+       last bits, and so may the iteration where a slot passes).
 
     DPM-Solver++(2M): the x̂₀ history of window row i > 0 is the previous row's x̂₀ from the same call;
     for a window's first row it is the x̂₀ cached when that previous slot was last evaluated (it was a
@@ -522,8 +524,9 @@ def _picard_update(
         new = y + w.grid.take(carried.view(w.A * (p + 1), *rest))  # (R, H, D)
     if traj.norms is None:
         norm = torch.linalg.vector_norm(new - old, dim=traj.sample_dims, dtype=err_dtype).cpu().numpy()
-    else:  # on the CPU, into host memory shared with NumPy: no copy, no conversion
-        torch.linalg.vector_norm(new - old, dim=traj.sample_dims, dtype=err_dtype, out=traj.norms[: w.R])
+    else:  # on the CPU, into host memory shared with NumPy: no copy, no conversion (out= takes no grad)
+        change = (new - old).detach()
+        torch.linalg.vector_norm(change, dim=traj.sample_dims, dtype=err_dtype, out=traj.norms[: w.R])
         norm = traj.norms_host[: w.R]  # (R,)
     w.next.put_(Xf, new)  # after the change is measured: ``old`` may be a view of these rows
     return new, norm

@@ -66,7 +66,7 @@ def draw_noise(
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     *,
     device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Draw the initial sample x_T and all per-step noise up front, on the CPU, then move them.
 
@@ -81,7 +81,7 @@ def draw_noise(
         shape: (B, H, D) shape of one sample batch.
         generator: a CPU `torch.Generator`, a sequence of B of them, or None (global RNG).
         device: where the tensors go (default CPU).
-        dtype: dtype of the returned tensors (drawn in float32 first).
+        dtype: dtype of the returned tensors (drawn in float32 first); default the table's.
 
     Returns:
         (x_T, noise) with shapes (B, H, D) and (K, B, H, D).
@@ -109,6 +109,7 @@ def draw_noise(
             ns.append(torch.randn((K, *shape[1:]), generator=g, dtype=torch.float32))  # (K, H, D)
         x_T = torch.stack(xs, dim=0)  # (B, H, D)
         noise = torch.stack(ns, dim=1)  # (K, B, H, D)
+    dtype = table.dtype if dtype is None else dtype
     return x_T.to(device=device, dtype=dtype), noise.to(device=device, dtype=dtype)
 
 
@@ -118,6 +119,10 @@ def check_inputs(x_T: Tensor, table: StepTable, noise: Tensor | None, cond: Tens
         raise ValueError(f"x_T must be (B, ...), got shape {tuple(x_T.shape)}")
     if table.device != x_T.device:
         raise ValueError(f"table is on {table.device} but x_T is on {x_T.device}; use table.to(device)")
+    if table.dtype != x_T.dtype:
+        raise ValueError(
+            f"table is {table.dtype} but x_T is {x_T.dtype}: draw x_T and the noise in the table's dtype"
+        )
     K, B = table.num_steps, x_T.shape[0]
     if noise is None:
         if table.is_stochastic:

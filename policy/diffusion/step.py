@@ -170,7 +170,8 @@ def step(
             ignored by the deterministic ones). None gives the noise-free update (the posterior mean
             for DDPM).
         prev_x0: multistep rules only (DPM-Solver++): x̂₀ of step i-1 for each row (same shape as
-            `x_t`). Required for second-order steps; may be None when every row in `idx` is first order.
+            `x_t`). Required for second-order steps; may be None for an int `idx` of a first-order
+            step, or a tensor `idx` when every step of the table is first order.
         inpaint: known rows (see `inpaint`), entry r for leading row r of `x_t` (or broadcastable):
             after the update each row is pulled with its weight toward the update with x̂₀ held at its
             known value (the same `noise`). None: the plain step.
@@ -187,8 +188,11 @@ def step(
         x0, eps = _x0_and_eps(table, idx, x_t, model_out, need_eps=rule.needs_eps)
     else:
         x0, eps = x0_hat, None
-    if rule.uses_history and prev_x0 is None and isinstance(idx, int) and table.orders[idx] > 1:
-        raise ValueError(f"{rule.kind} step {idx} is of order {table.orders[idx]} and needs prev_x0")
+    if rule.uses_history and prev_x0 is None:  # host-side checks only (no device sync)
+        if isinstance(idx, int) and table.orders[idx] > 1:
+            raise ValueError(f"{rule.kind} step {idx} is of order {table.orders[idx]} and needs prev_x0")
+        if not isinstance(idx, int) and max(table.orders) > 1:
+            raise ValueError(f"{rule.kind} steps indexed by a tensor need prev_x0 (some are second order)")
     # 3. The rule's update (see its module under rules/), coefficients gathered by step position.
     prev = rule.update(
         partial(_coef, table, idx, nd),  # coef(name); a positional partial adds no Python frame
@@ -208,9 +212,11 @@ def step(
 def held_x0_coefficients(table: StepTable) -> tuple[Tensor, Tensor]:
     """(a, b), each (K,): with x̂₀ held fixed, step i maps x_t to a_i·x_t + b_i·x̂₀ + σ_i·z.
 
-    Read off `step` itself (x_t = 1 with x̂₀ = 0, then x_t = 0 with x̂₀ = 1; the model output is the one
-    that predicts that x̂₀, and for DPM-Solver++ the history x̂₀ is the same x̂₀), so the roll-out of the
-    Picard refill uses exactly the update rules of the samplers. `make_step_table` stores the result.
+    Read off `step` itself (x_t = 1 with x̂₀ = 0, then x_t = 0 with x̂₀ = s, divided by s; the model
+    output is the one that predicts that x̂₀, and for DPM-Solver++ the history x̂₀ is the same x̂₀), so
+    the roll-out of the Picard refill uses exactly the update rules of the samplers. s is 1, or the
+    clipping bound if that is smaller (a probe the clamp would cut reads a smaller b). `make_step_table`
+    stores the result.
     """
     K = table.num_steps
     idx = torch.arange(K, device=table.device)  # (K,)
@@ -221,7 +227,8 @@ def held_x0_coefficients(table: StepTable) -> tuple[Tensor, Tensor]:
         out = model_out_from_x0(table, idx, x, x0)
         return step(table, idx, x, out, prev_x0=x0 if table.uses_history else None).prev_sample[:, 0]
 
-    return through_step(one, zero), through_step(zero, one)
+    s = min(1.0, table.clip_sample_range) if table.clip_sample else 1.0  # a held x̂₀ inside the clamp
+    return through_step(one, zero), through_step(zero, s * one) / s
 
 
 def held_x0_affine(

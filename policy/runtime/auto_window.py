@@ -30,9 +30,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from parapolicy.policy.atomic_write import write_text_atomically
 from parapolicy.policy.config import SamplerConfig
+from parapolicy.policy.diffusion.coarse import x0_jacobian
 from parapolicy.policy.diffusion.dispatch import run_sampler
 from parapolicy.policy.diffusion.sequential import draw_noise
 from parapolicy.policy.model.image_observation import batch_size
@@ -182,18 +184,40 @@ def _select(obs: Any, i: int) -> Any:
     return obs[i : i + 1]
 
 
+def _calibration_inputs(policy: DiffusionPolicy, obs: Any, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """x_T (B, H, Da), the step noise (K, B, H, Da) and the condition (B, C) of a calibration batch."""
+    x_obs = policy.validate_observation(obs if isinstance(obs, Mapping) else {OBS_KEY: obs}, history=True)
+    cond = policy.condition(x_obs)  # (B, To*C): the encoder runs here for images
+    shape = (batch_size(x_obs), policy.config.horizon, policy.config.action_dim)
+    x_T, noise = draw_noise(policy.table, shape, torch.Generator().manual_seed(seed), device=policy.device)
+    return x_T, noise, cond
+
+
 @torch.no_grad()
 def picard_rows_per_call(
-    policy: DiffusionPolicy, sampler: SamplerConfig, obs: Any, seed: int = 0
+    policy: DiffusionPolicy,
+    sampler: SamplerConfig,
+    obs: Any,
+    seed: int = 0,
+    coarse_jacobian: Tensor | None = None,
 ) -> tuple[int, ...]:
     """Rows of every denoiser call of one Picard solve for the batch ``obs`` (B, To, Do), or a dict of
-    image histories (`calibration_observations`)."""
-    x_obs = policy.validate_observation(obs if isinstance(obs, Mapping) else {OBS_KEY: obs}, history=True)
-    B = batch_size(x_obs)
-    cond = policy.condition(x_obs)  # (B, To*C): the encoder runs here for images
-    shape = (B, policy.config.horizon, policy.config.action_dim)
-    x_T, noise = draw_noise(policy.table, shape, torch.Generator().manual_seed(seed), device=policy.device)
-    return run_sampler(sampler, policy.denoise, x_T, policy.table, noise, cond).rows_per_call
+    image histories (`calibration_observations`); ``coarse_jacobian``: the linear coarse model of
+    ``sampler.coarse="linear"`` (`calibration_jacobian`)."""
+    x_T, noise, cond = _calibration_inputs(policy, obs, seed)
+    result = run_sampler(
+        sampler, policy.denoise, x_T, policy.table, noise, cond, coarse_jacobian=coarse_jacobian
+    )
+    return result.rows_per_call
+
+
+@torch.no_grad()
+def calibration_jacobian(policy: DiffusionPolicy, sampler: SamplerConfig, obs: Any, seed: int = 0) -> Tensor:
+    """The linear coarse model for the batch ``obs``, measured as a policy's first plan measures it: on
+    the trajectory of one solve with ``sampler`` (`diffusion.coarse.x0_jacobian`)."""
+    x_T, noise, cond = _calibration_inputs(policy, obs, seed)
+    result = run_sampler(sampler, policy.denoise, x_T, policy.table, noise, cond)
+    return x0_jacobian(policy.denoise, policy.table, result.trajectory, cond)
 
 
 def choose_window(
@@ -219,8 +243,15 @@ def choose_window(
     K = policy.table.num_steps
     windows = sorted({min(int(w), K) for w in candidates if int(w) >= 1})
     batches = [_select(obs, i) for i in range(batch_size(obs))] if per_sample else [obs]
+    jacobians: list[Tensor | None] = [None] * len(batches)
+    if sampler.is_parallel and sampler.coarse == "linear":  # measured once per batch, as on a first plan
+        widest = dataclasses.replace(sampler, window=windows[-1])
+        jacobians = [calibration_jacobian(policy, widest, b) for b in batches]
     calls = {
-        w: [picard_rows_per_call(policy, dataclasses.replace(sampler, window=w), b) for b in batches]
+        w: [
+            picard_rows_per_call(policy, dataclasses.replace(sampler, window=w), b, coarse_jacobian=j)
+            for b, j in zip(batches, jacobians, strict=True)
+        ]
         for w in windows
     }
     largest = max(max(max(c) for c in cs) for cs in calls.values())

@@ -11,11 +11,12 @@ convergence test, slide and the model-free x̂₀ roll-out refill) can be captur
   never touch a real slot (their outputs are discarded);
 * the window starts live on the device; the host reads one flag per iteration to stop (the same one
   synchronisation per iteration as `sample_picard`);
-* the update, the error test and the slide are `sample_picard`'s steps 2-5 in the same arithmetic
-  order (the first refreshed slot is the sequential step bitwise; the exclusive cumulative sum runs
-  over a zero-led grid as there), so the fixed point is the sequential sample and at tol = 0 the result
-  equals it as `sample_picard`'s does; iteration counts equal `sample_picard`'s with
-  ``refill="x0_rollout"`` for a denoiser whose rows do not depend on the batch.
+* the update, the error test and the slide are `sample_picard`'s steps 2-5 (the first refreshed slot
+  is the sequential step bitwise; the exclusive cumulative sum runs over a zero-led grid as in
+  `sample_picard`'s batched path), so the fixed point is the sequential sample and at tol = 0 the
+  result equals it as `sample_picard`'s does. The iteration counts are `sample_picard`'s with
+  ``refill="x0_rollout"`` up to float rounding: for one sample `sample_picard` sums a window's changes
+  with a matrix product instead, whose last bits can move the iteration where a slot passes.
 
 Off CUDA (or with ``graph=False``) the same iteration runs eagerly: that is how it is tested on the CPU.
 DPM-Solver++ (its x̂₀ history cache) and ``update="parareal"`` are not supported.
