@@ -86,7 +86,7 @@ class CollectConfig:
 
 def _check_seed_range(start: int, limit: int) -> None:
     if start + limit > 100000:
-        raise ValueError(
+        raise ConfigError(
             f"collection seeds {start}..{start + limit - 1} would reach the evaluation seeds (100000+): "
             "lower start_seed or n_episodes"
         )

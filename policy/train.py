@@ -46,9 +46,15 @@ from parapolicy.policy.config import PolicyConfig, SamplerConfig, shipped_path
 from parapolicy.policy.control.evaluation import EvalConfig
 from parapolicy.policy.data.dataset import PushTLowdimDataset, check_split
 from parapolicy.policy.data.image_dataset import make_dataset
-from parapolicy.policy.errors import ConfigError, NoRunToResumeError
+from parapolicy.policy.data.replay_store import DatasetError
+from parapolicy.policy.errors import ConfigError, NoRunToResumeError, check_device
 from parapolicy.policy.eval import evaluate_across_ranks
-from parapolicy.policy.model.checkpoint import CheckpointError, read_metadata, write_atomic_dir
+from parapolicy.policy.model.checkpoint import (
+    CheckpointError,
+    check_state_dict,
+    read_metadata,
+    write_atomic_dir,
+)
 from parapolicy.policy.model.ema import EMA
 from parapolicy.policy.model.policy import DiffusionPolicy, TrainingNoise
 from parapolicy.policy.model.pretrained import load_policy, load_raw_weights, save_policy
@@ -126,8 +132,9 @@ class TrainConfig:
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
-        self.dataset_path = shipped_path(self.dataset_path)
-        self.init_policy = shipped_path(self.init_policy)
+        # absolute, so that a resume from another working directory reads the same config
+        self.dataset_path = str(Path(shipped_path(self.dataset_path)).resolve())
+        self.init_policy = str(Path(shipped_path(self.init_policy)).resolve()) if self.init_policy else ""
         for name in ("num_steps", "batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -140,6 +147,14 @@ class TrainConfig:
         self.betas = tuple(float(b) for b in self.betas)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not (self.ema_power > 0 and 0 <= self.ema_max_decay < 1):
+            raise ValueError(
+                f"need ema_power > 0 and 0 <= ema_max_decay < 1, got {self.ema_power}, {self.ema_max_decay}"
+            )
+        self.policy.check_sampler(self.eval_sampler)  # before any step is trained
+        check_device(self.device)
 
 
 def lr_lambda(warmup_steps: int, total_steps: int) -> Any:
@@ -188,15 +203,12 @@ def _is_complete_checkpoint(path: Path) -> bool:
 
 
 def find_resume_checkpoint(out: Path) -> Path | None:
-    """The checkpoint a resumed run continues from: ``checkpoints/last``, or, when that link dangles
-    or names an incomplete checkpoint, the newest complete ``checkpoints/<step>`` (with a warning, and
-    ``last`` re-pointed at it). None when the run has no complete checkpoint at all."""
+    """The checkpoint a resumed run continues from: the newest complete ``checkpoints/<step>``, which
+    ``checkpoints/last`` names unless a kill came between a checkpoint's write and the link's update
+    (or the link dangles, or names an incomplete checkpoint): then with a warning, and ``last``
+    re-pointed at it. None when the run has no complete checkpoint at all."""
     ckpts = out / "checkpoints"
     link = ckpts / LAST_LINK
-    if link.is_symlink() or link.exists():
-        target = link.resolve()
-        if _is_complete_checkpoint(target):
-            return target
     complete = sorted(
         (p for p in ckpts.glob("[0-9]" * 6) if _is_complete_checkpoint(p)), key=lambda p: int(p.name)
     )
@@ -204,9 +216,11 @@ def find_resume_checkpoint(out: Path) -> Path | None:
         return None
     newest = complete[-1]
     if link.is_symlink() or link.exists():
+        if link.resolve() == newest.resolve():
+            return newest
         warnings.warn(
-            f"{link} points at {os.readlink(link) if link.is_symlink() else link}, which is missing or "
-            f"incomplete; resuming from the newest complete checkpoint {newest}",
+            f"{link} points at {os.readlink(link) if link.is_symlink() else link}, which is missing, "
+            f"incomplete or older; resuming from the newest complete checkpoint {newest}",
             stacklevel=2,
         )
     _point_last(ckpts, newest.name)
@@ -362,6 +376,12 @@ def _setup(cfg: TrainConfig, out: Path) -> _Run:
     train_set = make_dataset(
         p, cfg.dataset_path, cfg.val_ratio, cfg.max_train_episodes, cfg.seed, split="train"
     )
+    if len(train_set) == 0:
+        raise DatasetError(
+            f"the training split of {cfg.dataset_path} has no windows: every training episode is shorter "
+            f"than the {p.horizon - (p.n_obs_steps - 1) - (p.n_action_steps - 1)} steps a window needs "
+            f"(horizon {p.horizon}, padded by n_obs_steps - 1 before and n_action_steps - 1 after)"
+        )
     data = train_set.fingerprint()
     check_same_on_all_ranks(json.dumps(data, sort_keys=True), ranks, "the demonstration store")
     _check_batch_split(cfg, len(train_set), ranks.world_size)
@@ -371,7 +391,11 @@ def _setup(cfg: TrainConfig, out: Path) -> _Run:
     if p.vision.backbone_weights is not None:  # the image encoders' initialisation
         init_backbones(policy.network, p.vision.backbone_weights)
     if cfg.init_policy:
-        policy.network.load_state_dict(load_policy(cfg.init_policy).network.state_dict(), strict=True)
+        init = load_policy(cfg.init_policy).network.state_dict()
+        check_state_dict(
+            policy.network.state_dict(), init, f"init_policy {cfg.init_policy} (another architecture?)"
+        )
+        policy.network.load_state_dict(init, strict=True)
     policy.to(device)
     ema = EMA(copy.deepcopy(policy), power=cfg.ema_power, max_decay=cfg.ema_max_decay)
     optimizer = torch.optim.AdamW(
@@ -391,8 +415,10 @@ def _resume_point(run: _Run) -> int:
         return -1
     saved = (out / "train_config.json").read_text()
     if saved != _config_json(cfg):
+        then, now = json.loads(saved), json.loads(_config_json(cfg))
+        changed = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
         raise CheckpointError(
-            f"resume=true but the config differs from {out / 'train_config.json'} "
+            f"resume=true but {', '.join(changed)} differ(s) from {out / 'train_config.json'} "
             f"(only {', '.join(_RUN_CONTROL_FIELDS)} may change when resuming)"
         )
     last = find_resume_checkpoint(out)
@@ -533,7 +559,8 @@ def _periodic(run: _Run, write: Callable[[dict[str, Any]], None]) -> None:
     """Validation loss and checkpoints (rank 0 while the others wait), closed-loop evaluation (seeds
     split over the ranks) when their step comes."""
     cfg, step, ema = run.cfg, run.step, run.ema
-    if cfg.val_every and (step % cfg.val_every == 0 or step == cfg.num_steps):
+    has_val = len(run.val_set) > 0  # val_ratio=0, or a split without validation windows: no row
+    if cfg.val_every and has_val and (step % cfg.val_every == 0 or step == cfg.num_steps):
 
         def validate() -> None:
             ema.shadow.eval()
@@ -545,7 +572,8 @@ def _periodic(run: _Run, write: Callable[[dict[str, Any]], None]) -> None:
     if cfg.eval_every and step % cfg.eval_every == 0:
         ema.shadow.eval()
         ema.shadow.set_sampler(cfg.eval_sampler)
-        result = evaluate_across_ranks(ema.shadow, cfg.eval, run.ranks)
+        videos = run.out / "videos" / f"{step:06d}" if cfg.eval.max_videos else None
+        result = evaluate_across_ranks(ema.shadow, cfg.eval, run.ranks, video_dir=videos)
         if result is not None:
             write({"step": step, "eval": result["aggregated"]})
     if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.num_steps:

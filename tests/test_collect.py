@@ -79,3 +79,12 @@ def test_bad_collect_settings():
         CollectConfig(keep="some")
     with pytest.raises(ValueError, match="evaluation seeds"):
         CollectConfig(start_seed=99_990, n_episodes=10)
+
+
+def test_appending_near_the_evaluation_seeds_is_a_config_error(tmp_path):
+    from parapolicy.policy.collect import _start_seed
+    from parapolicy.policy.errors import ConfigError
+
+    cfg = CollectConfig(n_episodes=1, append=True, progress=False)
+    with pytest.raises(ConfigError, match=r"collection seeds 99991\.\..* would reach the evaluation seeds"):
+        _start_seed(cfg, [99_990], tmp_path / "hi.zarr")  # the run-time start: after the store's largest seed

@@ -82,7 +82,7 @@ def test_resume_is_exact(tmp_path, tiny_store, tiny_config, monkeypatch):
     assert (tmp_path / "cut" / "checkpoints" / "last").resolve().name == "000006"
     with (tmp_path / "cut" / "metrics.jsonl").open("a") as fh:
         fh.write('{"step": 9, "lo')  # a kill in the middle of a row: the resume drops it
-    with pytest.raises(CheckpointError, match="config differs"):
+    with pytest.raises(CheckpointError, match="resume=true but lr differ"):
         train(make_cfg(tiny_store, tiny_config, lr=2e-4, resume=True), tmp_path / "cut")
     resumed = train(make_cfg(tiny_store, tiny_config, resume=True), tmp_path / "cut")
 

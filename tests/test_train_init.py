@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+from parapolicy.policy.model.checkpoint import CheckpointError
 from parapolicy.policy.model.pretrained import load_policy, load_raw_weights
 from parapolicy.policy.train import TrainConfig, train
 
@@ -45,5 +46,5 @@ def test_init_policy_starts_from_its_weights(tmp_path, tiny_store, tiny_config):
 def test_init_policy_with_another_architecture_fails(tmp_path, tiny_store, tiny_config):
     first = train(_cfg(tiny_store, tiny_config, num_steps=1), tmp_path / "a") / "pretrained_model"
     wider = dataclasses.replace(tiny_config, unet=dataclasses.replace(tiny_config.unet, down_dims=(16, 48)))
-    with pytest.raises(RuntimeError, match="size mismatch"):
+    with pytest.raises(CheckpointError, match=r"init_policy .* \(another architecture\?\) does not match"):
         train(_cfg(tiny_store, wider, num_steps=1, init_policy=str(first)), tmp_path / "b")
