@@ -57,10 +57,11 @@ def test_the_encoder_config_comes_from_the_checkpoint(ckpt, tmp_path):
     assert (shared.pool, shared.crop_shape, shared.norm) == ("avg", None, "batch_norm")
     assert shared.image_mean == (0.5, 0.5, 0.5) and shared.image_std == (0.5, 0.5, 0.5)
 
-    def group_norm_asked(cfg):  # Diffusion Policy swaps it into per-camera copies only: the shared one keeps BN
+    def group_norm_asked(cfg):  # Diffusion Policy swaps it into per-camera copies only: shared keeps BN
         cfg["policy"]["obs_encoder"]["use_group_norm"] = True
 
-    shared_gn = load_policy(write_ckpt(tmp_path, read_golden(SHARED), edit_cfg=group_norm_asked, name="gn.ckpt"))
+    gn = write_ckpt(tmp_path, read_golden(SHARED), edit_cfg=group_norm_asked, name="gn.ckpt")
+    shared_gn = load_policy(gn)
     assert shared_gn.config.vision.norm == "batch_norm"
 
 

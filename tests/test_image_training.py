@@ -138,7 +138,7 @@ def test_an_image_transformer_policy_trains_and_reloads(tmp_path, image_store):
     assert out.action.shape == (1, 8, 2) and bool(torch.isfinite(out.action).all())
 
 
-def test_backbone_weights_initialise_training_and_the_checkpoint_loads_without_the_file(tmp_path, image_store):
+def test_backbone_weights_initialise_training_and_a_checkpoint_loads_without_them(tmp_path, image_store):
     from safetensors.torch import save_file
 
     from parapolicy.policy.config import VisionConfig
@@ -146,10 +146,10 @@ def test_backbone_weights_initialise_training_and_the_checkpoint_loads_without_t
 
     torchvision_names = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
     torch.manual_seed(5)
-    init = {  # a torchvision-named ResNet-18 file, with values no fresh trunk has
-        f"{torchvision_names[k.partition('.')[0]]}.{k.partition('.')[2]}": v + 0.25 if v.is_floating_point() else v
-        for k, v in resnet_trunk(VisionConfig(norm="batch_norm")).state_dict().items()
-    }
+    init = {}  # a torchvision-named ResNet-18 file, with values no fresh trunk has
+    for k, v in resnet_trunk(VisionConfig(norm="batch_norm")).state_dict().items():
+        head, _, rest = k.partition(".")
+        init[f"{torchvision_names[head]}.{rest}"] = v + 0.25 if v.is_floating_point() else v
     weights = tmp_path / "resnet18.safetensors"
     save_file(init, str(weights))
     vision = VisionConfig(norm="batch_norm", backbone_weights=str(weights))
