@@ -10,6 +10,7 @@ import gymnasium as gym
 import numpy as np
 
 from . import ENV_ID
+from .pusht import OBS_TYPES
 
 
 @dataclass
@@ -40,6 +41,9 @@ class EnvBenchConfig:
         bad = [m for m in self.vec_modes if m not in ("sync", "async")]
         if bad:
             raise ValueError(f"vec_modes must be 'sync' or 'async', got {bad}")
+        unknown = [t for t in self.obs_types if t not in OBS_TYPES]
+        if unknown or not self.obs_types:
+            raise ValueError(f"obs_types must be names from {OBS_TYPES}, got {list(self.obs_types)}")
 
 
 def _spread(samples: list[float]) -> dict[str, float]:

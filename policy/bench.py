@@ -23,6 +23,7 @@ Speedups are given against the baseline and against the fastest sequential sampl
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import sys
 from collections import deque
@@ -44,7 +45,7 @@ from parapolicy.policy.diffusion.sequential import SampleResult, draw_noise
 from parapolicy.policy.diffusion.step_table import StepTable
 from parapolicy.policy.diffusion.warm_start import warm_start_guess
 from parapolicy.policy.model.image_observation import env_obs_type, env_observation, history_observation
-from parapolicy.policy.model.policy import DiffusionPolicy, build_step_table
+from parapolicy.policy.model.policy import DiffusionPolicy, build_step_table, check_compile_mode
 from parapolicy.policy.runtime.auto_window import denoiser_cost_curve
 from parapolicy.policy.runtime.gc_freeze import frozen_heap
 from parapolicy.policy.runtime.load_probe import LoadProbe, machine_info
@@ -97,8 +98,17 @@ class SamplerBenchConfig:
             raise ValueError("n_chunks, repeats and num_inference_steps must be >= 1")
         if not self.windows or any(w < 1 or w > self.num_inference_steps for w in self.windows):
             raise ValueError(f"windows must lie in [1, num_inference_steps], got {self.windows}")
-        if not self.tols or any(t <= 0 for t in self.tols):
-            raise ValueError(f"tols must be > 0, got {self.tols}")
+        if not self.tols or not all(0 < t < math.inf for t in self.tols):
+            raise ValueError(f"tols must be finite and > 0, got {self.tols}")
+        SamplerConfig(kind=self.kind)  # raises naming a bad kind
+        check_compile_mode(self.compile)
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ValueError(f"batch_sizes must be rows >= 1, got {self.batch_sizes}")
+        if self.inpaint_delay is not None and (self.inpaint_delay < 0 or self.n_chunks < 2):
+            raise ValueError(
+                f"inpaint_delay needs a delay >= 0 and n_chunks >= 2 (each chunk continues the one before), "
+                f"got inpaint_delay={self.inpaint_delay}, n_chunks={self.n_chunks}"
+            )
         if not self.updates:
             raise ValueError("updates must name at least one Picard correction, got ()")
         for update in self.updates:
@@ -168,6 +178,7 @@ class BenchJobConfig:
 
     def __post_init__(self) -> None:
         self.policy_path = shipped_path(self.policy_path)
+        check_compile_mode(self.bench.compile, self.device)
 
 
 @torch.no_grad()

@@ -4,12 +4,14 @@ A command owns a few names in its run folder (``eval_info.json``, ``bench.json``
 `claim_run_dir` refuses a folder in which any of them already exists, so an earlier result is never
 overwritten, and creates the folder otherwise. Every entry point calls it through
 `scripts/_hydra.py`; `parapolicy-train` alone may continue its own folder (``resume=true``).
-`write_result` writes a JSON result whole or not at all, so a killed command leaves no truncated file.
+`write_result` writes a JSON result whole or not at all, so a killed command leaves no truncated file,
+and as strict JSON (`json_text`: non-finite numbers as null).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -49,5 +51,21 @@ def claim_run_dir(
 def write_result(path: str | Path, content: Any) -> Path:
     """Write ``content`` as indented JSON to ``path`` whole or not at all (`write_text_atomically`); creates
     the parent folder. Returns ``path``."""
-    text = json.dumps(content, indent=2)  # a value JSON cannot hold fails here, before any write
-    return write_text_atomically(path, text)
+    return write_text_atomically(path, json_text(content, indent=2))
+
+
+def json_text(content: Any, indent: int | None = None) -> str:
+    """``content`` as strict JSON: a non-finite float (a NaN loss, ``tol=inf``) becomes null, which any
+    parser reads (Python's ``NaN`` / ``Infinity`` are not JSON); a value JSON cannot hold fails here,
+    before any write."""
+    return json.dumps(_finite(content), indent=indent, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

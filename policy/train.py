@@ -60,7 +60,7 @@ from parapolicy.policy.model.policy import DiffusionPolicy, TrainingNoise
 from parapolicy.policy.model.pretrained import load_policy, load_raw_weights, save_policy
 from parapolicy.policy.model.training_state import load_training_state, save_training_state
 from parapolicy.policy.model.vision import init_backbones
-from parapolicy.policy.run_dir import claim_run_dir
+from parapolicy.policy.run_dir import claim_run_dir, json_text
 from parapolicy.policy.runtime.distributed import DistInfo
 from parapolicy.policy.runtime.ranks import (
     broadcast_int,
@@ -525,7 +525,7 @@ def _loop(run: _Run) -> Path:
     window_loss, window_start = [], time.perf_counter()
 
     def write(row: dict[str, Any]) -> None:
-        metrics.write(json.dumps(row) + "\n")
+        metrics.write(json_text(row) + "\n")  # strict JSON: a diverged loss is null
 
     try:
         run.policy.train()

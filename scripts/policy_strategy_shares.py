@@ -96,6 +96,8 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=60)
     parser.add_argument("--out", default="")
     args = parser.parse_args()
+    if min(args.starts, args.noise_seeds, args.max_steps) < 1:
+        parser.error("--starts, --noise-seeds and --max-steps must be >= 1")
     results = {}
     for spec in args.samplers:
         start = time.perf_counter()

@@ -12,6 +12,7 @@ from conftest import console_script, image_config
 
 import parapolicy.policy.bench as bench_module
 from parapolicy.policy.bench import (
+    BenchJobConfig,
     SamplerBenchConfig,
     format_inpaint_overhead,
     format_sampler_benchmark,
@@ -145,6 +146,18 @@ def test_bad_bench_settings():
         SamplerBenchConfig(few_step=("euler:5",))
     with pytest.raises(ValueError, match="K must be <= num_inference_steps=10"):
         SamplerBenchConfig(num_inference_steps=10, windows=(4,), few_step=("ddim:16",))
+    with pytest.raises(ValueError, match=r"tols must be finite and > 0, got \(inf,\)"):
+        SamplerBenchConfig(tols=(float("inf"),))
+    with pytest.raises(ValueError, match="sampler.kind"):
+        SamplerBenchConfig(kind="bogus")
+    with pytest.raises(ValueError, match="compile mode must be one of"):
+        SamplerBenchConfig(compile="bogus")
+    with pytest.raises(ValueError, match=r"batch_sizes must be rows >= 1, got \(0,\)"):
+        SamplerBenchConfig(batch_sizes=(0,))
+    with pytest.raises(ValueError, match="inpaint_delay needs a delay >= 0 and n_chunks >= 2"):
+        SamplerBenchConfig(inpaint_delay=-3)
+    with pytest.raises(ValueError, match="compile=cuda_graph needs a CUDA device, got device='cpu'"):
+        BenchJobConfig(bench=SamplerBenchConfig(compile="cuda_graph"))
 
 
 def test_load_probe_counts_own_cpu():

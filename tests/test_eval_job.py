@@ -45,6 +45,8 @@ def test_every_rollout_job_refuses_an_unknown_task_or_compile_mode(job):
         job(task="mujoco")
     with pytest.raises(ValueError, match="compile mode must be one of .*'jit'"):
         job(compile="jit")
+    with pytest.raises(ValueError, match="compile=cuda_graph needs a CUDA device, got device='cpu'"):
+        job(compile="cuda_graph")
 
 
 def test_run_eval_names_a_missing_checkpoint(tmp_path):

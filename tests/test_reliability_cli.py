@@ -58,6 +58,12 @@ def test_every_command_refuses_a_used_run_folder(tmp_path, command, result, args
     assert json.loads((out / result).read_text()) == {"earlier": "result"}
 
 
+def test_write_result_writes_strict_json(tmp_path):
+    path = write_result(tmp_path / "r.json", {"loss": float("nan"), "rows": [float("inf"), 1.5], "n": 2})
+    written = json.loads(path.read_text(), parse_constant=_not_json)
+    assert written == {"loss": None, "rows": [None, 1.5], "n": 2}
+
+
 def test_write_result_writes_whole_or_not_at_all(tmp_path):
     path = write_result(tmp_path / "sub" / "eval_info.json", {"mean_score": 0.5})
     assert json.loads(path.read_text()) == {"mean_score": 0.5}
@@ -121,8 +127,14 @@ def test_eval_whose_guard_rejects_most_plans_exits_non_zero_with_records(tmp_pat
     assert proc.returncode == 8, proc.stderr[-3000:]
     assert "output guard rejected 100.0% of 8 plans" in proc.stderr
     assert "max_rejected_share=0.05" in proc.stderr
-    agg = json.loads((out / "eval_info.json").read_text())["aggregated"]  # the records are written
+    info = json.loads((out / "eval_info.json").read_text(), parse_constant=_not_json)  # strict JSON
+    agg = info["aggregated"]  # the records are written
     assert agg["total_denoiser_errors"] == agg["total_n_chunks"] == 8
+    assert info["run"]["sampler"]["tol"] is None  # inf is not JSON: written as null
+
+
+def _not_json(constant: str) -> None:
+    raise AssertionError(f"{constant} is not JSON")
 
 
 # --------------------------------------------------------------------------------------- item 7

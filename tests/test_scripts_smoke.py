@@ -69,3 +69,10 @@ def test_module_entry_points_are_importable():
         text=True,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_bench_env_refuses_an_unknown_observation_type_before_timing():
+    from parapolicy.envs.benchmark import EnvBenchConfig
+
+    with pytest.raises(ValueError, match=r"obs_types must be names from .*got \['state', 'bogus'\]"):
+        EnvBenchConfig(obs_types=("state", "bogus"))

@@ -40,7 +40,7 @@ class PolicyRunConfig:
 
     def __post_init__(self) -> None:
         self.policy_path = shipped_path(self.policy_path)
-        check_compile_mode(self.compile)
+        check_compile_mode(self.compile, self.device)
         check_task_name(self.task)
 
 

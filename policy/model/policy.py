@@ -58,10 +58,13 @@ OBS_RANGE_LIMIT = 100.0
 COMPILE_MODES = ("none", "trace", "cuda_graph")
 
 
-def check_compile_mode(mode: str) -> None:
-    """Raise ValueError naming ``mode`` unless it is one of `COMPILE_MODES`."""
+def check_compile_mode(mode: str, device: str | None = None) -> None:
+    """Raise ValueError naming ``mode`` unless it is one of `COMPILE_MODES` (and, given the run's
+    ``device``, unless it runs there: ``cuda_graph`` needs a CUDA device)."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
+    if mode == "cuda_graph" and device is not None and not str(device).startswith("cuda"):
+        raise ValueError(f"compile=cuda_graph needs a CUDA device, got device={device!r} (use trace or none)")
 
 
 class ObservationError(ParapolicyError, ValueError):
