@@ -16,6 +16,7 @@ from parapolicy.policy.runtime.cpu_graphs import (
     ExpMish,
     PackedConv1d,
     PackedConvTranspose1d,
+    TracedNetwork,
     prepacking_available,
     trace_network,
 )
@@ -148,7 +149,7 @@ def test_without_prepacking_the_policy_trace_is_the_eager_network_bit_for_bit(ti
     policy = tiny_policy.double()  # float64: no prepacking
     assert not prepacking_available(policy.device, torch.float64)
     policy.set_compile("trace")
-    assert isinstance(policy._compiled, torch.jit.ScriptModule)
+    assert isinstance(policy._compiled, TracedNetwork)  # one trace, not the two CPU graphs
     g = torch.Generator().manual_seed(3)
     x, cond = torch.randn(5, 16, 2, generator=g).double(), torch.randn(5, 40, generator=g).double()
     t = torch.randint(0, 100, (5,), generator=g)
@@ -165,3 +166,12 @@ def test_trace_network_serves_other_row_counts_bit_for_bit() -> None:
         for rows in (1, 9, 30):
             x, t, cond = _inputs(rows, seed=rows)
             assert torch.equal(traced(x, t, cond), net(x, t, cond))
+    x, t, cond = _inputs(3)
+    longer = torch.cat([x, x], dim=1)  # (3, 2H, Da): the trace keeps sizes read from H
+    with pytest.raises(ValueError, match=r"serves rows of shape \(16, 2\) .* got \(32, 2\)"):
+        traced(longer, t, cond)
+    graphs = CpuGraphs(net, _inputs(2))
+    for rows in (3, 12):  # the narrow and the wide graph
+        x, t, cond = _inputs(rows)
+        with pytest.raises(ValueError, match="trace it again"):
+            graphs(torch.cat([x, x], dim=1), t, cond)

@@ -164,6 +164,40 @@ def test_append_rejects_bad_episode_and_writes_nothing(tmp_path: Path, episode: 
     assert reopened.n_episodes == 1 and reopened.n_steps == 4 and reopened.n_uncommitted_rows == 0
 
 
+def test_integers_outside_the_stored_dtype_are_refused_not_wrapped(tmp_path: Path) -> None:
+    path = tmp_path / "demo.zarr"
+    store = ReplayStore.create(path)
+    store.append_episode({**make_episode(2), "tick": np.array([[0], [1]], dtype=np.int16)}, seed=0)
+    fits = {**make_episode(2, 2), "tick": np.array([[2], [3]], dtype=np.int64)}  # int64 values an int16 holds
+    store.append_episode(fits, seed=1)
+    wide = {**make_episode(2, 4), "tick": np.array([[40000], [70000]], dtype=np.int64)}
+    with pytest.raises(
+        DatasetError, match=r"'tick' holds values 40000\.\.70000, outside the store's int16 range"
+    ):
+        store.append_episode(wide, seed=2)
+    store.close()
+    assert ReplayStore.open(path, keys=("tick",))["tick"].ravel().tolist() == [0, 1, 2, 3]
+
+
+def test_a_reader_opening_during_a_commit_sees_a_consistent_store(tmp_path: Path, monkeypatch) -> None:
+    """The reader's group attributes are read after the episode ends: an append committed between its
+    open and its read of the ends adds a seed it sees, not an episode without one."""
+    path = tmp_path / "demo.zarr"
+    write_store(path, [4], seeds=[0]).close()
+    real, appended = ReplayStore._read_structure, []
+
+    def a_writer_commits_meanwhile(self) -> None:
+        if not self.writable and not appended:  # the reader's group is open, its ends not yet read
+            appended.append(True)
+            with ReplayStore.open(path, mode="a") as writer:
+                writer.append_episode(make_episode(3, 4), seed=1)
+        real(self)
+
+    monkeypatch.setattr(ReplayStore, "_read_structure", a_writer_commits_meanwhile)
+    store = ReplayStore.open(path)
+    assert appended and store.n_episodes == 2 and store.episode_seeds == [0, 1]
+
+
 def test_append_rejects_bad_seed_and_read_only_store(tmp_path: Path) -> None:
     path = tmp_path / "demo.zarr"
     store = write_store(path, [4])

@@ -502,6 +502,10 @@ class ReplayStore:
             # only a chunk holding nothing but one just-reserved end may be absent
             raise DatasetError(self._chunk_message(ends_arr, lost[0], "is missing"))
         ends = np.asarray(self._read_array(ends_arr, 0, n_stored), dtype=np.int64)  # (E_stored,)
+        if not self.writable and self._store is None:
+            # a writer may have committed since the open: it writes the seeds and checksums before the
+            # end, so attributes read after the ends hold at least as many episodes as they do
+            self._group = zarr.open_group(self.path, mode="r")
         n_reserved = 0
         while n_reserved < ends.size and ends[ends.size - 1 - n_reserved] == _ENDS_FILL:
             n_reserved += 1  # trailing fill: an end was reserved but never written (interrupted commit)
@@ -909,6 +913,12 @@ class ReplayStore:
                 dtype = np.dtype(np.float32) if np.issubdtype(v.dtype, np.floating) else v.dtype
             if not np.can_cast(v.dtype, dtype, casting="same_kind"):
                 raise DatasetError(f"episode key {key!r} has dtype {v.dtype}, cannot store it as {dtype}")
+            if np.issubdtype(dtype, np.integer) and v.size and not np.can_cast(v.dtype, dtype, "safe"):
+                lo, hi, box = v.min(), v.max(), np.iinfo(dtype)  # a narrowing cast would wrap them
+                if lo < box.min or hi > box.max:
+                    raise DatasetError(
+                        f"episode key {key!r} holds values {lo}..{hi}, outside the store's {dtype} range"
+                    )
             v = np.ascontiguousarray(v, dtype=dtype)
             bad = _first_nonfinite_row(v)
             if bad is not None:

@@ -45,6 +45,7 @@ __all__ = [
     "PackedConvTranspose1d",
     "prepacking_available",
     "serves",
+    "TracedNetwork",
     "trace_network",
 ]
 
@@ -236,11 +237,31 @@ class CpuGraphs:
         return (self.wide if x.shape[0] >= WIDE_ROWS else self.narrow)(x, t, cond)
 
 
-def trace_network(network: nn.Module, example: tuple[Tensor, Tensor, Tensor]) -> torch.jit.ScriptModule:
+class TracedNetwork:
+    """Callable ``(N, H, Da), (N,), (N, C) -> (N, H, Da)``: a traced network for any row count N, at the
+    per-row shapes it was traced at; a call with other ones is refused, not answered wrongly (the trace
+    keeps sizes it read from them as constants: `networks.GroupNorm1d`'s strides)."""
+
+    def __init__(self, graph: torch.jit.ScriptModule, example: tuple[Tensor, Tensor, Tensor]) -> None:
+        self.graph = graph
+        self.sample_shape, self.cond_shape = example[0].shape[1:], example[2].shape[1:]
+
+    def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+        if x.shape[1:] != self.sample_shape or (cond is not None and cond.shape[1:] != self.cond_shape):
+            got = (tuple(x.shape[1:]), None if cond is None else tuple(cond.shape[1:]))
+            raise ValueError(
+                f"the traced network serves rows of shape {tuple(self.sample_shape)} with conditions of "
+                f"shape {tuple(self.cond_shape)}, got {got[0]} and {got[1]}: trace it again for these"
+            )
+        return self.graph(x, t, cond)
+
+
+def trace_network(network: nn.Module, example: tuple[Tensor, Tensor, Tensor]) -> TracedNetwork:
     """``network`` traced at ``example`` (inputs of a few rows), after one eager call that fills its
     caches (`networks.Conv1d`'s channels-last weights, the packed weights here): the trace holds them.
-    The network has no value- or size-dependent control flow, so the trace serves every row count."""
+    The network has no value- or size-dependent control flow, so the trace serves every row count (at
+    the example's per-row shapes: `TracedNetwork`)."""
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # jit.trace's deprecation and tracer warnings
         network(*example)
-        return torch.jit.trace(network, example, check_trace=False)
+        return TracedNetwork(torch.jit.trace(network, example, check_trace=False), example)
