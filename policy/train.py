@@ -419,7 +419,8 @@ def _resume_point(run: _Run) -> int:
         changed = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
         raise CheckpointError(
             f"resume=true but {', '.join(changed)} differ(s) from {out / 'train_config.json'} "
-            f"(only {', '.join(_RUN_CONTROL_FIELDS)} may change when resuming)"
+            f"(only {', '.join(_RUN_CONTROL_FIELDS)} may change when resuming: repeat the run's own "
+            "overrides, whose values train_config.json records)"
         )
     last = find_resume_checkpoint(out)
     if last is None:

@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import shutil
+import stat
 
 import pytest
 import torch
@@ -134,3 +135,15 @@ def test_failed_load_leaves_no_partial_model(saved, tiny_policy):
     after = tiny_policy.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert read_config(saved)["horizon"] == 16
+
+
+def test_saved_files_are_readable_as_the_umask_says(tiny_policy, tmp_path):
+    """safetensors creates its files 0600 whatever the umask: a checkpoint's files get the umask's mode,
+    so another user or container can load what this one saved."""
+    old = os.umask(0o022)
+    try:
+        path = save_policy(tiny_policy, tmp_path / "ckpt")
+    finally:
+        os.umask(old)
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in path.iterdir()}
+    assert modes["model.safetensors"] == modes["normalizer.safetensors"] == modes["config.json"] == 0o644

@@ -106,10 +106,20 @@ def write_atomic_dir(final: Path, write: Any) -> Path:
     tmp.mkdir()
     try:
         write(tmp)
+        mode = _file_mode()  # safetensors writes 0600 whatever the umask: readable as the other files
+        for file in (f for f in tmp.rglob("*") if f.is_file()):
+            os.chmod(file, mode)
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _file_mode() -> int:
+    """The mode a new file gets under this process's umask (0644 under the usual 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def save_pretrained(
