@@ -476,9 +476,14 @@ def _run_all(
         )
     except KeyboardInterrupt:
         done = sum(len(per) for per in results.values())
+        where = (
+            f"the finished runs' records are in {out}/<sampler>/eval_info.json and latency/"
+            if done
+            else "no run finished, nothing was written"
+        )
         print(
-            f"compare: interrupted after {done} of {len(_runs(cfg))} runs; the finished runs' records are in "
-            f"{out}/<sampler>/eval_info.json and latency/ (compare.json is written by a finished comparison)",
+            f"compare: interrupted after {done} of {len(_runs(cfg))} runs; {where} (compare.json is "
+            "written by a finished comparison)",
             file=sys.stderr,
             flush=True,
         )

@@ -131,7 +131,8 @@ def command(name: str, outputs: Iterable[str] = ()) -> Callable[[Callable[[DictC
     commands whose library function claims its own folder pass none). A `ParapolicyError` raised by the
     body prints
     ``<name>: error: <message>`` on stderr and exits with the error's ``exit_code`` (see
-    `parapolicy.policy.errors`); any other exception keeps Hydra's traceback.
+    `parapolicy.policy.errors`); Ctrl-C exits 130 with one line; any other exception keeps Hydra's
+    traceback.
     """
     names = tuple(outputs)
 
@@ -145,6 +146,9 @@ def command(name: str, outputs: Iterable[str] = ()) -> Callable[[Callable[[DictC
             except ParapolicyError as exc:
                 print(f"{name}: error: {exc}", file=sys.stderr, flush=True)
                 raise SystemExit(exc.exit_code) from None
+            except KeyboardInterrupt:  # Ctrl-C: what the command kept is printed by it, no traceback
+                print(f"{name}: interrupted", file=sys.stderr, flush=True)
+                raise SystemExit(130) from None
 
         return task
 

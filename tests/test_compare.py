@@ -159,7 +159,15 @@ def test_an_interrupted_compare_keeps_the_runs_it_finished(checkpoint, tmp_path,
     with pytest.raises(KeyboardInterrupt):
         run_compare(small_compare(checkpoint, eval=EvalConfig(n_episodes=2, batch_size=2, max_steps=8)), out)
     assert not (out / "compare.json").exists()  # only a finished comparison writes it
-    assert "interrupted after 3 of 4 runs" in capsys.readouterr().err
+    assert "interrupted after 3 of 4 runs; the finished runs' records are in" in capsys.readouterr().err
+
+    def interrupt_at_once(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare_module, "run_rollouts", interrupt_at_once)
+    with pytest.raises(KeyboardInterrupt):
+        run_compare(small_compare(checkpoint), tmp_path / "none")
+    assert "interrupted after 0 of 4 runs; no run finished, nothing was written" in capsys.readouterr().err
     seq = json.loads((out / "sequential" / "eval_info.json").read_text())  # frozen, then realtime_sim
     assert seq["mode"] == "frozen" and set(seq["by_mode"]) == {"realtime_sim"}
     assert [e["seed"] for e in seq["per_episode"]] == [100000, 100001]

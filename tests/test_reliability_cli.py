@@ -255,3 +255,14 @@ def test_export_refusals_are_one_line_with_their_codes(tmp_path):
     (tmp_path / "c").mkdir()
     proc = run([*base, f"policy_path={POLICY}", f"output_path={tmp_path / 'c'}"], tmp_path)
     assert_one_line_refusal(proc, 3, "refusing to overwrite")
+
+
+def test_ctrl_c_exits_130_in_one_line(capsys):
+    from parapolicy.scripts._hydra import command
+
+    def body(cfg):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exc:
+        command("parapolicy-x")(body)(None)
+    assert exc.value.code == 130 and capsys.readouterr().err == "parapolicy-x: interrupted\n"
