@@ -25,6 +25,7 @@ from parapolicy.policy.run_dir import claim_run_dir
 
 CONFIG_PATH = "../configs"  # relative to this package: the repository's (or the wheel's) configs/
 VERSION_BASE = "1.3"
+RECORD_DIR = ".hydra"  # this launch's config, Hydra settings and overrides (`save_launch_record`)
 DIST_TIMEOUT_ENV = "PARAPOLICY_DIST_TIMEOUT_S"
 DEFAULT_DIST_TIMEOUT_S = 1800.0  # torch's own default for gloo; a rank waits this long for a peer
 # overrides of ranks > 0 under torchrun: they write nothing into the run folder
@@ -126,7 +127,8 @@ def run_dir() -> Path:
 def command(name: str, outputs: Iterable[str] = ()) -> Callable[[Callable[[DictConfig], None]], Any]:
     """Wrap a Hydra task function: claim its run folder, print known refusals as one line.
 
-    Put it under ``@hydra.main``. Before the body runs, the run folder is refused if it already holds
+    Put it under ``@hydra.main``. Rank 0 first records the launch (`save_launch_record`). Before the
+    body runs, the run folder is refused if it already holds
     any of ``outputs`` (`parapolicy.policy.run_dir.claim_run_dir`, on rank 0 only under torchrun;
     commands whose library function claims its own folder pass none). A `ParapolicyError` raised by the
     body prints
@@ -139,6 +141,8 @@ def command(name: str, outputs: Iterable[str] = ()) -> Callable[[Callable[[DictC
     def wrap(fn: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
         @functools.wraps(fn)
         def task(cfg: DictConfig) -> None:
+            if is_main_rank() and HydraConfig.initialized():  # (not when called outside Hydra)
+                save_launch_record(run_dir(), cfg)
             try:
                 if names:
                     _claim_on_rank0(run_dir(), names, name)
@@ -153,6 +157,22 @@ def command(name: str, outputs: Iterable[str] = ()) -> Callable[[Callable[[DictC
         return task
 
     return wrap
+
+
+def save_launch_record(out: Path, cfg: DictConfig) -> Path:
+    """Hydra's record of this launch (``config.yaml``, ``hydra.yaml``, ``overrides.yaml``), written here
+    instead of by Hydra (the configs set ``hydra.output_subdir: null``): in ``out/.hydra/`` of a fresh
+    folder, else in ``out/.hydra/launch-<time>/``, so that a refused (or resumed) launch never overwrites
+    the record of the run that made the folder. Returns the record's folder."""
+    hydra_cfg = HydraConfig.get()
+    record = out / RECORD_DIR
+    if (record / "config.yaml").exists():
+        record = record / f"launch-{datetime.datetime.now():%Y-%m-%d_%H-%M-%S.%f}"
+    record.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, record / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": OmegaConf.to_container(hydra_cfg)}), record / "hydra.yaml")
+    OmegaConf.save(hydra_cfg.overrides.task, record / "overrides.yaml")
+    return record
 
 
 def _claim_on_rank0(out: Path, names: tuple[str, ...], command_name: str) -> None:

@@ -51,11 +51,15 @@ def assert_one_line_refusal(proc: subprocess.CompletedProcess, code: int, *words
 )
 def test_every_command_refuses_a_used_run_folder(tmp_path, command, result, args):
     out = tmp_path / "run"
-    out.mkdir()
+    (out / ".hydra").mkdir(parents=True)
     (out / result).write_text('{"earlier": "result"}')
+    (out / ".hydra" / "config.yaml").write_text("earlier: run\n")  # the record of the run that made it
     proc = run([command, *args, f"hydra.run.dir={out}"], tmp_path)
     assert_one_line_refusal(proc, RunFolderError.exit_code, str(out), result, "never overwritten")
     assert json.loads((out / result).read_text()) == {"earlier": "result"}
+    assert (out / ".hydra" / "config.yaml").read_text() == "earlier: run\n"  # its record too
+    (launch,) = (out / ".hydra").glob("launch-*")  # the refused launch's own record
+    assert sorted(f.name for f in launch.iterdir()) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
 
 
 def test_write_result_writes_strict_json(tmp_path):
