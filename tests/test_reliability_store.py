@@ -117,8 +117,35 @@ def test_legacy_store_without_checksums_warns_and_still_catches_missing_chunks(t
     assert "no per-episode checksums" in caplog.text and "upgrade" in caplog.text
     assert store.n_episodes == 3
     (path / "data" / "action" / "c" / "0" / "0").unlink()
-    with pytest.raises(DatasetError, match="data/action chunk 0.*is missing"):
+    with pytest.raises(
+        DatasetError, match="data/action chunk 0.*is missing; the store lost it, or zarr skipped"
+    ):
         ReplayStore.open(path, keys=("action",))
+
+
+def test_a_legacy_store_whose_all_zero_chunks_zarr_skipped_upgrades_reading_them_as_zeros(tmp_path, caplog):
+    """zarr writes no chunk that holds only the fill value: a format-1 store (no checksums) with an all-zero
+    key has no file for it. Reading it is refused (a lost chunk looks the same), upgrading names it and
+    reads it as the fill value."""
+    path = tmp_path / "s.zarr"
+    store = ReplayStore.create(path)
+    rng = np.random.default_rng(0)
+    for seed in range(2):
+        store.append_episode({"state": rng.uniform(0, 512, (5, 5)), "done": np.zeros((5, 1))}, seed=seed)
+    store.close()
+    group = zarr.open_group(path, mode="r+")
+    group.attrs.update({"format_version": 1})
+    del group.attrs["episode_crc32"]
+    assert not (path / "data" / "done" / "c").exists()  # zarr skipped the all-zero chunk
+    with pytest.raises(
+        DatasetError, match=r"data/done chunk 0 .*is missing; the store lost it, or zarr skipped"
+    ):
+        ReplayStore.open(path, keys=("done",))
+    with caplog.at_level(logging.WARNING):
+        ReplayStore.open(path, keys=(), mode="a").close()  # what the upgrade command does
+    assert "data/done chunk(s) [0] have no file; upgrading reads them as the fill value 0.0" in caplog.text
+    upgraded = ReplayStore.open(path, keys=("done",))
+    assert upgraded.attrs["format_version"] == 2 and not upgraded["done"].any()
 
 
 def test_upgrade_tool_adds_checksums(tmp_path):

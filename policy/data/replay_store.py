@@ -77,6 +77,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+DAMAGED = "the store is damaged: restore it from a copy or re-collect it"
 
 FORMAT_NAME = "parapolicy-replay"
 FORMAT_VERSION = 2  # 2: per-episode checksums (attrs["episode_crc32"]); 1: none (upgraded on append)
@@ -631,15 +632,13 @@ class ReplayStore:
                     break
         return lost
 
-    def _chunk_message(self, arr: Any, index: int, problem: str) -> str:
+    def _chunk_message(self, arr: Any, index: int, problem: str, remedy: str = DAMAGED) -> str:
         step = arr.chunks[0]
         trailing = (0,) * (len(arr.shape) - 1)
         file = self._chunk_file(arr, (index, *trailing))
         rows = f"rows {index * step}-{min((index + 1) * step, arr.shape[0]) - 1}"
-        return (
-            f"{self.path}: {arr.path} chunk {index} ({rows}{f', file {file}' if file else ''}) {problem}; "
-            "the store is damaged: restore it from a copy or re-collect it"
-        )
+        where = f"{rows}, file {file}" if file else rows
+        return f"{self.path}: {arr.path} chunk {index} ({where}) {problem}; {remedy}"
 
     def _read_array(self, arr: Any, start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)`` of ``arr``; a chunk that cannot be decoded is named, not a codec error."""
@@ -660,7 +659,12 @@ class ReplayStore:
         if self._crcs is None:
             lost = self._missing_chunks(arr, start, stop)
             if lost:
-                raise DatasetError(self._chunk_message(arr, lost[0], "is missing"))
+                remedy = (  # without checksums an absent chunk may be one zarr skipped (all fill value)
+                    f"the store lost it, or zarr skipped it for holding only the fill value: `python -m "
+                    f"{__name__} upgrade {self.path}` reads such chunks as that value and adds checksums; "
+                    "if it was lost, restore the store from a copy"
+                )
+                raise DatasetError(self._chunk_message(arr, lost[0], "is missing", remedy))
             return
         ends = self._episode_ends
         first = int(np.searchsorted(ends, start, side="right"))
@@ -961,12 +965,22 @@ class ReplayStore:
         self._episode_ends = np.append(self._episode_ends, np.int64(end))
 
     def _upgrade(self) -> None:
-        """Format 1 -> 2: checksum every committed episode as it is now (chunk files must all exist)."""
+        """Format 1 -> 2: checksum every committed episode as it is now. A chunk file that is absent is
+        read as the fill value, with a warning naming it: zarr does not write a chunk that holds only the
+        fill value, and format-1 stores were written that way, so absence there is no proof of loss."""
         crcs: dict[str, list[int]] = {}
         for key, arr in self._arrays.items():
-            lost = self._missing_chunks(arr, 0, self.n_steps)
-            if lost:
-                raise DatasetError(self._chunk_message(arr, lost[0], "is missing"))
+            absent = self._missing_chunks(arr, 0, self.n_steps)
+            if absent:
+                logger.warning(
+                    "%s: data/%s chunk(s) %s have no file; upgrading reads them as the fill value %s "
+                    "(chunks zarr skipped for holding nothing else). If the store lost them instead, "
+                    "restore it from a copy and do not use this upgrade",
+                    self.path,
+                    key,
+                    absent,
+                    arr.fill_value,
+                )
             values = self._read_array(arr, 0, self.n_steps)
             crcs[key] = [_crc(values[self.episode_slice(i)]) for i in range(self.n_episodes)]
         self._group.attrs.update({_CRC_ATTR: crcs, "format_version": FORMAT_VERSION})
