@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -85,3 +87,18 @@ def test_bad_settings():
         EMA(Scalar(), power=0.0)
     with pytest.raises(ValueError, match="max_decay=1.0"):
         EMA(Scalar(), max_decay=1.0)
+
+
+def test_batch_norm_parameters_are_copied_not_averaged():
+    """As Diffusion Policy's EMAModel: a BatchNorm layer's affine parameters follow the model exactly (its
+    running statistics, buffers, are copied too); the other parameters are averaged."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema = EMA(copy.deepcopy(model), power=0.75, max_decay=0.9999)
+    ema.optimization_step = 100  # a decay well above 0
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+        model[1].weight.fill_(5.0)
+    decay = ema.update(model)
+    assert 0.5 < decay < 1
+    assert torch.equal(ema.shadow[1].weight, model[1].weight)  # copied
+    assert not torch.equal(ema.shadow[0].weight, model[0].weight)  # averaged

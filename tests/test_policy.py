@@ -234,6 +234,68 @@ def test_a_traced_policy_follows_loaded_weights(tiny_policy):
     torch.testing.assert_close(after, eager, atol=1e-5, rtol=1e-5)
 
 
+def test_a_traced_policy_follows_weights_written_in_place(tiny_policy, tiny_config):
+    """``network.load_state_dict``, an optimizer step or `EMA.update` write the weights in place, which
+    `DiffusionPolicy.load_state_dict`'s hook does not see: the next plan re-records the trace (and drops
+    a linear coarse model measured with the old weights)."""
+    obs = {"obs": torch.rand(1, 2, 20) * 512}
+    sampler = SamplerConfig(
+        num_inference_steps=10, algorithm="picard", update="parareal", coarse="linear", window=4
+    )
+    tiny_policy.set_sampler(sampler)
+    tiny_policy.set_compile("trace")
+    tiny_policy.predict_action_chunk(obs, generator=torch.Generator().manual_seed(0))
+    assert tiny_policy.coarse_jacobian is not None
+    torch.manual_seed(9)
+    other = DiffusionPolicy(tiny_config).network.state_dict()
+    tiny_policy.network.load_state_dict(other)  # in place, past the policy's own hook
+    traced = tiny_policy.predict_action_chunk(obs, generator=torch.Generator().manual_seed(1)).plan
+    assert tiny_policy.coarse_jacobian is not None  # measured again on this plan
+    fresh = DiffusionPolicy(tiny_config)
+    fresh.network.load_state_dict(other)
+    fresh.normalizer.load_state_dict(tiny_policy.normalizer.state_dict())
+    fresh.set_sampler(sampler)
+    eager = fresh.predict_action_chunk(obs, generator=torch.Generator().manual_seed(1)).plan
+    torch.testing.assert_close(traced, eager, atol=1e-3, rtol=1e-4)
+
+
+def test_loading_weights_drops_the_linear_coarse_model(tiny_policy):
+    sampler = SamplerConfig(
+        num_inference_steps=10, algorithm="picard", update="parareal", coarse="linear", window=4
+    )
+    tiny_policy.set_sampler(sampler)
+    tiny_policy.predict_action_chunk({"obs": torch.rand(1, 2, 20) * 512})
+    assert tiny_policy.coarse_jacobian is not None
+    tiny_policy.load_state_dict(tiny_policy.state_dict())
+    assert tiny_policy.coarse_jacobian is None
+
+
+def test_tracing_keeps_the_networks_training_mode(tiny_policy):
+    tiny_policy.train()
+    tiny_policy.set_compile("trace")
+    assert tiny_policy.network.training
+    tiny_policy.to("cpu")  # a move re-records the trace
+    assert tiny_policy.network.training
+
+
+def test_select_action_keeps_its_own_copy_of_each_observation(tiny_policy):
+    """A driver that writes every observation into one buffer must not rewrite the policy's history."""
+    tiny_policy.config.n_action_steps = 1  # a plan per call: it sees the last two observations
+    frames = [np.random.default_rng(i).uniform(0, 512, 20).astype(np.float32) for i in range(2)]
+
+    def second_action(reuse: bool) -> torch.Tensor:
+        tiny_policy.reset()
+        buffer = np.empty(20, np.float32)
+        for i, frame in enumerate(frames):
+            buffer[:] = frame
+            action = tiny_policy.select_action(
+                {"obs": buffer if reuse else frame.copy()}, generator=torch.Generator().manual_seed(i)
+            )
+        return action
+
+    torch.testing.assert_close(second_action(reuse=True), second_action(reuse=False), rtol=0, atol=0)
+
+
 def test_set_denoiser_routes_sampling(tiny_policy):
     rows = []
 

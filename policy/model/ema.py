@@ -23,7 +23,8 @@ def ema_decay(
 class EMA:
     """Keeps ``shadow`` (a module of the same architecture) as the EMA of ``model``'s parameters.
 
-    Buffers (normaliser statistics) and frozen parameters are copied, not averaged.
+    Buffers (normaliser statistics), frozen parameters and BatchNorm layers' parameters are copied, not
+    averaged (Diffusion Policy's EMAModel; the running statistics, buffers, are copied too).
     """
 
     def __init__(
@@ -43,9 +44,10 @@ class EMA:
         """Blend ``model`` into the shadow; returns the decay used."""
         decay = ema_decay(self.optimization_step, self.power, self.inv_gamma, self.max_decay)
         shadow_params = dict(self.shadow.named_parameters())
+        copied = _batch_norm_parameters(model)  # copied, not averaged, as Diffusion Policy's EMAModel
         for name, param in model.named_parameters():
             target = shadow_params[name]
-            if param.requires_grad:
+            if param.requires_grad and name not in copied:
                 target.mul_(decay).add_(param.detach(), alpha=1.0 - decay)
             else:
                 target.copy_(param.detach())
@@ -54,3 +56,13 @@ class EMA:
             shadow_buffers[name].copy_(buf)
         self.optimization_step += 1
         return decay
+
+
+def _batch_norm_parameters(model: nn.Module) -> set[str]:
+    """Names of the parameters of ``model``'s BatchNorm layers (image encoders with ``norm=batch_norm``)."""
+    return {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        for name, _ in module.named_parameters(recurse=False)
+    }

@@ -164,6 +164,7 @@ class DiffusionPolicy(nn.Module):
         self._compiled: Any = None  # the traced or graphed network (set_compile)
         self._denoiser: Any = None  # set by set_denoiser (device layouts)
         self._coarse_jacobian: Tensor | None = None  # (K, H·Da, H·Da), sampler.coarse="linear"
+        self._seen_versions: tuple[int, ...] | None = None  # `_follow_weight_changes`
         self.register_load_state_dict_post_hook(DiffusionPolicy._after_load)
 
     # ----------------------------------------------------------------------------------------------
@@ -190,9 +191,28 @@ class DiffusionPolicy(nn.Module):
     @staticmethod
     def _after_load(policy: DiffusionPolicy, incompatible_keys: Any) -> None:
         """`load_state_dict` post-hook: a traced network is recorded again with the new weights (the
-        trace holds copies of the convolution weights, see `set_compile`)."""
+        trace holds copies of the convolution weights, see `set_compile`); the linear coarse model is
+        measured again on the next plan."""
+        policy._coarse_jacobian = None
         if policy._compile_mode == "trace":
             policy.set_compile("trace")
+
+    def _weight_versions(self) -> tuple[int, ...]:
+        """Each network parameter's in-place write counter (`Tensor._version`)."""
+        return tuple(p._version for p in self.network.parameters())
+
+    def _follow_weight_changes(self) -> None:
+        """Before a plan: weights written in place since the last plan or trace (an optimizer step,
+        `EMA.update`, ``network.load_state_dict``) re-record the trace and drop the linear coarse model,
+        both of which hold values of the old weights."""
+        versions = self._weight_versions()
+        if versions == self._seen_versions:
+            return
+        if self._seen_versions is not None:
+            self._coarse_jacobian = None
+            if self._compile_mode == "trace":
+                self.set_compile("trace")
+        self._seen_versions = versions
 
     def set_sampler(self, sampler: SamplerConfig) -> None:
         """Switch the inference sampler (rebuilds the step table once; resets the rollout state).
@@ -279,7 +299,9 @@ class DiffusionPolicy(nn.Module):
                 f"compile mode 'cuda_graph' needs the policy on a CUDA device, not {self.device}"
             )
         self._compiled, self._compile_mode = None, mode
+        self._seen_versions = self._weight_versions()
         if mode == "trace":
+            was_training = self.network.training  # the trace is recorded in eval mode, then given back
             network = self.network.eval()
             dtype = next(network.parameters()).dtype
             example = (
@@ -291,6 +313,7 @@ class DiffusionPolicy(nn.Module):
                 self._compiled = cpu_graphs.CpuGraphs(network, example)
             else:
                 self._compiled = cpu_graphs.trace_network(network, example)
+            network.train(was_training)
         elif mode == "cuda_graph":
             shape = (cfg.horizon, cfg.action_dim)
             self._compiled = GraphedDenoiser(self.network.eval(), self.device, shape, cfg.global_cond_dim)
@@ -495,15 +518,14 @@ class DiffusionPolicy(nn.Module):
                 (B, H, Da) and (K, B, H, Da), or ``x0_guess`` is not a finite (B, H, Da) tensor.
         """
         cfg = self.config
+        self._follow_weight_changes()
         x_obs = self.validate_observation(obs, history=True)  # (B, To, Do), or a dict for images
         B = batch_size(x_obs)
         cond = self.condition(x_obs)  # (B, To*C)
         shape = (B, cfg.horizon, cfg.action_dim)
-        checked = self._check_sampler_inputs(noise, x0_guess, shape)
-        if checked is None:
-            x_T, step_noise = draw_noise(self.table, shape, generator, device=self.device)
-        else:
-            x_T, step_noise = checked
+        x_T, step_noise = self._check_sampler_inputs(noise, x0_guess, shape) or draw_noise(
+            self.table, shape, generator, device=self.device
+        )  # the caller's noise (checked), else drawn
         linear = self.sampler.is_parallel and self.sampler.coarse == "linear"
         result = run_sampler(
             self.sampler,
@@ -553,6 +575,7 @@ class DiffusionPolicy(nn.Module):
                 f"observation batch size changed from {batch_size(self._obs_history[-1])} to {batch_size(x)} "
                 "in the middle of an episode; call reset() before starting episodes with another batch size"
             )
+        x = _own_copy(x)  # the caller may refill the array it passed (validation does not copy)
         if not self._obs_history:
             self._obs_history.extend([x] * self.config.n_obs_steps)  # the first obs is repeated
         else:
@@ -584,3 +607,8 @@ class DiffusionPolicy(nn.Module):
             return None, None
         chunk = PreviousChunk(sample=previous.result.sample, x_T=previous.x_T, noise=previous.noise)
         return next_chunk_inputs(chunk, self.config.n_action_steps, s.common_random_numbers, generator)
+
+
+def _own_copy(x: Tensor | dict[str, Tensor]) -> Tensor | dict[str, Tensor]:
+    """A copy of an observation (a tensor, or a dict of them for images) that no caller can write."""
+    return {k: v.clone() for k, v in x.items()} if isinstance(x, dict) else x.clone()
