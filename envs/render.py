@@ -61,12 +61,11 @@ def render_scene(agent_position: np.ndarray, block_pose: np.ndarray, size: int) 
 
 
 def draw_action_marker(frame: np.ndarray, action: np.ndarray) -> np.ndarray:
-    """Draw a red cross at world point ``action`` on a rendered frame (in place; returns it)."""
+    """Draw a red upright cross (+) at world point ``action`` on a rendered frame, as the reference
+    does (`cv2.MARKER_CROSS`, size 8/96 and thickness 1/96 of the frame; in place; returns it)."""
     size = frame.shape[0]
     scale = size / WORLD_SIZE
     x, y = int(round(action[0] * scale)), int(round(action[1] * scale))
-    half = max(1, int(round(size * 8 / 96 / 2)))
-    thickness = max(1, int(round(size / 96)))
-    cv2.line(frame, (x - half, y - half), (x + half, y + half), RED, thickness)
-    cv2.line(frame, (x - half, y + half), (x + half, y - half), RED, thickness)
+    marker, thickness = max(1, int(size * 8 / 96)), max(1, int(size / 96))
+    cv2.drawMarker(frame, (x, y), RED, cv2.MARKER_CROSS, marker, thickness)
     return frame

@@ -60,9 +60,10 @@ def first_push(
     for t in range(len(states) - 1):
         ax, ay, bx, by, th = states[t + 1]
         gap = clearance(ax, ay, (bx, by, th))
-        if not free:
+        if not free:  # the first clear state: the transition out of it is already a candidate push
             free = clearance(*states[t, :2], tuple(states[t, 2:])) > AGENT_RADIUS + clear_margin
-            continue
+            if not free:
+                continue
         moved = (
             math.hypot(bx - states[t, 2], by - states[t, 3]) > move_tol
             or abs(th - states[t, 4]) * 60.0 > move_tol

@@ -110,6 +110,16 @@ def test_first_push_labels_side_and_part():
     assert first_push(mirror_states).part == "stem"
 
 
+def test_a_push_right_after_the_first_clear_state_counts():
+    """Clear at step 0, touching the bar's left end with the block moved at step 1: that is the first
+    push, not a later one from the right."""
+    path = [(176.0, 271.0), (183.0, 271.0), (183.0, 200.0), (340.0, 271.0), (330.0, 271.0)]
+    states = np.array([(ax, ay, 256.0, 256.0, 0.0) for ax, ay in path])
+    states[1:4, 2] = 258.0  # the block moved between steps 0 and 1, and back at step 4
+    push = first_push(states)
+    assert (push.side, push.part, push.step) == ("left", "bar", 1)
+
+
 def test_first_push_ignores_a_start_inside_the_block_and_reports_none():
     inside = [(256.0, 210.0), (256.0, 212.0), (256.0, 214.0)]  # block moves, but the pusher was never clear
     assert first_push(_states(inside, block_moves_from=1)).side == "none"
