@@ -323,3 +323,17 @@ def test_auto_window_still_checks_the_other_fields():
     assert SamplerConfig(num_inference_steps=4).window == 8  # the window matters only to Picard
     with pytest.raises(ValueError, match="window"):
         SamplerConfig(num_inference_steps=4, algorithm="picard")
+
+
+def test_a_float64_policy_plans_in_float64(tiny_policy):
+    obs = {"obs": torch.rand(1, 2, 20) * 512}
+    single = tiny_policy.predict_action_chunk(obs, generator=torch.Generator().manual_seed(0)).plan
+    tiny_policy.double()
+    assert tiny_policy.table.dtype == tiny_policy.dtype == torch.float64
+    double = tiny_policy.predict_action_chunk(obs, generator=torch.Generator().manual_seed(0)).plan
+    assert double.dtype == torch.float64
+    torch.testing.assert_close(double.float(), single, atol=1e-3, rtol=1e-4)  # the same noise and weights
+    tiny_policy.set_sampler(SamplerConfig(num_inference_steps=10, algorithm="picard", window=4))
+    assert tiny_policy.table.dtype == torch.float64
+    tiny_policy.float()
+    assert tiny_policy.table.dtype == torch.float32

@@ -30,9 +30,14 @@ def _as_tensor(value: Any) -> Tensor:
 
 
 def validate_image_observation(
-    config: PolicyConfig, obs: Any, history: bool, device: torch.device, error: type[Exception]
+    config: PolicyConfig,
+    obs: Any,
+    history: bool,
+    device: torch.device,
+    error: type[Exception],
+    dtype: torch.dtype = torch.float32,
 ) -> dict[str, Tensor]:
-    """Check an image observation and return ``{"pixels": uint8, "agent_pos": float32}`` on ``device``.
+    """Check an image observation and return ``{"pixels": uint8, "agent_pos": dtype}`` on ``device``.
 
     Args:
         config: the policy config (image shape, Do, To).
@@ -40,9 +45,10 @@ def validate_image_observation(
         history: whether the arrays carry the To-step history axis.
         device: where the returned tensors go.
         error: the exception type raised (the policy's ``ObservationError``).
+        dtype: the agent state's dtype (the policy's).
 
     Returns:
-        ``pixels`` (B, [To,] H, W, C) uint8 and ``agent_pos`` (B, [To,] Do) float32.
+        ``pixels`` (B, [To,] H, W, C) uint8 and ``agent_pos`` (B, [To,] Do) in ``dtype``.
 
     Raises:
         error: naming the missing key, the expected and actual shape, a wrong dtype, or a non-finite
@@ -73,7 +79,7 @@ def validate_image_observation(
         if batch is not None and x.shape[0] != batch:
             raise error(f"observation {key!r} has batch size {x.shape[0]}, {PIXELS_KEY!r} has {batch}")
         batch = x.shape[0]
-        out[key] = x.to(device=device, dtype=torch.uint8 if key == PIXELS_KEY else torch.float32)
+        out[key] = x.to(device=device, dtype=torch.uint8 if key == PIXELS_KEY else dtype)
     finite = torch.isfinite(out[STATE_KEY])
     if not bool(finite.all()):
         bad = tuple(int(i) for i in (~finite).nonzero()[0])

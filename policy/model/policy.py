@@ -113,8 +113,13 @@ class TrainingNoise:
         return TrainingNoise(self.eps[start:stop], self.t[start:stop], crops)
 
 
-def build_step_table(config: PolicyConfig, sampler: SamplerConfig, device: torch.device | str) -> StepTable:
-    """The step table of ``sampler`` for the policy's training schedule."""
+def build_step_table(
+    config: PolicyConfig,
+    sampler: SamplerConfig,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+) -> StepTable:
+    """The step table of ``sampler`` for the policy's training schedule, in the network's ``dtype``."""
     sched = config.schedule
     alphas_cumprod = make_alphas_cumprod(
         sched.beta_schedule, sched.num_train_timesteps, sched.beta_start, sched.beta_end
@@ -134,6 +139,7 @@ def build_step_table(config: PolicyConfig, sampler: SamplerConfig, device: torch
         clip_sample_range=sched.clip_sample_range,
         set_alpha_to_one=sampler.set_alpha_to_one,
         device=device,
+        dtype=dtype,
     )
 
 
@@ -174,8 +180,15 @@ class DiffusionPolicy(nn.Module):
         """Device of the network weights."""
         return self.alphas_cumprod.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating-point type of the network weights (observations, noise and the samplers use it)."""
+        return self.alphas_cumprod.dtype
+
     def _apply(self, fn: Any, recurse: bool = True) -> DiffusionPolicy:
         super()._apply(fn, recurse)
+        if self.table.dtype != self.dtype:  # .double() / .float(): the samplers work in the network's dtype
+            self.table = build_step_table(self.config, self.sampler, self.device, self.dtype)
         self.table = self.table.to(self.alphas_cumprod.device)  # keep the table beside the weights
         if getattr(self, "_coarse_jacobian", None) is not None:
             self._coarse_jacobian = self._coarse_jacobian.to(self.alphas_cumprod)
@@ -223,7 +236,7 @@ class DiffusionPolicy(nn.Module):
             raise ValueError("sampler.window='auto' must be resolved first: use auto_window.resolve_sampler")
         self.config.check_sampler(sampler)
         self.sampler = sampler
-        self.table = build_step_table(self.config, sampler, self.device)
+        self.table = build_step_table(self.config, sampler, self.device, self.dtype)
         self._coarse_jacobian = None  # measured again, for this table
         self.reset()
 
@@ -392,10 +405,9 @@ class DiffusionPolicy(nn.Module):
     # ----------------------------------------------------------------------------------------------
     # inference
     def validate_observation(self, obs: Any, history: bool) -> Any:
-        """The validation boundary: return ``obs["obs"]`` as float32 on the policy's device.
+        """The validation boundary: return ``obs["obs"]`` on the policy's device, in its dtype (`dtype`).
 
-        Image policies (``obs_type="pixels_agent_pos"``) take ``{"pixels", "agent_pos"}`` instead and get
-        a dict back (`image_observation.validate_image_observation`).
+        Image policies take ``{"pixels", "agent_pos"}`` (`image_observation.validate_image_observation`).
 
         Args:
             obs: a mapping with key ``"obs"``: (Do,) or (B, Do) when ``history`` is False,
@@ -409,7 +421,9 @@ class DiffusionPolicy(nn.Module):
                 through unchanged carry no range and are not checked).
         """
         if self.config.obs_type == "pixels_agent_pos":  # {"pixels", "agent_pos"}: see image_observation.py
-            return validate_image_observation(self.config, obs, history, self.device, ObservationError)
+            return validate_image_observation(
+                self.config, obs, history, self.device, ObservationError, self.dtype
+            )
         if not isinstance(obs, Mapping):
             raise ObservationError(
                 f"observation must be a mapping with key {OBS_KEY!r}, got {type(obs).__name__}"
@@ -423,7 +437,7 @@ class DiffusionPolicy(nn.Module):
         )
         if not dtype_ok:
             raise ObservationError(f"observation {OBS_KEY!r} must be floating point, got dtype {arr.dtype}")
-        x = torch.as_tensor(arr).to(device=self.device, dtype=torch.float32)
+        x = torch.as_tensor(arr).to(device=self.device, dtype=self.dtype)
         To, Do = self.config.n_obs_steps, self.config.obs_dim
         tail = (To, Do) if history else (Do,)
         if x.dim() == len(tail):
@@ -459,7 +473,7 @@ class DiffusionPolicy(nn.Module):
         Raises:
             ValueError: naming the argument and the problem (not a pair, shape, dtype, non-finite).
         """
-        dtype = next(self.network.parameters()).dtype
+        dtype = self.dtype
         K = self.table.num_steps
 
         def check(name: str, value: Any, want: tuple[int, ...]) -> Tensor:
