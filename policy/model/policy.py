@@ -203,12 +203,9 @@ class DiffusionPolicy(nn.Module):
 
     @staticmethod
     def _after_load(policy: DiffusionPolicy, incompatible_keys: Any) -> None:
-        """`load_state_dict` post-hook: a traced network is recorded again with the new weights (the
-        trace holds copies of the convolution weights, see `set_compile`); the linear coarse model is
-        measured again on the next plan."""
-        policy._coarse_jacobian = None
-        if policy._compile_mode == "trace":
-            policy.set_compile("trace")
+        """`load_state_dict` post-hook: `_follow_weight_changes` at once, not at the next plan (the
+        samplers may call `denoise` without a plan: the bench, `auto_window`)."""
+        policy._follow_weight_changes()
 
     def _weight_versions(self) -> tuple[int, ...]:
         """Each network parameter's in-place write counter (`Tensor._version`)."""
