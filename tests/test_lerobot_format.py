@@ -16,9 +16,10 @@ from safetensors.torch import load_file, save_file
 from parapolicy.policy.config import PolicyConfig, SamplerConfig, UNetConfig, VisionConfig
 from parapolicy.policy.model.checkpoint import CheckpointError
 from parapolicy.policy.model.lerobot_format import save_lerobot_policy
-from parapolicy.policy.model.policy import DiffusionPolicy
-from parapolicy.policy.model.pretrained import load_policy
+from parapolicy.policy.model.policy import DiffusionPolicy, ObservationError
+from parapolicy.policy.model.pretrained import load_policy, save_policy
 from parapolicy.policy.model.vision import RgbEncoder
+from parapolicy.policy.runtime import auto_window
 
 SMALL = UNetConfig(down_dims=(16, 32), diffusion_step_embed_dim=16)
 
@@ -522,3 +523,35 @@ def test_a_bad_full_size_checkpoint_is_refused_before_the_policy_is_built(tmp_pa
     monkeypatch.setattr(fmt, "DiffusionPolicy", no_build)
     with pytest.raises(CheckpointError, match=r"missing keys \['rgb_encoder.backbone.0.weight'"):
         load_policy(root)
+
+
+def test_an_identity_feature_is_unbounded_and_survives_save_load_and_export(tmp_path):
+    """LeRobot IDENTITY: no statistics, so the dimension has no range the observation check could
+    compare with (min / max are -inf / +inf); our own save and load keep that, and a LeRobot export
+    still gives LeRobot the identity transform."""
+    root, *_ = hand_built(tmp_path, "0.4", image=False)
+    cfg = json.loads((root / "config.json").read_text())
+    edit_config(root, normalization_mapping={**cfg["normalization_mapping"], "ENV": "IDENTITY"})
+    for name, step in (("policy_preprocessor.json", -1), ("policy_postprocessor.json", 0)):
+        processor = json.loads((root / name).read_text())
+        processor["steps"][step]["config"]["norm_map"]["ENV"] = "IDENTITY"
+        (root / name).write_text(json.dumps(processor))
+    policy = load_policy(root)
+    stats = policy.normalizer.get_stats("obs")  # obs = [environment_state (16), state (2)]
+    assert torch.equal(stats["min"][:16], torch.full((16,), -torch.inf))
+    assert torch.equal(stats["max"][:16], torch.full((16,), torch.inf))
+    assert torch.isfinite(stats["min"][16:]).all() and torch.isfinite(stats["max"][16:]).all()
+    obs = {"obs": torch.full((1, 2, 18), 250.0)}
+    obs["obs"][..., :16] = 1e6  # raw values, 1e6x the identity "half-width": planned from
+    policy.predict_action_chunk(obs)
+    obs["obs"][0, 1, 17] = 1e9  # a MIN_MAX dimension is still checked
+    with pytest.raises(ObservationError, match=r"at index \(0, 1, 17\) is far outside"):
+        policy.predict_action_chunk(obs)
+    again = load_policy(save_policy(policy, tmp_path / "ours"))
+    assert torch.equal(again.normalizer.get_stats("obs")["max"], stats["max"])
+    exported = load_policy(save_lerobot_policy(policy, tmp_path / "lerobot"))  # MIN_MAX over [-1, 1]
+    x = torch.rand(5, 18) * 500
+    torch.testing.assert_close(
+        exported.normalizer.normalize("obs", x), policy.normalizer.normalize("obs", x), rtol=0, atol=1e-5
+    )
+    assert torch.isfinite(auto_window.calibration_observations(policy)).all()

@@ -40,7 +40,8 @@ def obs_history(batch: int = 1) -> dict:
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_weights_or_normaliser_are_refused_at_load(saved, file, prefix, bad):
     tensors = load_file(saved / file)
-    name = sorted(k for k in tensors if k.startswith(prefix) and tensors[k].is_floating_point())[0]
+    floats = (k for k in tensors if k.startswith(prefix) and tensors[k].is_floating_point())
+    name = sorted(k for k in floats if not k.endswith((".min", ".max")))[0]  # those: the test below
     tensors[name].view(-1)[0] = bad
     save_file(tensors, saved / file)
     with pytest.raises(
@@ -66,13 +67,42 @@ def test_identity_normalised_dimensions_have_no_range_to_check(tiny_policy):
     policy = copy.deepcopy(tiny_policy)
     stats = policy.normalizer._stats("obs")
     stats.scale[:16], stats.offset[:16] = 1.0, 0.0  # the 16 environment-state dims pass through
-    stats.min[:16], stats.max[:16] = -1.0, 1.0  # the preimage of [-1, 1], as the LeRobot loader writes it
+    stats.min[:16], stats.max[:16] = -torch.inf, torch.inf  # no range, as the LeRobot loader writes it
     obs = obs_history()
     obs["obs"][..., :16] = 337.0  # raw pixels: 337x the identity "half-width"
     policy.predict_action_chunk(obs)
     obs["obs"][0, 1, 17] = 1e30  # a dimension with statistics is still checked
     with pytest.raises(ObservationError, match=r"at index \(0, 1, 17\) is far outside"):
         policy.predict_action_chunk(obs)
+
+
+def test_a_dimension_fitted_on_minus_one_to_one_is_still_checked(tiny_policy):
+    """Its fit is scale 1 / offset 0 exactly, the identity's transform, but it has a range."""
+    policy = copy.deepcopy(tiny_policy)
+    data = torch.linspace(0, 512, 40).reshape(2, 20).repeat(5, 1)  # (10, 20)
+    data[:, 3] = torch.linspace(-1, 1, 10)
+    policy.normalizer.fit({"obs": data})
+    stats = policy.normalizer.get_stats("obs")
+    assert (stats["scale"][3], stats["offset"][3]) == (1.0, 0.0)
+    obs = obs_history()
+    obs["obs"][..., 3] = 0.5
+    policy.predict_action_chunk(obs)
+    obs["obs"][0, 1, 3] = 337.0
+    with pytest.raises(ObservationError, match=r"337 at index \(0, 1, 3\) is far outside .* \[-1, 1\]"):
+        policy.predict_action_chunk(obs)
+
+
+@pytest.mark.parametrize(("name", "bad"), [("min", np.nan), ("min", np.inf), ("max", -np.inf)])
+def test_only_an_unbounded_range_may_be_infinite_in_a_saved_normaliser(saved, name, bad):
+    tensors = load_file(saved / "normalizer.safetensors")
+    tensors["stats.obs.min"][:2], tensors["stats.obs.max"][:2] = -torch.inf, torch.inf  # unbounded: loads
+    save_file(tensors, saved / "normalizer.safetensors")
+    lows = load_policy(saved).normalizer.get_stats("obs")["min"]
+    assert torch.equal(lows[:2], torch.full((2,), -torch.inf))
+    tensors[f"stats.obs.{name}"][5] = bad
+    save_file(tensors, saved / "normalizer.safetensors")
+    with pytest.raises(CheckpointError, match=rf"tensor 'stats.obs.{name}' holds 1 non-finite"):
+        load_policy(saved)
 
 
 def test_observation_slightly_outside_the_range_is_accepted(tiny_policy):

@@ -18,7 +18,9 @@ No hydra imports.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +34,7 @@ from parapolicy.policy.errors import ParapolicyError
 
 SCHEMA_VERSION = 1
 CHECKPOINT_KIND = "parapolicy-diffusion-policy"
+_NORMALISER_BOUND = re.compile(r"(^|\.)stats\.[^.]+\.(min|max)$")  # may be -inf / +inf: unbounded
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 NORMALIZER_FILE = "normalizer.safetensors"
@@ -287,7 +290,8 @@ def read_tensors(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
 
 
 def check_finite(tensors: Mapping[str, torch.Tensor], source: str) -> None:
-    """Refuse NaN or infinite values (a diverged run's weights, a broken normaliser).
+    """Refuse NaN or infinite values (a diverged run's weights, a broken normaliser). A normaliser's
+    ``stats.<key>.min`` may hold -inf and its ``max`` +inf: an unbounded (LeRobot IDENTITY) dimension.
 
     Raises:
         CheckpointError: naming the first tensor holding one and how many values are bad.
@@ -295,6 +299,8 @@ def check_finite(tensors: Mapping[str, torch.Tensor], source: str) -> None:
     for name, value in tensors.items():
         if value.is_floating_point():
             bad = ~torch.isfinite(value)
+            if _NORMALISER_BOUND.search(name):
+                bad &= value != (-math.inf if name.endswith(".min") else math.inf)
             if bool(bad.any()):
                 raise CheckpointError(
                     f"{source}: tensor {name!r} holds {int(bad.sum())} non-finite value(s) (NaN or inf) "

@@ -50,7 +50,8 @@ def affine_stats(
 ) -> dict[str, np.ndarray]:
     """`MinMaxNormalizer` statistics (float64) of one LeRobot feature: normalize(x) = x * scale + offset
     as LeRobot's mode computes it (the same float64 arithmetic as `MinMaxNormalizer.fit` for MIN_MAX);
-    min / max are the statistics for MIN_MAX, else the preimage of [-1, 1]."""
+    min / max are the statistics for MIN_MAX, the preimage of [-1, 1] for MEAN_STD and unbounded for
+    IDENTITY (the observation range check skips a dimension without a finite range)."""
     if mode == "MIN_MAX":
         lo = _stat(root, stats, feature, "min", dim).astype(np.float64)
         hi = _stat(root, stats, feature, "max", dim).astype(np.float64)
@@ -63,8 +64,9 @@ def affine_stats(
         std = _stat(root, stats, feature, "std", dim).astype(np.float64)
         scale = 1.0 / (std + LEROBOT_EPS)
         offset = -mean * scale
-    elif mode == "IDENTITY":
-        scale, offset = np.ones(dim), np.zeros(dim)
+    elif mode == "IDENTITY":  # no statistics, so no range: min / max are -inf / +inf
+        inf = np.full(dim, np.inf)
+        return {"min": -inf, "max": inf, "scale": np.ones(dim), "offset": np.zeros(dim)}
     else:
         raise refuse(root, f"normalisation mode {mode!r} of {feature!r} is not supported {_NORM_MODES}")
     return {"min": (-1.0 - offset) / scale, "max": (1.0 - offset) / scale, "scale": scale, "offset": offset}
@@ -200,8 +202,9 @@ def _min_max_of_transform(st: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor,
 
     That is the stored min and max wherever they are the transform's fit (this project's rule outside
     constant dimensions), else the ends of the transform's [-1, 1] preimage: a constant dimension (which
-    this project centres without scaling) or a Diffusion Policy normaliser fitted in another mode
-    (robomimic's max-abs scaling, ``gaussian``), whose scale and offset are not its stored limits.
+    this project centres without scaling), an unbounded (IDENTITY) one, or a Diffusion Policy normaliser
+    fitted in another mode (robomimic's max-abs scaling, ``gaussian``), whose scale and offset are not
+    its stored limits.
     """
     scale, offset = st["scale"].double(), st["offset"].double()  # (D,)
     lo, hi = (-1 - offset) / scale, (1 - offset) / scale  # x·scale + offset = ∓1

@@ -448,8 +448,8 @@ class DiffusionPolicy(nn.Module):
             raise ObservationError(f"observation {OBS_KEY!r} has a non-finite value at index {bad}")
         if self.normalizer.is_fitted(OBS_KEY):
             stats = self.normalizer.get_stats(OBS_KEY)
-            # an identity dimension (no statistics: LeRobot's IDENTITY mode) has no range to compare with
-            ranged = (stats["scale"] != 1) | (stats["offset"] != 0)  # (Do,)
+            # LeRobot's IDENTITY mode has no statistics: its dimensions' range is unbounded (-inf, inf)
+            ranged = torch.isfinite(stats["min"]) & torch.isfinite(stats["max"])  # (Do,)
             z = self.normalizer.normalize(OBS_KEY, x).abs()  # same shape as x; 1 at the range's edges
             far = (z > OBS_RANGE_LIMIT) & ranged.to(z.device)
             if bool(far.any()):

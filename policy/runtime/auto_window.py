@@ -159,7 +159,8 @@ def interpolate_cost(curve: dict[int, float], rows: int) -> float:
 
 
 def calibration_observations(policy: DiffusionPolicy, n: int = 4, seed: int = 0) -> Any:
-    """``n`` observation histories drawn uniformly inside the normaliser's observed range.
+    """``n`` observation histories drawn uniformly inside the normaliser's observed range (the
+    preimage of [-1, 1] for a dimension without one).
 
     Low-dim policies: (n, To, Do). Image policies: ``{"pixels": (n, To, H, W, C) uint8 (uniform noise
     images), "agent_pos": (n, To, Do)}`` (the window choice only needs conditions the encoder makes).
@@ -168,7 +169,10 @@ def calibration_observations(policy: DiffusionPolicy, n: int = 4, seed: int = 0)
     stats = policy.normalizer.get_stats(OBS_KEY)
     gen = torch.Generator().manual_seed(seed)
     u = torch.rand(n, 1, cfg.obs_dim, generator=gen)
-    obs = stats["min"] + u * (stats["max"] - stats["min"])  # (n, 1, Do)
+    scale, offset = stats["scale"], stats["offset"]  # (Do,): an unbounded (IDENTITY) dimension's range
+    lo = torch.where(torch.isfinite(stats["min"]), stats["min"], (-1 - offset) / scale)  # is then the
+    hi = torch.where(torch.isfinite(stats["max"]), stats["max"], (1 - offset) / scale)  # [-1, 1] preimage
+    obs = lo + u * (hi - lo)  # (n, 1, Do)
     obs = obs.expand(n, cfg.n_obs_steps, cfg.obs_dim).contiguous()  # (n, To, Do)
     if cfg.obs_type != "pixels_agent_pos":
         return obs
