@@ -36,6 +36,11 @@ def test_graphed_denoiser_equals_eager_for_every_row_count(tiny_policy):
         with torch.no_grad():
             torch.testing.assert_close(policy.denoise(x, t, c), policy.network(x, t, c), atol=1e-5, rtol=1e-5)
     assert policy._compiled.buckets == (1, 4, 8, 16)
+    policy.train()  # compiling and capturing leave the network's mode as it was
+    policy.set_compile("cuda_graph")
+    policy._compiled(x, t, c)
+    assert policy.network.training and policy._compiled.buckets == (1,)
+    policy.eval()
     with pytest.warns(UserWarning, match="reset to 'none'"):
         policy.to("cpu")
 

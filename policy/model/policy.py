@@ -326,7 +326,7 @@ class DiffusionPolicy(nn.Module):
             network.train(was_training)
         elif mode == "cuda_graph":
             shape = (cfg.horizon, cfg.action_dim)
-            self._compiled = GraphedDenoiser(self.network.eval(), self.device, shape, cfg.global_cond_dim)
+            self._compiled = GraphedDenoiser(self.network, self.device, shape, cfg.global_cond_dim)
 
     # ----------------------------------------------------------------------------------------------
     # training
@@ -464,8 +464,9 @@ class DiffusionPolicy(nn.Module):
 
     def _check_sampler_inputs(
         self, noise: Any, x0_guess: Tensor | None, shape: tuple[int, int, int]
-    ) -> tuple[Tensor, Tensor] | None:
-        """Validate caller-supplied noise (and Picard guess) at the API boundary; returns them moved.
+    ) -> tuple[tuple[Tensor, Tensor] | None, Tensor | None]:
+        """Validate caller-supplied noise and Picard guess at the API boundary; returns them moved to
+        the policy's device (None where not given).
 
         Raises:
             ValueError: naming the argument and the problem (not a pair, shape, dtype, non-finite).
@@ -484,10 +485,9 @@ class DiffusionPolicy(nn.Module):
                 raise ValueError(f"{name} holds non-finite values (NaN or inf)")
             return value.to(self.device)
 
-        if x0_guess is not None:
-            check("x0_guess", x0_guess, shape)
+        guess = None if x0_guess is None else check("x0_guess", x0_guess, shape)
         if noise is None:
-            return None
+            return None, guess
         if isinstance(noise, Tensor) or not isinstance(noise, tuple | list) or len(noise) != 2:
             got = (
                 f"a single Tensor of shape {tuple(noise.shape)}"
@@ -498,7 +498,7 @@ class DiffusionPolicy(nn.Module):
                 f"noise must be a pair (x_T {shape}, step_noise {(K, *shape)}) as returned by draw_noise, "
                 f"got {got}"
             )
-        return check("noise x_T", noise[0], shape), check("noise step_noise", noise[1], (K, *shape))
+        return (check("noise x_T", noise[0], shape), check("noise step_noise", noise[1], (K, *shape))), guess
 
     @torch.no_grad()
     def predict_action_chunk(
@@ -534,9 +534,8 @@ class DiffusionPolicy(nn.Module):
         B = batch_size(x_obs)
         cond = self.condition(x_obs)  # (B, To*C)
         shape = (B, cfg.horizon, cfg.action_dim)
-        x_T, step_noise = self._check_sampler_inputs(noise, x0_guess, shape) or draw_noise(
-            self.table, shape, generator, device=self.device
-        )  # the caller's noise (checked), else drawn
+        noise, x0_guess = self._check_sampler_inputs(noise, x0_guess, shape)
+        x_T, step_noise = noise or draw_noise(self.table, shape, generator, device=self.device)
         linear = self.sampler.is_parallel and self.sampler.coarse == "linear"
         result = run_sampler(
             self.sampler,

@@ -38,7 +38,8 @@ class GraphedDenoiser:
     """Callable ``(N, H, Da), (N,), (N, C) | None -> (N, H, Da)`` replaying per-bucket CUDA graphs.
 
     Args:
-        network: the denoiser network (eval mode, on ``device``); called as ``network(x, t, cond)``.
+        network: the denoiser network (on ``device``; each graph is captured in eval mode and the
+            network's mode given back); called as ``network(x, t, cond)``.
         device: a CUDA device.
         sample_shape: (H, Da) of one row.
         cond_dim: C, the conditioning width (0: the network takes ``cond=None``).
@@ -86,6 +87,8 @@ class GraphedDenoiser:
         sc = None  # (bucket, C) static conditioning
         if self.cond_dim:
             sc = torch.zeros((bucket, self.cond_dim), dtype=self.dtype, device=dev)
+        was_training = self.network.training  # captured in eval mode, then the mode is given back
+        self.network.eval()
         side = torch.cuda.Stream(device=dev)
         side.wait_stream(torch.cuda.current_stream(dev))
         with torch.no_grad(), torch.cuda.stream(side):
@@ -97,5 +100,6 @@ class GraphedDenoiser:
         graph = torch.cuda.CUDAGraph()
         with torch.no_grad(), torch.cuda.graph(graph, pool=self._pool):
             out = self.network(sx, st, sc)  # (bucket, H, Da) static output
+        self.network.train(was_training)
         self._graphs[bucket] = (graph, sx, st, sc, out)
         return self._graphs[bucket]
