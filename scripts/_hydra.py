@@ -6,19 +6,22 @@ Only `scripts/` imports Hydra; library code receives plain dataclasses.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import functools
+import logging
 import os
+import shutil
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from parapolicy.policy.errors import ConfigError, ParapolicyError
 from parapolicy.policy.run_dir import claim_run_dir
@@ -115,7 +118,13 @@ def to_dataclass(cfg: DictConfig) -> Any:
         return OmegaConf.to_object(cfg)
     except ParapolicyError:
         raise
-    except (ValueError, TypeError, OmegaConfBaseException) as exc:
+    except MissingMandatoryValue as exc:
+        raise ConfigError(f"{exc.full_key} is required: add {exc.full_key}=<value>") from exc
+    except OmegaConfBaseException as exc:  # its message, then "full_key: ..." lines: one line
+        first = str(getattr(exc, "msg", None) or exc).splitlines()[0]
+        where = f" (key {exc.full_key})" if getattr(exc, "full_key", None) else ""
+        raise ConfigError(f"invalid configuration: {first}{where}") from exc
+    except (ValueError, TypeError) as exc:
         raise ConfigError(f"invalid configuration: {exc}") from exc
 
 
@@ -125,38 +134,96 @@ def run_dir() -> Path:
 
 
 def command(name: str, outputs: Iterable[str] = ()) -> Callable[[Callable[[DictConfig], None]], Any]:
-    """Wrap a Hydra task function: claim its run folder, print known refusals as one line.
+    """Wrap a Hydra task function: claim its run folder, keep what it prints, refuse in one line.
 
     Put it under ``@hydra.main``. Rank 0 first records the launch (`save_launch_record`). Before the
-    body runs, the run folder is refused if it already holds
-    any of ``outputs`` (`parapolicy.policy.run_dir.claim_run_dir`, on rank 0 only under torchrun;
-    commands whose library function claims its own folder pass none). A `ParapolicyError` raised by the
-    body prints
-    ``<name>: error: <message>`` on stderr and exits with the error's ``exit_code`` (see
-    `parapolicy.policy.errors`); Ctrl-C exits 130 with one line; any other exception keeps Hydra's
-    traceback.
+    body runs, the run folder is refused if it already holds any of ``outputs``
+    (`parapolicy.policy.run_dir.claim_run_dir`, on rank 0 only under torchrun; commands whose library
+    function claims its own folder pass none). What the body prints (stdout and stderr) also goes to
+    Hydra's job log, ``<run folder>/<job name>.log``. A `ParapolicyError` raised by the body prints
+    ``<name>: error: <message>`` on stderr (a `ConfigError`, the same on every torchrun rank, on rank 0
+    only) and exits with the error's ``exit_code`` (see `parapolicy.policy.errors`); a refused launch
+    whose run folder this launch made and left holding nothing but its record and log is removed.
+    Ctrl-C exits 130 with one line; any other exception keeps Hydra's traceback.
     """
     names = tuple(outputs)
 
     def wrap(fn: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
         @functools.wraps(fn)
         def task(cfg: DictConfig) -> None:
-            if is_main_rank() and HydraConfig.initialized():  # (not when called outside Hydra)
-                save_launch_record(run_dir(), cfg)
+            out = run_dir() if HydraConfig.initialized() else None  # (None when called outside Hydra)
+            made_here = out is not None and is_main_rank() and _only_the_job_log(out)
+            if out is not None and is_main_rank():
+                save_launch_record(out, cfg)
             try:
-                if names:
-                    _claim_on_rank0(run_dir(), names, name)
-                fn(cfg)
+                with _echo_to_job_log():
+                    try:
+                        if names:
+                            _claim_on_rank0(run_dir(), names, name)
+                        fn(cfg)
+                    except ParapolicyError as exc:
+                        if is_main_rank() or not isinstance(exc, ConfigError):
+                            print(f"{name}: error: {exc}", file=sys.stderr, flush=True)
+                        raise
+                    except KeyboardInterrupt:  # Ctrl-C: what the command kept is printed by it
+                        print(f"{name}: interrupted", file=sys.stderr, flush=True)
+                        raise SystemExit(130) from None
             except ParapolicyError as exc:
-                print(f"{name}: error: {exc}", file=sys.stderr, flush=True)
+                if made_here and out is not None and _only_the_job_log(out, RECORD_DIR):
+                    shutil.rmtree(out, ignore_errors=True)
                 raise SystemExit(exc.exit_code) from None
-            except KeyboardInterrupt:  # Ctrl-C: what the command kept is printed by it, no traceback
-                print(f"{name}: interrupted", file=sys.stderr, flush=True)
-                raise SystemExit(130) from None
 
         return task
 
     return wrap
+
+
+def _job_log_files() -> list[Path]:
+    """The files Hydra's job logging writes (its file handlers on the root logger)."""
+    handlers = logging.getLogger().handlers
+    return [Path(h.baseFilename) for h in handlers if isinstance(h, logging.FileHandler)]
+
+
+def _only_the_job_log(out: Path, *also: str) -> bool:
+    """Whether ``out`` holds nothing but Hydra's job log and the entries named in ``also``."""
+    allowed = {p.name for p in _job_log_files() if p.parent == out} | set(also)
+    return out.is_dir() and all(entry.name in allowed for entry in out.iterdir())
+
+
+class _Tee:
+    """A text stream that writes to ``stream`` and appends to ``log`` (flushed per write), all but a
+    progress bar's redraws (text with a carriage return)."""
+
+    def __init__(self, stream: Any, log: Any) -> None:
+        self._stream, self._log = stream, log
+
+    def write(self, text: str) -> int:
+        if "\r" not in text:
+            self._log.write(text)
+            self._log.flush()
+        return self._stream.write(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def __getattr__(self, attr: str) -> Any:  # isatty, fileno, encoding ...: the terminal's
+        return getattr(self._stream, attr)
+
+
+@contextlib.contextmanager
+def _echo_to_job_log() -> Iterator[None]:
+    """Copy stdout and stderr into Hydra's job log while the body runs (nothing without one)."""
+    logs = _job_log_files()
+    if not logs:
+        yield
+        return
+    with open(logs[0], "a", encoding="utf-8") as log:
+        saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = saved
 
 
 def save_launch_record(out: Path, cfg: DictConfig) -> Path:

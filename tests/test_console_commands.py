@@ -117,6 +117,16 @@ def test_eval_scores_the_checkpoint(pipeline):
     assert all(e["n_steps"] <= 8 for e in info["per_episode"])
 
 
+@pytest.mark.parametrize(
+    ("command", "words"), [("collect", "kept 2 of 2 episodes"), ("eval", "over 2 episodes")]
+)
+def test_the_job_log_keeps_what_the_command_printed(pipeline, command, words):
+    root, procs = pipeline
+    log = (root / command / f"{command}.log").read_text()
+    summary = next(line for line in procs[command].stdout.splitlines() if words in line)
+    assert summary in log.splitlines()
+
+
 def test_every_console_script_is_installed_and_resolves_to_its_main():
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     declared = pyproject["project"]["scripts"]

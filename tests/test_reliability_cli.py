@@ -15,7 +15,7 @@ from conftest import console_script
 from safetensors.torch import load_file, save_file
 
 from parapolicy.policy.atomic_write import write_atomically
-from parapolicy.policy.errors import ParapolicyError, RunFolderError
+from parapolicy.policy.errors import ConfigError, ParapolicyError, RunFolderError
 from parapolicy.policy.run_dir import claim_run_dir, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,6 +162,39 @@ def test_known_refusal_is_one_line_without_traceback(tmp_path):
         tmp_path,
     )
     assert_one_line_refusal(proc, 4, "policy_path", str(tmp_path / "nowhere"), "does not exist")
+    assert not (tmp_path / "r").exists()  # the folder this refused launch made is removed
+
+
+def test_a_refused_launch_removes_only_a_folder_it_made_and_logs_the_error(tmp_path):
+    out = tmp_path / "r"
+    proc = run(
+        ["parapolicy-eval", f"policy_path={POLICY}", "eval.n_episodes=-1", f"hydra.run.dir={out}"], tmp_path
+    )
+    line = assert_one_line_refusal(proc, 2, "eval.n_episodes must be >= 1")
+    assert not out.exists()
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")  # a folder the user made: kept, with the refusal in its log
+    proc = run(
+        ["parapolicy-eval", f"policy_path={POLICY}", "eval.n_episodes=-1", f"hydra.run.dir={out}"], tmp_path
+    )
+    assert_one_line_refusal(proc, 2, "eval.n_episodes must be >= 1")
+    assert (out / "notes.txt").read_text() == "mine" and line in (out / "eval.log").read_text().splitlines()
+
+
+@pytest.mark.parametrize(("error", "printed"), [(ConfigError, False), (RunFolderError, True)])
+def test_under_torchrun_a_config_error_is_printed_by_rank_0_only(capsys, monkeypatch, error, printed):
+    from parapolicy.scripts._hydra import command
+
+    def body(cfg):
+        raise error("eval.n_episodes must be >= 1")
+
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SystemExit) as exc:
+        command("parapolicy-x")(body)(None)
+    assert exc.value.code == error.exit_code
+    assert capsys.readouterr().err == (
+        "parapolicy-x: error: eval.n_episodes must be >= 1\n" if printed else ""
+    )
 
 
 @pytest.mark.parametrize(
@@ -256,6 +289,8 @@ def test_export_refusals_are_one_line_with_their_codes(tmp_path):
     assert not (tmp_path / "a").exists()
     proc = run([*base, f"policy_path={tmp_path / 'nope'}", f"output_path={tmp_path / 'b'}"], tmp_path)
     assert_one_line_refusal(proc, 4, "nope")
+    proc = run([*base, f"policy_path={POLICY}"], tmp_path)
+    assert_one_line_refusal(proc, 2, "output_path is required: add output_path=<value>")
     (tmp_path / "c").mkdir()
     proc = run([*base, f"policy_path={POLICY}", f"output_path={tmp_path / 'c'}"], tmp_path)
     assert_one_line_refusal(proc, 3, "refusing to overwrite")
