@@ -120,3 +120,57 @@ def test_auto_is_resolved_by_the_job_and_refused_at_load(tmp_path, tiny_policy, 
     assert loaded.sampler == resolved and not hasattr(loaded, "auto_window_report")
     with pytest.raises(ValueError, match="integer or 'auto'"):
         SamplerConfig(window="big")
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, True, "3"])
+def test_an_invalid_cached_cost_is_remeasured(tiny_policy, monkeypatch, bad):
+    calls = []
+    monkeypatch.setattr(
+        auto_window, "measure_denoiser_ms", lambda policy, rows, *a: calls.append(rows) or 2.0
+    )
+    cache_path().parent.mkdir(parents=True)
+    cache_path().write_text(json.dumps({auto_window._cache_key(tiny_policy): {"ms_per_call": {"1": bad}}}))
+    assert denoiser_cost_curve(tiny_policy, (1,)) == {1: 2.0} and calls == [1]
+
+
+def test_each_thread_count_has_its_own_cost_curve(tiny_policy, monkeypatch):
+    measured = []
+    monkeypatch.setattr(
+        auto_window,
+        "measure_denoiser_ms",
+        lambda policy, rows, *a: measured.append(torch.get_num_threads()) or 1.0,
+    )
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 2):  # the last one is cached
+            torch.set_num_threads(n)
+            denoiser_cost_curve(tiny_policy, (1,))
+    finally:
+        torch.set_num_threads(threads)
+    assert measured == [1, 2]
+
+
+def test_measuring_and_resolving_leave_the_policy_as_they_found_it(tiny_policy, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(auto_window, "measure_denoiser_ms", lambda *a: 1.0)
+    tiny_policy.train()
+    try:
+        denoiser_cost_curve(tiny_policy, (1,), use_cache=False)
+        assert tiny_policy.training  # measured in eval mode, then given back
+        monkeypatch.setattr(auto_window, "measure_denoiser_ms", broken)
+        with pytest.raises(RuntimeError, match="device lost"):
+            denoiser_cost_curve(tiny_policy, (1,), use_cache=False)
+        assert tiny_policy.training
+    finally:
+        tiny_policy.eval()
+    before = tiny_policy.sampler
+    auto = dataclasses.replace(SamplerConfig(algorithm="picard", tol=0.1), window="auto")
+    monkeypatch.setattr(auto_window, "choose_window", lambda policy, probe: (4, {"chosen": 4}))
+    resolved, _ = resolve_sampler(tiny_policy, auto)
+    assert resolved == dataclasses.replace(auto, window=4) and tiny_policy.sampler == before  # not the probe
+    monkeypatch.setattr(auto_window, "choose_window", broken)
+    with pytest.raises(RuntimeError, match="device lost"):
+        resolve_sampler(tiny_policy, auto)
+    assert tiny_policy.sampler == before

@@ -37,6 +37,16 @@ def test_the_measured_jacobian_is_the_denoisers():
     s1a = tab.column("sqrt_one_minus_alpha_bar").double()
     expected = ((1 - 0.5 * s1a) / sa)[:, None, None] * torch.eye(32, dtype=torch.float64)  # (K, 32, 32)
     torch.testing.assert_close(J.double(), expected, rtol=0, atol=2e-2)
+    # a non-symmetric linear ε = A x: J[k] = (I - s1a A) / sa, rows the output, columns the input
+    A = torch.randn(32, 32, generator=torch.Generator().manual_seed(3)) * 0.1  # (32 out, 32 in)
+
+    def linear(x, t, cond):
+        return (x.reshape(x.shape[0], -1) @ A.T).view_as(x)
+
+    J = x0_jacobian(linear, tab, sequential(tab, x_T, noise, cond, linear).trajectory, cond).double()
+    expected = (torch.eye(32, dtype=torch.float64) - s1a[:, None, None] * A.double()) / sa[:, None, None]
+    torch.testing.assert_close(J, expected, rtol=0, atol=2e-2)
+    assert float((J.transpose(1, 2) - expected).abs().max()) > 1.0  # its transpose is not
     # a nonlinear denoiser: autograd's Jacobian at the same points, averaged over the two samples
     tab, x_T, noise, cond = setup("ddpm", 10, B=2)
     X = sequential(tab, x_T, noise, cond).trajectory  # (K+1, 2, 16, 2)

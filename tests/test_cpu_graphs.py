@@ -175,3 +175,9 @@ def test_trace_network_serves_other_row_counts_bit_for_bit() -> None:
         x, t, cond = _inputs(rows)
         with pytest.raises(ValueError, match="trace it again"):
             graphs(torch.cat([x, x], dim=1), t, cond)
+    x, t, cond = _inputs(3)
+    wider = torch.cat([cond, cond], dim=1)  # (3, 2C): the condition's width is traced in too
+    message = rf"conditions of shape \({C},\), got \(16, 2\) and \({2 * C},\)"
+    for served in (traced, graphs):
+        with pytest.raises(ValueError, match=message):
+            served(x, t, wider)

@@ -209,3 +209,40 @@ def test_matches_diffusers_schedulers_if_installed() -> None:
                 step(tab, i, x, out, z).prev_sample, ref.prev_sample, rtol=1e-4, atol=2e-5
             )
             x = ref.prev_sample
+
+
+@pytest.mark.parametrize("final", ["zero", "sigma_min"])
+@pytest.mark.parametrize("K", [5, 10, 14, 15, 16])
+def test_dpmsolver_steps_match_diffusers_if_installed(K: int, final: str) -> None:
+    """DPM-Solver++(2M) step by step against diffusers' `DPMSolverMultistepScheduler` (its
+    ``lower_order_final``: a first-order last step below 15 steps, or when it lands on clean data)."""
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=T,
+        beta_schedule="squaredcos_cap_v2",
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        lower_order_final=True,
+        final_sigmas_type=final,
+        timestep_spacing="trailing",
+    )
+    sched.set_timesteps(K)
+    timesteps = make_timesteps(T, K, "trailing")
+    assert sched.timesteps.tolist() == timesteps.tolist()
+    tab = make_step_table(
+        AC,
+        timesteps,
+        kind="dpmsolver++",
+        clip_sample=False,
+        set_alpha_to_one=final == "zero",
+        dtype=torch.float64,
+    )
+    assert tab.orders[-1] == (1 if K < 15 or final == "zero" else 2)
+    x = torch.randn(3, 16, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    prev_x0 = None
+    for i, t in enumerate(sched.timesteps):
+        out = torch.tanh(1.3 * x) * 0.8 + 0.01 * int(t)  # (3, 16, 2) a nonlinear ε model
+        ref = sched.step(out, t, x).prev_sample
+        ours = step(tab, i, x, out, None, prev_x0=prev_x0)
+        torch.testing.assert_close(ours.prev_sample, ref, rtol=1e-4, atol=2e-5)  # diffusers: float32
+        x, prev_x0 = ref, ours.x0_hat

@@ -31,6 +31,7 @@ from parapolicy.policy.diffusion.schedules import make_alphas_cumprod, make_step
 from parapolicy.policy.diffusion.sequential import draw_noise, sample_sequential
 from parapolicy.policy.model.networks import ConditionalUnet1d
 from parapolicy.policy.model.pretrained import load_policy
+from parapolicy.policy.runtime import distributed
 from parapolicy.policy.runtime.distributed import (
     DistInfo,
     DistributedDenoiser,
@@ -561,3 +562,35 @@ def test_torchrun_self_check() -> None:
     report = json.loads(lines[0])
     assert report["world_size"] == 2 and report["backend"] == "gloo" and report["ok"], report
     assert report["max_abs_diff"] <= 1e-4
+
+
+def test_a_header_round_trips_and_a_corrupt_one_is_refused() -> None:
+    header = distributed._Header(
+        distributed._CMD_CALL, 3, torch.float32, torch.int64, torch.float32, (16, 2), (4,)
+    )
+    packed = header.pack(torch.device("cpu"))  # (_HEADER_LEN,)
+    assert distributed._Header.unpack(packed) == header
+    for position, value in ((0, int(packed[0]) + 1), (1, 99)):  # the tag, then the command
+        bad = packed.clone()
+        bad[position] = value
+        with pytest.raises(DistributedDenoiserError, match="malformed header"):
+            distributed._Header.unpack(bad)
+
+
+def test_a_serving_rank_refuses_a_local_output_of_the_wrong_shape() -> None:
+    """(2, 16, 1) would broadcast into the (2, 16, 2) rows sent back: refused, naming both shapes."""
+    dd = object.__new__(DistributedDenoiser)  # rank 1 of 2, without a process group
+    dd._rank, dd._comm_device, dd.device = 1, torch.device("cpu"), torch.device("cpu")
+    dd.local = lambda x, t, c: torch.zeros(x.shape[0], 16, 1)
+    header = distributed._Header(distributed._CMD_CALL, 4, torch.float32, torch.int64, None, (16, 2), None)
+    with pytest.raises(distributed._LocalError) as exc:
+        dd._evaluate_slice(header, [2, 2], torch.zeros(4, 16, 2), torch.zeros(4, dtype=torch.long), None)
+    assert "local denoiser returned (2, 16, 1), expected (2, 16, 2)" in str(exc.value.args[0])
+
+
+@pytest.mark.usefixtures("no_dist_env")
+def test_the_self_check_exits_non_zero_on_a_mismatch(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--algorithm", "sequential", "--steps", "3", "--batch", "1"]
+    assert distributed.main(args) == 0
+    assert distributed.main([*args, "--atol", "-1"]) == 1  # no difference is below -1
+    assert '"ok": false' in capsys.readouterr().out

@@ -15,7 +15,7 @@ from parapolicy.policy.diffusion.schedules import (
     make_timesteps,
 )
 from parapolicy.policy.diffusion.sequential import draw_noise, sample_sequential
-from parapolicy.policy.diffusion.step import model_out_from_x0, step
+from parapolicy.policy.diffusion.step import model_out_from_x0, predict_x0, step
 
 T = 100
 AC = make_alphas_cumprod("squaredcos_cap_v2", T)
@@ -253,6 +253,10 @@ def test_input_validation() -> None:
         )
     with pytest.raises(ValueError, match="on_max_iters must be one of .*, got 'hold'"):
         sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=4, tol=0.1, on_max_iters="hold")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_iters must be >= 0"):
+        sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=4, tol=0.1, max_iters=-1)
+    with pytest.raises(ValueError, match="refill must be one of"):  # "none" is the internal state of init=
+        sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=4, tol=0.1, refill="none")  # type: ignore[arg-type]
 
 
 def test_a_module_denoiser_with_gradients_on_samples_as_the_sequential_loop() -> None:
@@ -266,13 +270,33 @@ def test_a_module_denoiser_with_gradients_on_samples_as_the_sequential_loop() ->
     assert par.requires_grad and torch.equal(par.detach(), seq.detach())
 
 
-def naive_picard(den, x_T, tab: StepTable, noise, cond, window: int, tol: float) -> tuple[torch.Tensor, int]:
-    """ParaDiGMS' loop for one sample written the plain way (paradigms.md §1.3): X[b] + cumsum(drift + σz),
-    one Python step per window slot, with this package's tolerance-variance convention."""
+def naive_picard(
+    den,
+    x_T,
+    tab: StepTable,
+    noise,
+    cond,
+    window: int,
+    tol: float,
+    refill: str = "window_end",
+    max_iters: int = 10**9,
+) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """ParaDiGMS' loop for one sample written the plain way: X[b] + cumsum(drift + σz), one Python step
+    per window slot, with this package's tolerance-variance convention. ``refill``: the slots a slide
+    exposes get X[e] (``window_end``, ParaDiGMS) or the roll-out from X[e] with the window's last x̂₀
+    held (``x0_rollout``, whose first window is rolled out from x̂₀ = 0). Returns the final sample
+    (H, D), the iterations and the whole trajectory (K + 1, 1, H, D) after the last iteration run."""
     K = tab.num_steps
     X = [x_T.clone() for _ in range(K + 1)]  # slot j: (1, H, D)
+
+    def roll_out(first: int, last: int, x0: torch.Tensor) -> None:  # slots first+1 .. last from X[first]
+        for j in range(first, last):
+            X[j + 1] = step(tab, j, X[j], model_out_from_x0(tab, j, X[j], x0), noise[j]).prev_sample
+
+    if refill == "x0_rollout":
+        roll_out(0, min(window, K), torch.zeros_like(x_T))
     b, iterations = 0, 0
-    while b < K:
+    while b < K and iterations < max_iters:
         e = min(b + window, K)
         idx = torch.arange(b, e)
         xs = torch.cat(X[b:e])  # (L, H, D)
@@ -289,10 +313,13 @@ def naive_picard(den, x_T, tab: StepTable, noise, cond, window: int, tol: float)
         for i in range(e - b):
             X[b + 1 + i] = new[i : i + 1]
         b_new = b + min(first_bad + 1, window)
-        for j in range(e + 1, min(b_new + window, K) + 1):
-            X[j] = X[e].clone()
+        if refill == "x0_rollout":
+            roll_out(e, min(b_new + window, K), predict_x0(tab, e - 1, xs[-1:], out[-1:]))
+        else:
+            for j in range(e + 1, min(b_new + window, K) + 1):
+                X[j] = X[e].clone()
         b, iterations = b_new, iterations + 1
-    return X[K][0], iterations
+    return X[K][0], iterations, torch.stack(X)
 
 
 @pytest.mark.parametrize("kind", ["ddpm", "ddim"])
@@ -300,12 +327,25 @@ def test_matches_a_naive_reference_loop(kind: str) -> None:
     tab, x_T, noise, cond = setup(kind, 40, B=1, seed=5, dtype=torch.float64)
     for window in (3, 8):
         for tol in (1e-3, 1e-2, 0.1):
-            ref, ref_iters = naive_picard(mixture_denoiser, x_T, tab, noise, cond, window, tol)
+            ref, ref_iters, _ = naive_picard(mixture_denoiser, x_T, tab, noise, cond, window, tol)
             got = sample_picard(
                 mixture_denoiser, x_T, tab, noise, cond, window=window, tol=tol, refill="window_end"
             )
             assert got.iterations == ref_iters
             torch.testing.assert_close(got.sample[0], ref, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("refill", ["window_end", "x0_rollout"])
+@pytest.mark.parametrize("iterations", [1, 2, 3])
+def test_the_slots_a_slide_exposes_are_refilled_as_the_naive_loop(refill: str, iterations: int) -> None:
+    """The whole iterate after a few iterations, not only the fixed point: which slots are refilled and
+    with what (a refill one slot short or one slot early keeps the fixed point but not this)."""
+    tab, x_T, noise, cond = setup("ddpm", 40, B=1, seed=5, dtype=torch.float64)
+    cap = {"max_iters": iterations, "on_max_iters": "return_iterate"}
+    got = sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=8, tol=0.3, refill=refill, **cap)
+    _, _, ref = naive_picard(mixture_denoiser, x_T, tab, noise, cond, 8, 0.3, refill, max_iters=iterations)
+    assert got.iterations == iterations
+    torch.testing.assert_close(got.trajectory, ref, rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize(("scale", "stops_at_slot"), [(1.05, True), (0.95, False)])
@@ -525,6 +565,19 @@ def test_what_a_table_caches_depends_on_the_settings() -> None:
     assert loose.iterations < exact.iterations
     torch.testing.assert_close(exact.sample, seq.sample, rtol=0, atol=1e-5)
     assert tab.to("cpu").memo == {}  # a moved copy starts empty
+
+
+def test_a_table_reused_for_another_sample_size_tests_convergence_as_a_fresh_one() -> None:
+    """The thresholds scale with the elements per sample: a (1, 4, 2) run after a (1, 16, 2) one on the
+    same table must stop where it stops on a table of its own."""
+    tab, x_T, noise, cond = setup("ddpm", 60, B=1)
+    sample_picard(mixture_denoiser, x_T, tab, noise, cond, window=8, tol=0.3)
+    small = (x_T[:, :4], noise[:, :, :4], cond)
+    shared = sample_picard(mixture_denoiser, *small[:1], tab, *small[1:], window=8, tol=0.3)
+    fresh_tab = make_step_table(AC, make_timesteps(T, 60), kind="ddpm")
+    fresh = sample_picard(mixture_denoiser, *small[:1], fresh_tab, *small[1:], window=8, tol=0.3)
+    assert shared.iterations == fresh.iterations
+    assert torch.equal(shared.sample, fresh.sample)
 
 
 def test_parareal_weights_of_one_start_equal_the_gathered_ones() -> None:

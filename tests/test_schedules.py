@@ -168,6 +168,14 @@ def test_table_dtype_device_and_frozen() -> None:
         tab.kind = "ddim"  # type: ignore[misc]
     with pytest.raises(ValueError, match="strictly decreasing in \\[0, 99\\], got \\[10, 20\\]"):
         make_step_table(ac, [10, 20])
+    for kind in ("ddpm", "dpmsolver++"):  # a repeated timestep is a zero-length step
+        with pytest.raises(ValueError, match="strictly decreasing in \\[0, 99\\], got \\[50, 50, 10, 0\\]"):
+            make_step_table(ac, [50, 50, 10, 0], kind=kind)
+    for half in (torch.float16, torch.bfloat16):  # tiny variances would underflow in half precision
+        low = make_step_table(ac, make_timesteps(100, 10), dtype=half)
+        assert low.dtype == half and low.tol_variance.dtype == torch.float32
+    with pytest.raises(ValueError, match=r"coefficients must have shape \(100, \d+\), got \(100, \d+\)"):
+        dataclasses.replace(tab, coefficients=tab.coefficients[:, :-1])
     with pytest.raises(ValueError, match="strictly decreasing in \\[0, 99\\], got \\[100\\]"):
         make_step_table(ac, [100])
     with pytest.raises(ValueError, match="unknown sampler kind 'euler'"):

@@ -139,9 +139,11 @@ def denoiser_cost_curve(
             cache.pop(key)
     was_training = policy.training
     policy.eval()
-    with frozen_heap():  # no full garbage collection inside a timed call
-        curve = {b: measure_denoiser_ms(policy, b, repeats) for b in batch_sizes}
-    policy.train(was_training)
+    try:
+        with frozen_heap():  # no full garbage collection inside a timed call
+            curve = {b: measure_denoiser_ms(policy, b, repeats) for b in batch_sizes}
+    finally:
+        policy.train(was_training)
     if use_cache:
         entry = cache.setdefault(key, {"run": device_facts(policy.device), "ms_per_call": {}})
         entry["ms_per_call"].update({str(b): ms for b, ms in curve.items()})
