@@ -50,6 +50,10 @@ def edit_model(path, fn):
         (lambda t: t.pop(next(iter(t))), "missing keys"),
         (lambda t: t.__setitem__("ema.extra.weight", torch.zeros(1)), "unexpected keys"),
         (lambda t: t.__setitem__("ema.final_conv.1.bias", torch.zeros(7)), "shape/dtype mismatch"),
+        (  # the right shape in float64: not cast silently
+            lambda t: t.__setitem__("ema.final_conv.1.bias", t["ema.final_conv.1.bias"].double()),
+            r"mismatch: final_conv\.1\.bias: checkpoint \(2,\) torch\.float64, model \(2,\) torch\.float32",
+        ),
     ],
 )
 def test_weight_mismatches_are_named(saved, mutate, message):

@@ -117,6 +117,15 @@ def test_val_mask_counts_and_seeding() -> None:
     assert make_val_mask(2, 0.9, seed=0).sum() == 1  # at most E - 1
     assert make_val_mask(1, 0.5, seed=0).sum() == 0
     assert make_val_mask(10, 0.0, seed=0).sum() == 0
+    assert make_val_mask(10, 0.19, seed=0).sum() == 2  # round(1.9), not int(1.9)
+    # golden episodes (numpy's default_rng choice, as the reference draws them): a changed seed or draw shows
+    assert np.flatnonzero(make_val_mask(10, 0.3, seed=0)).tolist() == [5, 6, 9]
+    assert np.flatnonzero(downsample_mask(~make_val_mask(10, 0.3, seed=0), 4, seed=3)).tolist() == [
+        0,
+        1,
+        3,
+        8,
+    ]
     train = downsample_mask(~mask, 90, seed=42)
     assert train.sum() == 90 and not (train & mask).any()
     np.testing.assert_array_equal(train, downsample_mask(~mask, 90, seed=42))
@@ -153,6 +162,24 @@ def test_train_cap(store_path: Path) -> None:
     val = PushTLowdimDataset(store_path, val_ratio=0.2, seed=3, max_train_episodes=4, split="val")
     np.testing.assert_array_equal(val.episode_mask, full.val_mask)  # capped-out episodes are not val
     assert PushTLowdimDataset(store_path, max_train_episodes=100).train_mask.sum() == 9
+    assert np.flatnonzero(capped.val_mask).tolist() == [0, 7]  # golden: the cap is drawn with `seed`
+    assert np.flatnonzero(capped.train_mask).tolist() == [1, 2, 5, 9]
+
+
+def test_the_fingerprint_sees_one_changed_action_or_observation(tmp_path: Path) -> None:
+    base = PushTLowdimDataset(write_store(tmp_path / "a.zarr", LENGTHS)).fingerprint()
+    assert PushTLowdimDataset(write_store(tmp_path / "b.zarr", LENGTHS)).fingerprint() == base
+    for key in ("action", "state"):
+        store = ReplayStore.create(tmp_path / f"{key}.zarr")
+        first = 0
+        for i, length in enumerate(LENGTHS):
+            episode = make_episode(length, first)
+            if i == 3:
+                episode[key][1, 0] += 1.0  # one value of one step
+            store.append_episode(episode, seed=i)
+            first += length
+        changed = PushTLowdimDataset(tmp_path / f"{key}.zarr").fingerprint()
+        assert changed["n_steps"] == base["n_steps"] and changed["sha256"] != base["sha256"], key
 
 
 # ----------------------------------------------------------------------------------------------- samples
@@ -226,3 +253,6 @@ def test_dataset_from_store_object_and_argument_checks(store_path: Path, tmp_pat
         PushTLowdimDataset(tmp_path / "bare.zarr")
     with pytest.raises(DatasetError, match="data/keypoint"):
         PushTLowdimDataset(bare)
+    ReplayStore.create(tmp_path / "empty.zarr")  # a store nothing was appended to: named, not indexed
+    with pytest.raises(DatasetError, match=r"empty\.zarr: missing required key\(s\) data/state"):
+        PushTLowdimDataset(tmp_path / "empty.zarr")

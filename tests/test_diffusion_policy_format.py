@@ -134,6 +134,7 @@ VIDEO_POLICY = "diffusion_policy.policy.diffusion_unet_video_policy.DiffusionUne
         (_set("policy", "_target_", VIDEO_POLICY), "DiffusionUnetVideoPolicy' is not supported"),
         (_set("policy", "obs_as_global_cond", False), r"policy.obs_as_global_cond=False is not supported"),
         (_set("policy", "pred_action_steps_only", True), "pred_action_steps_only=True is not supported"),
+        (_set("policy", "oa_step_convention", False), "oa_step_convention=False is not supported"),
         (_set(None, "n_latency_steps", 2), "n_latency_steps=2 is not supported"),
         (_set("noise_scheduler", "_target_", "diffusers.Euler"), "'diffusers.Euler' is not supported"),
         (_set("noise_scheduler", "variance_type", "fixed_small_log"), "variance_type 'fixed_small_log'"),
@@ -145,6 +146,30 @@ VIDEO_POLICY = "diffusion_policy.policy.diffusion_unet_video_policy.DiffusionUne
 def test_configs_it_cannot_represent_are_refused_by_name(payload, tmp_path, cfg_edit, message):
     with pytest.raises(CheckpointError, match=message):
         load_policy(write(tmp_path, payload, cfg_edit=cfg_edit))
+
+
+@pytest.mark.parametrize("scheduler", ["DDPMScheduler", "DDIMScheduler"])
+def test_scheduler_settings_a_config_leaves_out_are_diffusers_defaults(payload, tmp_path, scheduler):
+    """The checkpoint's num_inference_steps is kept; an omitted scheduler key means diffusers' default."""
+    diffusers = pytest.importorskip("diffusers")
+
+    def edit(cfg):
+        cfg["policy"]["num_inference_steps"] = 16
+        sched = cfg["policy"]["noise_scheduler"]
+        sched["_target_"] = f"diffusers.schedulers.scheduling_{scheduler[:4].lower()}.{scheduler}"
+        for key in ("clip_sample", "prediction_type", "set_alpha_to_one", "steps_offset", "timestep_spacing"):
+            sched.pop(key, None)
+
+    cfg = load_policy(write(tmp_path, payload, cfg_edit=edit)).config
+    default = getattr(diffusers, scheduler)().config
+    assert cfg.sampler.num_inference_steps == 16
+    assert cfg.schedule.prediction_type == default.prediction_type
+    assert cfg.schedule.clip_sample == default.clip_sample
+    assert cfg.schedule.clip_sample_range == default.clip_sample_range
+    assert cfg.sampler.steps_offset == default.steps_offset
+    assert cfg.sampler.timestep_spacing == default.get("timestep_spacing", "leading")
+    if scheduler == "DDIMScheduler":
+        assert cfg.sampler.set_alpha_to_one == default.set_alpha_to_one
 
 
 def test_missing_extra_and_misshaped_tensors_are_refused(payload, tmp_path):

@@ -112,9 +112,13 @@ def test_a_saved_transformer_config_without_its_sizes_is_refused(tmp_path):
         ExportConfig(policy_path=str(ckpt("causal")), format="parapolicy", output_path=str(tmp_path / "a"))
     )
     doc = json.loads((out / "config.json").read_text())
+    del doc["policy"]["transformer"]["n_head"]  # no weight shape depends on it: only the check sees it
+    (out / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match=r"lacks required field\(s\) policy\.transformer\.n_head"):
+        load_policy(out)
     del doc["policy"]["transformer"]
     (out / "config.json").write_text(json.dumps(doc))
-    with pytest.raises(CheckpointError, match="transformer.n_layer"):
+    with pytest.raises(CheckpointError, match=r"lacks required field\(s\) policy\.transformer\.n_layer"):
         load_policy(out)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from parapolicy.policy.model.ema import EMA
+from parapolicy.policy.model.ema import EMA, ema_decay
 
 
 class Scalar(nn.Module):
@@ -102,3 +102,9 @@ def test_batch_norm_parameters_are_copied_not_averaged():
     assert 0.5 < decay < 1
     assert torch.equal(ema.shadow[1].weight, model[1].weight)  # copied
     assert not torch.equal(ema.shadow[0].weight, model[0].weight)  # averaged
+
+
+def test_inv_gamma_divides_the_step_count():
+    """decay = 1 - (1 + s / inv_gamma) ** -power, s = n - 1 (hand-computed at inv_gamma 2 and 0.5)."""
+    assert ema_decay(5, power=1.0, inv_gamma=2.0) == pytest.approx(1 - 1 / (1 + 4 / 2))  # 2/3
+    assert ema_decay(5, power=1.0, inv_gamma=0.5) == pytest.approx(1 - 1 / (1 + 4 / 0.5))  # 8/9

@@ -8,10 +8,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from parapolicy.policy.compare import CompareConfig
 from parapolicy.policy.config import SamplerConfig
-from parapolicy.policy.control.evaluation import EvalConfig
+from parapolicy.policy.control.evaluation import EvalConfig, episode_generator
 from parapolicy.policy.control.run_support import PolicyRunConfig
 from parapolicy.policy.eval import EvalJobConfig, format_eval, run_eval
 from parapolicy.policy.model.checkpoint import CheckpointError
@@ -77,3 +78,11 @@ def test_a_traced_denoiser_plays_the_same_episodes_as_the_eager_one(checkpoint, 
         assert a["max_reward"] == pytest.approx(b["max_reward"], abs=1e-5)
     with pytest.raises(ValueError, match="compile mode must be one of"):
         EvalJobConfig(compile="jit")
+
+
+def test_each_noise_seed_and_episode_seed_has_its_own_noise():
+    """noise_seed * 1,000,003 + episode seed (golden): run 1's seed s is not run 0's seed s + 1."""
+    assert episode_generator(1, 100000).initial_seed() == 1_000_003 + 100000
+    assert episode_generator(0, 100000).initial_seed() == 100000
+    draw = [torch.randn(4, generator=episode_generator(n, s)) for n, s in ((1, 100000), (0, 100001))]
+    assert not torch.equal(*draw)

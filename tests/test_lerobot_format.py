@@ -411,6 +411,46 @@ def test_bad_statistics_and_processors_are_refused(good_dir, tmp_path):
     (escape / "policy_preprocessor.json").write_text(json.dumps(pre))
     with pytest.raises(CheckpointError, match="must be a file name in the directory"):
         load_policy(escape)
+    other_eps = tmp_path / "other_eps"
+    shutil.copytree(good_dir, other_eps)
+    pre = json.loads((other_eps / "policy_preprocessor.json").read_text())
+    pre["steps"][-1]["config"]["eps"] = 1e-5
+    (other_eps / "policy_preprocessor.json").write_text(json.dumps(pre))
+    with pytest.raises(CheckpointError, match="normaliser eps 1e-05 is not supported"):
+        load_policy(other_eps)
+
+
+def _set_mode(root: Path, kind: str, mode: str, stats: dict[str, torch.Tensor]) -> None:
+    """Switch feature type ``kind`` to normalisation ``mode`` (config and processors) and add ``stats``
+    to the preprocessor's state file."""
+    cfg = json.loads((root / "config.json").read_text())
+    edit_config(root, normalization_mapping={**cfg["normalization_mapping"], kind: mode})
+    for name, step in (("policy_preprocessor.json", -1), ("policy_postprocessor.json", 0)):
+        processor = json.loads((root / name).read_text())
+        processor["steps"][step]["config"]["norm_map"][kind] = mode
+        (root / name).write_text(json.dumps(processor))
+    state = root / "policy_preprocessor_step_3_normalizer_processor.safetensors"
+    save_file({**load_file(state), **stats}, str(state))
+
+
+def test_mean_std_state_loads_with_lerobots_eps_even_at_zero_std(tmp_path):
+    root, *_ = hand_built(tmp_path, "0.4", image=False)
+    mean, std = torch.tensor([3.0, 5.0]), torch.tensor([0.0, 2.0])  # a constant first dimension
+    _set_mode(root, "STATE", "MEAN_STD", {"observation.state.mean": mean, "observation.state.std": std})
+    stats = load_policy(root).normalizer.get_stats("obs")  # obs = [environment_state (16), state (2)]
+    scale = 1.0 / (std.double() + 1e-8)  # LeRobot: (x - mean) / (std + eps)
+    torch.testing.assert_close(stats["scale"][16:].double(), scale, rtol=1e-6, atol=0)
+    torch.testing.assert_close(stats["offset"][16:].double(), -mean.double() * scale, rtol=1e-6, atol=0)
+
+
+def test_min_max_image_statistics_give_lerobots_image_transform(tmp_path):
+    root, *_ = hand_built(tmp_path, "0.4", image=True)
+    lo, hi = torch.tensor([0.1, 0.2, 0.0]).view(3, 1, 1), torch.tensor([0.9, 0.7, 1.0]).view(3, 1, 1)
+    _set_mode(root, "VISUAL", "MIN_MAX", {"observation.image.min": lo, "observation.image.max": hi})
+    vision = load_policy(root).config.vision
+    mean, std = torch.tensor(vision.image_mean).view(3, 1, 1), torch.tensor(vision.image_std).view(3, 1, 1)
+    x = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(0))  # pixels in [0, 1]
+    torch.testing.assert_close((x - mean) / std, (x - lo) / (hi - lo) * 2 - 1, rtol=1e-5, atol=1e-6)
 
 
 def test_pickles_and_unknown_formats_are_refused(good_dir, tmp_path):
@@ -474,7 +514,7 @@ def test_the_hub_pusht_config_builds_lerobots_network_size(tmp_path):
 
 def test_normalize_observation_keys_leave_other_observations_unnormalised(tmp_path):
     """LeRobot 0.6's normaliser option: only the listed observation keys are normalised."""
-    root, *_ = hand_built(tmp_path, "0.4", image=True)
+    root, _, _, stats = hand_built(tmp_path, "0.4", image=True)
     pre = json.loads((root / "policy_preprocessor.json").read_text())
     pre["steps"][-1]["config"]["normalize_observation_keys"] = ["observation.state"]
     (root / "policy_preprocessor.json").write_text(json.dumps(pre))
@@ -485,6 +525,10 @@ def test_normalize_observation_keys_leave_other_observations_unnormalised(tmp_pa
         1.0,
     )
     assert not torch.equal(policy.normalizer.get_stats("obs")["scale"], torch.ones(2))  # the state still is
+    lo, hi = stats["action"]["min"].double(), stats["action"]["max"].double()  # the action too (not a key
+    torch.testing.assert_close(  # of the observation list): LeRobot's MIN_MAX 2 / (max - min)
+        policy.normalizer.get_stats("action")["scale"], (2 / (hi - lo)).float(), rtol=1e-6, atol=0
+    )
 
 
 def test_a_bad_full_size_checkpoint_is_refused_before_the_policy_is_built(tmp_path, monkeypatch):

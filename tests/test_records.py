@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from parapolicy.policy.control.faults import Fault
-from parapolicy.policy.control.latency import ChunkLog, StepLog, latency_summary, write_csv
+from parapolicy.policy.control.latency import (
+    SOURCE_CODE,
+    ChunkLog,
+    StepLog,
+    drift,
+    latency_summary,
+    write_csv,
+)
 from parapolicy.policy.control.records import EpisodeRecord, Plan
 
 # the per_episode keys of eval_info.json, in order (the schema before the records were typed)
@@ -89,3 +96,23 @@ def test_the_chunk_summary_counts_plans_over_budget_among_the_plans_it_counts():
         log.append(**plan.chunk_row(episode=0, ready_step=8 * chunk + 1, budget_ms=100.0))
     chunk = latency_summary(StepLog(), log, budget_ms=100.0)["chunk"]
     assert (chunk["n"], chunk["over_budget"], chunk["n_faults"]) == (2, 1, 1)
+
+
+def test_drift_compares_the_first_and_the_last_quarter_of_fresh_steps():
+    log = StepLog()
+    for i in range(16):  # fresh latencies 1 .. 16 ms, a queued step between each (not counted)
+        for source, ms in (("fresh", i + 1.0), ("queued", 1000.0)):
+            cols = dict.fromkeys(log.names, 0)
+            cols.update(step=2 * i, action_source=SOURCE_CODE[source], latency_ms=ms)
+            log.append(**cols)
+    d = drift(log)  # quarters: 1-4 and 13-16
+    assert (d["first_quarter_p50_ms"], d["last_quarter_p50_ms"], d["ratio"]) == (2.5, 14.5, 5.8)
+    assert d["first_quarter_p10_ms"] == pytest.approx(1.3) and d["last_quarter_p10_ms"] == pytest.approx(13.3)
+
+
+def test_an_episode_that_succeeded_once_stays_a_success():
+    """A task that does not end on success (unlike PushT) still counts the episode a success."""
+    rec = EpisodeRecord(episode_ix=0, seed=1)
+    rec.add_step(0.96, 0.96, True)
+    rec.add_step(0.5, 0.5, False)
+    assert rec.as_dict()["success"] is True

@@ -105,6 +105,19 @@ def test_only_an_unbounded_range_may_be_infinite_in_a_saved_normaliser(saved, na
         load_policy(saved)
 
 
+@pytest.mark.parametrize(("widths", "refused"), [(99.0, False), (101.0, True)])
+def test_the_range_limit_is_100_half_widths_from_the_centre(tiny_policy, widths, refused):
+    stats = tiny_policy.normalizer.get_stats("obs")
+    centre, half = (stats["max"][3] + stats["min"][3]) / 2, (stats["max"][3] - stats["min"][3]) / 2
+    obs = obs_history()
+    obs["obs"][0, 1, 3] = float(centre + widths * half)
+    if refused:
+        with pytest.raises(ObservationError, match=r"at index \(0, 1, 3\) is far outside"):
+            tiny_policy.predict_action_chunk(obs)
+    else:
+        tiny_policy.predict_action_chunk(obs)
+
+
 def test_observation_slightly_outside_the_range_is_accepted(tiny_policy):
     obs = obs_history()
     obs["obs"][0, 1, 3] = 700.0  # outside [0, 512] but plausible

@@ -246,6 +246,54 @@ def test_realtime_sim_all_late_executes_the_last_action(tiny_policy):
     assert got == pytest.approx([*range(15)] + [14] * 13 + [34, 34])
     assert sources(r)[28] == "fresh" and sources(r)[15] == "held" and sources(r)[29] == "held"
     assert r.per_episode[0]["ticks_lost"] == 14
+    assert r.aggregated["total_ticks_lost"] == 14 and r.aggregated["mean_ticks_lost"] == 14.0
+
+
+def test_realtime_sim_a_plan_arriving_one_tick_after_its_last_row_executes_that_row(tiny_policy):
+    """1.5 s latency: 15 ticks, exactly the 15 rows; plan 1 (requested at 8) arrives at 23, one tick
+    after its row 14 was due: it executes row 14 there (14 ticks lost), it does not hold."""
+    tiny_policy.set_sampler(SEQ10)
+    encode_plans(tiny_policy)
+    make, envs = recording_factory()
+    control = ControlConfig(mode="realtime_sim", latency_model="fixed:1500", warmup_plans=0)
+    r = run_rollouts(tiny_policy, ec(n=1, steps=24), control, env_factory=make)
+    assert [a[0] for a in envs[-1].actions] == pytest.approx([*range(15)] + [14] * 8 + [34])
+    assert sources(r)[23] == "fresh" and r.per_episode[0]["ticks_lost"] == 14
+
+
+@pytest.mark.parametrize(("latency", "missed"), [("fixed:100", False), ("fixed:100.5", True)])
+def test_realtime_sim_a_plan_exactly_on_budget_is_not_a_miss(tiny_policy, latency, missed):
+    tiny_policy.set_sampler(SEQ10)
+    control = ControlConfig(mode="realtime_sim", latency_model=latency, warmup_plans=0)  # budget 100 ms
+    r = run_rollouts(tiny_policy, ec(n=1, steps=20), control)
+    fresh = r.steps.column("action_source") == 0
+    assert fresh.sum() >= 2
+    assert (r.steps.column("missed")[fresh] == missed).all()
+    assert (r.chunks.column("over_budget") == missed).all()
+
+
+def test_realtime_sim_warm_starts_a_plan_requested_a_whole_horizon_after_the_previous(tiny_policy):
+    """fixed:1600 (16 ticks = H): plan 1 (tick 8) arrives at 24 and plan 2 is requested there, exactly
+    H ticks after plan 1: the previous sample still covers the shift, so plan 2 is warm started."""
+    tiny_policy.set_sampler(PIC10_WS)
+    control = ControlConfig(mode="realtime_sim", latency_model="fixed:1600", warmup_plans=0)
+    r = run_rollouts(tiny_policy, ec(n=1, steps=42), control)  # plan 2 is installed at tick 40
+    asked = r.chunks.column("request_step")
+    assert list(asked[:3]) == [0, 8, 24] and tiny_policy.config.horizon == 16
+    assert list(r.chunks.column("warm_started")[:3]) == [False, True, True]
+
+
+def test_a_fault_plan_arrives_after_the_modelled_latency(tiny_policy):
+    """Under fixed:250 a NaN plan (plan 1) takes 250 ms like any other: deterministic, 3 ticks late."""
+    tiny_policy.set_sampler(SEQ10)
+    nan_after(tiny_policy, n_ok=10)  # plan 0 is fine, plan 1 is NaN
+    control = ControlConfig(mode="realtime_sim", latency_model="fixed:250", warmup_plans=0)
+    r = run_rollouts(tiny_policy, ec(n=1, steps=16), control)
+    faults = r.chunks.column("fault") == 1
+    assert faults.any() and (r.chunks.column("latency_ms")[faults] == 250).all()
+    ready, asked = r.chunks.column("ready_step")[faults], r.chunks.column("request_step")[faults]
+    assert (ready - asked == 3).all()
+    assert sources(r)[int(ready[0])] == "fallback"
 
 
 def test_realtime_sim_is_deterministic_with_a_fixed_latency_model(tiny_policy):

@@ -15,6 +15,7 @@ from parapolicy.policy.config import SamplerConfig
 from parapolicy.policy.control.evaluation import EvalConfig
 from parapolicy.policy.control.latency import SOURCE_CODE, StepLog
 from parapolicy.policy.control.rollout import ControlConfig, run_rollouts
+from parapolicy.policy.control.settings import LatencyModel
 from parapolicy.policy.control.smoothness import smoothness
 from parapolicy.policy.control.stitching import (
     DelayEstimator,
@@ -402,6 +403,7 @@ def test_forecast_conditions_each_plan_on_the_pusher_at_its_first_tick(tiny_poli
     delay = r.latency["chunk"]["delay"]
     assert delay["mean_realised"] == delay["mean_expected"] == 4 and delay["overestimated"] == 0
     fresh = r.steps.column("action_source") == 0  # a fresh step's decision started at its request tick
+    assert (r.steps.column("ticks_late")[fresh] == 0).all()  # counted from the plan's first tick
     ticks = r.steps.column("step")[fresh][1:].astype(np.int64)
     asked_ns = r.steps.column("t_obs_ns")[fresh][1:]
     np.testing.assert_array_equal(asked_ns, (ticks - 4) * 100_000_000)
@@ -439,6 +441,30 @@ def test_forecast_in_wallclock_mode_with_real_threads(tiny_policy, forecast):
     assert exp[0] == -1 and (exp[1:] >= 3).all() and (late >= 0).all()
 
 
+def test_a_forecast_plan_faster_than_expected_starts_at_its_first_tick(tiny_policy, monkeypatch):
+    """Latencies 450, 120, 450, 120 ... ms: the expected delay is 5 ticks (the 90th percentile), so a
+    120 ms plan is ready 3 ticks before the tick it was planned from. It waits for that tick and runs
+    its rows in order from there (installed early it would run rows from the end of the plan)."""
+    tiny_policy.set_sampler(SEQ10)
+    cycle = iter([450.0, 120.0] * 100)
+    monkeypatch.setattr(LatencyModel, "latency_ms", lambda self, measured, rows: next(cycle))
+    plans = spy_plans(tiny_policy)
+    control = ControlConfig(mode="realtime_sim", latency_model="per_call:1", warmup_plans=0, forecast="robot")
+    r, env = run_logged(tiny_policy, ActionLog, control)
+    executed = np.stack(env.actions)  # (T, 2)
+    steps, chunk = r.steps.column("step").astype(int), r.steps.column("chunk").astype(int)
+    first_ticks = r.chunks.column("start_step").astype(int)
+    early = np.ceil(r.chunks.column("latency_ms") / 100) < r.chunks.column("expected_delay")
+    assert early[1:].any()  # the case under test happens
+    start = tiny_policy.config.action_start
+    for tick, k in zip(steps, chunk, strict=True):
+        if k < 1:
+            continue
+        row = tick - first_ticks[k]
+        assert row >= 0, (tick, k)  # never before its first tick
+        np.testing.assert_allclose(executed[tick], plans[k][1][0, start + row].numpy(), atol=1e-5)
+
+
 def test_executed_actions_and_the_forecast_expectation():
     current = np.stack([np.arange(10.0), np.zeros(10)], axis=1)  # (10, 2)
     np.testing.assert_array_equal(executed_actions((current, 7), 4, None)[:, 0], [7, 8, 9, 9])
@@ -449,5 +475,10 @@ def test_executed_actions_and_the_forecast_expectation():
     assert x.start_offset == 4 and x.forecast[:, 0].tolist() == [2, 3, 4, 5]
     assert x.known is not None and x.known.committed == 0 and list(np.flatnonzero(x.known.weight)) == [0]
     assert x.known.actions[0, 0] == 5  # the last action executed before the plan starts
+    overlap = expectation(est, True, (current, 2), 16, 1, np.array([1.0, 0.0]), "exp", forecast=True)
+    # with the overlap, the plan is pulled toward the current plan's rows from its own first tick on:
+    # rows 2 + 4 = 6, 7, 8, 9 of the current plan (not 2, 3, 4, 5, already executed by then)
+    assert overlap.known.actions[0, 0] == 5 and overlap.known.actions[1:5, 0].tolist() == [6, 7, 8, 9]
+    assert (overlap.known.weight[1:5] > 0).all()
     plain = expectation(est, True, (current, 2), 16, 1, np.array([1.0, 0.0]), "none")
     assert plain.start_offset == 0 and plain.forecast is None and plain.known.committed == 4

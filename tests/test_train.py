@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -127,10 +129,13 @@ def test_training_state_round_trip_restores_optimizer_scheduler_and_scalars(tmp_
         step(net, opt, sched)
     opt.state[net.weight]["visits"] = 3  # a non-tensor entry: saved as a JSON scalar
     save_training_state(tmp_path / "ts", opt, sched, step=3, ema_optimization_step=5)
+    draws = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])  # after the save
 
     net2, opt2, sched2 = setup()
     net2.load_state_dict(net.state_dict())
     assert load_training_state(tmp_path / "ts", opt2, sched2) == (3, 5)
+    again = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])  # every generator
+    assert torch.equal(draws[0], again[0]) and np.array_equal(draws[1], again[1]) and draws[2] == again[2]
     assert opt2.state[net2.weight]["visits"] == 3
     for p, q in zip(net.parameters(), net2.parameters(), strict=True):
         for key in ("step", "exp_avg", "exp_avg_sq"):

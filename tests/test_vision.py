@@ -252,3 +252,15 @@ def test_traced_denoiser_serves_image_policies(image_policy):
         image_policy.set_compile("none")
     # pixel units; the CPU graphs compute the network within float32 rounding (cpu_graphs.CpuGraphs)
     torch.testing.assert_close(traced.plan, eager.plan, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("image", "crop", "top_left"),
+    [((96, 96), (84, 84), (6, 6)), ((96, 95), (85, 84), (6, 6)), ((95, 96), (84, 81), (6, 8))],
+)
+def test_center_crop_offsets_round_like_torchvision(image, crop, top_left):
+    """torchvision's CenterCrop takes int(round(margin / 2)) (Python rounding: 5.5 -> 6, 7.5 -> 8), not
+    the floor (5, 7): golden offsets."""
+    x = torch.arange(2 * 3 * image[0] * image[1], dtype=torch.float32).view(2, 3, *image)
+    top, left = top_left
+    assert torch.equal(center_crop(x, crop), x[..., top : top + crop[0], left : left + crop[1]])

@@ -45,6 +45,7 @@ def test_warm_started_picard_gives_the_sequential_result(tiny_policy, crn):
     first = tiny_policy.predict_action_chunk({"obs": h1}, generator=gen)
     noise, guess = tiny_policy.warm_start_inputs(first, 2, gen)
     assert guess is not None and (noise is not None) == crn
+    assert tiny_policy.warm_start_inputs(first, 3, gen) == (None, None)  # another batch: nothing reused
     torch.testing.assert_close(guess[:, :-8], first.result.sample[:, 8:])
     warm = tiny_policy.predict_action_chunk({"obs": h2}, noise=noise, generator=gen, x0_guess=guess)
     tiny_policy.set_sampler(SamplerConfig(**common))
