@@ -599,3 +599,22 @@ def test_an_identity_feature_is_unbounded_and_survives_save_load_and_export(tmp_
         exported.normalizer.normalize("obs", x), policy.normalizer.normalize("obs", x), rtol=0, atol=1e-5
     )
     assert torch.isfinite(auto_window.calibration_observations(policy)).all()
+
+
+@pytest.mark.parametrize("layout", ["0.3", "0.4"])
+def test_a_tiny_min_max_span_gets_each_versions_eps(tmp_path, layout):
+    """LeRobot 0.3.x: 2 (x - min) / (max - min + 1e-8) - 1; 0.4+: eps only where max == min."""
+    root, *_ = hand_built(tmp_path, layout, image=False)
+    lo, hi = torch.tensor([0.0, 0.0]), torch.tensor([1e-6, 0.0])  # a tiny span and a zero one
+    if layout == "0.3":
+        tensors = load_file(root / "model.safetensors")
+        tensors["normalize_inputs.buffer_observation_state.min"] = lo
+        tensors["normalize_inputs.buffer_observation_state.max"] = hi
+        save_file(tensors, str(root / "model.safetensors"))
+    else:
+        state = root / "policy_preprocessor_step_3_normalizer_processor.safetensors"
+        save_file({**load_file(state), "observation.state.min": lo, "observation.state.max": hi}, str(state))
+    scale = load_policy(root).normalizer.get_stats("obs")["scale"][16:].double()  # the state's 2 dims
+    span = hi.double() - lo.double()
+    expected = 2 / (span + 1e-8) if layout == "0.3" else 2 / torch.where(span == 0, 1e-8, span)
+    torch.testing.assert_close(scale, expected, rtol=1e-6, atol=0)

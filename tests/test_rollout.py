@@ -283,6 +283,16 @@ def test_realtime_sim_warm_starts_a_plan_requested_a_whole_horizon_after_the_pre
     assert list(r.chunks.column("warm_started")[:3]) == [False, True, True]
 
 
+def test_progress_counts_every_episodes_whole_step_budget_even_when_one_stops_early(tiny_policy):
+    """on_steps totals n_episodes x max_steps, so a progress bar ends full after an early stop."""
+    tiny_policy.set_sampler(SEQ10)
+    done = []
+    control = ControlConfig(mode="realtime_sim", latency_model="fixed:2000", on_miss="stop", warmup_plans=0)
+    r = run_rollouts(tiny_policy, ec(n=2, steps=24), control, on_steps=done.append)
+    assert all(e["stopped"] and e["n_steps"] < 24 for e in r.per_episode)  # starved after 15 rows
+    assert sum(done) == 2 * 24
+
+
 def test_a_fault_plan_arrives_after_the_modelled_latency(tiny_policy):
     """Under fixed:250 a NaN plan (plan 1) takes 250 ms like any other: deterministic, 3 ticks late."""
     tiny_policy.set_sampler(SEQ10)
