@@ -156,7 +156,7 @@ def command(name: str, outputs: Iterable[str] = ()) -> Callable[[Callable[[DictC
             if out is not None and is_main_rank():
                 save_launch_record(out, cfg)
             try:
-                with _echo_to_job_log():
+                with _echo_to_job_log(out):
                     try:
                         if names:
                             _claim_on_rank0(run_dir(), names, name)
@@ -211,9 +211,10 @@ class _Tee:
 
 
 @contextlib.contextmanager
-def _echo_to_job_log() -> Iterator[None]:
-    """Copy stdout and stderr into Hydra's job log while the body runs (nothing without one)."""
-    logs = _job_log_files()
+def _echo_to_job_log(out: Path | None) -> Iterator[None]:
+    """Copy stdout and stderr into Hydra's job log in the run folder ``out`` while the body runs
+    (nothing outside Hydra, or without a job log there)."""
+    logs = [p for p in _job_log_files() if out is not None and p.parent == out]
     if not logs:
         yield
         return

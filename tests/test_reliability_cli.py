@@ -5,6 +5,7 @@ refusal is one line with its documented exit code (policy/errors.py, docs/reliab
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 from pathlib import Path
@@ -305,3 +306,17 @@ def test_ctrl_c_exits_130_in_one_line(capsys):
     with pytest.raises(SystemExit) as exc:
         command("parapolicy-x")(body)(None)
     assert exc.value.code == 130 and capsys.readouterr().err == "parapolicy-x: interrupted\n"
+
+
+def test_outside_hydra_no_other_log_file_gets_the_printed_lines(tmp_path, capsys):
+    from parapolicy.scripts._hydra import command
+
+    handler = logging.FileHandler(tmp_path / "theirs.log")  # an application's own log file, first
+    logging.getLogger().handlers.insert(0, handler)
+    try:
+        command("parapolicy-x")(lambda cfg: print("a summary line"))(None)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    assert capsys.readouterr().out == "a summary line\n"
+    assert "a summary line" not in (tmp_path / "theirs.log").read_text()

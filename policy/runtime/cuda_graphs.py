@@ -89,17 +89,19 @@ class GraphedDenoiser:
             sc = torch.zeros((bucket, self.cond_dim), dtype=self.dtype, device=dev)
         was_training = self.network.training  # captured in eval mode, then the mode is given back
         self.network.eval()
-        side = torch.cuda.Stream(device=dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.no_grad(), torch.cuda.stream(side):
-            for _ in range(_WARMUP_CALLS):
-                self.network(sx, st, sc)
-        torch.cuda.current_stream(dev).wait_stream(side)
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(graph, pool=self._pool):
-            out = self.network(sx, st, sc)  # (bucket, H, Da) static output
-        self.network.train(was_training)
+        try:
+            side = torch.cuda.Stream(device=dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.no_grad(), torch.cuda.stream(side):
+                for _ in range(_WARMUP_CALLS):
+                    self.network(sx, st, sc)
+            torch.cuda.current_stream(dev).wait_stream(side)
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.no_grad(), torch.cuda.graph(graph, pool=self._pool):
+                out = self.network(sx, st, sc)  # (bucket, H, Da) static output
+        finally:
+            self.network.train(was_training)
         self._graphs[bucket] = (graph, sx, st, sc, out)
         return self._graphs[bucket]
