@@ -175,8 +175,22 @@ def test_integers_outside_the_stored_dtype_are_refused_not_wrapped(tmp_path: Pat
         DatasetError, match=r"'tick' holds values 40000\.\.70000, outside the store's int16 range"
     ):
         store.append_episode(wide, seed=2)
+    low = {**make_episode(2, 4), "tick": np.array([[-40000], [0]], dtype=np.int64)}  # below int16's min
+    with pytest.raises(DatasetError, match=r"'tick' holds values -40000\.\.0, outside the store's int16"):
+        store.append_episode(low, seed=2)
     store.close()
     assert ReplayStore.open(path, keys=("tick",))["tick"].ravel().tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("loaded", [True, False])
+def test_an_episode_read_is_a_copy_the_caller_may_change(tmp_path: Path, loaded: bool) -> None:
+    path = tmp_path / "demo.zarr"
+    write_store(path, [4, 6], seeds=[0, 1]).close()
+    store = ReplayStore.open(path, keys=("state",) if loaded else ())
+    episode = store.get_episode(1, keys=("state",))
+    before = episode["state"].copy()
+    episode["state"] += 1000.0
+    np.testing.assert_array_equal(store.get_episode(1, keys=("state",))["state"], before)
 
 
 def test_a_reader_opening_during_a_commit_sees_a_consistent_store(tmp_path: Path, monkeypatch) -> None:
@@ -285,6 +299,26 @@ def test_interrupted_append_is_invisible_and_recoverable(
     final = ReplayStore.open(path, keys=("state", "action", "keypoint"))
     np.testing.assert_array_equal(final.episode_ends, [4, 10, 13, 15])
     assert final.episode_seeds == [0, 1, 2, 3] and final.n_uncommitted_rows == 0
+
+
+def test_an_append_interrupted_at_its_seed_record_is_invisible(tmp_path: Path, monkeypatch) -> None:
+    """The seeds and checksums are recorded before the episode end (the end is the commit): an append
+    killed while recording them leaves the store as it was, with an uncommitted tail."""
+    path = tmp_path / "demo.zarr"
+    write_store(path, [4, 6], seeds=[0, 1])
+    store = ReplayStore.open(path, keys=(), mode="a")
+    attrs_type = type(store._group.attrs)
+
+    def crash(self, *args, **kwargs):
+        raise SimulatedCrashError("simulated interruption in the seed record")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(attrs_type, "update", crash)
+        with pytest.raises(SimulatedCrashError, match="seed record"):
+            store.append_episode(make_episode(5, 100), seed=99)
+    store.close()
+    after = ReplayStore.open(path)
+    assert after.n_episodes == 2 and after.episode_seeds == [0, 1] and after.n_uncommitted_rows == 5
 
 
 def test_interrupted_first_append(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

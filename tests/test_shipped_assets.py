@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+from parapolicy.envs.geometry import keypoints_world
 from parapolicy.policy.bench import BenchJobConfig
 from parapolicy.policy.config import SamplerConfig, shipped_path
 from parapolicy.policy.control.evaluation import EvalConfig
@@ -25,6 +28,15 @@ def test_expert_dataset():
         assert s.trailing_shape("keypoint") == (9, 2)
     size = sum(f.stat().st_size for f in (ASSETS / "pusht_expert.zarr").rglob("*") if f.is_file())
     assert size <= 20 * 2**20
+
+
+def test_the_shipped_keypoints_are_the_keypoint_table_at_each_stored_pose():
+    """The store's keypoint rows were recorded by the env when the demonstrations were collected: a
+    golden record of `KEYPOINTS_LOCAL` (a 1 px change of one keypoint is 1 px off here)."""
+    store = ReplayStore.open(ASSETS / "pusht_expert.zarr", keys=("state", "keypoint"))
+    state, keypoints = store["state"][:3000].astype(np.float64), store["keypoint"][:3000].astype(np.float64)
+    world = np.stack([keypoints_world(pose) for pose in state[:, 2:5]])  # (N, 9, 2)
+    np.testing.assert_allclose(world, keypoints, rtol=0, atol=1e-3)
 
 
 def test_default_policy():
