@@ -520,3 +520,21 @@ def test_the_not_below_check_forgives_float_rounding_only(checkpoint):
     assert _checks(cfg, rows)["realtime_sim_score_not_below_baseline"]["ok"]
     rows[1]["score_diff_vs_baseline"] = -2e-6
     assert not _checks(cfg, rows)["realtime_sim_score_not_below_baseline"]["ok"]
+
+
+def test_the_profile_report_lines_are_golden():
+    latency = {
+        "mode": "realtime_sim", "hz": 10.0, "budget_ms": 100.0, "n_steps": 32, "warmup_steps_excluded": 2,
+        "warmup": {"latency_ms": [120.0, 80.5]}, "p50_ms": 0.012, "p90_ms": 41.0, "p99_ms": 55.25,
+        "max_ms": 60.0, "miss_rate": 0.03125,
+        "chunk": {"p50_ms": 40.0, "p90_ms": 45.0, "p99_ms": 50.0, "max_ms": 52.0, "over_budget": 0, "n": 4},
+        "action_sources": {"fresh": 4, "queued": 28},
+        "sections": {
+            "denoiser": {"total_ms": 150.4, "share": 0.75}, "env_step": {"total_ms": 50.0, "share": 0.25},
+        },
+    }  # fmt: skip
+    aggregated = {"mean_score": 0.5, "pc_success": 50.0, "n_episodes": 2}
+    lines = format_profile({"latency": latency, "aggregated": aggregated}).splitlines()
+    assert lines[1] == "per step  p50 0.012  p90 41.000  p99 55.2  max 60.0 ms   miss rate 3.1%"
+    assert lines[4] == "sections  denoiser 150 ms (75%)  env_step 50 ms (25%)"
+    assert lines[-1] == "score 0.500, success 50% over 2 episodes"

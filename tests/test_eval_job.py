@@ -86,3 +86,25 @@ def test_each_noise_seed_and_episode_seed_has_its_own_noise():
     assert episode_generator(0, 100000).initial_seed() == 100000
     draw = [torch.randn(4, generator=episode_generator(n, s)) for n, s in ((1, 100000), (0, 100001))]
     assert not torch.equal(*draw)
+
+
+@pytest.mark.parametrize(("share", "accepted"), [(0.0, True), (1.0, True), (-0.5, False), (1.5, False)])
+def test_the_rejected_share_limit_is_a_share(share, accepted):
+    if accepted:
+        assert EvalJobConfig(max_rejected_share=share).max_rejected_share == share
+    else:
+        with pytest.raises(ValueError, match=rf"max_rejected_share must be in \[0, 1\], got {share}"):
+            EvalJobConfig(max_rejected_share=share)
+
+
+def test_the_eval_summary_line_is_golden():
+    agg = {
+        "mean_score": 0.9876,
+        "pc_success": 96.0,
+        "pc_success_ci95": (86.5, 98.9),
+        "n_episodes": 50,
+        "eval_s": 61.4,
+    }
+    assert format_eval({"aggregated": agg}) == (
+        "mean_score 0.988 | success 96.0% (95% CI 86.5-98.9) over 50 episodes | 61 s"
+    )
