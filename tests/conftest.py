@@ -41,6 +41,27 @@ def tiny_store(tmp_path_factory):
     return path
 
 
+def write_random_store(path, n_episodes: int, first_length: int, images: bool = False):
+    """A store of ``n_episodes`` random episodes of first_length, first_length + 1, ... steps (seeded),
+    with 96 x 96 images under ``img`` when asked."""
+    from parapolicy.policy.data.replay_store import ReplayStore
+
+    rng = np.random.default_rng(0)
+    store = ReplayStore.create(path)
+    for e in range(n_episodes):
+        n = first_length + e
+        episode = {
+            "state": rng.uniform(0, 512, (n, 5)).astype(np.float32),
+            "keypoint": rng.uniform(0, 512, (n, 9, 2)).astype(np.float32),
+            "action": rng.uniform(0, 512, (n, 2)).astype(np.float32),
+        }
+        if images:
+            episode["img"] = rng.integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
+        store.append_episode(episode, seed=e)
+    store.close()
+    return path
+
+
 @pytest.fixture
 def tiny_config() -> PolicyConfig:
     """A policy small enough for unit tests (two U-Net levels of 16 and 32 channels)."""

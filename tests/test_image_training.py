@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from conftest import image_config
+from conftest import image_config, write_random_store
 
 from parapolicy.policy.config import PolicyConfig
 from parapolicy.policy.data.dataset import PushTLowdimDataset
@@ -20,22 +20,7 @@ from parapolicy.policy.train import TrainConfig, train
 
 @pytest.fixture(scope="module")
 def image_store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("images") / "img.zarr"
-    rng = np.random.default_rng(0)
-    store = ReplayStore.create(path)
-    for e in range(4):
-        n = 20 + e
-        store.append_episode(
-            {
-                "state": rng.uniform(0, 512, (n, 5)).astype(np.float32),
-                "keypoint": rng.uniform(0, 512, (n, 9, 2)).astype(np.float32),
-                "action": rng.uniform(0, 512, (n, 2)).astype(np.float32),
-                "img": rng.integers(0, 256, (n, 96, 96, 3), dtype=np.uint8),
-            },
-            seed=e,
-        )
-    store.close()
-    return path
+    return write_random_store(tmp_path_factory.mktemp("images") / "img.zarr", 4, 20, images=True)
 
 
 def image_policy_config() -> PolicyConfig:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_random_store
 
 from parapolicy.policy import train as train_module
 from parapolicy.policy.config import PolicyConfig, UNetConfig
 from parapolicy.policy.data.image_dataset import make_dataset
-from parapolicy.policy.data.replay_store import ReplayStore
 from parapolicy.policy.model.pretrained import load_policy
 from parapolicy.policy.train import TrainConfig
 
@@ -42,20 +42,7 @@ def test_betas_must_be_below_one():
 
 @pytest.fixture
 def store(tmp_path) -> Path:
-    rng = np.random.default_rng(0)
-    writer = ReplayStore.create(tmp_path / "s.zarr")
-    for e in range(6):
-        n = 30 + e
-        writer.append_episode(
-            {
-                "state": rng.uniform(0, 512, (n, 5)).astype(np.float32),
-                "keypoint": rng.uniform(0, 512, (n, 9, 2)).astype(np.float32),
-                "action": rng.uniform(0, 512, (n, 2)).astype(np.float32),
-            },
-            seed=e,
-        )
-    writer.close()
-    return tmp_path / "s.zarr"
+    return write_random_store(tmp_path / "s.zarr", 6, 30)
 
 
 def test_the_last_step_logs_and_validates_on_the_saved_ema_weights(store, tmp_path):
