@@ -68,7 +68,7 @@ def test_the_last_step_logs_and_validates_on_the_saved_ema_weights(store, tmp_pa
     for k, first in enumerate(range(0, len(val), 16)):
         batch = val.get_batch(np.arange(first, min(first + 16, len(val))))
         generator = train_module._seeded(1, 20_000_000 + k)
-        losses.append(float(saved.compute_loss(batch, generator=generator)))
+        losses.append(float(saved.compute_loss(batch, generator=generator).detach()))
         weights.append(len(batch["action"]))
     assert len(set(weights)) > 1  # a short last batch
     assert train_module.validation_loss(saved, val, 16, 1) == pytest.approx(
