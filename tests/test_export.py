@@ -3,6 +3,7 @@ Diffusion Policy checkpoint converted to a parapolicy directory."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -87,3 +88,15 @@ def test_compare_runs_a_lerobot_directory(tiny_policy, tmp_path):
     check = data["checks"]["frozen_score_within_tolerance"]
     assert check["ok"] and abs(check["diff_vs_baseline"]["paraddpm"]) < 1e-4
     assert (tmp_path / "run" / "compare.json").exists()
+
+
+def test_the_lerobot_state_width_is_the_one_asked_for(tiny_policy, tmp_path):
+    """state_dim splits the low-dim observation: the last 4 of 20 dims as observation.state here."""
+    src = save_policy(tiny_policy, tmp_path / "src")
+    cfg = ExportConfig(policy_path=str(src), format="lerobot", output_path=str(tmp_path / "a"), state_dim=4)
+    out = run_export(cfg)
+    features = json.loads((out / "config.json").read_text())["input_features"]
+    assert features["observation.state"]["shape"] == [4]
+    assert features["observation.environment_state"]["shape"] == [16]
+    with pytest.raises(ValueError, match="state_dim must be >= 1, got 0"):
+        ExportConfig(policy_path=str(src), output_path=str(tmp_path / "b"), state_dim=0)
