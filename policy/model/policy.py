@@ -313,7 +313,7 @@ class DiffusionPolicy(nn.Module):
         if mode == "trace":
             was_training = self.network.training  # the trace is recorded in eval mode, then given back
             network = self.network.eval()
-            dtype = next(network.parameters()).dtype
+            dtype = self.dtype
             example = (
                 torch.zeros(2, cfg.horizon, cfg.action_dim, device=self.device, dtype=dtype),  # (2, H, Da)
                 torch.zeros(2, dtype=torch.long, device=self.device),  # (2,)

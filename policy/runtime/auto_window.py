@@ -171,9 +171,10 @@ def calibration_observations(policy: DiffusionPolicy, n: int = 4, seed: int = 0)
     stats = policy.normalizer.get_stats(OBS_KEY)
     gen = torch.Generator().manual_seed(seed)
     u = torch.rand(n, 1, cfg.obs_dim, generator=gen)
-    scale, offset = stats["scale"], stats["offset"]  # (Do,): an unbounded (IDENTITY) dimension's range
-    lo = torch.where(torch.isfinite(stats["min"]), stats["min"], (-1 - offset) / scale)  # is then the
-    hi = torch.where(torch.isfinite(stats["max"]), stats["max"], (1 - offset) / scale)  # [-1, 1] preimage
+    edges = torch.tensor([[-1.0], [1.0]], device=stats["min"].device).expand(2, cfg.obs_dim)  # (2, Do)
+    ends = policy.normalizer.unnormalize(OBS_KEY, edges)  # (2, Do): where the normaliser gives -1, +1
+    lo = torch.where(torch.isfinite(stats["min"]), stats["min"], ends[0])  # (Do,): an unbounded (IDENTITY)
+    hi = torch.where(torch.isfinite(stats["max"]), stats["max"], ends[1])  # dimension: the [-1, 1] preimage
     obs = lo + u * (hi - lo)  # (n, 1, Do)
     obs = obs.expand(n, cfg.n_obs_steps, cfg.obs_dim).contiguous()  # (n, To, Do)
     if cfg.obs_type != "pixels_agent_pos":
